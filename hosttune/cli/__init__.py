@@ -1,0 +1,43 @@
+"""The typer app: the only place that prints or exits.
+
+Each command group lives in its own module and is registered here."""
+
+from __future__ import annotations
+
+import typer
+
+from hosttune import __version__
+from hosttune.cli import core_cmds, profiles
+
+app = typer.Typer(
+    name="hosttune",
+    help="Make Linux hosts fast and predictable for AI inference - and prove it.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+app.command()(core_cmds.audit)
+app.command()(core_cmds.plan)
+app.command()(core_cmds.apply)
+app.command()(core_cmds.rollback)
+app.add_typer(profiles.app, name="profiles")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"hosttune {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Show the version and exit."),
+) -> None:
+    """hosttune: audit -> plan -> apply -> verify -> rollback."""
+
+
+def main() -> None:
+    app()

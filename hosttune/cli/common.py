@@ -1,0 +1,77 @@
+"""Shared CLI plumbing: options, output, exit codes. Only hosttune/cli prints or exits."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+
+from hosttune.errors import HosttuneError
+
+console = Console(highlight=False)
+err_console = Console(stderr=True, highlight=False)
+
+EXIT_OK = 0
+EXIT_FINDINGS = 1
+EXIT_ERROR = 2
+
+RootOpt = Annotated[
+    Path | None,
+    typer.Option("--root", help="Work on a filesystem tree (image, chroot, fixture) instead of "
+                 "/: paths map under DIR, no command is run.", metavar="DIR",
+                 envvar="HOSTTUNE_ROOT"),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+ProfileOpt = Annotated[
+    str | None,
+    typer.Option("--profile", "-p", help="Built-in profile name or YAML path "
+                 "(default: $HOSTTUNE_PROFILE, else 'inference').", envvar="HOSTTUNE_PROFILE"),
+]
+
+STATUS_STYLE = {
+    "ok": "green", "drift": "bold red", "conflict": "bold magenta", "unsupported": "dim",
+    "needs root": "yellow", "needs reboot": "cyan", "needs restart": "cyan",
+    "offline": "dim", "error": "bold red",
+}
+
+
+def make_host(root: Path | None):  # -> Host
+    from hosttune.host import Host
+
+    if root is not None:
+        if not root.is_dir():
+            fail(f"--root {root}: not a directory")
+        return Host(root)
+    return Host("/")
+
+
+def load(profile: str | None):  # -> LoadedProfile
+    from hosttune.profile import load_profile
+
+    return load_profile(profile or "inference")
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def run_guarded(fn, *args, **kwargs):
+    """Call library code; turn the project's exceptions into exit code 2 with the message."""
+    try:
+        return fn(*args, **kwargs)
+    except HosttuneError as err:
+        fail(str(err))
+
+
+def is_tty() -> bool:
+    return sys.stdin.isatty() and os.environ.get("CI") is None

@@ -1,0 +1,236 @@
+"""audit / plan / apply / rollback."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.syntax import Syntax
+from rich.table import Table
+
+from hosttune.cli.common import (
+    EXIT_FINDINGS,
+    EXIT_OK,
+    STATUS_STYLE,
+    JsonOpt,
+    ProfileOpt,
+    RootOpt,
+    console,
+    emit_json,
+    fail,
+    is_tty,
+    load,
+    make_host,
+    run_guarded,
+)
+
+OnlyOpt = Annotated[
+    list[str] | None,
+    typer.Option("--only", help="Limit to these tunable families (repeatable)."),
+]
+
+
+def _rows_table(rows, title: str | None = None) -> Table:
+    t = Table(title=title, show_lines=False, header_style="bold", expand=False)
+    t.add_column("setting", overflow="fold")
+    t.add_column("current", overflow="fold", max_width=28)
+    t.add_column("desired", overflow="fold", max_width=28)
+    t.add_column("status", overflow="fold")
+    for r in rows:
+        st = str(r.status)
+        extra = []
+        if r.needs:
+            extra.append(", ".join(r.needs))
+        if r.note:
+            extra.append(r.note)
+        style = STATUS_STYLE.get(st, "")
+        label = f"[{style}]{st}[/]" if style else st
+        if extra:
+            label += " · " + escape(" · ".join(extra))
+        t.add_row(escape(f"{r.tunable} {r.key}"), escape(r.current), escape(r.desired), label)
+    return t
+
+
+def _summary(report) -> str:
+    counts = report.counts()
+    parts = [f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1])]
+    return " · ".join(parts) if parts else "nothing to check"
+
+
+def audit(
+    profile: ProfileOpt = None,
+    root: RootOpt = None,
+    json_out: JsonOpt = False,
+    only: OnlyOpt = None,
+) -> None:
+    """Compare the host with a profile (read-only; works without root)."""
+    from hosttune import engine
+
+    host = make_host(root)
+    loaded = run_guarded(load, profile)
+    report = run_guarded(engine.audit, host, loaded, only=set(only) if only else None)
+    if json_out:
+        emit_json(report.to_json())
+    else:
+        console.print(_rows_table(report.rows, title=f"hosttune audit · profile {loaded.profile.name}"
+                                  + (f" · root {host.root}" if host.offline else "")))
+        hint = "  → hosttune plan  to see the changes" if report.drift else ""
+        console.print(_summary(report) + hint)
+    raise typer.Exit(EXIT_FINDINGS if report.drift else EXIT_OK)
+
+
+def plan(
+    profile: ProfileOpt = None,
+    root: RootOpt = None,
+    json_out: JsonOpt = False,
+    only: OnlyOpt = None,
+    runtime_only: Annotated[bool, typer.Option("--runtime-only",
+                                               help="Only live values, no files.")] = False,
+) -> None:
+    """Show every change apply would make: runtime values and file diffs."""
+    from hosttune import engine
+
+    host = make_host(root)
+    loaded = run_guarded(load, profile)
+    p = run_guarded(engine.plan, host, loaded, runtime_only=runtime_only,
+                    only=set(only) if only else None)
+    if json_out:
+        emit_json(p.to_json())
+        raise typer.Exit(EXIT_FINDINGS if p.changes else EXIT_OK)
+    _print_plan(p)
+    raise typer.Exit(EXIT_FINDINGS if p.changes else EXIT_OK)
+
+
+def _print_plan(p) -> None:
+    if not p.changes:
+        console.print("[green]Nothing to change[/]: the host matches the profile.")
+        return
+    t = Table(title=f"hosttune plan · {len(p.changes)} change(s)", header_style="bold")
+    t.add_column("#", justify="right")
+    t.add_column("change", overflow="fold")
+    t.add_column("kind")
+    t.add_column("needs")
+    for i, c in enumerate(p.changes, 1):
+        kind = "runtime" if c.runtime else "persistent"
+        t.add_row(str(i), escape(c.summary), kind, escape(", ".join(c.needs)))
+    console.print(t)
+    for c in p.changes:
+        if c.diff:
+            console.print(Syntax(c.diff, "diff", theme="ansi_dark", background_color="default"))
+    if p.needs:
+        console.print("[cyan]after apply:[/] " + escape(", ".join(p.needs)))
+
+
+def apply(
+    profile: ProfileOpt = None,
+    root: RootOpt = None,
+    json_out: JsonOpt = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    only: OnlyOpt = None,
+    runtime_only: Annotated[bool, typer.Option(
+        "--runtime-only", help="Re-apply live values only (what the boot unit runs).")] = False,
+) -> None:
+    """Apply the profile transactionally (root, or --root DIR)."""
+    from hosttune import engine
+
+    host = make_host(root)
+    loaded = run_guarded(load, profile)
+    only_set = set(only) if only else None
+    if not host.can_write:
+        fail("apply changes the host: run it as root (or use --root DIR for a tree you can "
+             "write)")
+    if not yes:
+        p = run_guarded(engine.plan, host, loaded, runtime_only=runtime_only, only=only_set)
+        if not p.changes:
+            if json_out:
+                emit_json({"ok": True, "changed": False, "steps": []})
+            else:
+                console.print("[green]Nothing to change[/]: the host matches the profile.")
+            raise typer.Exit(EXIT_OK)
+        if not is_tty():
+            fail("apply needs --yes when not run interactively")
+        _print_plan(p)
+        if not typer.confirm(f"Apply {len(p.changes)} change(s)?"):
+            fail("aborted; nothing was changed")
+    from rich.progress import Progress
+
+    if json_out or not is_tty():
+        report = run_guarded(engine.apply, host, loaded, runtime_only=runtime_only, only=only_set)
+    else:
+        with Progress(console=console, transient=True) as bar:
+            task = bar.add_task("applying", total=None)
+
+            def prog(i, n, ch):
+                bar.update(task, total=n, completed=i, description=ch.summary[:60])
+
+            report = run_guarded(engine.apply, host, loaded, runtime_only=runtime_only,
+                                 only=only_set, progress=prog)
+    if json_out:
+        emit_json(report.to_json())
+    else:
+        _print_apply(report)
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_FINDINGS)
+
+
+def _print_apply(report) -> None:
+    if report.recovered:
+        console.print(f"[yellow]recovered an interrupted run:[/] undid "
+                      f"{len(report.recovered)} step(s)")
+    if not report.steps:
+        console.print("[green]Nothing to change[/]: the host matches the profile.")
+        return
+    for s in report.steps:
+        style = {"applied": "green", "failed": "bold red", "reverted": "yellow"}.get(s.status, "")
+        line = f"[{style}]{s.status:>9}[/] {escape(s.change.summary)}"
+        if s.error:
+            line += f" [red]({escape(s.error)})[/]"
+        console.print(line)
+        for argv in s.skipped_commands:
+            console.print(f"          [dim]skipped (--root): {escape(' '.join(argv))}[/]")
+    if not report.ok and report.error:
+        console.print(f"[bold red]apply failed:[/] {escape(report.error)}")
+        if any(s.status == "reverted" for s in report.steps):
+            console.print("[yellow]every change of this run was reverted[/]")
+    bad = [r for r in report.verify if r.status.is_drift]
+    if bad:
+        console.print(_rows_table(bad, title="verify: still drifting"))
+    if report.needs:
+        console.print("[cyan]still needed:[/] " + escape(", ".join(report.needs)))
+
+
+def rollback(
+    root: RootOpt = None,
+    json_out: JsonOpt = False,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Restore the exact original values and files recorded in the journal."""
+    from hosttune import engine
+
+    host = make_host(root)
+    if not host.can_write:
+        fail("rollback changes the host: run it as root (or use --root DIR)")
+    st = run_guarded(engine.journal_status, host)
+    if not st["entries"] and not st["interrupted"]:
+        if json_out:
+            emit_json({"ok": True, "steps": [], "recovered": []})
+        else:
+            console.print("Nothing to roll back: the journal is empty.")
+        raise typer.Exit(EXIT_OK)
+    if not yes and is_tty() and not json_out:
+        console.print(f"{st['entries']} recorded original(s) in {st['path']}")
+        if not typer.confirm("Restore them?"):
+            fail("aborted; nothing was changed")
+    report = run_guarded(engine.rollback, host)
+    if json_out:
+        emit_json(report.to_json())
+    else:
+        if report.recovered:
+            console.print(f"[yellow]undid an interrupted run:[/] {len(report.recovered)} step(s)")
+        for s in report.steps:
+            style = "green" if s.status == "reverted" else "bold red"
+            console.print(f"[{style}]{s.status:>13}[/] {escape(s.change.summary)}"
+                          + (f" [red]({escape(s.error)})[/]" if s.error else ""))
+        for argv in report.skipped_commands:
+            console.print(f"[dim]skipped (--root): {escape(' '.join(argv))}[/]")
+    raise typer.Exit(EXIT_OK if report.ok else EXIT_FINDINGS)

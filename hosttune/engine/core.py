@@ -1,0 +1,394 @@
+"""audit -> plan -> apply -> verify -> rollback.
+
+Data flows one way: profile -> evaluate(host) -> changes -> apply (journaled) -> report.
+Nothing here prints; every function returns a typed report."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from hosttune.engine.journal import Journal, Lock
+from hosttune.errors import ApplyError, HosttuneError, NeedsRootError
+from hosttune.host import Host
+from hosttune.profile import LoadedProfile
+from hosttune.tunables import all_tunables, get_tunable
+from hosttune.tunables.base import Change, Context, Row, Status, Tunable, b64, unb64
+
+ProgressFn = Callable[[int, int, Change], None]
+
+
+# --- reports ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class AuditReport:
+    profile: str
+    root: str
+    rows: list[Row]
+    offline: bool
+
+    @property
+    def drift(self) -> list[Row]:
+        return [r for r in self.rows if r.status.is_drift]
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for r in self.rows:
+            out[str(r.status)] = out.get(str(r.status), 0) + 1
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"profile": self.profile, "root": self.root, "offline": self.offline,
+                "rows": [r.to_json() for r in self.rows], "counts": self.counts(),
+                "drift": len(self.drift)}
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    audit: AuditReport
+    changes: list[Change]
+
+    @property
+    def needs(self) -> list[str]:
+        seen: dict[str, None] = {}
+        for c in self.changes:
+            for n in c.needs:
+                seen.setdefault(n, None)
+        return list(seen)
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.audit.to_json(), "changes": [c.to_json() for c in self.changes],
+                "needs": self.needs}
+
+
+@dataclass(frozen=True)
+class StepResult:
+    change: Change
+    status: str  # applied | failed | reverted | revert-failed | skipped
+    error: str = ""
+    skipped_commands: tuple[tuple[str, ...], ...] = ()
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.change.id, "summary": self.change.summary, "status": self.status,
+                "error": self.error,
+                "skipped_commands": [list(c) for c in self.skipped_commands]}
+
+
+@dataclass(frozen=True)
+class ApplyReport:
+    ok: bool
+    steps: list[StepResult]
+    verify: list[Row]
+    recovered: list[StepResult] = field(default_factory=list)
+    error: str = ""
+    needs: list[str] = field(default_factory=list)
+    skipped_commands: list[tuple[str, ...]] = field(default_factory=list)
+
+    @property
+    def changed(self) -> bool:
+        return any(s.status == "applied" for s in self.steps)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "changed": self.changed, "error": self.error,
+                "steps": [s.to_json() for s in self.steps],
+                "recovered": [s.to_json() for s in self.recovered],
+                "verify": [r.to_json() for r in self.verify], "needs": self.needs,
+                "skipped_commands": [list(c) for c in self.skipped_commands]}
+
+
+@dataclass(frozen=True)
+class RollbackReport:
+    ok: bool
+    steps: list[StepResult]
+    recovered: list[StepResult] = field(default_factory=list)
+    skipped_commands: list[tuple[str, ...]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "steps": [s.to_json() for s in self.steps],
+                "recovered": [s.to_json() for s in self.recovered],
+                "skipped_commands": [list(c) for c in self.skipped_commands]}
+
+
+# --- evaluation ---------------------------------------------------------------------------------
+def _tunables(ctx: Context, only: set[str] | None = None) -> list[Tunable]:
+    out = []
+    for t in all_tunables():
+        if only and t.name not in only:
+            continue
+        if t.enabled(ctx):
+            out.append(t)
+    return out
+
+
+def _evaluate(ctx: Context, only: set[str] | None = None) -> tuple[list[Row], list[Change]]:
+    rows: list[Row] = []
+    changes: list[Change] = []
+    for t in _tunables(ctx, only):
+        try:
+            ev = t.evaluate(ctx)
+        except HosttuneError:
+            raise
+        except PermissionError as err:
+            rows.append(Row(t.name, "*", "?", "?", Status.NEEDS_ROOT, str(err)))
+            continue
+        except OSError as err:
+            rows.append(Row(t.name, "*", "?", "?", Status.ERROR, f"reading failed: {err}"))
+            continue
+        rows.extend(ev.rows)
+        changes.extend(ev.changes)
+    seen: set[str] = set()
+    for c in changes:
+        if c.id in seen:
+            raise HosttuneError(f"internal error: two changes share the id {c.id}")
+        seen.add(c.id)
+    return rows, changes
+
+
+def validate(ctx: Context, only: set[str] | None = None) -> None:
+    for t in _tunables(ctx, only):
+        t.validate(ctx)
+
+
+def audit(host: Host, loaded: LoadedProfile, *, only: set[str] | None = None) -> AuditReport:
+    ctx = Context(host, loaded)
+    validate(ctx, only)
+    rows, _ = _evaluate(ctx, only)
+    return AuditReport(loaded.profile.name, str(host.root), rows, host.offline)
+
+
+def plan(host: Host, loaded: LoadedProfile, *, runtime_only: bool = False,
+         only: set[str] | None = None) -> PlanReport:
+    ctx = Context(host, loaded, runtime_only=runtime_only)
+    validate(ctx, only)
+    rows, changes = _evaluate(ctx, only)
+    if runtime_only:
+        changes = [c for c in changes if c.runtime]
+    return PlanReport(AuditReport(loaded.profile.name, str(host.root), rows, host.offline),
+                      changes)
+
+
+# --- generic change handlers ---------------------------------------------------------------------
+def _missing_dirs(host: Host, path: str) -> list[str]:
+    missing: list[str] = []
+    cur = os.path.dirname(path)
+    while cur not in ("", "/") and not host.exists(cur):
+        missing.append(cur)
+        cur = os.path.dirname(cur)
+    return list(reversed(missing))
+
+
+def capture(host: Host, change: Change) -> dict[str, Any]:
+    """The value ``change`` is about to replace, in a JSON-serialisable form."""
+    if change.kind in ("file", "symlink"):
+        assert change.path is not None
+        st = host.file_state(change.path)
+        return {
+            "exists": st.exists,
+            "content": b64(st.content) if st.content is not None else None,
+            "mode": st.mode, "uid": st.uid, "gid": st.gid, "link": st.link_target,
+            "created_dirs": _missing_dirs(host, change.path),
+        }
+    if change.kind == "kernel":
+        assert change.path is not None
+        return {"value": host.read_value(change.path)}
+    if change.kind == "command":
+        return {}
+    return {"action": get_tunable(change.tunable).capture_action(host, change)}
+
+
+def _restore_file(host: Host, path: str, orig: dict[str, Any]) -> None:
+    if orig["exists"]:
+        if orig.get("link") is not None:
+            host.symlink(orig["link"], path)
+        else:
+            host.write_file(path, unb64(orig["content"]), mode=orig["mode"],
+                            uid=orig.get("uid"), gid=orig.get("gid"))
+    else:
+        host.remove(path)
+    for d in reversed(orig.get("created_dirs", [])):
+        host.rmdir_if_empty(d)
+
+
+def do_apply(host: Host, change: Change) -> None:
+    if change.kind == "file":
+        assert change.path is not None
+        if change.value is None:
+            host.remove(change.path)
+        else:
+            host.makedirs(os.path.dirname(change.path))
+            host.write_file(change.path, change.value.encode(), mode=change.mode)
+    elif change.kind == "symlink":
+        assert change.path is not None and change.value is not None
+        host.makedirs(os.path.dirname(change.path))
+        host.symlink(change.value, change.path)
+    elif change.kind == "kernel":
+        assert change.path is not None and change.value is not None
+        host.write_kernel(change.path, change.value)
+    elif change.kind == "command":
+        res = host.run(change.params["argv"], timeout_s=change.params.get("timeout_s", 120))
+        if not res.ok:
+            raise ApplyError(f"{' '.join(res.argv)} failed (exit {res.returncode}): "
+                             f"{res.stderr.strip()}")
+    else:
+        get_tunable(change.tunable).apply_action(host, change)
+
+
+def do_revert(host: Host, change: Change, orig: dict[str, Any]) -> None:
+    if change.kind in ("file", "symlink"):
+        assert change.path is not None
+        _restore_file(host, change.path, orig)
+    elif change.kind == "kernel":
+        assert change.path is not None
+        if orig.get("value") is not None:
+            host.write_kernel(change.path, orig["value"])
+    elif change.kind == "command":
+        argv = change.params.get("revert_argv")
+        if argv:
+            res = host.run(argv, timeout_s=change.params.get("timeout_s", 120))
+            if not res.ok:
+                raise ApplyError(f"{' '.join(res.argv)} failed (exit {res.returncode}): "
+                                 f"{res.stderr.strip()}")
+    else:
+        get_tunable(change.tunable).revert_action(host, change, orig["action"])
+
+
+# --- test hook: simulate kill -9 at a given point -------------------------------------------------
+_CRASH_ENV = "HOSTTUNE_TEST_CRASH"  # "<step>:<before|after>" - used by the crash tests only
+
+
+def _maybe_crash(step: int, when: str) -> None:
+    spec = os.environ.get(_CRASH_ENV)
+    if spec and spec == f"{step}:{when}":
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def revert_order(pairs: list[tuple[Change, Any]]) -> list[tuple[Change, Any]]:
+    """Reverse order, except post-commands (daemon-reload, update-grub: params.post) which run
+    after every file they depend on has been restored."""
+    body = [p for p in pairs if not p[0].params.get("post")]
+    post = [p for p in pairs if p[0].params.get("post")]
+    return list(reversed(body)) + post
+
+
+# --- transactions ---------------------------------------------------------------------------------
+def _undo_transaction(host: Host, journal: Journal) -> list[StepResult]:
+    """Undo every step of the journal's open transaction (reverse order) and drop the entries
+    it introduced. Used after a failure and after a crash."""
+    txn = journal.transaction
+    if txn is None:
+        return []
+    results: list[StepResult] = []
+    failed = False
+    pairs = [(Change.from_json(s["change"]), s["before"]) for s in txn["steps"]]
+    for ch, before in revert_order(pairs):
+        try:
+            do_revert(host, ch, before)
+            results.append(StepResult(ch, "reverted"))
+        except Exception as err:  # keep going: report every failure
+            failed = True
+            results.append(StepResult(ch, "revert-failed", str(err)))
+    if not failed:
+        journal.entries = [e for e in journal.entries if e.get("txn") != txn["id"]]
+        journal.transaction = None
+    journal.save()
+    if failed:
+        raise ApplyError("could not undo the interrupted run: " + "; ".join(
+            f"{r.change.id}: {r.error}" for r in results if r.status == "revert-failed"))
+    return results
+
+
+def apply(host: Host, loaded: LoadedProfile, *, runtime_only: bool = False,
+          only: set[str] | None = None, progress: ProgressFn | None = None) -> ApplyReport:
+    if not host.can_write:
+        raise NeedsRootError("apply changes the host: run it as root (or use --root DIR "
+                             "for a tree you can write)")
+    with Lock(host):
+        journal = Journal.load(host)
+        recovered = _undo_transaction(host, journal) if journal.transaction else []
+        p = plan(host, loaded, runtime_only=runtime_only, only=only)
+        changes = p.changes
+        if not changes:
+            ctx = Context(host, loaded, runtime_only=runtime_only)
+            return ApplyReport(True, [], _evaluate(ctx, only)[0], recovered)
+        txn_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+        journal.transaction = {"id": txn_id, "pid": os.getpid(), "started": time.time(),
+                               "profile": loaded.profile.name, "steps": []}
+        journal.save()
+        known = journal.ids()
+        steps: list[StepResult] = []
+        skipped_all: list[tuple[str, ...]] = []
+        for i, ch in enumerate(changes):
+            if progress:
+                progress(i, len(changes), ch)
+            before = capture(host, ch)
+            journal.transaction["steps"].append(
+                {"change": ch.to_json(), "before": before, "status": "pending"})
+            if ch.id not in known:
+                journal.entries.append({"id": ch.id, "change": ch.to_json(), "original": before,
+                                        "txn": txn_id, "at": time.time()})
+                known.add(ch.id)
+            journal.save()  # the original is on disk before the change is made
+            _maybe_crash(i, "before")
+            n_skipped = len(host.runner.skipped)
+            try:
+                do_apply(host, ch)
+            except Exception as err:
+                undone = _undo_transaction(host, journal)
+                msg = f"{ch.summary}: {err}"
+                failed = [*steps, StepResult(ch, "failed", str(err))]
+                return ApplyReport(False, failed + undone, [], recovered, error=msg,
+                                   skipped_commands=skipped_all)
+            new_skipped = tuple(host.runner.skipped[n_skipped:])
+            skipped_all.extend(new_skipped)
+            _maybe_crash(i, "after")
+            journal.transaction["steps"][-1]["status"] = "done"
+            steps.append(StepResult(ch, "applied", skipped_commands=new_skipped))
+        journal.transaction = None
+        journal.save()
+        ctx = Context(host, loaded, runtime_only=runtime_only)
+        verify_rows, _ = _evaluate(ctx, only)
+        ok = not any(r.status.is_drift for r in verify_rows)
+        return ApplyReport(ok, steps, verify_rows, recovered, needs=p.needs,
+                           error="" if ok else "verification found settings still drifting",
+                           skipped_commands=skipped_all)
+
+
+def rollback(host: Host, *, progress: ProgressFn | None = None) -> RollbackReport:
+    if not host.can_write:
+        raise NeedsRootError("rollback changes the host: run it as root (or use --root DIR)")
+    with Lock(host):
+        journal = Journal.load(host)
+        recovered = _undo_transaction(host, journal) if journal.transaction else []
+        results: list[StepResult] = []
+        remaining: list[dict[str, Any]] = []
+        entries = list(journal.entries)
+        n0 = len(host.runner.skipped)
+        pairs = [(Change.from_json(e["change"]), e) for e in entries]
+        for i, (ch, entry) in enumerate(revert_order(pairs)):
+            if progress:
+                progress(i, len(entries), ch)
+            try:
+                do_revert(host, ch, entry["original"])
+                results.append(StepResult(ch, "reverted"))
+            except Exception as err:
+                results.append(StepResult(ch, "revert-failed", str(err)))
+                remaining.insert(0, entry)
+        journal.entries = remaining
+        if remaining:
+            journal.save()
+        else:
+            journal.save()
+            journal.archive()
+        return RollbackReport(not remaining, results, recovered,
+                              list(host.runner.skipped[n0:]))
+
+
+def journal_status(host: Host) -> dict[str, Any]:
+    j = Journal.load(host)
+    return {"path": j.path, "entries": len(j.entries),
+            "interrupted": j.transaction is not None,
+            "ids": [e["id"] for e in j.entries]}

@@ -1,0 +1,179 @@
+"""Detected hardware facts: memory, NUMA nodes, CPU topology, huge-page sizes, cpufreq.
+
+Read once per run (``Host.facts``) from /proc and /sys under the host root."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from hosttune.host.parsers import parse_cpulist, parse_kb_dirname, parse_meminfo
+
+if TYPE_CHECKING:
+    from hosttune.host.core import Host
+
+
+@dataclass(frozen=True)
+class Cpu:
+    id: int
+    package: int
+    core: int  # core_id (unique within a package only)
+    node: int
+    l3: int  # index of the L3 domain (CCD/CCX) in HostFacts.l3_domains, -1 if unknown
+    siblings: tuple[int, ...]  # thread_siblings_list, including itself
+
+
+@dataclass(frozen=True)
+class NumaNode:
+    id: int
+    cpus: tuple[int, ...]
+    mem_total_bytes: int
+
+
+@dataclass(frozen=True)
+class HostFacts:
+    mem_total_bytes: int
+    cpus: tuple[Cpu, ...]
+    nodes: tuple[NumaNode, ...]
+    l3_domains: tuple[tuple[int, ...], ...]
+    hugepage_sizes: tuple[int, ...]  # bytes, e.g. (2097152, 1073741824)
+    default_hugepage_bytes: int
+    isolated_cpus: tuple[int, ...] = ()
+    cpufreq_policies: tuple[str, ...] = ()  # e.g. ("policy0", ...)
+    cpu_vendor: str = ""
+    cpu_model: str = ""
+    meminfo: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def cpu_ids(self) -> list[int]:
+        return [c.id for c in self.cpus]
+
+    def cpu(self, cpu_id: int) -> Cpu:
+        for c in self.cpus:
+            if c.id == cpu_id:
+                return c
+        raise KeyError(cpu_id)
+
+    @property
+    def physical_cores(self) -> list[tuple[int, ...]]:
+        """Each physical core as the tuple of its logical CPUs (SMT siblings), sorted."""
+        seen: dict[tuple[int, ...], None] = {}
+        for c in self.cpus:
+            seen.setdefault(tuple(sorted(c.siblings)), None)
+        return sorted(seen, key=lambda t: t[0])
+
+    @property
+    def smt(self) -> bool:
+        return any(len(c.siblings) > 1 for c in self.cpus)
+
+
+def _int(text: str | None, default: int = 0) -> int:
+    try:
+        return int((text or "").strip())
+    except ValueError:
+        return default
+
+
+def read_facts(host: Host) -> HostFacts:
+    meminfo = parse_meminfo(host.read_text("/proc/meminfo") or "")
+    online = parse_cpulist(host.read_value("/sys/devices/system/cpu/online") or "")
+    if not online:
+        online = sorted(
+            int(d[3:]) for d in host.listdir("/sys/devices/system/cpu")
+            if d.startswith("cpu") and d[3:].isdigit()
+        )
+
+    # NUMA nodes (absent on kernels without CONFIG_NUMA: treat as one node 0)
+    node_of: dict[int, int] = {}
+    nodes: list[NumaNode] = []
+    for d in host.listdir("/sys/devices/system/node"):
+        if not (d.startswith("node") and d[4:].isdigit()):
+            continue
+        nid = int(d[4:])
+        cpus = parse_cpulist(host.read_value(f"/sys/devices/system/node/{d}/cpulist") or "")
+        mem = parse_meminfo(host.read_text(f"/sys/devices/system/node/{d}/meminfo") or "")
+        # node meminfo lines read 'Node 0 MemTotal:  123 kB'
+        total = next((v for k, v in mem.items() if k.endswith("MemTotal")), 0)
+        nodes.append(NumaNode(nid, tuple(cpus), total))
+        for c in cpus:
+            node_of[c] = nid
+    if not nodes:
+        nodes = [NumaNode(0, tuple(online), meminfo.get("MemTotal", 0))]
+        node_of = dict.fromkeys(online, 0)
+
+    l3_lists: dict[tuple[int, ...], None] = {}
+    raw: list[tuple[int, int, int, tuple[int, ...], tuple[int, ...] | None]] = []
+    for cid in online:
+        base = f"/sys/devices/system/cpu/cpu{cid}"
+        pkg = _int(host.read_value(f"{base}/topology/physical_package_id"))
+        core = _int(host.read_value(f"{base}/topology/core_id"), cid)
+        sib_text = (host.read_value(f"{base}/topology/thread_siblings_list")
+                    or host.read_value(f"{base}/topology/core_cpus_list") or str(cid))
+        sibs = tuple(parse_cpulist(sib_text))
+        l3: tuple[int, ...] | None = None
+        for idx in host.listdir(f"{base}/cache"):
+            if not idx.startswith("index"):
+                continue
+            if host.read_value(f"{base}/cache/{idx}/level") == "3":
+                l3 = tuple(parse_cpulist(
+                    host.read_value(f"{base}/cache/{idx}/shared_cpu_list") or ""))
+                break
+        if l3:
+            l3_lists.setdefault(l3, None)
+        raw.append((cid, pkg, core, sibs, l3))
+    l3_domains = tuple(sorted(l3_lists, key=lambda t: t[0]))
+    cpus = tuple(
+        Cpu(cid, pkg, core, node_of.get(cid, 0), l3_domains.index(l3) if l3 else -1, sibs)
+        for cid, pkg, core, sibs, l3 in raw
+    )
+
+    sizes: list[int] = []
+    for d in host.listdir("/sys/kernel/mm/hugepages"):
+        try:
+            sizes.append(parse_kb_dirname(d))
+        except ValueError:
+            continue
+    default_hp = meminfo.get("Hugepagesize", 2 * 1024 * 1024)
+
+    policies = tuple(
+        d for d in host.listdir("/sys/devices/system/cpu/cpufreq") if d.startswith("policy")
+    )
+    vendor = model = ""
+    for line in (host.read_text("/proc/cpuinfo") or "").splitlines():
+        k, _, v = line.partition(":")
+        k = k.strip()
+        if k == "vendor_id" and not vendor:
+            vendor = v.strip()
+        elif k == "model name" and not model:
+            model = v.strip()
+        if vendor and model:
+            break
+    isolated = tuple(parse_cpulist(host.read_value("/sys/devices/system/cpu/isolated") or ""))
+    return HostFacts(
+        mem_total_bytes=meminfo.get("MemTotal", 0),
+        cpus=cpus,
+        nodes=tuple(sorted(nodes, key=lambda n: n.id)),
+        l3_domains=l3_domains,
+        hugepage_sizes=tuple(sorted(sizes)),
+        default_hugepage_bytes=default_hp,
+        isolated_cpus=isolated,
+        cpufreq_policies=policies,
+        cpu_vendor=vendor,
+        cpu_model=model,
+        meminfo=meminfo,
+    )
+
+
+def find_pids(host: Host, comm: str) -> list[int]:
+    """PIDs whose /proc/<pid>/comm equals ``comm`` (e.g. 'dockerd')."""
+    out: list[int] = []
+    for d in host.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            c = host.read_value(f"/proc/{d}/comm")
+        except OSError:
+            continue
+        if c == comm:
+            out.append(int(d))
+    return sorted(out)

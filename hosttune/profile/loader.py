@@ -1,0 +1,171 @@
+"""Load profiles from YAML: ``extends:`` inheritance, precise errors (file + key)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from hosttune.errors import ProfileError
+from hosttune.profile.schema import Profile
+
+BUILTIN_PACKAGE = "hosttune.profile.builtin"
+MAX_DEPTH = 10
+
+
+@dataclass(frozen=True)
+class LoadedProfile:
+    profile: Profile
+    files: tuple[str, ...]  # child first
+    origin: dict[str, str] = field(default_factory=dict)  # "a.b.c" -> file that set it
+    raw: dict[str, Any] = field(default_factory=dict)  # merged YAML (for `profiles show`)
+
+    def where(self, key: str) -> str:
+        """The file that set ``key`` (or its nearest parent key)."""
+        k = key
+        while k:
+            if k in self.origin:
+                return self.origin[k]
+            k = k.rpartition(".")[0]
+        return self.files[0]
+
+    def error(self, key: str, message: str) -> ProfileError:
+        return ProfileError(message, file=self.where(key), key=key)
+
+
+def builtin_names() -> list[str]:
+    return sorted(
+        p.name[:-5] for p in resources.files(BUILTIN_PACKAGE).iterdir()
+        if p.name.endswith(".yaml")
+    )
+
+
+def _read_source(ref: str, base_dir: Path | None) -> tuple[str, str]:
+    """Resolve a profile reference to (display name, YAML text)."""
+    looks_like_path = "/" in ref or ref.endswith((".yaml", ".yml"))
+    if looks_like_path:
+        p = Path(ref)
+        if not p.is_absolute() and base_dir is not None:
+            p = base_dir / p
+        try:
+            return str(p), p.read_text(encoding="utf-8")
+        except OSError as err:
+            raise ProfileError(f"cannot read profile: {err.strerror}", file=str(p)) from err
+    res = resources.files(BUILTIN_PACKAGE) / f"{ref}.yaml"
+    if not res.is_file():
+        raise ProfileError(
+            f"no built-in profile {ref!r} (built-in: {', '.join(builtin_names())}); "
+            "give a path to use a file"
+        )
+    return f"builtin:{ref}", res.read_text(encoding="utf-8")
+
+
+def _parse_yaml(name: str, text: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(err, "problem", None) or str(err)
+        raise ProfileError(f"invalid YAML{where}: {problem}", file=name) from err
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ProfileError("a profile must be a YAML mapping", file=name)
+    return data
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any], origin: dict[str, str], src: str,
+           prefix: str = "") -> dict[str, Any]:
+    """Deep merge: mappings merge key by key, everything else (lists included) is replaced."""
+    out = dict(base)
+    for k, v in over.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v, origin, src, key + ".")
+        else:
+            out[k] = v
+            for o in [o for o in origin if o == key or o.startswith(key + ".")]:
+                del origin[o]
+            _record(v, key, src, origin)
+    return out
+
+
+def _record(v: Any, key: str, src: str, origin: dict[str, str]) -> None:
+    origin[key] = src
+    if isinstance(v, dict):
+        for k, sub in v.items():
+            _record(sub, f"{key}.{k}", src, origin)
+    elif isinstance(v, list):
+        for i, sub in enumerate(v):
+            _record(sub, f"{key}.{i}", src, origin)
+
+
+def load_raw(ref: str, base_dir: Path | None = None) -> tuple[dict[str, Any], list[str],
+                                                              dict[str, str]]:
+    chain: list[tuple[str, dict[str, Any]]] = []
+    seen: set[str] = set()
+    cur: str | None = ref
+    cur_base = base_dir
+    while cur is not None:
+        name, text = _read_source(cur, cur_base)
+        if name in seen:
+            raise ProfileError(f"extends loop: {' -> '.join([n for n, _ in chain] + [name])}",
+                               file=chain[0][0] if chain else name, key="extends")
+        seen.add(name)
+        data = _parse_yaml(name, text)
+        chain.append((name, data))
+        if len(chain) > MAX_DEPTH:
+            raise ProfileError("extends chain deeper than 10", file=name, key="extends")
+        ext = data.get("extends")
+        if ext is not None and not isinstance(ext, str):
+            raise ProfileError("extends must be a profile name or path", file=name,
+                               key="extends")
+        cur = ext
+        if not name.startswith("builtin:"):
+            cur_base = Path(name).parent
+    merged: dict[str, Any] = {}
+    origin: dict[str, str] = {}
+    for name, data in reversed(chain):
+        merged = _merge(merged, data, origin, name)
+    merged["extends"] = chain[0][1].get("extends")
+    return merged, [n for n, _ in chain], origin
+
+
+def _loc_to_key(loc: tuple[Any, ...]) -> str:
+    parts = []
+    for p in loc:
+        # pydantic puts union-member names (e.g. 'str', 'int', 'literal[...]') in loc; drop them
+        if isinstance(p, str) and (p in {"str", "int", "float", "bool", "dict[int,union[str,int]]"}
+                                   or p.startswith(("literal[", "function-", "dict["))):
+            continue
+        parts.append(str(p))
+    return ".".join(parts)
+
+
+def load_profile(ref: str, base_dir: Path | None = None) -> LoadedProfile:
+    """Load a built-in name or a YAML path, resolving ``extends``. Raises ProfileError."""
+    merged, files, origin = load_raw(ref, base_dir)
+    if "name" not in merged:
+        merged["name"] = Path(files[0]).stem if not files[0].startswith("builtin:") else ref
+    try:
+        profile = Profile.model_validate(merged)
+    except ValidationError as err:
+        first = err.errors()[0]
+        key = _loc_to_key(first["loc"])
+        msg = first["msg"]
+        if first["type"] == "extra_forbidden":
+            msg = "unknown key (not part of the profile schema)"
+        got = first.get("input")
+        if first["type"] != "extra_forbidden" and not isinstance(got, dict | list):
+            msg += f" (got {got!r})"
+        more = len(err.errors()) - 1
+        if more:
+            msg += f"; and {more} more error{'s' if more > 1 else ''}"
+        lp = LoadedProfile(Profile.model_construct(name="?"), tuple(files), origin, merged)
+        raise lp.error(key, msg) from err
+    return LoadedProfile(profile, tuple(files), origin, merged)

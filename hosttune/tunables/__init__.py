@@ -1,0 +1,42 @@
+"""Tunable families, one module each. The registry order is the apply order."""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import import_module
+
+from hosttune.tunables.base import Tunable
+
+# module:Class, in apply order. Runtime settings come after the files that persist them.
+_REGISTRY: tuple[str, ...] = (
+    "hosttune.tunables.swap:SwapTunable",
+    "hosttune.tunables.cpufreq:CpuFreqTunable",
+    "hosttune.tunables.sysctl:SysctlTunable",
+    "hosttune.tunables.memlock:MemlockTunable",
+    "hosttune.tunables.hugepages:HugePagesTunable",
+    "hosttune.tunables.hugetlbfs:HugetlbfsTunable",
+    # GPU / driver / boot layer (issue: GPU, driver and boot layer) registers here.
+    "hosttune.tunables.bootunit:BootUnitTunable",
+)
+
+
+@cache
+def all_tunables() -> tuple[Tunable, ...]:
+    out = []
+    for ref in _REGISTRY:
+        mod, _, cls = ref.partition(":")
+        try:
+            m = import_module(mod)
+        except ModuleNotFoundError as err:
+            if err.name == mod:  # not written yet
+                continue
+            raise
+        out.append(getattr(m, cls)())
+    return tuple(out)
+
+
+def get_tunable(name: str) -> Tunable:
+    for t in all_tunables():
+        if t.name == name:
+            return t
+    raise KeyError(f"no tunable named {name!r}")

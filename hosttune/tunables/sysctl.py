@@ -1,0 +1,181 @@
+"""sysctl: runtime values under /proc/sys and a drop-in in /etc/sysctl.d.
+
+Boot-time precedence (sysctl.d(5), procps sysctl --system): files from /etc/sysctl.d,
+/run/sysctl.d, /usr/local/lib/sysctl.d, /usr/lib/sysctl.d, /lib/sysctl.d are read in lexical
+order of their *file names* (a name in /etc masks the same name elsewhere); /etc/sysctl.conf
+comes last (Debian links it in as 99-sysctl.conf). The last assignment wins, so a key our
+drop-in sets can be silently overridden - reported as a conflict naming file and line.
+
+Floors (">= N") exist because some keys have distro defaults that must not be lowered:
+systemd >= 255 ships vm.max_map_count = 1048576 (50-default.conf); writing a smaller
+"recommended" value would reduce it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+from hosttune.host import Host
+from hosttune.host.parsers import (
+    SysctlAssignment,
+    normalise_sysctl_key,
+    normalise_sysctl_value,
+    parse_sysctl_conf,
+    sysctl_key_to_path,
+)
+from hosttune.profile.schema import SysctlSection
+from hosttune.tunables.base import (
+    HEADER,
+    Change,
+    Context,
+    Evaluation,
+    Row,
+    Status,
+    Tunable,
+    file_change,
+)
+
+SYSCTL_DIRS = ("/etc/sysctl.d", "/run/sysctl.d", "/usr/local/lib/sysctl.d", "/usr/lib/sysctl.d",
+               "/lib/sysctl.d")
+
+
+@dataclass(frozen=True)
+class SourcedAssignment:
+    file: str
+    a: SysctlAssignment
+
+
+def sysctl_files(host: Host) -> list[str]:
+    """Host paths of every sysctl configuration file, in the order they are applied."""
+    by_name: dict[str, str] = {}
+    for d in SYSCTL_DIRS:
+        for name in host.listdir(d):
+            if name.endswith(".conf") and name not in by_name:
+                by_name[name] = f"{d}/{name}"
+    ordered = [by_name[n] for n in sorted(by_name)]
+    # /etc/sysctl.conf last, unless already linked in (Debian: 99-sysctl.conf -> ../sysctl.conf)
+    linked = False
+    for p in ordered:
+        real = host.path(p)
+        if real.is_symlink():
+            target = os.path.normpath(os.path.join(os.path.dirname(p), os.readlink(real)))
+            if target == "/etc/sysctl.conf":
+                linked = True
+    if not linked and host.exists("/etc/sysctl.conf"):
+        ordered.append("/etc/sysctl.conf")
+    return ordered
+
+
+def boot_assignments(host: Host) -> list[SourcedAssignment]:
+    """Every assignment in boot order (symlinked files are read through the link)."""
+    out: list[SourcedAssignment] = []
+    for p in sysctl_files(host):
+        try:
+            text = host.path(p).read_text(errors="replace")
+        except OSError:
+            continue
+        out.extend(SourcedAssignment(p, a) for a in parse_sysctl_conf(text))
+    return out
+
+
+def parse_floor(value: str | int) -> int | None:
+    s = str(value).strip()
+    if s.startswith(">="):
+        return int(s[2:].strip())
+    return None
+
+
+def _int_or_none(s: str | None) -> int | None:
+    try:
+        return int(str(s).strip())
+    except (TypeError, ValueError):
+        return None
+
+
+class SysctlTunable(Tunable):
+    name = "sysctl"
+    section = "sysctl"
+
+    def evaluate(self, ctx: Context) -> Evaluation:
+        sec = ctx.profile.sysctl
+        assert isinstance(sec, SysctlSection)
+        host = ctx.host
+        rows: list[Row] = []
+        changes: list[Change] = []
+        assigns = boot_assignments(host)
+        others = [s for s in assigns if s.file != sec.file]
+        lines = [HEADER, f"# profile: {ctx.profile.name}\n"]
+        for raw_key, raw_val in sorted(sec.settings.items()):
+            key = normalise_sysctl_key(raw_key)
+            path = sysctl_key_to_path(key)
+            floor = parse_floor(raw_val)
+            want = None if floor is not None else normalise_sysctl_value(str(raw_val))
+            desired_desc = f">= {floor}" if floor is not None else str(want)
+            try:
+                current = host.read_value(path)
+            except PermissionError:
+                rows.append(Row(self.name, key, "?", desired_desc, Status.NEEDS_ROOT))
+                continue
+            # persistent value for the drop-in
+            later = [s for s in others if s.a.key == key]
+            if floor is not None:
+                eff = _int_or_none(later[-1].a.value) if later else None
+                if eff is not None and eff >= floor:
+                    lines.append(f"# {key} >= {floor}: already {eff} from {later[-1].file}\n")
+                else:
+                    lines.append(f"{key} = {floor}\n")
+            else:
+                lines.append(f"{key} = {want}\n")
+            if current is None:
+                rows.append(Row(self.name, key, "absent", desired_desc, Status.UNSUPPORTED,
+                                "this kernel has no such sysctl"))
+                continue
+            cur_n = normalise_sysctl_value(current)
+            if floor is not None:
+                cur_i = _int_or_none(cur_n)
+                ok = cur_i is not None and cur_i >= floor
+                new_val = str(floor)
+            else:
+                ok = cur_n == want
+                new_val = str(want)
+            status = Status.OK if ok else Status.DRIFT
+            note = ""
+            # conflicts: files applied after ours that set a different value
+            after_ours = [s for s in assigns if s.a.key == key and _loads_after(
+                sysctl_files(host), s.file, sec.file)]
+            bad = [s for s in after_ours if not _satisfies(s.a.value, want, floor)]
+            if bad:
+                s = bad[-1]
+                status = Status.CONFLICT if ok else Status.DRIFT
+                note = (f"{s.file}:{s.a.lineno} sets {key} = {s.a.value} after "
+                        f"{os.path.basename(sec.file)}; at boot the last one wins")
+            rows.append(Row(self.name, key, cur_n, desired_desc, status, note))
+            if not ok:
+                changes.append(Change(
+                    id=f"sysctl/{key}", tunable=self.name, kind="kernel",
+                    summary=f"sysctl {key}: {cur_n} -> {new_val}", path=path, value=new_val,
+                    runtime=True))
+        row, ch = file_change(ctx, self.name, sec.file, "".join(lines))
+        rows.append(row)
+        if ch:
+            changes.insert(0, ch)
+        return Evaluation(rows, changes)
+
+
+def _loads_after(order: list[str], a: str, b: str) -> bool:
+    """Does file ``a`` load after file ``b``? (``b`` may not exist yet: place it by name.)"""
+    if b not in order:
+        names = sorted([*order, b], key=lambda p: (p == "/etc/sysctl.conf", os.path.basename(p)))
+        order = names
+    try:
+        return order.index(a) > order.index(b)
+    except ValueError:
+        return False
+
+
+def _satisfies(value: str, want: str | None, floor: int | None) -> bool:
+    if floor is not None:
+        v = _int_or_none(value)
+        return v is not None and v >= floor
+    return normalise_sysctl_value(value) == want
