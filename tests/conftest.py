@@ -40,3 +40,51 @@ def vm(tmp_path: Path) -> Path:
 def any_tree(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     return {"ryzen": fakehost.ryzen_9950x, "epyc": fakehost.epyc_2s,
             "vm": fakehost.this_vm}[request.param](tmp_path / request.param)
+
+
+@pytest.fixture
+def kernel_lock():
+    """Serialise tests that change global kernel state (huge-page pool, mounts, sysctls, swap)
+    across concurrently running test processes."""
+    import fcntl
+
+    fd = os.open("/tmp/hosttune-kernel-tests.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, input_text: str | None = None,
+            timeout: float = 120):
+    """Run `python -m hosttune ARGS` in a subprocess against this checkout."""
+    import subprocess
+    import sys
+
+    e = dict(os.environ)
+    e["PYTHONPATH"] = str(REPO) + os.pathsep + e.get("PYTHONPATH", "")
+    e.setdefault("COLUMNS", "200")
+    if env:
+        e.update(env)
+    return subprocess.run([sys.executable, "-m", "hosttune", *args], capture_output=True,
+                          text=True, env=e, input=input_text, timeout=timeout, check=False)
+
+
+@pytest.fixture
+def cli():
+    """In-process CLI runner: cli('audit', '--root', str(tree)) -> click Result."""
+    from typer.testing import CliRunner
+
+    from hosttune.cli import app
+
+    runner = CliRunner()
+
+    def invoke(*args: str):
+        return runner.invoke(app, list(args), env={"COLUMNS": "200"})
+
+    return invoke

@@ -73,8 +73,10 @@ def audit(
     if json_out:
         emit_json(report.to_json())
     else:
-        console.print(_rows_table(report.rows, title=f"hosttune audit · profile {loaded.profile.name}"
-                                  + (f" · root {host.root}" if host.offline else "")))
+        title = f"hosttune audit · profile {loaded.profile.name}"
+        if host.offline:
+            title += f" · root {host.root}"
+        console.print(_rows_table(report.rows, title=title))
         hint = "  → hosttune plan  to see the changes" if report.drift else ""
         console.print(_summary(report) + hint)
     raise typer.Exit(EXIT_FINDINGS if report.drift else EXIT_OK)

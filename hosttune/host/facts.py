@@ -122,7 +122,7 @@ def read_facts(host: Host) -> HostFacts:
             l3_lists.setdefault(l3, None)
         raw.append((cid, pkg, core, sibs, l3))
     l3_domains = tuple(sorted(l3_lists, key=lambda t: t[0]))
-    cpus = tuple(
+    cpu_objs = tuple(
         Cpu(cid, pkg, core, node_of.get(cid, 0), l3_domains.index(l3) if l3 else -1, sibs)
         for cid, pkg, core, sibs, l3 in raw
     )
@@ -151,7 +151,7 @@ def read_facts(host: Host) -> HostFacts:
     isolated = tuple(parse_cpulist(host.read_value("/sys/devices/system/cpu/isolated") or ""))
     return HostFacts(
         mem_total_bytes=meminfo.get("MemTotal", 0),
-        cpus=cpus,
+        cpus=cpu_objs,
         nodes=tuple(sorted(nodes, key=lambda n: n.id)),
         l3_domains=l3_domains,
         hugepage_sizes=tuple(sorted(sizes)),

@@ -85,11 +85,12 @@ def write_kernel_file(path: Path, value: str, *, root: Path = Path("/")) -> None
     try:
         fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_TRUNC)
     except OSError as err:
-        raise HostError(f"cannot open {path} for writing: {os.strerror(err.errno)}") from err
+        raise HostError(f"cannot open {path} for writing: {os.strerror(err.errno or 0)}") from err
     try:
         os.write(fd, value.encode())
     except OSError as err:
-        raise HostError(f"writing {value!r} to {path} failed: {os.strerror(err.errno)}") from err
+        msg = os.strerror(err.errno or 0)
+        raise HostError(f"writing {value.strip()!r} to {path} failed: {msg}") from err
     finally:
         os.close(fd)
 

@@ -170,7 +170,7 @@ class BootSection(Section):
                              "running Python with -m hosttune")
 
 
-# --- the profile -----------------------------------------------------------------------------------
+# --- the profile ---------------------------------------------------------------------------
 class Profile(Section):
     name: str
     description: str = ""

@@ -53,15 +53,15 @@ def sysctl_files(host: Host) -> list[str]:
         for name in host.listdir(d):
             if name.endswith(".conf") and name not in by_name:
                 by_name[name] = f"{d}/{name}"
-    ordered = [by_name[n] for n in sorted(by_name)]
-    # /etc/sysctl.conf last, unless already linked in (Debian: 99-sysctl.conf -> ../sysctl.conf)
-    linked = False
-    for p in ordered:
+    ordered = []
+    for n in sorted(by_name):
+        p = by_name[n]
         real = host.path(p)
-        if real.is_symlink():
-            target = os.path.normpath(os.path.join(os.path.dirname(p), os.readlink(real)))
-            if target == "/etc/sysctl.conf":
-                linked = True
+        if real.is_symlink():  # report the file a link points to (Debian's 99-sysctl.conf)
+            p = os.path.normpath(os.path.join(os.path.dirname(p), os.readlink(real)))
+        ordered.append(p)
+    # /etc/sysctl.conf last, unless already linked in (Debian: 99-sysctl.conf -> ../sysctl.conf)
+    linked = "/etc/sysctl.conf" in ordered
     if not linked and host.exists("/etc/sysctl.conf"):
         ordered.append("/etc/sysctl.conf")
     return ordered
@@ -72,7 +72,7 @@ def boot_assignments(host: Host) -> list[SourcedAssignment]:
     out: list[SourcedAssignment] = []
     for p in sysctl_files(host):
         try:
-            text = host.path(p).read_text(errors="replace")
+            text = host.read_text(p) or ""
         except OSError:
             continue
         out.extend(SourcedAssignment(p, a) for a in parse_sysctl_conf(text))
@@ -166,8 +166,9 @@ class SysctlTunable(Tunable):
 def _loads_after(order: list[str], a: str, b: str) -> bool:
     """Does file ``a`` load after file ``b``? (``b`` may not exist yet: place it by name.)"""
     if b not in order:
-        names = sorted([*order, b], key=lambda p: (p == "/etc/sysctl.conf", os.path.basename(p)))
-        order = names
+        # our drop-in does not exist yet: place it by name; /etc/sysctl.conf stays last
+        order = sorted([*order, b], key=lambda p: (p == "/etc/sysctl.conf",
+                                                     os.path.basename(p)))
     try:
         return order.index(a) > order.index(b)
     except ValueError:

@@ -1,0 +1,50 @@
+"""End-to-end over a fake tree with the sysctl family (the reference tunable)."""
+
+from __future__ import annotations
+
+import json
+
+from tests.conftest import run_cli
+
+
+def test_sysctl_apply_idempotent_and_rollback_exact(ryzen, cli):
+    from tests.test_contracts import snapshot
+
+    before = snapshot(ryzen)
+    r = cli("apply", "--root", str(ryzen), "--yes", "--only", "sysctl", "--json")
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert data["changed"]
+    assert (ryzen / "proc/sys/vm/swappiness").read_text() == "0\n"
+    conf = (ryzen / "etc/sysctl.d/90-hosttune.conf").read_text()
+    assert "vm.swappiness = 0" in conf
+    r = cli("apply", "--root", str(ryzen), "--yes", "--only", "sysctl", "--json")
+    assert json.loads(r.output)["changed"] is False
+    r = cli("audit", "--root", str(ryzen), "--only", "sysctl")
+    assert r.exit_code == 0, r.output
+    r = cli("rollback", "--root", str(ryzen), "--yes")
+    assert r.exit_code == 0, r.output
+    assert snapshot(ryzen) == before
+
+
+def test_sysctl_conflict_in_sysctl_conf_is_reported(ryzen):
+    (ryzen / "etc/sysctl.conf").write_text("vm.swappiness = 10\n")
+    (ryzen / "proc/sys/vm/swappiness").write_text("0\n")
+    p = run_cli("audit", "--root", str(ryzen), "--only", "sysctl", "--json")
+    rows = {r["key"]: r for r in json.loads(p.stdout)["rows"]}
+    assert rows["vm.swappiness"]["status"] == "conflict"
+    assert "/etc/sysctl.conf:1" in rows["vm.swappiness"]["note"]
+    assert p.returncode == 1
+
+
+def test_floor_respects_higher_distro_default(ryzen):
+    (ryzen / "usr/lib/sysctl.d").mkdir(parents=True)
+    (ryzen / "usr/lib/sysctl.d/50-default.conf").write_text("vm.max_map_count = 1048576\n")
+    (ryzen / "proc/sys/vm/max_map_count").write_text("1048576\n")
+    p = run_cli("plan", "--root", str(ryzen), "--only", "sysctl", "--json")
+    data = json.loads(p.stdout)
+    rows = {r["key"]: r for r in data["rows"]}
+    assert rows["vm.max_map_count"]["status"] == "ok"
+    (conf,) = [c for c in data["changes"] if c["kind"] == "file"]
+    assert "vm.max_map_count = 262144" not in conf["value"]
+    assert not any(c["id"] == "sysctl/vm.max_map_count" for c in data["changes"])
