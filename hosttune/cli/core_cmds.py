@@ -6,7 +6,6 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.syntax import Syntax
 from rich.table import Table
 
 from hosttune.cli.common import (
@@ -117,6 +116,8 @@ def _print_plan(p) -> None:
         kind = "runtime" if c.runtime else "persistent"
         t.add_row(str(i), escape(c.summary), kind, escape(", ".join(c.needs)))
     console.print(t)
+    from rich.syntax import Syntax  # pygments: only when there are diffs to show
+
     for c in p.changes:
         if c.diff:
             console.print(Syntax(c.diff, "diff", theme="ansi_dark", background_color="default"))

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -266,6 +265,15 @@ def _maybe_crash(step: int, when: str) -> None:
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _unchanged(host: Host, change: Change, before: dict[str, Any]) -> bool:
+    try:
+        now = capture(host, change)
+    except Exception:
+        return False
+    now.pop("created_dirs", None)
+    return now == {k: v for k, v in before.items() if k != "created_dirs"}
+
+
 def revert_order(pairs: list[tuple[Change, Any]]) -> list[tuple[Change, Any]]:
     """Reverse order, except post-commands (daemon-reload, update-grub: params.post) which run
     after every file they depend on has been restored."""
@@ -283,12 +291,18 @@ def _undo_transaction(host: Host, journal: Journal) -> list[StepResult]:
         return []
     results: list[StepResult] = []
     failed = False
-    pairs = [(Change.from_json(s["change"]), s["before"]) for s in txn["steps"]]
-    for ch, before in revert_order(pairs):
+    pairs = [(Change.from_json(s["change"]), s) for s in txn["steps"]]
+    for ch, step in revert_order(pairs):
+        before = step["before"]
         try:
             do_revert(host, ch, before)
             results.append(StepResult(ch, "reverted"))
         except Exception as err:  # keep going: report every failure
+            # The step that failed (or was in flight at a kill) may never have changed
+            # anything: if the host still holds the captured value, there is nothing to undo.
+            if step.get("status") == "pending" and _unchanged(host, ch, before):
+                results.append(StepResult(ch, "reverted", "unchanged"))
+                continue
             failed = True
             results.append(StepResult(ch, "revert-failed", str(err)))
     if not failed:
@@ -314,7 +328,7 @@ def apply(host: Host, loaded: LoadedProfile, *, runtime_only: bool = False,
         if not changes:
             ctx = Context(host, loaded, runtime_only=runtime_only)
             return ApplyReport(True, [], _evaluate(ctx, only)[0], recovered)
-        txn_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{uuid.uuid4().hex[:8]}"
+        txn_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.urandom(4).hex()}"
         journal.transaction = {"id": txn_id, "pid": os.getpid(), "started": time.time(),
                                "profile": loaded.profile.name, "steps": []}
         journal.save()

@@ -152,11 +152,17 @@ def load_profile(ref: str, base_dir: Path | None = None) -> LoadedProfile:
     merged, files, origin = load_raw(ref, base_dir)
     if "name" not in merged:
         merged["name"] = Path(files[0]).stem if not files[0].startswith("builtin:") else ref
+    from hosttune.profile import cache
+
+    key = cache.cache_key(merged)
+    cached = cache.load(key, Profile)
+    if isinstance(cached, Profile):
+        return LoadedProfile(cached, tuple(files), origin, merged)
     try:
         profile = Profile.model_validate(merged)
     except ValidationError as err:
         first = err.errors()[0]
-        key = _loc_to_key(first["loc"])
+        where = _loc_to_key(first["loc"])
         msg = first["msg"]
         if first["type"] == "extra_forbidden":
             msg = "unknown key (not part of the profile schema)"
@@ -167,5 +173,6 @@ def load_profile(ref: str, base_dir: Path | None = None) -> LoadedProfile:
         if more:
             msg += f"; and {more} more error{'s' if more > 1 else ''}"
         lp = LoadedProfile(Profile.model_construct(name="?"), tuple(files), origin, merged)
-        raise lp.error(key, msg) from err
+        raise lp.error(where, msg) from err
+    cache.store(key, profile)
     return LoadedProfile(profile, tuple(files), origin, merged)

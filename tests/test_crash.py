@@ -1,0 +1,81 @@
+"""Crash safety: apply killed with SIGKILL at every step (before and after each change), then
+rollback - or the next apply - finds a consistent state and loses no original."""
+
+from __future__ import annotations
+
+import json
+import signal
+
+import pytest
+
+from tests.conftest import run_cli
+from tests.test_contracts import snapshot
+
+
+def _steps(tree, profile):
+    p = run_cli("plan", "--root", str(tree), "--profile", profile, "--json")
+    assert p.returncode in (0, 1), p.stderr
+    return len(json.loads(p.stdout)["changes"])
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_kill9_at_every_step_then_rollback_restores_tree(ryzen, when):
+    profile = "ryzen9950x-rtx5090"
+    n = _steps(ryzen, profile)
+    assert n > 3
+    original = snapshot(ryzen)
+    for i in range(n):
+        p = run_cli("apply", "--root", str(ryzen), "--profile", profile, "--yes", "--json",
+                    env={"HOSTTUNE_TEST_CRASH": f"{i}:{when}"})
+        assert p.returncode == -signal.SIGKILL, (i, p.returncode, p.stderr)
+        r = run_cli("rollback", "--root", str(ryzen), "--yes", "--json")
+        assert r.returncode == 0, (i, r.stdout, r.stderr)
+        assert snapshot(ryzen) == original, f"tree differs after a kill at step {i} ({when})"
+
+
+def test_apply_after_kill_completes_and_keeps_originals(ryzen):
+    profile = "ryzen9950x-rtx5090"
+    n = _steps(ryzen, profile)
+    original = snapshot(ryzen)
+    p = run_cli("apply", "--root", str(ryzen), "--profile", profile, "--yes",
+                env={"HOSTTUNE_TEST_CRASH": f"{n // 2}:after"})
+    assert p.returncode == -signal.SIGKILL
+    p = run_cli("apply", "--root", str(ryzen), "--profile", profile, "--yes", "--json")
+    assert p.returncode == 0, p.stdout + p.stderr
+    data = json.loads(p.stdout)
+    assert data["recovered"], "the interrupted run must be undone first"
+    assert data["ok"]
+    a = run_cli("audit", "--root", str(ryzen), "--profile", profile, "--json")
+    assert json.loads(a.stdout)["drift"] == 0, a.stdout
+    r = run_cli("rollback", "--root", str(ryzen), "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert snapshot(ryzen) == original
+
+
+def test_second_apply_while_locked_is_refused(ryzen):
+    from hosttune.engine.journal import Lock
+    from hosttune.host import Host
+
+    with Lock(Host(ryzen)):
+        p = run_cli("apply", "--root", str(ryzen), "--yes")
+    assert p.returncode == 2
+    assert "holds" in p.stderr
+
+
+def test_failed_step_reverts_the_whole_run(ryzen):
+    """A step that fails (here: a kernel file that cannot be written) undoes every change of
+    the run and the report says so."""
+    target = ryzen / "proc/sys/vm/vfs_cache_pressure"
+    target.unlink()
+    (ryzen / "planted").write_text("100\n")
+    target.symlink_to(ryzen / "planted")  # O_NOFOLLOW: the write fails with ELOOP
+    original = snapshot(ryzen)
+    p = run_cli("apply", "--root", str(ryzen), "--yes", "--json", "--only", "sysctl")
+    assert p.returncode == 1, p.stdout + p.stderr
+    data = json.loads(p.stdout)
+    assert not data["ok"]
+    statuses = {s["status"] for s in data["steps"]}
+    assert "failed" in statuses and "reverted" in statuses
+    assert snapshot(ryzen) == original
+    j = json.loads((ryzen / "var/lib/hosttune/journal.json").read_text())
+    assert j["entries"] == [] and j["transaction"] is None

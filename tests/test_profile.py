@@ -1,0 +1,129 @@
+"""Profiles: inheritance, precise errors naming file and key, nothing written on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from hosttune.errors import ProfileError
+from hosttune.profile import builtin_names, load_profile
+from tests.conftest import run_cli
+from tests.test_contracts import snapshot
+
+
+def test_builtins_load_and_extend():
+    assert {"inference", "ryzen9950x-rtx5090"} <= set(builtin_names())
+    lp = load_profile("ryzen9950x-rtx5090")
+    assert lp.profile.extends == "inference"
+    assert lp.files == ("builtin:ryzen9950x-rtx5090", "builtin:inference")
+    # inherited from the parent, overridden by the child
+    assert lp.profile.swap is not None and lp.profile.swap.enabled is False
+    assert lp.where("hugetlbfs.mounts") == "builtin:ryzen9950x-rtx5090"
+    assert lp.where("sysctl.settings.vm.swappiness") == "builtin:inference"
+
+
+def test_child_file_extends_builtin_and_overrides_one_key(tmp_path):
+    f = tmp_path / "mine.yaml"
+    f.write_text("name: mine\nextends: inference\nsysctl:\n  settings:\n    vm.swappiness: 1\n")
+    lp = load_profile(str(f))
+    assert lp.profile.sysctl is not None
+    assert lp.profile.sysctl.settings["vm.swappiness"] == 1
+    assert lp.profile.sysctl.settings["vm.dirty_ratio"] == 5  # merged, not replaced
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "key", "words"),
+    [
+        ("name: x\nswap:\n  enabled: maybe\n", "swap.enabled", "boolean"),
+        ("name: x\nswap:\n  enabeld: false\n", "swap.enabeld", "unknown key"),
+        ("name: x\nhugepages:\n  pools:\n    - pagesize: 3M\n", "hugepages.pools.0.pagesize",
+         "2M"),
+        ("name: x\nhugepages:\n  pools:\n    - size: lots\n", "hugepages.pools.0.size", "90GiB"),
+        ("name: x\nsysctl:\n  settings:\n    vm.nr_hugepages: 4\n", "sysctl.settings",
+         "hugepages"),
+        ("name: x\nsysctl:\n  settings:\n    vm.max_map_count: '> 5'\n", "sysctl.settings",
+         ">= N"),
+        ("name: x\nmemlock:\n  scope: world\n", "memlock.scope", "group"),
+    ],
+)
+def test_bad_input_names_file_and_key(tmp_path, yaml_text, key, words):
+    f = tmp_path / "bad.yaml"
+    f.write_text(yaml_text)
+    with pytest.raises(ProfileError) as exc:
+        load_profile(str(f))
+    msg = str(exc.value)
+    assert str(f) in msg and key in msg and words in msg, msg
+
+
+def test_yaml_syntax_error_has_line(tmp_path):
+    f = tmp_path / "broken.yaml"
+    f.write_text("name: x\nswap: [\n")
+    with pytest.raises(ProfileError, match=r"broken.yaml: invalid YAML \(line 3"):
+        load_profile(str(f))
+
+
+def test_extends_loop(tmp_path):
+    (tmp_path / "a.yaml").write_text("name: a\nextends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("name: b\nextends: a.yaml\n")
+    with pytest.raises(ProfileError, match="extends loop"):
+        load_profile(str(tmp_path / "a.yaml"))
+
+
+def test_unknown_builtin():
+    with pytest.raises(ProfileError, match="no built-in profile 'nope'"):
+        load_profile("nope")
+
+
+def test_error_in_parent_names_parent_file(tmp_path):
+    (tmp_path / "base.yaml").write_text("name: base\ncpu:\n  governor: 5\n")
+    (tmp_path / "child.yaml").write_text("name: child\nextends: base.yaml\n")
+    with pytest.raises(ProfileError) as exc:
+        load_profile(str(tmp_path / "child.yaml"))
+    assert "base.yaml: cpu.governor" in str(exc.value)
+
+
+def test_cli_bad_profile_exit_2_and_nothing_written(ryzen, tmp_path):
+    f = tmp_path / "bad.yaml"
+    f.write_text("name: x\nextends: inference\nswap:\n  enabled: perhaps\n")
+    before = snapshot(ryzen)
+    p = run_cli("apply", "--root", str(ryzen), "--profile", str(f), "--yes")
+    assert p.returncode == 2
+    assert "bad.yaml: swap.enabled" in p.stderr
+    assert snapshot(ryzen) == before
+    assert not (ryzen / "var/lib/hosttune").exists()
+
+
+def test_cache_round_trip_equals_validation(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "c"))
+    for name in builtin_names():
+        a = load_profile(name).profile  # validates and stores
+        b = load_profile(name).profile  # from the cache
+        assert a == b
+        assert json.dumps(a.model_dump(mode="json")) == json.dumps(b.model_dump(mode="json"))
+    cached = load_profile("inference").profile
+    monkeypatch.setenv("HOSTTUNE_NO_CACHE", "1")
+    assert load_profile("inference").profile == cached
+
+
+def test_cache_ignores_foreign_or_writable_entries(tmp_path, monkeypatch):
+    from hosttune.profile import cache
+    from hosttune.profile.schema import Profile
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "c"))
+    lp = load_profile("inference")
+    key = cache.cache_key(lp.raw)
+    entry = tmp_path / "c/hosttune/profiles" / f"{key}.json"
+    assert entry.exists()
+    assert cache.load(key, Profile) is not None
+    entry.chmod(0o666)  # anyone could have written it: do not trust it
+    assert cache.load(key, Profile) is None
+
+
+def test_profiles_cli(cli):
+    r = cli("profiles", "list", "--json")
+    assert r.exit_code == 0
+    names = [p["name"] for p in json.loads(r.output)]
+    assert "ryzen9950x-rtx5090" in names
+    r = cli("profiles", "show", "ryzen9950x-rtx5090")
+    assert r.exit_code == 0 and "extends: inference" in r.output
