@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import typer
-import yaml
 from rich.table import Table
 
 from hosttune.cli.common import JsonOpt, console, emit_json, run_guarded
@@ -39,6 +38,8 @@ def show(
     json_out: JsonOpt = False,
 ) -> None:
     """Show a profile with every knob explicit (inheritance resolved, defaults filled in)."""
+    import yaml
+
     from hosttune.profile import load_profile
 
     lp = run_guarded(load_profile, profile)
