@@ -13,7 +13,7 @@ os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "1")
 import typer
 
 from hosttune import __version__
-from hosttune.cli import core_cmds, profiles
+from hosttune.cli import core_cmds, doctor, profiles
 
 app = typer.Typer(
     name="hosttune",
@@ -28,6 +28,7 @@ app.command()(core_cmds.audit)
 app.command()(core_cmds.plan)
 app.command()(core_cmds.apply)
 app.command()(core_cmds.rollback)
+app.command()(doctor.doctor)
 app.add_typer(profiles.app, name="profiles")
 
 

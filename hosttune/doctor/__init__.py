@@ -1,0 +1,77 @@
+"""`hosttune doctor`: diagnose configuration made by hand (read-only).
+
+Each check is a function ``(DoctorContext) -> Iterable[Finding]``; CHECKS lists them in report
+order. A check that cannot read something it needs (permission) yields nothing for it rather
+than guessing."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hosttune.doctor.base import Check, DoctorContext, Finding, Severity
+from hosttune.doctor.checks_config import (
+    check_duplicates,
+    check_fstab,
+    check_hugepages,
+    check_memlock,
+    check_sysctl_syntax,
+)
+from hosttune.doctor.checks_systemd import check_units, check_units_verify
+from hosttune.host import Host
+from hosttune.profile import LoadedProfile
+
+CHECKS: list[Check] = [
+    check_units,
+    check_units_verify,
+    check_memlock,
+    check_duplicates,
+    check_sysctl_syntax,
+    check_fstab,
+    check_hugepages,
+]
+
+
+@dataclass(frozen=True)
+class DoctorReport:
+    findings: list[Finding]
+    skipped_commands: list[tuple[str, ...]] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)  # checks that crashed (reported, not hidden)
+
+    @property
+    def worst(self) -> Severity | None:
+        return max((f.severity for f in self.findings), default=None)
+
+    def to_json(self) -> dict[str, Any]:
+        counts: dict[str, int] = {}
+        for f in self.findings:
+            counts[str(f.severity)] = counts.get(str(f.severity), 0) + 1
+        return {"findings": [f.to_json() for f in self.findings], "counts": counts,
+                "skipped_commands": [list(c) for c in self.skipped_commands],
+                "errors": self.errors}
+
+
+def run(host: Host, loaded: LoadedProfile | None = None,
+        compose_files: list[str] | None = None) -> DoctorReport:
+    ctx = DoctorContext(host, loaded, list(compose_files or []))
+    findings: list[Finding] = []
+    errors: list[str] = []
+    for check in CHECKS:
+        try:
+            findings.extend(check(ctx))
+        except PermissionError as err:
+            errors.append(f"{check.__name__}: needs root ({err})")
+        except OSError as err:
+            errors.append(f"{check.__name__}: {err}")
+    seen: set[tuple[str, str, str]] = set()
+    unique = []
+    for f in findings:
+        k = (f.check, f.where, f.title)
+        if k not in seen:
+            seen.add(k)
+            unique.append(f)
+    unique.sort(key=lambda f: -int(f.severity))
+    return DoctorReport(unique, list(ctx.skipped_commands) + list(host.runner.skipped), errors)
+
+
+__all__ = ["CHECKS", "DoctorContext", "DoctorReport", "Finding", "Severity", "run"]

@@ -1,0 +1,349 @@
+"""Shared configuration files: memlock, duplicated keys, sysctl syntax, fstab edits,
+huge-page pools and hugetlbfs mounts."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from hosttune.doctor.base import DoctorContext, Finding, Severity
+from hosttune.host.facts import find_pids
+from hosttune.host.parsers import (
+    parse_fstab,
+    parse_limits,
+    parse_meminfo,
+    parse_mountinfo,
+    parse_sysctl_conf,
+)
+from hosttune.profile.sizes import format_size, parse_size
+from hosttune.tunables.sysctl import sysctl_files
+
+# --- limits.conf -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LimitLine:
+    file: str
+    lineno: int
+    domain: str
+    type: str  # soft | hard | -
+    item: str
+    value: str
+
+
+def parse_limits_conf(path: str, text: str) -> list[LimitLine]:
+    out: list[LimitLine] = []
+    for i, line in enumerate(text.splitlines(), 1):
+        s = line.split("#", 1)[0].strip()  # pam_limits strips '#' comments anywhere
+        parts = s.split()
+        if len(parts) != 4:
+            continue
+        out.append(LimitLine(path, i, *parts))
+    return out
+
+
+def limits_files(ctx: DoctorContext) -> list[str]:
+    # pam_limits reads limits.conf, then limits.d/*.conf in lexical order
+    files = ["/etc/security/limits.conf"]
+    files += [f"/etc/security/limits.d/{n}" for n in ctx.host.listdir("/etc/security/limits.d")
+              if n.endswith(".conf")]
+    return [f for f in files if ctx.host.exists(f)]
+
+
+def all_limit_lines(ctx: DoctorContext) -> list[LimitLine]:
+    out: list[LimitLine] = []
+    for f in limits_files(ctx):
+        out.extend(parse_limits_conf(f, ctx.host.read_text(f) or ""))
+    return out
+
+
+def _limit_bytes(v: str) -> int | None:
+    """limits.conf memlock values are KiB; -1/unlimited/infinity mean no limit (None)."""
+    if v in ("-1", "unlimited", "infinity"):
+        return None
+    return int(v) * 1024
+
+
+def _has_service_memlock(ctx: DoctorContext, svc: str) -> bool:
+    for d in (f"/etc/systemd/system/{svc}.d", f"/run/systemd/system/{svc}.d"):
+        for n in ctx.host.listdir(d):
+            if "LimitMEMLOCK" in (ctx.host.read_text(f"{d}/{n}") or ""):
+                return True
+    return "LimitMEMLOCK" in (ctx.host.read_text(f"/etc/systemd/system/{svc}") or "")
+
+
+def check_memlock(ctx: DoctorContext) -> Iterator[Finding]:
+    lines = [x for x in all_limit_lines(ctx) if x.item == "memlock"]
+    for x in lines:
+        if x.domain == "*" and _limit_bytes(x.value) is None:
+            yield Finding(
+                "memlock.unlimited-for-everyone", Severity.WARNING,
+                f"memlock {x.type} limit unlimited for every user", f"{x.file}:{x.lineno}",
+                "any local account can lock all RAM and starve the host (and the model "
+                "containers) of memory.",
+                "profile key memlock.scope: group (limits for @inference only)")
+    if not lines:
+        return
+    wanted = [_limit_bytes(x.value) for x in lines]
+    want_unlimited = any(w is None for w in wanted)
+    want = None if want_unlimited else max(w for w in wanted if w is not None)
+    for comm, svc in (("dockerd", "docker.service"), ("containerd", "containerd.service")):
+        for pid in find_pids(ctx.host, comm):
+            try:
+                lim = parse_limits(ctx.host.read_text(f"/proc/{pid}/limits") or "")
+            except PermissionError:
+                continue
+            soft_hard = lim.get("Max locked memory")
+            if soft_hard is None:
+                continue
+            hard = soft_hard[1]
+            short = hard is not None and (want is None or hard < want)
+            if short and not _has_service_memlock(ctx, svc):
+                first = lines[0]
+                yield Finding(
+                    "memlock.login-sessions-only", Severity.ERROR,
+                    f"memlock is raised for login sessions only; {comm} runs with "
+                    f"{format_size(hard)}", f"{first.file}:{first.lineno} · live: "
+                    f"/proc/{pid}/limits",
+                    "limits.conf/limits.d are applied by PAM at login; daemons started by "
+                    f"systemd inherit its limit, and containers cannot get more than {comm}'s "
+                    "hard limit (runc: 'error setting rlimit type 8: operation not permitted').",
+                    f"profile key memlock.services (LimitMEMLOCK drop-in for {svc}), then "
+                    f"restart {svc}")
+
+
+# --- duplicated keys -----------------------------------------------------------------
+
+
+def check_duplicates(ctx: DoctorContext) -> Iterator[Finding]:
+    # sysctl, in boot order
+    seen: dict[str, tuple[str, int, str]] = {}
+    for f in sysctl_files(ctx.host):
+        for a in parse_sysctl_conf(ctx.host.read_text(f) or ""):
+            prev = seen.get(a.key)
+            if prev and " ".join(prev[2].split()) != " ".join(a.value.split()):
+                yield Finding(
+                    "dup.sysctl", Severity.WARNING,
+                    f"{a.key} set twice with different values", f"{f}:{a.lineno}",
+                    f"{prev[0]}:{prev[1]} sets {prev[2]!r}, {f}:{a.lineno} sets {a.value!r}; "
+                    f"the last one read at boot wins: {a.value!r} ({f}).",
+                    f"keep one; profile key sysctl.settings.{a.key}")
+            seen[a.key] = (f, a.lineno, a.value)
+    # limits: same domain/type/item
+    lseen: dict[tuple[str, str, str], LimitLine] = {}
+    for x in all_limit_lines(ctx):
+        types = ("soft", "hard") if x.type == "-" else (x.type,)
+        for t in types:
+            lk = (x.domain, t, x.item)
+            prev_l = lseen.get(lk)
+            if prev_l and prev_l.value != x.value:
+                yield Finding(
+                    "dup.limits", Severity.WARNING,
+                    f"{x.domain} {t} {x.item} set twice with different values",
+                    f"{x.file}:{x.lineno}",
+                    f"{prev_l.file}:{prev_l.lineno} says {prev_l.value}, {x.file}:{x.lineno} "
+                    f"says {x.value}; pam_limits applies them in order, the last one wins "
+                    f"({x.value}).",
+                    "keep one; profile key memlock.limit for memlock")
+            lseen[lk] = x
+    # /etc/environment (pam_env: later lines override earlier ones)
+    env: dict[str, tuple[int, str]] = {}
+    text = ctx.host.read_text("/etc/environment") or ""
+    for i, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        if not s or s.startswith("#") or "=" not in s:
+            continue
+        name, _, v = s.partition("=")
+        k = name.removeprefix("export ").strip()
+        prev_e = env.get(k)
+        if prev_e and prev_e[1] != v:
+            yield Finding(
+                "dup.environment", Severity.WARNING, f"{k} set twice with different values",
+                f"/etc/environment:{i}",
+                f"line {prev_e[0]} says {prev_e[1]!r}, line {i} says {v!r}; the last one wins.",
+                "keep one; profile key cuda_env for CUDA variables")
+        env[k] = (i, v)
+
+
+# --- sysctl syntax -----------------------------------------------------------------
+
+
+def check_sysctl_syntax(ctx: DoctorContext) -> Iterator[Finding]:
+    for f in sysctl_files(ctx.host):
+        for a in parse_sysctl_conf(ctx.host.read_text(f) or ""):
+            if "#" in a.value or ";" in a.value:
+                yield Finding(
+                    "sysctl.inline-comment", Severity.ERROR,
+                    f"{a.key}: trailing comment is part of the value", f"{f}:{a.lineno}",
+                    "sysctl.d(5) only knows comment LINES: the value written is "
+                    f"{a.value!r}, which the kernel rejects (Invalid argument), so {a.key} "
+                    "keeps its default at every boot.",
+                    f"move the comment to its own line; profile key sysctl.settings.{a.key}")
+
+
+# --- fstab -----------------------------------------------------------------
+
+REAL_FS = {"ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "exfat", "ntfs", "ntfs3", "f2fs",
+           "zfs", "nfs", "nfs4", "cifs", "hugetlbfs"}
+
+
+def check_fstab(ctx: DoctorContext) -> Iterator[Finding]:
+    host = ctx.host
+    text = host.read_text("/etc/fstab")
+    if text is None:
+        return
+    entries = parse_fstab(text)
+    in_fstab = {e.file.rstrip("/") or "/" for e in entries}
+    # 1. commented-out entries that are not swap but mention swap: a swap edit caught them
+    for i, line in enumerate(text.splitlines(), 1):
+        s = line.strip()
+        if not s.startswith("#") or s.startswith("#hosttune-disabled#"):
+            continue
+        body = s.lstrip("#").strip()
+        parts = body.split()
+        if len(parts) >= 3 and parts[2] != "swap" and parts[1].startswith("/") \
+                and "swap" in body.lower():
+            yield Finding(
+                "fstab.overbroad-swap-edit", Severity.WARNING,
+                f"{parts[1]} ({parts[2]}) is commented out", f"/etc/fstab:{i}",
+                "an edit meant for swap lines (e.g. sed '/swap/s/^/#/') also disabled this "
+                "mount because its line mentions 'swap'.",
+                "restore the line; profile key swap.persist disables exactly the swap entries")
+    # 2. filesystems mounted now that fstab no longer has (a line deleted since boot)
+    try:
+        mounts = parse_mountinfo(host.read_text("/proc/self/mountinfo") or "")
+    except PermissionError:
+        mounts = []
+    # (only when fstab manages mounts at all: containers and VMs often mount / from outside)
+    for m in mounts if entries else []:
+        mp = m.mount_point.rstrip("/") or "/"
+        if mp == "/":
+            continue
+        if m.fstype in REAL_FS and m.fstype != "hugetlbfs" and mp not in in_fstab \
+                and not mp.startswith(("/var/lib/docker", "/run", "/proc", "/sys", "/tmp")):
+            yield Finding(
+                "fstab.mounted-not-persisted", Severity.WARNING,
+                f"{mp} is mounted but not in /etc/fstab", f"live: /proc/self/mountinfo ({mp})",
+                "it will not be mounted after a reboot; an over-broad edit of /etc/fstab "
+                "(e.g. sed -i '/swap/d') deletes unrelated lines along with the swap entry.",
+                "add the line back; profile key swap.persist edits only swap entries")
+    # 3. lines lost compared with a backup copy
+    for bak in ("/etc/fstab.bak", "/etc/fstab.orig", "/etc/fstab~", "/etc/fstab.backup"):
+        old = host.read_text(bak)
+        if old is None:
+            continue
+        current = set(text.splitlines())
+        for i, line in enumerate(old.splitlines(), 1):
+            s = line.strip()
+            if not s or line in current:
+                continue
+            parts = s.lstrip("#").split()
+            is_swap_entry = not s.startswith("#") and len(parts) >= 3 and parts[2] == "swap"
+            if not is_swap_entry:
+                kind = "comment" if s.startswith("#") else f"{parts[1]} entry" if len(
+                    parts) > 1 else "line"
+                yield Finding(
+                    "fstab.overbroad-swap-edit", Severity.WARNING,
+                    f"fstab lost a {kind} that was not a swap entry", f"{bak}:{i}",
+                    f"{s!r} is in {bak} but no longer in /etc/fstab: an over-broad edit "
+                    "removed more than the swap entries.",
+                    "restore it from the backup; profile key swap.persist")
+
+
+# --- huge pages and hugetlbfs -----------------------------------------------------------------
+
+
+def _mount_size(opts: dict[str, str], total_ram: int) -> int | None:
+    v = opts.get("size")
+    if not v:
+        return None
+    if v.endswith("%"):
+        return int(total_ram * float(v[:-1]) / 100)
+    try:
+        return parse_size(v)
+    except ValueError:
+        return None
+
+
+def check_hugepages(ctx: DoctorContext) -> Iterator[Finding]:
+    host = ctx.host
+    mem = parse_meminfo(host.read_text("/proc/meminfo") or "")
+    total = mem.get("MemTotal", 0)
+    pools: dict[int, int] = {}  # page size -> bytes
+    for d in host.listdir("/sys/kernel/mm/hugepages"):
+        try:
+            kb = int(d.split("-")[1][:-2])
+        except (IndexError, ValueError):
+            continue
+        n = int(host.read_value(f"/sys/kernel/mm/hugepages/{d}/nr_hugepages") or 0)
+        pools[kb * 1024] = n * kb * 1024
+    # pools configured for boot in sysctl files count too (vm.nr_hugepages = default size)
+    boot_pool = 0
+    for f in sysctl_files(host):
+        for a in parse_sysctl_conf(host.read_text(f) or ""):
+            if a.key == "vm.nr_hugepages":
+                try:
+                    boot_pool = int(a.value.split()[0]) * mem.get("Hugepagesize", 2 << 20)
+                except (ValueError, IndexError):
+                    pass
+    pool_total = max(sum(pools.values()), boot_pool)
+    if total and pool_total and total - pool_total < max(4 << 30, total // 10):
+        yield Finding(
+            "hugepages.pool-leaves-little-ram", Severity.ERROR if pool_total >= total
+            else Severity.WARNING,
+            f"huge pages reserve {format_size(pool_total)} of {format_size(total)} RAM",
+            "live: /sys/kernel/mm/hugepages", "huge pages are not available to the OS, page "
+            "cache or containers' anonymous memory: what is left invites OOM kills.",
+            "profile key hugepages.min_free_ram (hosttune refuses such a pool)")
+    # hugetlbfs mounts (fstab and live) vs the pool of their page size
+    mounts: list[tuple[str, str, dict[str, str]]] = []
+    text = host.read_text("/etc/fstab") or ""
+    for e in parse_fstab(text):
+        if e.vfstype == "hugetlbfs":
+            opts = dict(o.partition("=")[::2] for o in e.options.split(","))
+            mounts.append((f"/etc/fstab:{e.lineno}", e.file, opts))
+    declared_models = _declared_model_bytes(ctx)
+    for where, mp, opts in mounts:
+        size = _mount_size(opts, total)
+        ps = parse_size(opts.get("pagesize", "2M")) if opts.get("pagesize") else \
+            mem.get("Hugepagesize", 2 << 20)
+        pool = max(pools.get(ps, 0), boot_pool if ps == mem.get("Hugepagesize") else 0)
+        if size is not None and pool and size < pool:
+            yield Finding(
+                "hugetlbfs.mount-smaller-than-pool", Severity.WARNING,
+                f"{mp} holds at most {format_size(size)}; the pool has {format_size(pool)}",
+                where, f"files on {mp} can use only {format_size(size)}: the other "
+                f"{format_size(pool - size)} of huge pages stay reserved and unused "
+                "(e.g. three 30 GB models do not fit a 30G mount).",
+                "profile key hugetlbfs.mounts[].size: auto (sized to the pool)")
+        want = declared_models.get(mp)
+        if size is not None and want and want > size:
+            yield Finding(
+                "hugetlbfs.mount-smaller-than-models", Severity.ERROR,
+                f"{mp} ({format_size(size)}) is smaller than the models meant for it "
+                f"({format_size(want)})", where, "loading the last models fails with ENOSPC.",
+                "profile key hugetlbfs.mounts[].size")
+        if size is not None and pool and size > pool:
+            yield Finding(
+                "hugetlbfs.mount-larger-than-pool", Severity.WARNING,
+                f"{mp} allows {format_size(size)} but the pool has {format_size(pool)}",
+                where, "writes past the pool fail with ENOMEM/SIGBUS at fault time, not at "
+                "mount time.", "profile key hugepages.pools[].size: auto")
+
+
+def _declared_model_bytes(ctx: DoctorContext) -> dict[str, int]:
+    """Model bytes the profile means to keep on each hugetlbfs mount (its declared size)."""
+    out: dict[str, int] = {}
+    if ctx.loaded is None:
+        return out
+    prof = ctx.loaded.profile
+    models = getattr(prof, "models", None)
+    for m in getattr(models, "models", None) or []:
+        mount = getattr(m, "mount", None)
+        size = getattr(m, "size", None)
+        if mount and size:
+            try:
+                out[mount] = out.get(mount, 0) + parse_size(size)
+            except ValueError:
+                continue
+    return out

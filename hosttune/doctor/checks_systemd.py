@@ -1,0 +1,147 @@
+"""systemd units that cannot work as written."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+
+from hosttune.doctor.base import DoctorContext, Finding, Severity
+from hosttune.doctor.unitfile import EXEC_KEYS, SHELLS, parse_unit, split_exec
+
+UNIT_DIRS = ("/etc/systemd/system",)
+SHELL_TOKENS = {"|": "a pipe", "||": "'||'", "&&": "'&&'", ">": "a redirect", ">>": "a redirect",
+                "<": "a redirect", "2>": "a redirect", "2>&1": "a redirect", "&": "'&'"}
+GLOB = re.compile(r"[*?]|\[[^\]]*\]")
+
+
+def unit_files(ctx: DoctorContext) -> list[str]:
+    host = ctx.host
+    out: list[str] = []
+    for d in UNIT_DIRS:
+        for name in host.listdir(d):
+            p = f"{d}/{name}"
+            if name.endswith((".service", ".mount", ".swap", ".timer", ".socket")):
+                if host.path(p).is_file() and not host.path(p).is_symlink():
+                    out.append(p)
+            elif name.endswith(".d") and host.is_dir(p):
+                out.extend(f"{p}/{f}" for f in host.listdir(p) if f.endswith(".conf"))
+    return out
+
+
+def _users(ctx: DoctorContext) -> set[str]:
+    text = ctx.host.read_text("/etc/passwd") or ""
+    return {line.split(":", 1)[0] for line in text.splitlines() if ":" in line}
+
+
+def _groups(ctx: DoctorContext) -> set[str]:
+    text = ctx.host.read_text("/etc/group") or ""
+    return {line.split(":", 1)[0] for line in text.splitlines() if ":" in line}
+
+
+def _shell_script(argv: list[str]) -> str | None:
+    """The script of `sh -c '...'`-style lines, else None."""
+    if not argv:
+        return None
+    prog = argv[0].rsplit("/", 1)[-1]
+    if prog not in SHELLS:
+        return None
+    args = argv[1:]
+    if prog == "busybox" and args and args[0] in ("sh", "ash"):
+        args = args[1:]
+    for i, a in enumerate(args):
+        if a == "-c" or (a.startswith("-") and "c" in a[1:] and not a.startswith("--")):
+            return args[i + 1] if i + 1 < len(args) else ""
+    return None
+
+
+def check_units(ctx: DoctorContext) -> Iterator[Finding]:
+    users = _users(ctx)
+    groups = _groups(ctx)
+    for path in unit_files(ctx):
+        text = ctx.host.read_text(path) or ""
+        entries = parse_unit(text)
+        dynamic = any(e.key == "DynamicUser" and e.value.lower() in ("yes", "true", "1")
+                      for e in entries)
+        for e in entries:
+            where = f"{path}:{e.lineno}"
+            if e.key in EXEC_KEYS and e.value:
+                yield from _check_exec(where, e.key, e.value, users)
+            elif e.key == "User" and not dynamic and e.value and e.value not in users \
+                    and not e.value.isdigit():
+                yield Finding("systemd.missing-user", Severity.ERROR,
+                              f"User={e.value} does not exist", where,
+                              "systemd refuses to start the service (status 217/USER).",
+                              f"create the account (useradd --system {e.value}) or change User=")
+            elif e.key == "Group" and not dynamic and e.value and e.value not in groups \
+                    and not e.value.isdigit():
+                yield Finding("systemd.missing-group", Severity.ERROR,
+                              f"Group={e.value} does not exist", where,
+                              "systemd refuses to start the service (status 216/GROUP).",
+                              f"create the group (groupadd --system {e.value}) or change Group=")
+
+
+def _check_exec(where: str, key: str, value: str, users: set[str]) -> Iterator[Finding]:
+    argv = split_exec(value)
+    script = _shell_script(argv)
+    if script is None:
+        bad = [t for t in argv[1:] if t in SHELL_TOKENS or t.startswith((">", "2>"))]
+        if bad:
+            what = SHELL_TOKENS.get(bad[0], "a redirect")
+            yield Finding(
+                "systemd.exec-shell-syntax", Severity.ERROR,
+                f"{key} uses {what} ({bad[0]!r}) without a shell", where,
+                "systemd does not run Exec lines through a shell: "
+                f"{bad[0]!r} and the words after it are passed to {argv[0]} as arguments, so "
+                "the command does something else (often nothing) and may still report success.",
+                "let hosttune manage it (e.g. gpu.mps for the MPS control daemon: stop writes "
+                "'quit' to its stdin), or wrap the line in /bin/sh -c '...' deliberately")
+        globs = [t for t in argv[1:] if GLOB.search(t) and not t.startswith("-")]
+        if globs:
+            yield Finding(
+                "systemd.exec-glob", Severity.ERROR,
+                f"{key} passes a glob ({globs[0]!r}) without a shell", where,
+                "systemd does not expand globs: the program receives the literal pattern.",
+                "let hosttune manage the setting, or use an explicit list of paths")
+        if argv and argv[0].rsplit("/", 1)[-1] == "nvidia-persistenced":
+            for i, a in enumerate(argv):
+                if a in ("--user", "-u") and i + 1 < len(argv) and argv[i + 1] not in users:
+                    yield Finding(
+                        "systemd.missing-user", Severity.ERROR,
+                        f"nvidia-persistenced --user {argv[i + 1]}: no such user", where,
+                        "nvidia-persistenced exits at start when it cannot drop privileges to "
+                        "that account, so persistence is never enabled.",
+                        f"useradd --system --no-create-home {argv[i + 1]}; or profile key "
+                        "gpu.persistence (hosttune creates a working unit)")
+        return
+    # A shell is used: look for redirects to globs, which bash refuses with "ambiguous
+    # redirect" when the pattern matches several files (and dash writes a literal '*' file).
+    for m in re.finditer(r"(?<![0-9&])>{1,2}\s*([^\s;&|]+)", script):
+        target = m.group(1)
+        if GLOB.search(target):
+            yield Finding(
+                "systemd.exec-glob-redirect", Severity.ERROR,
+                f"{key} redirects to a glob ({target})", where,
+                "a redirect writes to ONE file: bash fails with 'ambiguous redirect' when the "
+                "glob matches several (dash creates a file literally named with '*'), so the "
+                "setting is applied to no CPU at all.",
+                "profile key cpu.governor (hosttune writes every policy and re-applies at boot)")
+
+
+def check_units_verify(ctx: DoctorContext) -> Iterator[Finding]:
+    """Run `systemd-analyze verify` on each unit file (skipped, and listed, under --root)."""
+    import shutil
+
+    host = ctx.host
+    units = [p for p in unit_files(ctx) if not p.endswith(".conf")]
+    if not units or (not host.offline and shutil.which("systemd-analyze") is None):
+        return
+    for p in units:
+        res = host.run(["systemd-analyze", "verify", str(host.path(p))], timeout_s=60)
+        if res.skipped or res.returncode == 0:
+            continue
+        detail = " ".join(line.strip() for line in res.stderr.splitlines()[:3])
+        yield Finding(
+            "systemd.verify-failed", Severity.ERROR,
+            f"{p.rsplit('/', 1)[-1]} fails systemd-analyze verify", p,
+            f"systemd will not load it as written: {detail}",
+            "fix the unit, or let hosttune manage the setting it was written for")

@@ -1,0 +1,242 @@
+"""Doctor: every defect the seed's scripts leave is found with its fix; each check has its own
+minimal tree; a host configured by `hosttune apply` gives no findings."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hosttune import doctor, engine
+from hosttune.doctor.base import Severity
+from hosttune.host import Host
+from hosttune.profile import load_profile
+from tests import fakehost
+from tests.conftest import run_cli
+from tests.seed_tree import seed_tree
+
+
+def findings(root: Path, **kw):
+    return doctor.run(Host(root), **kw).findings
+
+
+def ids(fs):
+    return [f.check for f in fs]
+
+
+def minimal(tmp_path: Path) -> fakehost.TreeBuilder:
+    b = fakehost.TreeBuilder(tmp_path / "t")
+    b.base_etc()
+    b.proc(64 * 1024**3)
+    b.nodes({0: ([0, 1], 64 * 1024**3)})
+    return b
+
+
+# --- the seed -----------------------------------------------------------------
+
+
+@pytest.fixture
+def seed(tmp_path):
+    return seed_tree(tmp_path / "seed")
+
+
+def test_seed_tree_defects_all_found(seed):
+    fs = findings(seed)
+    got = {(f.check, f.where.split(":")[0]) for f in fs}
+    expected = {
+        ("systemd.exec-glob-redirect", "/etc/systemd/system/cpufreq-performance.service"),
+        ("systemd.missing-user", "/etc/systemd/system/nvidia-persistenced.service"),
+        ("systemd.exec-shell-syntax", "/etc/systemd/system/nvidia-mps.service"),
+        ("memlock.unlimited-for-everyone", "/etc/security/limits.conf"),
+        ("memlock.login-sessions-only", "/etc/security/limits.conf"),
+        ("sysctl.inline-comment", "/etc/sysctl.conf"),
+        ("fstab.mounted-not-persisted", "live"),
+        ("hugetlbfs.mount-smaller-than-pool", "/etc/fstab"),
+    }
+    missing = expected - got
+    assert not missing, (missing, sorted(got))
+    # six sysctl lines carry trailing comments
+    assert ids(fs).count("sysctl.inline-comment") == 6
+    for f in fs:
+        assert f.fix and f.why and f.where
+
+
+def test_seed_tree_cli_exit_1_json(seed):
+    p = run_cli("doctor", "--root", str(seed), "--json")
+    assert p.returncode == 1, p.stderr
+    data = json.loads(p.stdout)
+    assert data["counts"]["error"] >= 5
+
+
+def test_clean_after_hosttune_apply(ryzen):
+    loaded = load_profile("ryzen9950x-rtx5090")
+    rep = engine.apply(Host(ryzen), loaded)
+    assert rep.ok, rep.error
+    fs = findings(ryzen, loaded=loaded)
+    assert fs == [], [f.to_json() for f in fs]
+
+
+# --- one minimal tree per check -----------------------------------------------------------------
+
+
+def test_exec_pipe_without_shell(tmp_path):
+    b = minimal(tmp_path)
+    b.write("/etc/systemd/system/x.service",
+            "[Service]\nExecStop=/usr/bin/echo quit | /usr/bin/nvidia-cuda-mps-control\n")
+    (f,) = findings(b.root)
+    assert f.check == "systemd.exec-shell-syntax" and f.severity == Severity.ERROR
+    assert f.where == "/etc/systemd/system/x.service:2"
+    assert "'|'" in f.title
+
+
+def test_exec_glob_without_shell(tmp_path):
+    b = minimal(tmp_path)
+    b.write("/etc/systemd/system/x.service",
+            "[Service]\nExecStart=/usr/bin/cat /sys/devices/system/cpu/cpu*/cpufreq/x\n")
+    assert ids(findings(b.root)) == ["systemd.exec-glob"]
+
+
+def test_glob_redirect_in_shell(tmp_path):
+    b = minimal(tmp_path)
+    b.write("/etc/systemd/system/x.service",
+            "[Service]\nExecStart=/bin/sh -c 'echo 1 > /proc/irq/*/smp_affinity'\n")
+    assert ids(findings(b.root)) == ["systemd.exec-glob-redirect"]
+
+
+def test_shell_line_without_glob_is_fine(tmp_path):
+    b = minimal(tmp_path)
+    b.write("/etc/systemd/system/x.service",
+            "[Service]\nExecStart=/bin/bash -c 'nvidia-smi -pm 1 && echo ok > /run/x'\n")
+    assert findings(b.root) == []
+
+
+def test_missing_user_and_group(tmp_path):
+    b = minimal(tmp_path)
+    b.write("/etc/systemd/system/x.service", "[Service]\nUser=ghost\nGroup=ghosts\n"
+            "ExecStart=/usr/bin/true\n")
+    assert sorted(ids(findings(b.root))) == ["systemd.missing-group", "systemd.missing-user"]
+    b.write("/etc/systemd/system/x.service", "[Service]\nDynamicUser=yes\nUser=ghost\n")
+    assert findings(b.root) == []
+
+
+def test_memlock_everyone_and_login_only(tmp_path):
+    b = minimal(tmp_path)
+    b.write("/etc/security/limits.d/x.conf", "* - memlock unlimited\n")
+    b.process(900, "dockerd", (8 << 20, 8 << 20))
+    assert sorted(ids(findings(b.root))) == ["memlock.login-sessions-only",
+                                             "memlock.unlimited-for-everyone"]
+    # with a LimitMEMLOCK drop-in for docker.service the daemon side is configured
+    b.write("/etc/systemd/system/docker.service.d/m.conf", "[Service]\nLimitMEMLOCK=infinity\n")
+    b.write("/etc/systemd/system/containerd.service.d/m.conf",
+            "[Service]\nLimitMEMLOCK=infinity\n")
+    assert ids(findings(b.root)) == ["memlock.unlimited-for-everyone"]
+
+
+def test_duplicate_sysctl_last_wins(tmp_path):
+    b = minimal(tmp_path)
+    b.write("/etc/sysctl.d/10-a.conf", "vm.swappiness = 10\n")
+    b.write("/etc/sysctl.conf", "vm.swappiness = 0\n")
+    (f,) = findings(b.root)
+    assert f.check == "dup.sysctl"
+    assert "'0' (/etc/sysctl.conf)" in f.why and "/etc/sysctl.d/10-a.conf:1" in f.why
+
+
+def test_duplicate_limits_and_environment(tmp_path):
+    b = minimal(tmp_path)
+    b.write("/etc/security/limits.conf", "@inference hard memlock 1024\n")
+    b.write("/etc/security/limits.d/z.conf", "@inference - memlock 2048\n")
+    b.write("/etc/environment", "A=1\nB=2\nA=3\n")
+    assert sorted(ids(findings(b.root))) == ["dup.environment", "dup.limits"]
+
+
+def test_sysctl_inline_comment(tmp_path):
+    b = minimal(tmp_path)
+    b.write("/etc/sysctl.d/50-x.conf", "vm.swappiness = 0  # off\nvm.dirty_ratio = 5\n")
+    (f,) = findings(b.root)
+    assert f.check == "sysctl.inline-comment" and f.where == "/etc/sysctl.d/50-x.conf:1"
+
+
+def test_fstab_commented_unrelated_mount(tmp_path):
+    b = minimal(tmp_path)
+    b.write("/etc/fstab", "UUID=1 / ext4 defaults 0 1\n#/dev/sdb1 /mnt/swapbay ext4 "
+            "defaults 0 2\n#hosttune-disabled# /swap.img none swap sw 0 0\n")
+    (f,) = findings(b.root)
+    assert f.check == "fstab.overbroad-swap-edit" and f.where == "/etc/fstab:2"
+
+
+def test_fstab_lines_lost_against_backup(tmp_path):
+    b = minimal(tmp_path)
+    b.write("/etc/fstab.bak", "UUID=1 / ext4 defaults 0 1\n# swap was on /dev/sda3 during "
+            "installation\nUUID=2 none swap sw 0 0\n")
+    b.write("/etc/fstab", "UUID=1 / ext4 defaults 0 1\n")
+    (f,) = findings(b.root)
+    assert f.check == "fstab.overbroad-swap-edit" and f.where == "/etc/fstab.bak:2"
+
+
+def test_mounted_but_not_in_fstab(tmp_path):
+    b = minimal(tmp_path)
+    b.write("/proc/self/mountinfo", "22 1 253:0 / / rw - ext4 /dev/vda rw\n"
+            "40 22 8:1 / /data rw - xfs /dev/sdb1 rw\n")
+    (f,) = findings(b.root)
+    assert f.check == "fstab.mounted-not-persisted" and "/data" in f.title
+
+
+def test_hugetlbfs_mount_vs_pool(tmp_path):
+    b = minimal(tmp_path)
+    b.write("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages", "1024\n")  # 2 GiB
+    b.write("/etc/fstab", "UUID=1 / ext4 defaults 0 1\nnone /mnt/hp hugetlbfs "
+            "pagesize=2M,size=1G 0 0\n")
+    assert ids(findings(b.root)) == ["hugetlbfs.mount-smaller-than-pool"]
+    b.write("/etc/fstab", "UUID=1 / ext4 defaults 0 1\nnone /mnt/hp hugetlbfs "
+            "pagesize=2M,size=4G 0 0\n")
+    assert ids(findings(b.root)) == ["hugetlbfs.mount-larger-than-pool"]
+
+
+def test_pool_leaves_little_ram(tmp_path):
+    b = minimal(tmp_path)
+    b.write("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages", str(31 * 1024) + "\n")
+    (f,) = findings(b.root)  # 62 of 64 GiB
+    assert f.check == "hugepages.pool-leaves-little-ram"
+
+
+def test_doctor_live_is_read_only_and_runs(tmp_path):
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("no systemd-analyze")
+    p = run_cli("doctor", "--json")
+    assert p.returncode in (0, 1), p.stderr
+    json.loads(p.stdout)
+
+
+def test_units_verified_live_and_skipped_offline(tmp_path, seed):
+    from hosttune.doctor.base import DoctorContext
+    from hosttune.doctor.checks_systemd import check_units_verify
+
+    # --root: listed as skipped, never run
+    rep = doctor.run(Host(seed))
+    assert any(c[:2] == ("systemd-analyze", "verify") for c in rep.skipped_commands)
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("no systemd-analyze")
+
+    class LiveUnits(Host):  # the live runner, unit files from a temp dir
+        def __init__(self, d):
+            super().__init__("/")
+            self.d = d
+
+        def listdir(self, p):
+            return sorted(x.name for x in self.d.iterdir()) if p == "/etc/systemd/system" \
+                else []
+
+        def path(self, p):
+            return self.d / p.rsplit("/", 1)[-1] if p.startswith("/etc/systemd/") else \
+                super().path(p)
+
+    d = tmp_path / "units"
+    d.mkdir()
+    (d / "bad.service").write_text("[Service]\nExecStart=bin/true\n")
+    (d / "good.service").write_text("[Unit]\nDescription=g\n[Service]\nType=oneshot\n"
+                                    "ExecStart=/bin/true\n")
+    fs = list(check_units_verify(DoctorContext(LiveUnits(d))))
+    assert [f.where for f in fs] == ["/etc/systemd/system/bad.service"]
+    assert "absolute path" in fs[0].why
