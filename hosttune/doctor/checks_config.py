@@ -97,8 +97,9 @@ def check_memlock(ctx: DoctorContext) -> Iterator[Finding]:
             if soft_hard is None:
                 continue
             hard = soft_hard[1]
-            short = hard is not None and (want is None or hard < want)
-            if short and not _has_service_memlock(ctx, svc):
+            if hard is None or (want is not None and hard >= want):
+                continue
+            if not _has_service_memlock(ctx, svc):
                 first = lines[0]
                 yield Finding(
                     "memlock.login-sessions-only", Severity.ERROR,
