@@ -32,7 +32,10 @@ def profile_copy_text(raw: dict[str, Any], name: str) -> str:
     """The merged profile as deterministic YAML: ``extends`` is resolved (dropped), keys are
     sorted, so loading the copy and writing it again gives the same bytes."""
     data = {k: v for k, v in raw.items() if k != "extends"}
-    body = yaml.safe_dump(data, sort_keys=True, default_flow_style=False, allow_unicode=True)
+    # the C emitter when libyaml is there: the pure-Python one costs ~20 ms of every audit
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    body = yaml.dump(data, Dumper=dumper, sort_keys=True, default_flow_style=False,
+                     allow_unicode=True)
     return (f"{HEADER}# Profile {name!r}, merged (extends resolved). hosttune-boot.service "
             "re-applies its runtime settings at boot.\n" + body)
 
