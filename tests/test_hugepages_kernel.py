@@ -137,6 +137,22 @@ SNIPPET = textwrap.dedent("""
         with mmap.mmap(fd, 2 * 1024 * 1024, mmap.MAP_SHARED, mmap.PROT_READ) as m:
             out["mmap_read"] = m[:5].decode()
         out["pread"] = os.pread(fd, 5, 0).decode()
+        # the file holds one page: the audit names it, a plan never shrinks below it, and a
+        # shrink forced anyway is "accepted" by the kernel but caught by the read-back
+        from hosttune.errors import ApplyError
+        from hosttune.tunables.base import Context
+        from hosttune.tunables.hugepages import HugePagesTunable, allocate
+        ev = HugePagesTunable().evaluate(Context(Host("/", state_dir=state), loaded))
+        out["notes"] = [r.note for r in ev.rows if r.key.startswith("2M node")]
+        node = sys.argv[4]
+        base = f"/sys/devices/system/node/node{node}/hugepages/hugepages-2048kB/"
+        try:
+            allocate(Host("/", state_dir=state), 2 * 1024 * 1024, {node: 0}, 2)
+            out["shrink"] = "no error"
+        except ApplyError as err:
+            out["shrink"] = str(err)
+        out["after_shrink"] = [int(open(base + f).read()) for f in
+                               ("nr_hugepages", "surplus_hugepages")]
     finally:
         os.close(fd)
         os.unlink(f)
@@ -163,7 +179,7 @@ def test_hugetlbfs_mount_in_private_namespace(live_pool, tmp_path):
     env = dict(os.environ, PYTHONPATH=str(REPO))
     p = subprocess.run(
         [unshare, "-m", "--propagation", "private", sys.executable, "-c", SNIPPET, str(prof),
-         str(tmp_path / "state"), str(mnt)],
+         str(tmp_path / "state"), str(mnt), str(first)],
         capture_output=True, text=True, env=env, timeout=120, check=False)
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout.strip().splitlines()[-1])
@@ -182,6 +198,11 @@ def test_hugetlbfs_mount_in_private_namespace(live_pool, tmp_path):
     assert opts["pagesize"] == "2M" and opts["size"] == "16777216" and opts["mode"] == "700"
     assert out["write"] == 22  # EINVAL: hugetlbfs has no write(2)
     assert out["mmap_read"] == "GGUF!" and out["pread"] == "GGUF!"
+    assert any(f"held by hugetlbfs files: {mnt} 1 pages" in n for n in out["notes"]), out
+    assert "pages in use cannot be freed" in out["shrink"]
+    assert f"node{first}: asked 0, got " in out["shrink"]
+    nr_after, surplus_after = out["after_shrink"]
+    assert nr_after >= 1 and surplus_after >= 1  # the kernel kept the in-use page as surplus
     assert out["rollback_ok"] and out["after_rollback"] == 0 and not out["dir_left"]
     # the host's own mount table never saw it
     assert str(mnt) not in Path("/proc/self/mountinfo").read_text()

@@ -23,14 +23,25 @@ Documentation/admin-guide/mm/hugetlbpage.rst, mm/hugetlb.c):
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
 from hosttune.errors import ApplyError, HostError
 from hosttune.host import Host
-from hosttune.host.parsers import parse_bracketed_choice, parse_cmdline, parse_cpulist
+from hosttune.host.parsers import (
+    parse_bracketed_choice,
+    parse_cmdline,
+    parse_cpulist,
+    parse_mountinfo,
+)
 from hosttune.profile.schema import HugePagePool, HugePagesSection, HugetlbfsMount
-from hosttune.profile.sizes import format_size, parse_percent, parse_size
+from hosttune.profile.sizes import (
+    format_size,
+    hugepage_size_label,
+    parse_percent,
+    parse_size,
+)
 from hosttune.tunables.base import Change, Context, Evaluation, Row, Status, Tunable
 
 PAGE_BYTES = {"2M": 2 * 1024**2, "1G": 1024**3}
@@ -258,6 +269,41 @@ def global_state(host: Host, page_bytes: int) -> NodeState | None:
                      read_int(host, global_file(page_bytes, "surplus_hugepages")) or 0)
 
 
+def hugetlbfs_files(host: Host, page_bytes: int) -> dict[str, int]:
+    """Pages held by files on the mounted hugetlbfs of this page size: {mount point: pages}.
+
+    Live host only (a --root tree has no mounted hugetlbfs to look into). A file holds
+    ceil(size / page) pages at most (sparse files less); its pages stay allocated until it is
+    deleted, whether or not anything maps it - the usual reason a pool "will not shrink"."""
+    if host.offline:
+        return {}
+    label = hugepage_size_label(page_bytes)
+    default = hugepage_size_label(host.facts.default_hugepage_bytes)
+    out: dict[str, int] = {}
+    for m in parse_mountinfo(host.read_text("/proc/self/mountinfo") or ""):
+        if m.fstype != "hugetlbfs" or m.options.get("pagesize", default) != label:
+            continue
+        pages = 0
+        stack = [m.mount_point]
+        while stack and len(stack) < 10000:
+            d = stack.pop()
+            try:
+                entries = list(os.scandir(d))
+            except OSError:
+                continue
+            for e in entries:
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+                    elif e.is_file(follow_symlinks=False):
+                        pages += math.ceil(e.stat(follow_symlinks=False).st_size / page_bytes)
+                except OSError:
+                    continue
+        if pages:
+            out[m.mount_point] = pages
+    return out
+
+
 def _pages_desc(pages: int, page_bytes: int) -> str:
     return f"{pages} ({format_size(pages * page_bytes)})"
 
@@ -290,7 +336,9 @@ class HugePagesTunable(Tunable):
                 or not isinstance(plan.pool.nodes, dict) else f"{plan.key}.nodes"
             asked = f"{plan.pool.pagesize} pool of {_pages_desc(plan.pages, plan.page_bytes)}"
             if plan.pool.size == "auto" and not isinstance(plan.pool.nodes, dict):
-                asked += " (size 'auto': what its hugetlbfs mounts hold)"
+                keys = [f"{m.key}.size" for m in res.mounts
+                        if m.mount.pagesize == plan.pool.pagesize]
+                asked += f" (size 'auto': what {', '.join(keys)} hold)"
             if total > ram:
                 raise ctx.error(key, f"{asked} is larger than RAM ({format_size(ram)}"
                                 + (f", {format_size(unmanaged)} already in other pools"
@@ -336,6 +384,10 @@ class HugePagesTunable(Tunable):
                                 f"this kernel/CPU has no {label} huge pages"))
                 continue
             notes = [persist_note]
+            files = hugetlbfs_files(host, pb)
+            if files:
+                notes.append("held by hugetlbfs files: " + ", ".join(
+                    f"{mp} {n} pages" for mp, n in sorted(files.items())))
             if label == "1G":
                 notes.append(self._cmdline_note(host, plan))
             if sysctl_note and label == "2M":
