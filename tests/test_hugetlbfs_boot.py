@@ -311,3 +311,23 @@ def test_boot_unit_off_removes_only_ours(ryzen, tmp_path):
     # a hand-made unit of that name is not ours: left alone
     (ryzen / UNIT_PATH.lstrip("/")).write_text("[Service]\nExecStart=/bin/true\n")
     assert engine.plan(Host(ryzen), load_profile(str(p))).changes == []
+
+
+def test_fstab_entry_passes_findmnt_verify(ryzen, tmp_path):
+    findmnt = shutil.which("findmnt")
+    need(findmnt is not None, "findmnt (util-linux) is not installed")
+    assert findmnt is not None
+    mp = tmp_path / "mp"
+    mp.mkdir()  # findmnt checks that the mount point exists (systemd would create it)
+    prof = tmp_path / "f.yaml"
+    prof.write_text(MNT.format(pool="auto", size="1GiB", gid="inference", persist="fstab")
+                    .replace("/mnt/models-hugepages", str(mp)))
+    assert engine.apply(Host(ryzen), load_profile(str(prof)), only={"hugetlbfs"}).ok
+    text = (ryzen / "etc/fstab").read_text()
+    ours = text[text.index(MARK):]
+    tab = tmp_path / "fstab.ours"
+    tab.write_text(ours)
+    p = subprocess.run([findmnt, "--verify", "--tab-file", str(tab)], capture_output=True,
+                       text=True, timeout=60, check=False)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert "no errors or warnings" in p.stdout, p.stdout
