@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from dataclasses import replace
 from typing import Any
 
 import yaml
@@ -103,8 +104,14 @@ class BootUnitTunable(Tunable):
         rows: list[Row] = []
         changes: list[Change] = []
         if boot.unit:
+            unit_row, unit_ch = file_change(ctx, self.name, UNIT_PATH, unit_text(ctx),
+                                            key=f"unit {UNIT_NAME}")
+            if ctx.host.offline and boot.exec is None:
+                # an image's Python may live elsewhere than the one running hosttune now
+                unit_row = replace(unit_row, note=f"ExecStart runs {sys.executable}; set "
+                                   "boot.exec if hosttune is installed elsewhere on that system")
             items = [
-                file_change(ctx, self.name, UNIT_PATH, unit_text(ctx), key=f"unit {UNIT_NAME}"),
+                (unit_row, unit_ch),
                 symlink_change(ctx, self.name, WANTS_PATH, UNIT_PATH,
                                key="enabled (multi-user.target.wants)"),
                 file_change(ctx, self.name, boot.profile_path,
