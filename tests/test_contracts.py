@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from hosttune import engine
+from hosttune.errors import ProfileError
 from hosttune.host import Host
 from hosttune.profile import builtin_names, load_profile
 from hosttune.tunables import all_tunables
@@ -47,6 +48,16 @@ def test_contract_round_trip(any_tree, profile):
     host = Host(any_tree)
     loaded = load_profile(profile)
     before = snapshot(any_tree)
+    try:
+        engine.plan(Host(any_tree), loaded)
+    except ProfileError as err:
+        # a profile made for a bigger box (ryzen9950x-rtx5090's 90 GiB pool on this 24 GB VM)
+        # is refused naming file and key, before anything is written; the generic profile
+        # must fit every host
+        assert profile != "inference", err
+        assert err.file and err.key, err
+        assert snapshot(any_tree) == before
+        return
     rep = engine.apply(host, loaded)
     assert rep.ok, (rep.error, [s.to_json() for s in rep.steps if s.status != "applied"])
     # offline mode never runs a command

@@ -119,6 +119,20 @@ class HugePagePool(Section):
     def _size(cls, v: str | int) -> str | int:
         return _check_size_or_percent(v, allow_auto=True)
 
+    @field_validator("nodes")
+    @classmethod
+    def _nodes(
+        cls, v: Literal["spread", "any"] | dict[int, str | int]
+    ) -> Literal["spread", "any"] | dict[int, str | int]:
+        if isinstance(v, dict):
+            if not v:
+                raise ValueError("give at least one node, or 'spread' / 'any'")
+            for node, size in v.items():
+                if node < 0:
+                    raise ValueError(f"node {node}: NUMA node ids are >= 0")
+                _check_size_or_percent(size)
+        return v
+
 
 class HugePagesSection(Section):
     pools: list[HugePagePool] = Field(default_factory=list)
@@ -145,12 +159,21 @@ class HugetlbfsMount(Section):
     uid: int = 0
     gid: int | str = Field(0, description="numeric gid or a group name")
     persist: Literal["fstab", "unit"] = "fstab"
+    models: list[str] = Field(
+        default_factory=list,
+        description="model files (host paths) meant to live on this mount: the audit flags a "
+        "mount too small to hold them (each rounded up to whole huge pages)",
+    )
 
     @field_validator("path")
     @classmethod
     def _path(cls, v: str) -> str:
         if not v.startswith("/") or v.rstrip("/") in ("", "/tmp", "/dev", "/proc", "/sys"):
             raise ValueError(f"expected an absolute mount point of its own, got {v!r}")
+        # fstab, mount options and unit files would each need their own escaping
+        if re.search(r"[\s,%\\]", v) or "/../" in v + "/" or "/./" in v + "/":
+            raise ValueError(f"a mount point without spaces, commas, '%', '\\' or '..', "
+                             f"got {v!r}")
         return v.rstrip("/")
 
     @field_validator("size")

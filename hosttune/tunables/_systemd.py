@@ -1,0 +1,64 @@
+"""Helpers for the systemd files hosttune writes: unit-name escaping, enablement symlinks and
+the daemon-reload post step."""
+
+from __future__ import annotations
+
+from hosttune.tunables.base import Change, Context, Row, Status
+
+UNIT_DIR = "/etc/systemd/system"
+
+
+def escape_path(path: str) -> str:
+    """systemd-escape --path: '/mnt/models-hugepages' -> 'mnt-models\\x2dhugepages'
+    (systemd.unit(5) "String Escaping for Inclusion in Unit Names")."""
+    parts = [p for p in path.split("/") if p]
+    if not parts:
+        return "-"
+    out = []
+    for i, ch in enumerate("/".join(parts)):
+        if ch == "/":
+            out.append("-")
+        elif ch.isascii() and (ch.isalnum() or ch in ":_" or (ch == "." and i > 0)):
+            out.append(ch)
+        else:
+            out.extend(f"\\x{b:02x}" for b in ch.encode())
+    return "".join(out)
+
+
+def mount_unit_name(path: str) -> str:
+    return escape_path(path) + ".mount"
+
+
+def symlink_change(ctx: Context, tunable: str, path: str, target: str | None, *,
+                   key: str, ours: str | None = None) -> tuple[Row, Change | None]:
+    """Row + change making ``path`` a symlink to ``target``; with target None, removing it if
+    it is our link (pointing to ``ours``) - never anything else."""
+    st = ctx.host.file_state(path)
+    cur = (f"-> {st.link_target}" if st.link_target is not None
+           else ("a regular file" if st.exists else "absent"))
+    want = f"-> {target}" if target is not None else "absent"
+    ok = st.link_target == target if target is not None else st.link_target != ours
+    if ok:
+        return Row(tunable, key, cur, want, Status.OK), None
+    row = Row(tunable, key, cur, want, Status.DRIFT)
+    if ctx.runtime_only:
+        return row, None
+    if target is None:
+        ch = Change(id=f"{tunable}/{path}", tunable=tunable, kind="file", path=path,
+                    value=None, summary=f"remove {path}")
+    else:
+        ch = Change(id=f"{tunable}/{path}", tunable=tunable, kind="symlink", path=path,
+                    value=target, summary=f"ln -s {target} {path}")
+    return row, ch
+
+
+def daemon_reload(ctx: Context, tunable: str) -> Change | None:
+    """systemctl daemon-reload after unit files change - only where systemd runs under the
+    root (sd_booted(3): /run/systemd/system exists); an image or a container without systemd
+    reads the units at its next boot."""
+    if ctx.runtime_only or not ctx.host.exists("/run/systemd/system"):
+        return None
+    argv = ["systemctl", "daemon-reload"]
+    return Change(id=f"{tunable}/daemon-reload", tunable=tunable, kind="command",
+                  summary="systemctl daemon-reload", runtime=False,
+                  params={"argv": argv, "revert_argv": argv, "post": True})

@@ -1,0 +1,140 @@
+"""hosttune-boot.service: re-applies the runtime-only settings at boot.
+
+Huge-page pools, THP, NVML settings and other /sys values do not survive a reboot. One oneshot
+unit runs ``hosttune apply --runtime-only --yes --profile <copy>`` against a copy of the merged
+profile, ordered after local file systems, systemd-sysctl and nvidia-persistenced (ordering
+only: After= on a unit that does not exist is a no-op, so GPU-less hosts need nothing), and
+before the container runtimes so containers start on a tuned host.
+
+systemd Exec lines have no shell (systemd.service(5) "Command lines"): the command is a plain
+argv, quoted the systemd way, and ``systemd-analyze verify`` passes on what we write (tested).
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from dataclasses import replace
+from typing import Any
+
+import yaml
+
+from hosttune.tunables._systemd import UNIT_DIR, daemon_reload, symlink_change
+from hosttune.tunables.base import HEADER, Change, Context, Evaluation, Row, Tunable, file_change
+
+UNIT_NAME = "hosttune-boot.service"
+UNIT_PATH = f"{UNIT_DIR}/{UNIT_NAME}"
+WANTS_PATH = f"{UNIT_DIR}/multi-user.target.wants/{UNIT_NAME}"
+AFTER = ("local-fs.target", "systemd-sysctl.service", "nvidia-persistenced.service")
+BEFORE = ("docker.service", "containerd.service")
+
+
+def profile_copy_text(raw: dict[str, Any], name: str) -> str:
+    """The merged profile as deterministic YAML: ``extends`` is resolved (dropped), keys are
+    sorted, so loading the copy and writing it again gives the same bytes."""
+    data = {k: v for k, v in raw.items() if k != "extends"}
+    # the C emitter when libyaml is there: the pure-Python one costs ~20 ms of every audit
+    dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    body = yaml.dump(data, Dumper=dumper, sort_keys=True, default_flow_style=False,
+                     allow_unicode=True)
+    return (f"{HEADER}# Profile {name!r}, merged (extends resolved). hosttune-boot.service "
+            "re-applies its runtime settings at boot.\n" + body)
+
+
+def _systemd_quote(arg: str) -> str:
+    # systemd.syntax(7): double quotes group words, backslash escapes inside them; '%' is a
+    # specifier and '$' an expansion, both doubled to stay literal.
+    arg = arg.replace("%", "%%").replace("$", "$$")
+    if arg and all(c.isalnum() or c in "/._-=+:@," for c in arg):
+        return arg
+    return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def exec_argv(ctx: Context) -> list[str]:
+    boot = ctx.profile.boot
+    assert boot is not None
+    base = shlex.split(boot.exec) if boot.exec else [sys.executable, "-m", "hosttune"]
+    return [*base, "apply", "--runtime-only", "--yes", "--profile", boot.profile_path]
+
+
+def unit_text(ctx: Context) -> str:
+    boot = ctx.profile.boot
+    assert boot is not None
+    cmd = " ".join(_systemd_quote(a) for a in exec_argv(ctx))
+    return (
+        f"{HEADER}"
+        "[Unit]\n"
+        f"Description=hosttune: re-apply runtime tuning (profile {ctx.profile.name})\n"
+        f"ConditionPathExists={boot.profile_path}\n"
+        f"After={' '.join(AFTER)}\n"
+        f"Before={' '.join(BEFORE)}\n"
+        "\n[Service]\n"
+        "Type=oneshot\n"
+        "RemainAfterExit=yes\n"
+        f"ExecStart={cmd}\n"
+        "# allocating a large huge-page pool can take minutes on a big host\n"
+        "TimeoutStartSec=15min\n"
+        "\n[Install]\n"
+        "WantedBy=multi-user.target\n"
+    )
+
+
+class BootUnitTunable(Tunable):
+    name = "bootunit"
+    section = "boot"
+
+    def validate(self, ctx: Context) -> None:
+        boot = ctx.profile.boot
+        assert boot is not None
+        if not boot.profile_path.startswith("/") or any(c.isspace() for c in boot.profile_path):
+            raise ctx.error("boot.profile_path", "an absolute path without spaces, got "
+                            f"{boot.profile_path!r}")
+        if boot.exec is not None:
+            try:
+                argv = shlex.split(boot.exec)
+            except ValueError as err:
+                raise ctx.error("boot.exec", f"cannot split into words: {err}") from err
+            if not argv or not argv[0].startswith("/"):
+                raise ctx.error("boot.exec", "the command must start with an absolute path "
+                                f"(systemd runs it without a shell), got {boot.exec!r}")
+
+    def evaluate(self, ctx: Context) -> Evaluation:
+        boot = ctx.profile.boot
+        assert boot is not None
+        rows: list[Row] = []
+        changes: list[Change] = []
+        if boot.unit:
+            unit_row, unit_ch = file_change(ctx, self.name, UNIT_PATH, unit_text(ctx),
+                                            key=f"unit {UNIT_NAME}")
+            if ctx.host.offline and boot.exec is None:
+                # an image's Python may live elsewhere than the one running hosttune now
+                unit_row = replace(unit_row, note=f"ExecStart runs {sys.executable}; set "
+                                   "boot.exec if hosttune is installed elsewhere on that system")
+            items = [
+                (unit_row, unit_ch),
+                symlink_change(ctx, self.name, WANTS_PATH, UNIT_PATH,
+                               key="enabled (multi-user.target.wants)"),
+                file_change(ctx, self.name, boot.profile_path,
+                            profile_copy_text(ctx.loaded.raw, ctx.profile.name),
+                            key=f"profile copy {boot.profile_path}"),
+            ]
+        else:  # unit: false - remove what we installed before (only our own files)
+            items = []
+            for p in (UNIT_PATH, boot.profile_path):
+                st = ctx.host.file_state(p)
+                if st.content is not None and st.content.startswith(HEADER.encode()):
+                    items.append(file_change(ctx, self.name, p, None, key=f"{p} (unit off)"))
+            items.append(symlink_change(ctx, self.name, WANTS_PATH, None,
+                                        key="enabled (multi-user.target.wants)",
+                                        ours=UNIT_PATH))
+        unit_changed = False
+        for row, ch in items:
+            rows.append(row)
+            if ch:
+                changes.append(ch)
+                unit_changed |= ch.path in (UNIT_PATH, WANTS_PATH)
+        if unit_changed:
+            dr = daemon_reload(ctx, self.name)
+            if dr:
+                changes.append(dr)
+        return Evaluation(rows, changes)

@@ -1,0 +1,565 @@
+"""Huge-page pools (2M, 1G) per NUMA node, and the transparent-huge-page mode.
+
+Runtime only: the pools live in sysfs and are re-applied at boot by hosttune-boot.service
+(tunables/bootunit.py). Facts this module relies on (kernel
+Documentation/admin-guide/mm/hugetlbpage.rst, mm/hugetlb.c):
+
+- Per-node pools: /sys/devices/system/node/nodeN/hugepages/hugepages-<kB>kB/nr_hugepages;
+  the global counter /sys/kernel/mm/hugepages/hugepages-<kB>kB/nr_hugepages interleaves over
+  the nodes with memory.
+- A write is a request, not a promise: the kernel allocates what it can and the write still
+  succeeds. The first write often under-allocates on a fragmented host; compacting memory
+  (/proc/sys/vm/compact_memory) between tries helps, so we retry and read back
+  [openshift-kni/performance-addon-operators#279].
+- Shrinking below the pages in use (mapped by processes, or held by files on hugetlbfs) also
+  "succeeds": the kernel turns the in-use excess into surplus pages and nr_hugepages keeps
+  reading the larger number until the files are deleted. So we never plan to shrink below
+  in-use pages, and the read-back catches it if it happens anyway.
+- 1 GiB pages need 1 GiB of physically contiguous free memory: after boot that is often not
+  available; reserving them on the kernel command line (hugepagesz=1G hugepages=N) is
+  reliable. The kernel command line belongs to the kernel-cmdline tunable; here we only say so.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from hosttune.errors import ApplyError, HostError
+from hosttune.host import Host
+from hosttune.host.parsers import (
+    parse_bracketed_choice,
+    parse_cmdline,
+    parse_cpulist,
+    parse_mountinfo,
+)
+from hosttune.profile.schema import HugePagePool, HugePagesSection, HugetlbfsMount
+from hosttune.profile.sizes import (
+    format_size,
+    hugepage_size_label,
+    parse_percent,
+    parse_size,
+)
+from hosttune.tunables.base import Change, Context, Evaluation, Row, Status, Tunable
+
+PAGE_BYTES = {"2M": 2 * 1024**2, "1G": 1024**3}
+NODE_DIR = "/sys/devices/system/node"
+GLOBAL_DIR = "/sys/kernel/mm/hugepages"
+THP_PATH = "/sys/kernel/mm/transparent_hugepage/enabled"
+COMPACT_PATH = "/proc/sys/vm/compact_memory"
+# Node meminfo may be much smaller than MemTotal when the hypervisor initialises memory lazily
+# (this VM: node0 shows ~3.8 GB of ~24 GB). Only trust per-node totals that add up.
+NODE_TOTALS_TRUSTED = 0.9
+
+
+def kb_dir(page_bytes: int) -> str:
+    return f"hugepages-{page_bytes // 1024}kB"
+
+
+def node_file(node: int, page_bytes: int, name: str = "nr_hugepages") -> str:
+    return f"{NODE_DIR}/node{node}/hugepages/{kb_dir(page_bytes)}/{name}"
+
+
+def global_file(page_bytes: int, name: str = "nr_hugepages") -> str:
+    return f"{GLOBAL_DIR}/{kb_dir(page_bytes)}/{name}"
+
+
+def read_int(host: Host, path: str) -> int | None:
+    v = host.read_value(path)
+    try:
+        return int(v) if v is not None else None
+    except ValueError:
+        return None
+
+
+def memory_nodes(host: Host) -> list[int]:
+    """NUMA nodes with memory (has_memory), else every node in the facts."""
+    text = host.read_value(f"{NODE_DIR}/has_memory")
+    nodes = parse_cpulist(text) if text else []
+    return nodes or [n.id for n in host.facts.nodes]
+
+
+def to_bytes(value: str | int, ram: int) -> int:
+    """Bytes or a percentage of RAM."""
+    if isinstance(value, str):
+        p = parse_percent(value)
+        if p is not None:
+            return int(ram * p)
+    return parse_size(value)
+
+
+def pool_pages(value: str | int, page_bytes: int, ram: int) -> int:
+    """Pool sizes: an int counts pages, bytes round up (hold that much), a percentage of RAM
+    rounds down (stay under it)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    assert isinstance(value, str)
+    p = parse_percent(value)
+    if p is not None:
+        return int(ram * p) // page_bytes
+    return math.ceil(parse_size(value) / page_bytes)
+
+
+# --- resolving the profile (pools <-> mounts) -----------------------------------------------------
+@dataclass(frozen=True)
+class PoolPlan:
+    index: int
+    pool: HugePagePool
+    page_bytes: int
+    pages: int
+    mode: str  # "nodes" (per node files) | "global" (the global counter)
+    targets: dict[int, int] = field(default_factory=dict)  # node -> pages (mode "nodes")
+
+    @property
+    def key(self) -> str:
+        return f"hugepages.pools.{self.index}"
+
+    @property
+    def bytes(self) -> int:
+        return self.pages * self.page_bytes
+
+
+@dataclass(frozen=True)
+class MountPlan:
+    index: int
+    mount: HugetlbfsMount
+    page_bytes: int
+    pages: int  # the mount's size= limit in pages
+
+    @property
+    def key(self) -> str:
+        return f"hugetlbfs.mounts.{self.index}"
+
+    @property
+    def bytes(self) -> int:
+        return self.pages * self.page_bytes
+
+
+@dataclass(frozen=True)
+class Resolved:
+    pools: dict[str, PoolPlan]  # pagesize label -> plan
+    mounts: list[MountPlan]
+
+
+def current_pool_pages(host: Host, page_bytes: int) -> int:
+    """Persistent pages of a pool now (nr_hugepages - surplus)."""
+    nr = read_int(host, global_file(page_bytes)) or 0
+    surp = read_int(host, global_file(page_bytes, "surplus_hugepages")) or 0
+    return max(nr - surp, 0)
+
+
+def resolve(ctx: Context) -> Resolved:
+    """Page counts of every pool and mount in the profile. Raises ProfileError for sizes that
+    cannot be resolved (both sides 'auto', unknown nodes)."""
+    prof = ctx.profile
+    ram = ctx.facts.mem_total_bytes
+    hp: HugePagesSection | None = prof.hugepages
+    mounts = list(prof.hugetlbfs.mounts) if prof.hugetlbfs else []
+    pool_by_size: dict[str, tuple[int, HugePagePool]] = {}
+    for i, pool in enumerate(hp.pools if hp else []):
+        if pool.pagesize in pool_by_size:
+            raise ctx.error(f"hugepages.pools.{i}.pagesize",
+                            f"a second {pool.pagesize} pool: one pool per page size")
+        pool_by_size[pool.pagesize] = (i, pool)
+
+    def explicit_mount_pages(m: HugetlbfsMount) -> int:
+        return to_bytes(m.size, ram) // PAGE_BYTES[m.pagesize]
+
+    pools: dict[str, PoolPlan] = {}
+    for label, (i, pool) in pool_by_size.items():
+        pb = PAGE_BYTES[label]
+        key = f"hugepages.pools.{i}"
+        explicit: dict[int, int] | None = None
+        if isinstance(pool.nodes, dict):
+            explicit = {}
+            with_mem = memory_nodes(ctx.host)
+            for node, size in pool.nodes.items():
+                if node not in with_mem:
+                    raise ctx.error(f"{key}.nodes.{node}",
+                                    f"NUMA node {node} does not exist or has no memory on this "
+                                    f"host (nodes with memory: {with_mem})")
+                try:
+                    explicit[node] = pool_pages(size, pb, ram)
+                except ValueError as err:
+                    raise ctx.error(f"{key}.nodes.{node}", str(err)) from err
+        if pool.size == "auto":
+            if explicit is not None:
+                pages = sum(explicit.values())
+            else:
+                same = [m for m in mounts if m.pagesize == label]
+                if not same:
+                    raise ctx.error(f"{key}.size", f"size 'auto' means what the {label} "
+                                    "hugetlbfs mounts hold, and the profile has none")
+                for j, m in enumerate(mounts):
+                    if m.pagesize == label and m.size == "auto":
+                        raise ctx.error(f"hugetlbfs.mounts.{j}.size",
+                                        f"both this mount and its pool ({key}.size) are "
+                                        "'auto': give one of them a size")
+                pages = sum(explicit_mount_pages(m) for m in same)
+        else:
+            pages = pool_pages(pool.size, pb, ram)
+            if explicit is not None and sum(explicit.values()) != pages:
+                raise ctx.error(f"{key}.nodes", f"the per-node sizes add up to "
+                                f"{sum(explicit.values())} pages but size asks for {pages}; "
+                                "set size: auto or make them agree")
+        if explicit is not None:
+            pools[label] = PoolPlan(i, pool, pb, pages, "nodes", explicit)
+        elif pool.nodes == "any":
+            pools[label] = PoolPlan(i, pool, pb, pages, "global")
+        else:  # spread over the nodes with memory; the remainder goes to the first ones
+            nodes = memory_nodes(ctx.host)
+            base, extra = divmod(pages, len(nodes))
+            pools[label] = PoolPlan(i, pool, pb, pages, "nodes",
+                                    {n: base + (1 if k < extra else 0)
+                                     for k, n in enumerate(nodes)})
+
+    plans: list[MountPlan] = []
+    for j, m in enumerate(mounts):
+        pb = PAGE_BYTES[m.pagesize]
+        if m.size != "auto":
+            plans.append(MountPlan(j, m, pb, explicit_mount_pages(m)))
+            continue
+        # 'auto' = the pool, less what explicitly sized mounts of that page size take, shared
+        # evenly by the 'auto' mounts
+        if m.pagesize in pools:
+            pool_n = pools[m.pagesize].pages
+        else:
+            pool_n = current_pool_pages(ctx.host, pb)
+        if pool_n == 0:
+            raise ctx.error(f"hugetlbfs.mounts.{j}.size", f"size 'auto' means the {m.pagesize} "
+                            "pool, and there is none (add a hugepages pool of that size)")
+        same = [x for x in mounts if x.pagesize == m.pagesize]
+        fixed = sum(explicit_mount_pages(x) for x in same if x.size != "auto")
+        n_auto = sum(1 for x in same if x.size == "auto")
+        plans.append(MountPlan(j, m, pb, max(pool_n - fixed, 0) // n_auto))
+    return Resolved(pools, plans)
+
+
+# --- the tunable ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class NodeState:
+    nr: int
+    free: int
+    surplus: int
+
+    @property
+    def in_use(self) -> int:
+        return max(self.nr - self.free, 0)
+
+
+def node_state(host: Host, node: int, page_bytes: int) -> NodeState | None:
+    nr = read_int(host, node_file(node, page_bytes))
+    if nr is None:
+        return None
+    return NodeState(nr, read_int(host, node_file(node, page_bytes, "free_hugepages")) or 0,
+                     read_int(host, node_file(node, page_bytes, "surplus_hugepages")) or 0)
+
+
+def global_state(host: Host, page_bytes: int) -> NodeState | None:
+    nr = read_int(host, global_file(page_bytes))
+    if nr is None:
+        return None
+    free = read_int(host, global_file(page_bytes, "free_hugepages")) or 0
+    resv = read_int(host, global_file(page_bytes, "resv_hugepages")) or 0
+    # reserved pages (mapped, not yet faulted) cannot be freed either: mm/hugetlb.c
+    # set_max_huge_pages() keeps min_count = resv + nr - free
+    return NodeState(nr, max(free - resv, 0),
+                     read_int(host, global_file(page_bytes, "surplus_hugepages")) or 0)
+
+
+def hugetlbfs_files(host: Host, page_bytes: int) -> dict[str, int]:
+    """Pages held by files on the mounted hugetlbfs of this page size: {mount point: pages}.
+
+    Live host only (a --root tree has no mounted hugetlbfs to look into). A file holds
+    ceil(size / page) pages at most (sparse files less); its pages stay allocated until it is
+    deleted, whether or not anything maps it - the usual reason a pool "will not shrink"."""
+    if host.offline:
+        return {}
+    label = hugepage_size_label(page_bytes)
+    default = hugepage_size_label(host.facts.default_hugepage_bytes)
+    out: dict[str, int] = {}
+    for m in parse_mountinfo(host.read_text("/proc/self/mountinfo") or ""):
+        if m.fstype != "hugetlbfs" or m.options.get("pagesize", default) != label:
+            continue
+        pages = 0
+        stack = [m.mount_point]
+        while stack and len(stack) < 10000:
+            d = stack.pop()
+            try:
+                entries = list(os.scandir(d))
+            except OSError:
+                continue
+            for e in entries:
+                try:
+                    if e.is_dir(follow_symlinks=False):
+                        stack.append(e.path)
+                    elif e.is_file(follow_symlinks=False):
+                        pages += math.ceil(e.stat(follow_symlinks=False).st_size / page_bytes)
+                except OSError:
+                    continue
+        if pages:
+            out[m.mount_point] = pages
+    return out
+
+
+def _pages_desc(pages: int, page_bytes: int) -> str:
+    return f"{pages} ({format_size(pages * page_bytes)})"
+
+
+class HugePagesTunable(Tunable):
+    name = "hugepages"
+    section = "hugepages"
+
+    # -- checks before anything is written ----------------------------------------------------
+    def validate(self, ctx: Context) -> None:
+        sec = ctx.profile.hugepages
+        assert sec is not None
+        res = resolve(ctx)
+        ram = ctx.facts.mem_total_bytes
+        if ram <= 0:
+            return  # MemTotal unreadable: nothing to compare with (audit reports the error)
+        try:
+            floor = to_bytes(sec.min_free_ram, ram)
+        except ValueError as err:
+            raise ctx.error("hugepages.min_free_ram", str(err)) from err
+        # pools the profile does not manage still take their memory
+        unmanaged = sum(
+            current_pool_pages(ctx.host, pb) * pb
+            for label, pb in PAGE_BYTES.items() if label not in res.pools
+        )
+        total = unmanaged
+        for plan in sorted(res.pools.values(), key=lambda p: p.index):
+            total += plan.bytes
+            key = f"{plan.key}.size" if plan.pool.size != "auto" or plan.mode == "global" \
+                or not isinstance(plan.pool.nodes, dict) else f"{plan.key}.nodes"
+            asked = f"{plan.pool.pagesize} pool of {_pages_desc(plan.pages, plan.page_bytes)}"
+            if plan.pool.size == "auto" and not isinstance(plan.pool.nodes, dict):
+                keys = [f"{m.key}.size" for m in res.mounts
+                        if m.mount.pagesize == plan.pool.pagesize]
+                asked += f" (size 'auto': what {', '.join(keys)} hold)"
+            if total > ram:
+                raise ctx.error(key, f"{asked} is larger than RAM ({format_size(ram)}"
+                                + (f", {format_size(unmanaged)} already in other pools"
+                                   if unmanaged else "") + ")")
+            if ram - total < floor:
+                raise ctx.error(key, f"{asked} would leave {format_size(ram - total)} for the "
+                                f"OS, less than min_free_ram ({sec.min_free_ram} = "
+                                f"{format_size(floor)})")
+            self._check_nodes(ctx, plan)
+
+    def _check_nodes(self, ctx: Context, plan: PoolPlan) -> None:
+        nodes = {n.id: n.mem_total_bytes for n in ctx.facts.nodes}
+        ram = ctx.facts.mem_total_bytes
+        if sum(nodes.values()) < NODE_TOTALS_TRUSTED * ram:
+            return  # lazily initialised node memory: per-node totals mean nothing yet
+        for node, pages in plan.targets.items():
+            have = nodes.get(node, 0)
+            if pages * plan.page_bytes > have:
+                key = (f"{plan.key}.nodes.{node}" if isinstance(plan.pool.nodes, dict)
+                       else f"{plan.key}.size")
+                raise ctx.error(key, f"{_pages_desc(pages, plan.page_bytes)} on node {node} is "
+                                f"more than the node's memory ({format_size(have)})")
+
+    # -- audit / plan ---------------------------------------------------------------------------
+    def evaluate(self, ctx: Context) -> Evaluation:
+        sec = ctx.profile.hugepages
+        assert sec is not None
+        host = ctx.host
+        res = resolve(ctx)
+        rows: list[Row] = []
+        changes: list[Change] = []
+        boot = ctx.profile.boot
+        persist_note = ("re-applied at boot by hosttune-boot.service"
+                        if boot is not None and boot.unit else
+                        "runtime only: lost at reboot (boot.unit is off)")
+        sysctl_note = self._sysctl_note(host)
+        for label in sorted(res.pools, key=lambda s: PAGE_BYTES[s]):
+            plan = res.pools[label]
+            pb = plan.page_bytes
+            if pb not in ctx.facts.hugepage_sizes:
+                rows.append(Row(self.name, f"{label} pool", "absent",
+                                _pages_desc(plan.pages, pb), Status.UNSUPPORTED,
+                                f"this kernel/CPU has no {label} huge pages"))
+                continue
+            notes = [persist_note]
+            files = hugetlbfs_files(host, pb)
+            if files:
+                notes.append("held by hugetlbfs files: " + ", ".join(
+                    f"{mp} {n} pages" for mp, n in sorted(files.items())))
+            if label == "1G":
+                notes.append(self._cmdline_note(host, plan))
+            if sysctl_note and label == "2M":
+                notes.append(sysctl_note)
+            targets: dict[str, int] = {}
+            ok_all = True
+            if plan.mode == "global":
+                st = global_state(host, pb)
+                assert st is not None  # the size is in facts, so the directory exists
+                want = max(plan.pages, st.in_use)
+                row_note = list(notes)
+                status = Status.OK if st.nr - st.surplus == plan.pages else Status.DRIFT
+                if plan.pages < st.in_use:
+                    row_note.append(self._in_use_note(st.in_use, plan.pages, "the pool"))
+                rows.append(Row(self.name, f"{label} total", _pages_desc(st.nr, pb),
+                                _pages_desc(plan.pages, pb), status, "; ".join(row_note)))
+                if st.nr - st.surplus != want:
+                    targets["any"] = want
+                    ok_all = False
+                current = {"any": st.nr}
+            else:
+                current = {}
+                for node, pages in sorted(plan.targets.items()):
+                    st = node_state(host, node, pb)
+                    if st is None:
+                        rows.append(Row(self.name, f"{label} node{node}", "absent",
+                                        _pages_desc(pages, pb), Status.UNSUPPORTED,
+                                        f"no {node_file(node, pb)}"))
+                        continue
+                    want = max(pages, st.in_use)
+                    row_note = list(notes)
+                    if pages < st.in_use:
+                        row_note.append(self._in_use_note(st.in_use, pages, f"node {node}"))
+                    status = Status.OK if st.nr - st.surplus == pages else Status.DRIFT
+                    rows.append(Row(self.name, f"{label} node{node}", _pages_desc(st.nr, pb),
+                                    _pages_desc(pages, pb), status, "; ".join(row_note)))
+                    current[str(node)] = st.nr
+                    if st.nr - st.surplus != want:
+                        targets[str(node)] = want
+                        ok_all = False
+            if not ok_all and targets:
+                desc = ", ".join(f"{'total' if k == 'any' else 'node' + k} "
+                                 f"{current.get(k, '?')} -> {v}" for k, v in targets.items())
+                changes.append(Change(
+                    id=f"hugepages/{label}", tunable=self.name, kind="action",
+                    summary=f"huge pages {label}: {desc} pages", runtime=True,
+                    params={"page_bytes": pb, "targets": targets, "retries": sec.retries}))
+        if sec.thp is not None:
+            self._thp(host, sec.thp, rows, changes)
+        return Evaluation(rows, changes)
+
+    @staticmethod
+    def _in_use_note(in_use: int, want: int, where: str) -> str:
+        return (f"{in_use} pages in use on {where} (hugetlbfs files or mappings): cannot shrink "
+                f"to {want} - the kernel would accept the write and keep them as surplus pages; "
+                "delete the files first")
+
+    @staticmethod
+    def _cmdline_note(host: Host, plan: PoolPlan) -> str:
+        tokens = parse_cmdline(host.read_text("/proc/cmdline") or "")
+        if any(t.lower() in ("hugepagesz=1g", "hugepagesz=1024m") for t in tokens):
+            return "1G pages are reserved on the kernel command line too"
+        return (f"1G pages are best reserved at boot: kernel command line 'hugepagesz=1G "
+                f"hugepages={plan.pages}' (kernel cmdline tunable); after boot 1 GiB of "
+                "contiguous memory is often not available")
+
+    @staticmethod
+    def _sysctl_note(host: Host) -> str:
+        """The seed's mistake: vm.nr_hugepages in sysctl.conf fights the per-node pool."""
+        from hosttune.tunables.sysctl import boot_assignments
+
+        try:
+            hits = [s for s in boot_assignments(host) if s.a.key == "vm.nr_hugepages"]
+        except OSError:
+            return ""
+        if not hits:
+            return ""
+        s = hits[-1]
+        return (f"{s.file}:{s.a.lineno} also sets vm.nr_hugepages = {s.a.value} at boot "
+                "(global, before hosttune-boot.service re-applies this pool): remove it")
+
+    def _thp(self, host: Host, want: str, rows: list[Row], changes: list[Change]) -> None:
+        text = host.read_value(THP_PATH)
+        if text is None:
+            rows.append(Row(self.name, "thp", "absent", want, Status.UNSUPPORTED,
+                            "kernel without transparent huge pages"))
+            return
+        selected, choices = parse_bracketed_choice(text)
+        if want not in choices:
+            rows.append(Row(self.name, "thp", str(selected), want, Status.UNSUPPORTED,
+                            f"choices here: {' '.join(choices)}"))
+            return
+        ok = selected == want
+        rows.append(Row(self.name, "thp", str(selected), want,
+                        Status.OK if ok else Status.DRIFT))
+        if not ok:
+            changes.append(Change(
+                id="hugepages/thp", tunable=self.name, kind="action", path=THP_PATH,
+                summary=f"transparent_hugepage/enabled: {selected} -> {want}", runtime=True,
+                params={"choice": want}))
+
+    # -- actions ---------------------------------------------------------------------------------
+    def capture_action(self, host: Host, change: Change) -> Any:
+        if change.id == "hugepages/thp":
+            selected, choices = parse_bracketed_choice(host.read_value(THP_PATH) or "")
+            return {"selected": selected, "choices": choices}
+        pb = int(change.params["page_bytes"])
+        return {"targets": {k: read_int(host, _target_path(k, pb)) or 0
+                            for k in change.params["targets"]}}
+
+    def apply_action(self, host: Host, change: Change) -> None:
+        if change.id == "hugepages/thp":
+            write_choice(host, THP_PATH, change.params["choice"])
+            return
+        allocate(host, int(change.params["page_bytes"]),
+                 {k: int(v) for k, v in change.params["targets"].items()},
+                 int(change.params.get("retries", 5)))
+
+    def revert_action(self, host: Host, change: Change, original: Any) -> None:
+        if change.id == "hugepages/thp":
+            if original.get("selected"):
+                write_choice(host, THP_PATH, original["selected"])
+            return
+        allocate(host, int(change.params["page_bytes"]),
+                 {k: int(v) for k, v in original["targets"].items()},
+                 int(change.params.get("retries", 5)))
+
+
+def _target_path(key: str, page_bytes: int) -> str:
+    return global_file(page_bytes) if key == "any" else node_file(int(key), page_bytes)
+
+
+def write_choice(host: Host, path: str, choice: str) -> None:
+    """Select one of a bracketed sysfs choice file ('always [madvise] never'). The kernel takes
+    the bare word; a --root tree is an image of sysfs, so there we write what the kernel would
+    then show."""
+    if host.offline:
+        _, choices = parse_bracketed_choice(host.read_value(path) or "")
+        host.write_kernel(path, " ".join(f"[{c}]" if c == choice else c for c in choices))
+    else:
+        host.write_kernel(path, choice)
+
+
+def allocate(host: Host, page_bytes: int, targets: dict[str, int], retries: int) -> None:
+    """Write per-node (or global: key 'any') pool sizes, read them back, compact memory and
+    retry while the kernel under-allocates. Raises ApplyError naming asked vs got per node."""
+    paths = {k: _target_path(k, page_bytes) for k in targets}
+    got: dict[str, int] = {}
+    tries = 0
+    for attempt in range(max(retries, 1)):
+        tries = attempt + 1
+        current = {k: read_int(host, p) or 0 for k, p in paths.items()}
+        # shrink first: freed pages may be what another node's growth needs
+        for k in sorted(targets, key=lambda k: targets[k] - current[k]):
+            if current[k] != targets[k]:
+                host.write_kernel(paths[k], str(targets[k]))
+        got = {k: read_int(host, p) or 0 for k, p in paths.items()}
+        if got == targets:
+            return
+        if any(got[k] > targets[k] for k in targets):
+            break  # pages in use cannot be freed: retrying does not help
+        if host.offline or attempt == retries - 1:
+            break
+        try:  # defragment so the next write finds contiguous 2M/1G blocks
+            host.write_kernel(COMPACT_PATH, "1")
+        except HostError:
+            pass
+    detail = ", ".join(
+        f"{'total' if k == 'any' else 'node' + k}: asked {targets[k]}, got {got.get(k, '?')}"
+        for k in sorted(targets))
+    why = ("pages in use cannot be freed" if any(got.get(k, 0) > v for k, v in targets.items())
+           else "not enough free contiguous memory")
+    raise ApplyError(f"huge pages {format_size(page_bytes)}: allocation fell short after "
+                     f"{tries} tr{'y' if tries == 1 else 'ies'} ({why}) - {detail}")
+
