@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from hosttune.host import Host
 from hosttune.host.facts import find_pids
-from hosttune.host.parsers import parse_limits
+from hosttune.host.parsers import parse_limits, parse_mountinfo
 from hosttune.profile.schema import MemlockSection
 from hosttune.profile.sizes import format_size, parse_size
 from hosttune.tunables.base import (
@@ -123,6 +123,15 @@ def memlock_settings(host: Host, service: str) -> list[UnitSetting]:
         out.extend(UnitSetting(by_name[n], m.group(1)) for ln in text.splitlines()
                    if (m := _LIMIT_RE.match(ln)))
     return out
+
+
+def _proc_hidepid(host: Host) -> bool:
+    try:
+        mounts = parse_mountinfo(host.read_text("/proc/self/mountinfo") or "")
+    except PermissionError:
+        return False
+    return any(m.mount_point == "/proc" and m.fstype == "proc"
+               and m.options.get("hidepid", "0") not in ("0", "off") for m in mounts)
 
 
 def has_cap(status_text: str, cap: int, field: str = "CapBnd") -> bool | None:
@@ -252,6 +261,9 @@ class MemlockTunable(Tunable):
         key = f"{comm} running limit"
         restart = f"restart {svc}"
         pids = find_pids(host, comm)
+        if not pids and not host.is_root and _proc_hidepid(host):
+            return Row(self.name, key, "?", fmt(want), Status.NEEDS_ROOT,
+                       "/proc is mounted with hidepid: other users' daemons are invisible")
         if not pids:
             return Row(self.name, key, "not running", fmt(want), Status.OK,
                        "the drop-in applies when it starts")
