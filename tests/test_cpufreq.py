@@ -192,3 +192,20 @@ def test_unreadable_cpufreq_is_needs_root(ryzen):
     host.deny = ("/sys/devices/system/cpu/cpufreq/policy3/",)
     rows = engine.audit(host, load_profile("inference"), only={"cpufreq"}).rows
     assert [r.status for r in rows] == [Status.NEEDS_ROOT]
+
+
+def test_boot_overriders_are_conflicts(ryzen):
+    wants = ryzen / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True)
+    (wants / "ondemand.service").symlink_to("/lib/systemd/system/ondemand.service")
+    (wants / "cpufrequtils.service").symlink_to("/lib/systemd/system/cpufrequtils.service")
+    (ryzen / "etc/default").mkdir()
+    (ryzen / "etc/default/cpufrequtils").write_text('GOVERNOR="performance"\n')
+    rows = {r.key: r for r in _rows(ryzen)}
+    assert rows["boot override ondemand.service"].status == Status.CONFLICT
+    assert "boot override cpufrequtils.service" not in rows  # it agrees with the profile
+    (ryzen / "etc/default/cpufrequtils").write_text('GOVERNOR="ondemand"\n')
+    rows = {r.key: r for r in _rows(ryzen)}
+    assert "GOVERNOR=ondemand" in rows["boot override cpufrequtils.service"].note
+    (ryzen / "etc/systemd/system/ondemand.service").symlink_to("/dev/null")  # masked
+    assert "boot override ondemand.service" not in {r.key for r in _rows(ryzen)}

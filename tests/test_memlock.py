@@ -291,3 +291,15 @@ def test_hidepid_is_needs_root_not_not_running(epyc):
     assert rows["dockerd running limit"].status == Status.NEEDS_ROOT
     assert "hidepid" in rows["dockerd running limit"].note
     assert _rows(epyc)["dockerd running limit"].current == "not running"  # root sees all
+
+
+def test_daemon_json_default_ulimit_above_daemon_limit(ryzen):
+    (ryzen / "etc/docker").mkdir()
+    (ryzen / "etc/docker/daemon.json").write_text(
+        '{"default-ulimits": {"memlock": {"Name": "memlock", "Soft": -1, "Hard": -1}}}')
+    r = _rows(ryzen)["dockerd running limit"]
+    assert "default-ulimits memlock hard unlimited is above the daemon's hard limit" in r.note
+    (ryzen / "etc/docker/daemon.json").write_text(
+        '{"default-ulimits": {"memlock": {"Name": "memlock", "Soft": 65536, "Hard": 65536}}}')
+    r = _rows(ryzen)["dockerd running limit"]
+    assert "hard 64 KiB" in r.note and "every container" not in r.note

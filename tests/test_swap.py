@@ -315,3 +315,35 @@ def test_unreadable_swaps_is_needs_root(ryzen):
     rows = {r.key: r for r in engine.audit(host, load_profile("inference"), only={"swap"}).rows}
     assert rows["active"].status == Status.NEEDS_ROOT
     assert rows["fstab /etc/fstab"].status == Status.NEEDS_ROOT
+
+
+ZRAM_SWAPS = ("Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n"
+              "/dev/zram0                              partition\t4194300\t\t0\t\t100\n")
+
+
+def test_zram_generator_unit_is_masked(ryzen):
+    (ryzen / "proc/swaps").write_text(ZRAM_SWAPS)
+    (ryzen / "usr/lib/systemd").mkdir(parents=True)
+    (ryzen / "usr/lib/systemd/zram-generator.conf").write_text("[zram0]\n")
+    before = snapshot(ryzen)
+    rows = _rows(ryzen)
+    assert "unit dev-zram0.swap" in rows["active /dev/zram0"].note
+    assert rows["unit dev-zram0.swap"].status == Status.DRIFT
+    assert engine.apply(Host(ryzen), load_profile("inference"), only={"swap"}).ok
+    assert os.readlink(ryzen / "etc/systemd/system/dev-zram0.swap") == "/dev/null"
+    assert not engine.audit(Host(ryzen), load_profile("inference"), only={"swap"}).drift
+    assert engine.rollback(Host(ryzen)).ok
+    assert snapshot(ryzen) == before
+
+
+def test_zramswap_service_is_masked(ryzen):
+    (ryzen / "proc/swaps").write_text(ZRAM_SWAPS)
+    wants = ryzen / "etc/systemd/system/multi-user.target.wants"
+    wants.mkdir(parents=True)
+    (wants / "zramswap.service").symlink_to("/lib/systemd/system/zramswap.service")
+    rows = _rows(ryzen)
+    assert "enabled at boot by zramswap.service" in rows["active /dev/zram0"].note
+    p = engine.plan(Host(ryzen), load_profile("inference"), only={"swap"})
+    assert "swap/mask:zramswap.service" in [c.id for c in p.changes]
+    assert engine.apply(Host(ryzen), load_profile("inference"), only={"swap"}).ok
+    assert _rows(ryzen)["unit zramswap.service"].status == Status.OK

@@ -72,6 +72,41 @@ def implied_epp(driver: str, governor: str | None) -> str | None:
     return None
 
 
+# Services that set the governor/EPP themselves at boot, after hosttune-boot.service re-applied
+# the profile (Ubuntu's ondemand.service sleeps a minute first): the last writer wins.
+OVERRIDING_SERVICES = {
+    "ondemand.service": "sets the ondemand/schedutil governor a minute after boot",
+    "cpufrequtils.service": "sets GOVERNOR from /etc/default/cpufrequtils at boot",
+    "power-profiles-daemon.service": "sets EPP / platform profile",
+    "tuned.service": "applies its profile's governor and EPP",
+    "tlp.service": "sets CPU_SCALING_GOVERNOR_ON_AC/BAT and EPP",
+}
+
+
+def boot_overrides(host: Host, sec: CpuSection) -> list[Row]:
+    """Rows for enabled services that will overwrite the governor or EPP at boot."""
+    enabled: set[str] = set()
+    for d in host.listdir("/etc/systemd/system"):
+        if d.endswith(".wants"):
+            enabled.update(n for n in host.listdir(f"/etc/systemd/system/{d}")
+                           if n in OVERRIDING_SERVICES)
+    masked = {n for n in enabled if host.path(f"/etc/systemd/system/{n}").is_symlink()
+              and str(host.path(f"/etc/systemd/system/{n}").readlink()) == "/dev/null"}
+    rows = []
+    for n in sorted(enabled - masked):
+        what = OVERRIDING_SERVICES[n]
+        if n == "cpufrequtils.service":
+            conf = host.read_text("/etc/default/cpufrequtils") or ""
+            m = re.search(r'^\s*GOVERNOR\s*=\s*"?([\w-]+)"?', conf, re.M)
+            if m is None or m.group(1) == sec.governor:
+                continue
+            what = f"sets GOVERNOR={m.group(1)} from /etc/default/cpufrequtils at boot"
+        rows.append(Row("cpufreq", f"boot override {n}", "enabled", "not overriding",
+                        Status.CONFLICT, f"{what}: it runs after hosttune-boot.service and "
+                        "the last writer wins; disable it or make it agree"))
+    return rows
+
+
 def _group_key(label: str, nums: list[int]) -> str:
     if len(nums) == 1:
         return f"{label} policy{nums[0]}"
@@ -204,7 +239,7 @@ class CpuFreqTunable(Tunable):
                         summary=f"policy{p.num} EPP: {p.epp} -> {want}",
                         path=f"{p.dir}/energy_performance_preference", value=want,
                         runtime=True, params={"driver": p.driver}))
-        return Evaluation(gov.rows() + epp.rows(), changes)
+        return Evaluation(gov.rows() + epp.rows() + boot_overrides(host, sec), changes)
 
     # -- EPP writes: an action so EBUSY gets an explanation ---------------------------------
     def capture_action(self, host: Host, change: Change) -> Any:

@@ -17,8 +17,10 @@ Audit therefore reads the daemons' real limits from /proc/<pid>/limits.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 from hosttune.host import Host
 from hosttune.host.facts import find_pids
@@ -123,6 +125,19 @@ def memlock_settings(host: Host, service: str) -> list[UnitSetting]:
         out.extend(UnitSetting(by_name[n], m.group(1)) for ln in text.splitlines()
                    if (m := _LIMIT_RE.match(ln)))
     return out
+
+
+def docker_default_memlock(host: Host) -> int | Literal[False] | None:
+    """Hard memlock from /etc/docker/daemon.json ``default-ulimits`` (bytes, None =
+    unlimited), False when not set or unreadable."""
+    try:
+        data = json.loads(host.read_text("/etc/docker/daemon.json") or "{}")
+        hard = data["default-ulimits"]["memlock"]["Hard"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    if not isinstance(hard, int):
+        return False
+    return None if hard < 0 else hard
 
 
 def _proc_hidepid(host: Host) -> bool:
@@ -277,8 +292,14 @@ class MemlockTunable(Tunable):
                        f"/proc/{pid}/limits has no 'Max locked memory'")
         soft, hard = lim["Max locked memory"]
         cur = f"{fmt(soft)} / hard {fmt(hard)} (pid {pid})"
+        dflt = docker_default_memlock(host) if comm == "dockerd" else False
+        dnote = ""
+        if dflt is not False:
+            dnote = f"daemon.json default-ulimits memlock hard {fmt(dflt)}"
+            if not satisfies(hard, dflt):
+                dnote += " is above the daemon's hard limit: every container fails to start"
         if satisfies(hard, want) and satisfies(soft, want):
-            return Row(self.name, key, cur, fmt(want), Status.OK)
+            return Row(self.name, key, cur, fmt(want), Status.OK, dnote)
         note = (f"containers asking for memlock {fmt(want)} fail at start (runc: 'error "
                 f"setting rlimit type 8: operation not permitted'): the daemon's hard limit is "
                 f"{fmt(hard)}")
@@ -299,6 +320,8 @@ class MemlockTunable(Tunable):
         if cg and f"/{svc}" not in cg:
             note += (f"; pid {pid} does not run in {svc}'s cgroup (started by hand?): the "
                      "drop-in will not reach it, it inherits its parent's limit")
+        if dnote:
+            note += f"; {dnote}"
         if configured:
             return Row(self.name, key, cur, fmt(want), Status.NEEDS_RESTART, note,
                        needs=(restart,))

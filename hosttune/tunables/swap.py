@@ -9,8 +9,9 @@ Persistence, never ``sed '/swap/d' /etc/fstab`` (the seed notes' mistake: it als
 backup mount whose path or comment says "swap"): exactly the active fstab entries whose type is
 ``swap`` are commented out with a marker, one journaled change per line, so a later edit of
 another line survives rollback. Swap units in /etc/systemd/system (own files or enabled in
-``*.wants/``) are masked with a link to /dev/null (systemd.unit(5)); fstab-generated swap units
-vanish with their fstab line at the next daemon-reload.
+``*.wants/``), swap services (zram-tools' zramswap.service, dphys-swapfile.service) and
+zram-generator's dev-zramN.swap are masked with a link to /dev/null (systemd.unit(5));
+fstab-generated swap units vanish with their fstab line at the next daemon-reload.
 """
 
 from __future__ import annotations
@@ -86,8 +87,19 @@ class SwapUnit:
     masked: bool
 
 
-def swap_units(host: Host) -> list[SwapUnit]:
-    """Swap units an admin installed or enabled (not the fstab-generated ones)."""
+# Services whose only job is turning swap on at boot (zram-tools, Raspberry Pi OS).
+SWAP_SERVICES = ("zramswap.service", "dphys-swapfile.service")
+# zram-generator(8) turns these into dev-zramN.swap units at every boot.
+ZRAM_GENERATOR_CONF = ("/etc/systemd/zram-generator.conf", "/run/systemd/zram-generator.conf",
+                       "/usr/local/lib/systemd/zram-generator.conf",
+                       "/usr/lib/systemd/zram-generator.conf")
+
+
+def swap_units(host: Host, active: list[SwapDevice] | None = None) -> list[SwapUnit]:
+    """Units that turn swap on at boot and that an fstab edit does not reach: .swap units an
+    admin installed or enabled, swap services enabled in a .wants/ dir, and zram-generator's
+    dev-zramN.swap for active zram devices (fstab-generated units are not listed: commenting
+    the fstab line removes them)."""
     names: dict[str, str] = {}
     for n in host.listdir(UNIT_DIR):
         p = f"{UNIT_DIR}/{n}"
@@ -95,8 +107,12 @@ def swap_units(host: Host) -> list[SwapUnit]:
             names.setdefault(n, p)
         elif n.endswith((".wants", ".requires")) and host.is_dir(p):
             for m in host.listdir(p):
-                if m.endswith(".swap"):
+                if m.endswith(".swap") or m in SWAP_SERVICES:
                     names.setdefault(m, f"{p}/{m}")
+    conf = next((c for c in ZRAM_GENERATOR_CONF if host.exists(c)), None)
+    for d in active or []:
+        if d.path.startswith("/dev/zram") and conf:
+            names.setdefault(unit_name(d.path), f"{conf} (zram-generator)")
     out = []
     for n, src in sorted(names.items()):
         real = host.path(f"{UNIT_DIR}/{n}")
@@ -165,7 +181,7 @@ class SwapTunable(Tunable):
             rows.append(Row(self.name, f"fstab {FSTAB}", "?", "no active swap entry",
                             Status.NEEDS_ROOT))
         flines = fstab_swap_lines(fstab or "")
-        units = swap_units(host)
+        units = swap_units(host, active)
 
         # runtime: one row and one swapoff per active area
         if swaps_text is not None and not active:
@@ -179,7 +195,9 @@ class SwapTunable(Tunable):
             elif unit:
                 src = f"enabled at boot by unit {unit.name}"
             elif d.path.startswith("/dev/zram"):
-                src = "zram swap (zram-generator or zram-tools)"
+                svc = [u.name for u in units if u.name in SWAP_SERVICES]
+                src = (f"zram swap, enabled at boot by {svc[0]}" if svc else
+                       "zram swap (zram-generator or zram-tools: neither is configured in /etc)")
             elif tagged:
                 src = f"probably fstab {', '.join(tagged)} (device links not resolvable)"
             else:
@@ -233,7 +251,8 @@ class SwapTunable(Tunable):
             if u.masked:
                 rows.append(Row(self.name, key, "masked", "masked", Status.OK))
                 continue
-            rows.append(Row(self.name, key, f"enabled ({u.source})", "masked", Status.DRIFT))
+            rows.append(Row(self.name, key, f"enabled ({u.source})", "masked", Status.DRIFT,
+                            "turns swap on at boot"))
             changes.append(Change(
                 id=f"swap/mask:{u.name}", tunable=self.name, kind="symlink",
                 summary=f"mask {u.name} ({UNIT_DIR}/{u.name} -> /dev/null)",
