@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 from hosttune.host import Host
-from hosttune.host.facts import find_pids
 from hosttune.host.parsers import parse_limits, parse_mountinfo
 from hosttune.profile.schema import MemlockSection
 from hosttune.profile.sizes import format_size, parse_size
@@ -140,6 +139,25 @@ def docker_default_memlock(host: Host) -> int | Literal[False] | None:
     return None if hard < 0 else hard
 
 
+def service_comm(svc: str) -> str:
+    return SERVICE_COMM.get(svc, svc.removesuffix(".service")[:15])
+
+
+def scan_comms(host: Host, comms: set[str]) -> dict[str, list[int]]:
+    """PIDs per comm for several names in one pass over /proc (cf. facts.find_pids)."""
+    out: dict[str, list[int]] = {}
+    for d in host.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            c = host.read_value(f"/proc/{d}/comm")
+        except OSError:
+            continue
+        if c in comms:
+            out.setdefault(c, []).append(int(d))
+    return {k: sorted(v) for k, v in out.items()}
+
+
 def _proc_hidepid(host: Host) -> bool:
     try:
         mounts = parse_mountinfo(host.read_text("/proc/self/mountinfo") or "")
@@ -234,6 +252,7 @@ class MemlockTunable(Tunable):
 
         # 2. services: LimitMEMLOCK drop-in, then the running daemon's real limit
         dropin_changed = False
+        pids_by_comm = scan_comms(host, {service_comm(s) for s in sec.services})
         for svc in sec.services:
             path = dropin_path(svc)
             restart = f"restart {svc}"
@@ -260,7 +279,7 @@ class MemlockTunable(Tunable):
             if ch:
                 changes.append(ch)
                 dropin_changed = True
-            rows.append(self._daemon_row(host, svc, want, configured))
+            rows.append(self._daemon_row(host, svc, want, configured, pids_by_comm))
 
         if dropin_changed and host.exists("/run/systemd/system"):
             changes.append(Change(
@@ -271,11 +290,12 @@ class MemlockTunable(Tunable):
                         "revert_argv": ["systemctl", "daemon-reload"], "post": True}))
         return Evaluation(rows, changes)
 
-    def _daemon_row(self, host: Host, svc: str, want: int | None, configured: bool) -> Row:
-        comm = SERVICE_COMM.get(svc, svc.removesuffix(".service")[:15])
+    def _daemon_row(self, host: Host, svc: str, want: int | None, configured: bool,
+                    pids_by_comm: dict[str, list[int]]) -> Row:
+        comm = service_comm(svc)
         key = f"{comm} running limit"
         restart = f"restart {svc}"
-        pids = find_pids(host, comm)
+        pids = pids_by_comm.get(comm, [])
         if not pids and not host.is_root and _proc_hidepid(host):
             return Row(self.name, key, "?", fmt(want), Status.NEEDS_ROOT,
                        "/proc is mounted with hidepid: other users' daemons are invisible")
