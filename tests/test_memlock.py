@@ -303,3 +303,29 @@ def test_daemon_json_default_ulimit_above_daemon_limit(ryzen):
         '{"default-ulimits": {"memlock": {"Name": "memlock", "Soft": 65536, "Hard": 65536}}}')
     r = _rows(ryzen)["dockerd running limit"]
     assert "hard 64 KiB" in r.note and "every container" not in r.note
+
+
+def test_parse_limits_conf_literal():
+    from hosttune.tunables.memlock import parse_limits_conf
+
+    text = ("# /etc/security/limits.conf\n#*  soft core 0\n"
+            "*               soft    memlock         unlimited\n"
+            "@audio   -  rtprio  95   # realtime audio\n"
+            "broken line\n")
+    got = [(e.lineno, e.domain, e.type, e.item, e.value) for e in parse_limits_conf(text)]
+    assert got == [(3, "*", "soft", "memlock", "unlimited"), (4, "@audio", "-", "rtprio", "95")]
+
+
+def test_seed_wildcard_memlock_in_limits_conf_is_flagged(ryzen):
+    """The seed notes appended '* soft/hard memlock unlimited' to limits.conf."""
+    conf = ryzen / "etc/security/limits.conf"
+    conf.write_text(conf.read_text() + "* soft memlock unlimited\n* hard memlock unlimited\n")
+    rows = _rows(ryzen)
+    flagged = [r for r in rows.values() if r.key.startswith("limits /etc/security/limits.conf")]
+    assert [r.status for r in flagged] == [Status.CONFLICT, Status.CONFLICT]
+    assert "@inference" in flagged[0].note
+    # scope: everyone means it was asked for
+    p = ryzen.parent / "p.yaml"
+    p.write_text("name: t\nmemlock: {scope: everyone}\n")
+    rows = _rows(ryzen, load_profile(str(p)))
+    assert not any(r.key.startswith("limits /etc") for r in rows.values())

@@ -90,6 +90,25 @@ def dropin_path(service: str) -> str:
     return f"/etc/systemd/system/{service}.d/{DROPIN_NAME}"
 
 
+@dataclass(frozen=True)
+class LimitsEntry:
+    lineno: int
+    domain: str
+    type: str  # soft | hard | -
+    item: str
+    value: str
+
+
+def parse_limits_conf(text: str) -> list[LimitsEntry]:
+    """limits.conf(5): '<domain> <type> <item> <value>', '#' starts a comment."""
+    out = []
+    for i, line in enumerate(text.splitlines(), 1):
+        parts = line.split("#", 1)[0].split()
+        if len(parts) == 4:
+            out.append(LimitsEntry(i, *parts))
+    return out
+
+
 def parse_group_names(text: str) -> set[str]:
     return {ln.split(":", 1)[0] for ln in text.splitlines() if ln and not ln.startswith("#")}
 
@@ -250,6 +269,9 @@ class MemlockTunable(Tunable):
         if ch:
             changes.append(ch)
 
+        if sec.scope == "group":
+            rows.extend(self._wildcard_rows(host, sec))
+
         # 2. services: LimitMEMLOCK drop-in, then the running daemon's real limit
         dropin_changed = False
         pids_by_comm = scan_comms(host, {service_comm(s) for s in sec.services})
@@ -289,6 +311,30 @@ class MemlockTunable(Tunable):
                 params={"argv": ["systemctl", "daemon-reload"],
                         "revert_argv": ["systemctl", "daemon-reload"], "post": True}))
         return Evaluation(rows, changes)
+
+    def _wildcard_rows(self, host: Host, sec: MemlockSection) -> list[Row]:
+        """'*' memlock lines elsewhere (the seed notes appended them to limits.conf) give
+        every PAM session the limit the profile meant for one group."""
+        files = ["/etc/security/limits.conf"] + [
+            f"/etc/security/limits.d/{n}" for n in host.listdir("/etc/security/limits.d")
+            if n.endswith(".conf")]
+        rows = []
+        for f in files:
+            if f == sec.limits_file:
+                continue
+            try:
+                text = host.read_text(f) or ""
+            except PermissionError:
+                continue
+            for e in parse_limits_conf(text):
+                if e.domain == "*" and e.item == "memlock":
+                    rows.append(Row(self.name, f"limits {f}:{e.lineno}",
+                                    f"* {e.type} memlock {e.value}", f"@{sec.group} only",
+                                    Status.CONFLICT,
+                                    "grants every PAM session (except root) this memlock "
+                                    f"limit; the profile scopes it to @{sec.group}: remove "
+                                    "the line, or set memlock.scope: everyone"))
+        return rows
 
     def _daemon_row(self, host: Host, svc: str, want: int | None, configured: bool,
                     pids_by_comm: dict[str, list[int]]) -> Row:
