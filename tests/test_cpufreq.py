@@ -209,3 +209,13 @@ def test_boot_overriders_are_conflicts(ryzen):
     assert "GOVERNOR=ondemand" in rows["boot override cpufrequtils.service"].note
     (ryzen / "etc/systemd/system/ondemand.service").symlink_to("/dev/null")  # masked
     assert "boot override ondemand.service" not in {r.key for r in _rows(ryzen)}
+
+
+def test_explicit_performance_epp_under_performance_is_never_written(ryzen):
+    """amd-pstate-epp answers EBUSY to every EPP write under the performance governor, even
+    'performance': the governor change sets it, hosttune must not write it."""
+    loaded = _profile(ryzen, "{governor: performance, epp: performance}")
+    p = engine.plan(Host(ryzen), loaded, only={"cpufreq"})
+    assert p.changes and all(c.path.endswith("scaling_governor") for c in p.changes)
+    rows = {r.key: r for r in p.audit.rows}
+    assert rows["epp (32 policies)"].desired == "performance (set by the performance governor)"

@@ -347,3 +347,11 @@ def test_zramswap_service_is_masked(ryzen):
     assert "swap/mask:zramswap.service" in [c.id for c in p.changes]
     assert engine.apply(Host(ryzen), load_profile("inference"), only={"swap"}).ok
     assert _rows(ryzen)["unit zramswap.service"].status == Status.OK
+
+
+def test_crlf_fstab_round_trip():
+    text = "UUID=1 / ext4 defaults 0 1\r\n/swap.img none swap sw 0 0\r\n"
+    (_, _, raw), = fstab_swap_lines(text)
+    out = disable_fstab_line(text, raw)
+    assert out == "UUID=1 / ext4 defaults 0 1\r\n" + MARKER + "/swap.img none swap sw 0 0\r\n"
+    assert enable_fstab_line(out, raw) == text

@@ -208,7 +208,10 @@ class CpuFreqTunable(Tunable):
                 if p.epp is None:
                     epp.add(p.num, "-", sec.epp, Status.UNSUPPORTED, f"{p.driver} has no EPP")
                     continue
-                if sec.epp == "auto":
+                # The driver owns EPP under this governor (validate() refused any other value):
+                # never write it, even the value it forces - amd-pstate-epp answers EBUSY to
+                # every write there.
+                if sec.epp == "auto" or forced is not None:
                     if forced is None:
                         epp.add(p.num, p.epp, f"auto (free under {tgov})", Status.OK,
                                 "left as it is")

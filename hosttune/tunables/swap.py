@@ -47,8 +47,7 @@ def disable_fstab_line(text: str, line: str) -> str:
     """Comment out the first active line equal to ``line``; every other byte stays."""
     out = text.splitlines(keepends=True)
     for i, raw in enumerate(out):
-        body = raw.rstrip("\n")
-        if body == line:
+        if raw.rstrip("\r\n") == line:
             out[i] = MARKER + raw
             return "".join(out)
     raise ValueError(f"no active line {line!r}")
@@ -58,7 +57,7 @@ def enable_fstab_line(text: str, line: str) -> str:
     """Inverse of :func:`disable_fstab_line` for one marked line (no-op if none is left)."""
     out = text.splitlines(keepends=True)
     for i, raw in enumerate(out):
-        if raw.rstrip("\n") == MARKER + line:
+        if raw.rstrip("\r\n") == MARKER + line:
             out[i] = raw[len(MARKER):]
             return "".join(out)
     return text
