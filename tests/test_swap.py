@@ -355,3 +355,26 @@ def test_crlf_fstab_round_trip():
     out = disable_fstab_line(text, raw)
     assert out == "UUID=1 / ext4 defaults 0 1\r\n" + MARKER + "/swap.img none swap sw 0 0\r\n"
     assert enable_fstab_line(out, raw) == text
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_kill_at_each_step_then_rollback_restores(tmp_path, when):
+    """SIGKILL during apply of the swap + memlock families (action, file, symlink, command
+    kinds), then rollback: the tree is byte-identical to before."""
+    from tests import fakehost
+    from tests.conftest import run_cli
+
+    tree = fakehost.ryzen_9950x(tmp_path / "t")
+    (tree / "etc/systemd/system/swapfile.swap").write_text("[Swap]\nWhat=/swapfile\n")
+    (tree / "run/systemd/system").mkdir(parents=True)
+    before = snapshot(tree)
+    n = len(engine.plan(Host(tree), load_profile("inference"), only={"swap", "memlock"}).changes)
+    assert n == 8  # swapoff, fstab line, mask, reload, limits.d, 2 drop-ins, reload
+    for step in range(n):
+        p = run_cli("apply", "--root", str(tree), "--yes", "--only", "swap", "--only", "memlock",
+                    env={"HOSTTUNE_TEST_CRASH": f"{step}:{when}"})
+        assert p.returncode == -9, (step, p.stdout, p.stderr)
+        r = run_cli("rollback", "--root", str(tree), "--yes")
+        assert r.returncode == 0, (step, r.stdout, r.stderr)
+        assert snapshot(tree) == before, (step, when)
