@@ -252,7 +252,8 @@ def _swap_supported() -> bool:
     return os.path.exists("/proc/swaps") and os.geteuid() == 0
 
 
-def test_real_swap_file_off_and_restored(tmp_path, kernel_lock):
+@pytest.mark.parametrize("prio", [7, None])
+def test_real_swap_file_off_and_restored(tmp_path, kernel_lock, prio):
     need(_swap_supported(), "needs root and swap support")
     swapfile = Path("/var/tmp") / f"hosttune-test-{os.getpid()}.swap"
     host = Host("/", state_dir=str(tmp_path / "state"))
@@ -266,10 +267,14 @@ def test_real_swap_file_off_and_restored(tmp_path, kernel_lock):
                         "status=none"], check=True)
         os.chmod(swapfile, 0o600)
         subprocess.run(["mkswap", str(swapfile)], check=True, capture_output=True)
-        r = subprocess.run(["swapon", "-p", "7", str(swapfile)], capture_output=True, text=True)
+        others = parse_swaps(Path("/proc/swaps").read_text())
+        argv = ["swapon", str(swapfile)] if prio is None else \
+            ["swapon", "-p", str(prio), str(swapfile)]
+        r = subprocess.run(argv, capture_output=True, text=True)
         need(r.returncode == 0, f"swapon not possible here: {r.stderr.strip()}")
         active = {d.path: d for d in parse_swaps(Path("/proc/swaps").read_text())}
-        assert active[str(swapfile)].priority == 7
+        prio0 = active[str(swapfile)].priority
+        assert prio is None or prio0 == prio
 
         p = engine.plan(host, loaded, only={"swap"})
         ids = [c.id for c in p.changes]
@@ -284,7 +289,10 @@ def test_real_swap_file_off_and_restored(tmp_path, kernel_lock):
         assert rb.ok, [s.to_json() for s in rb.steps]
         active = {d.path: d for d in parse_swaps(Path("/proc/swaps").read_text())}
         assert str(swapfile) in active
-        assert active[str(swapfile)].priority == 7
+        if prio is not None or not others:
+            # an auto (negative) priority comes back equal when no other swap is active:
+            # the kernel hands out --least_priority again (mm/swapfile.c)
+            assert active[str(swapfile)].priority == prio0
     finally:
         if str(swapfile) in Path("/proc/swaps").read_text():
             subprocess.run(["swapoff", str(swapfile)], check=False)
