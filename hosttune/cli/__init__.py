@@ -7,7 +7,7 @@ from __future__ import annotations
 import typer
 
 from hosttune import __version__
-from hosttune.cli import core_cmds, profiles
+from hosttune.cli import containers, core_cmds, profiles, topology
 
 app = typer.Typer(
     name="hosttune",
@@ -23,6 +23,8 @@ app.command()(core_cmds.plan)
 app.command()(core_cmds.apply)
 app.command()(core_cmds.rollback)
 app.add_typer(profiles.app, name="profiles")
+app.command()(topology.topology)
+app.add_typer(containers.app, name="containers")
 
 
 def _version(value: bool) -> None:
