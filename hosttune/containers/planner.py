@@ -617,12 +617,12 @@ def plan_workload(facts: HostFacts, wl: WorkloadSection, *, profile_name: str = 
         mem_nodes = [n for n in facts.nodes if n.mem_total_bytes > 0]
         if len(mem_nodes) > 1:
             per_node_pool = hugepage_bytes // len(mem_nodes)
-            for n in mem_nodes:
-                need = sum(w.memory_bytes for w in workers if n.id in w.mems)
-                if need > n.mem_total_bytes - per_node_pool:
+            for nd in mem_nodes:
+                need = sum(w.memory_bytes for w in workers if nd.id in w.mems)
+                if need > nd.mem_total_bytes - per_node_pool:
                     refusals.append(
-                        f"NUMA node {n.id}: workers' mem_limit {format_size(need)} exceed its "
-                        f"{format_size(n.mem_total_bytes)} minus its share of the huge-page "
+                        f"NUMA node {nd.id}: workers' mem_limit {format_size(need)} exceed its "
+                        f"{format_size(nd.mem_total_bytes)} minus its share of the huge-page "
                         f"pool {format_size(per_node_pool)}")
 
     # -- hand-made cpusets: flag overlap and sibling sharing ------------------------------------

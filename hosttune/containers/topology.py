@@ -96,10 +96,10 @@ def describe_topology(facts: HostFacts) -> TopologyView:
             nodes.append(NodeView(n.id, n.mem_total_bytes, tuple(ncpus), tuple(l3), gpus))
         packages.append(PackageView(pkg, tuple(nodes)))
     tpc = max((len(c) for c in cores), default=1)
-    gpus = tuple({"address": g.address, "device": f"0x{g.device:04x}",
+    gpu_list = tuple({"address": g.address, "device": f"0x{g.device:04x}",
                   "numa_node": g.numa_node, "local_cpus": format_cpulist(g.local_cpus)}
                  for g in facts.gpus)
     return TopologyView(
         cpu_model=facts.cpu_model, packages=tuple(packages), cores=len(cores),
         cpus=len(facts.cpus), threads_per_core=tpc, isolated_cpus=facts.isolated_cpus,
-        gpus=gpus, sibling_rule=_sibling_rule(cores))
+        gpus=gpu_list, sibling_rule=_sibling_rule(cores))

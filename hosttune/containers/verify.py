@@ -370,8 +370,8 @@ def docker_client(url: str | None = None) -> Any:
                   else docker.from_env(version="auto", timeout=30))
         client.ping()
     except DockerException as err:
-        raise HosttuneError(f"cannot reach the Docker Engine ({url or 'DOCKER_HOST or "
-                            f"/var/run/docker.sock'}): {err}") from err
+        where = url or "DOCKER_HOST or /var/run/docker.sock"
+        raise HosttuneError(f"cannot reach the Docker Engine ({where}): {err}") from err
     return client
 
 
