@@ -421,10 +421,18 @@ def plan_workload(facts: HostFacts, wl: WorkloadSection, *, profile_name: str = 
             heads[i] = sorted(tail)
         per_node: dict[int, list[list[Core]]] = defaultdict(list)
         if shape.kind == "in-domain":
-            for i, d in enumerate(doms):
+            # round-robin over the node's L3 domains: with fewer workers than slots, each gets
+            # a CCD of its own (its own L3 and its own link to the memory controllers)
+            slots: dict[int, list[list[Core]]] = {}
+            for i in range(len(doms)):
                 h = heads[i]
-                for b in range(len(h) // shape.size):
-                    per_node[d.node].append(h[b * shape.size:(b + 1) * shape.size])
+                slots[i] = [h[b * shape.size:(b + 1) * shape.size]
+                            for b in range(len(h) // shape.size)]
+            depth = max((len(v) for v in slots.values()), default=0)
+            for b in range(depth):
+                for i, d in enumerate(doms):
+                    if b < len(slots[i]):
+                        per_node[d.node].append(slots[i][b])
         else:
             for node in sorted({d.node for d in doms}):
                 full = [i for i, d in enumerate(doms) if d.node == node and avail[i] == d.full
@@ -439,7 +447,7 @@ def plan_workload(facts: HostFacts, wl: WorkloadSection, *, profile_name: str = 
             for n in sorted(queues):
                 if queues[n]:
                     rr.append((queues[n].pop(0), n))
-        cpu_blocks = rr[:n_cpu]
+        cpu_blocks = sorted(rr[:n_cpu], key=lambda b: b[0][0][0])
         if n_cpu:
             msg = f"{n_cpu} CPU worker(s) x {shape.describe()}"
             if rejected:
