@@ -346,10 +346,15 @@ def check_others(facts: HostFacts, plan: ContainerPlan, others: list[LiveContain
         if not o.running:
             continue
         cpus = o.cpus if o.cpus is not None else tuple(facts.cpu_ids)
+        reported: set[str] = set()
+        # overlap findings come before sibling-sharing ones: one line per worker touched
         for f in check_cpusets(facts, {**workers, o.name: cpus}):
             if o.name not in f.names or f.kind not in ("overlap", "sibling-sharing"):
                 continue
             other = next(n for n in f.names if n != o.name)
+            if other in reported:
+                continue
+            reported.add(other)
             how = ("shares CPUs" if f.kind == "overlap" else "shares SMT siblings of")
             out.append(Check(
                 o.name, "cpuset.cpus", f"no CPU of {other}", format_cpulist(cpus), False,
