@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from hosttune.host import Host
 from tests.conftest import need, run_cli
 from tests.dockerd import ensure_dockerd
 from tests.test_containers_compose import compose_schema_validator
@@ -169,11 +170,12 @@ def test_planned_services_run_and_verify(tmp_path: Path, kernel_lock, memlock: s
         from hosttune.host.parsers import parse_limits
 
         d = checks[("dockerd", "memlock hard" if memlock == "ulimit" else "memlock soft/hard")]
-        pid = int(subprocess.run(["pidof", "dockerd"], capture_output=True, text=True,
-                                 check=True).stdout.split()[0])
+        from hosttune.host.facts import find_pids
+        from hosttune.profile.sizes import format_size
+
+        pid = find_pids(Host("/"), "dockerd")[0]
         soft, hard = parse_limits(Path(f"/proc/{pid}/limits").read_text())["Max locked memory"]
-        fmt = (lambda v: "unlimited" if v is None else
-               __import__("hosttune.profile.sizes", fromlist=["x"]).format_size(v))
+        fmt = lambda v: "unlimited" if v is None else format_size(v)  # noqa: E731
         assert d["actual"].startswith(f"{fmt(soft)}/{fmt(hard)}"), d
 
         # -- a container started without the plan's cpuset is reported ----------------------
@@ -193,7 +195,6 @@ def test_planned_services_run_and_verify(tmp_path: Path, kernel_lock, memlock: s
         r = run_cli("containers", "verify", "-p", str(prof))
         assert r.returncode == 1, r.stdout + r.stderr
         lines = [ln for ln in r.stdout.splitlines() if ln.startswith("mismatch")]
-        from hosttune.host import Host
         from hosttune.host.parsers import format_cpulist
 
         all_cpus = format_cpulist(Host("/").facts.cpu_ids)

@@ -356,3 +356,24 @@ def test_placement_properties(case) -> None:
     assert not set(plan.idle_cpus) & {c for x in plan.workers for c in x.cpus}
     # the system CPUs are whole cores too
     assert {c for core in system_cores for c in core} == set(plan.system_cpus)
+
+
+def test_host_without_l3_information_plans_per_node() -> None:
+    base = synth_facts(2, 1, 4, True, False)
+    facts = HostFacts(**{**base.__dict__, "cpus": tuple(
+        Cpu(c.id, c.package, c.core, c.node, -1, c.siblings) for c in base.cpus),
+        "l3_domains": ()})
+    plan = plan_workload(facts, wl(cpu_workers={"count": 2, "memory": "64MiB"},
+                                   system_cores=1))
+    assert plan.ok, plan.refusals
+    assert [w.mems for w in plan.workers] == [(0,), (1,)]
+    assert all(w.l3_domains == () for w in plan.workers)
+
+
+def test_small_memlock_ulimit_with_mlock_is_explained(vm: Path) -> None:
+    plan = plan_workload(Host(vm).facts, wl(cpu_workers={"count": 1, "memory": "16MiB"},
+                                            system_cores=0, memlock_limit="4MiB"))
+    assert any("mlock of a larger model fails" in n for n in plan.notes)
+    plan = plan_workload(Host(vm).facts, wl(cpu_workers={"count": 1, "memory": "16MiB"},
+                                            system_cores=0, memlock="ipc_lock"))
+    assert not any("mlock of a larger model fails" in n for n in plan.notes)

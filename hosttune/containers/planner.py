@@ -655,6 +655,11 @@ def plan_workload(facts: HostFacts, wl: WorkloadSection, *, profile_name: str = 
         notes.append(f"memlock: ulimit {lim} - runc sets it from dockerd, which cannot exceed "
                      "its own hard limit without CAP_SYS_RESOURCE (the memlock section's "
                      "LimitMEMLOCK drop-in)")
+        if wl.mlock and memlock_bytes is not None:
+            # do_mlock() (mm/mlock.c) checks the whole length against RLIMIT_MEMLOCK before
+            # mlock_fixup() skips hugetlb VMAs: a huge-page model still needs the limit
+            notes.append(f"mlock with a {lim} memlock ulimit: llama.cpp's mlock of a larger "
+                         "model fails (ENOMEM) even on hugetlbfs; use 'unlimited' or ipc_lock")
 
     assigned = {x for w in workers for x in w.cpus}
     sys_cpus_t = tuple(sorted(x for c in system_cores for x in c))
