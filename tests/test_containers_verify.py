@@ -219,6 +219,7 @@ def test_cli_plan_and_check(cli, ryzen: Path, tmp_path: Path) -> None:
     kinds = [(f["kind"], f["names"]) for f in data["check"]["findings"]]
     assert ("sibling-sharing", ["llama-cpu-0", "llama-cpu-2"]) in kinds
     assert ("sibling-sharing", ["llama-cpu-1", "gpu-feeder"]) in kinds
+    assert ("unpinned", ["unpinned"]) in kinds
 
 
 def test_cli_plan_refusal_and_errors(cli, vm: Path, tmp_path: Path) -> None:

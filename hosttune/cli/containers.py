@@ -72,7 +72,7 @@ def plan_cmd(
     """Assign whole physical cores to each worker, aligned to L3 domains and NUMA nodes.
 
     Exit 1 when the plan is refused or --check finds shared CPUs or cores."""
-    from hosttune.containers.cpusets import check_cpusets, cpusets_from_compose
+    from hosttune.containers.cpusets import check_compose
 
     host, plan = _plan(profile, root)
     findings = []
@@ -81,8 +81,7 @@ def plan_cmd(
             text = check.read_text(encoding="utf-8")
         except OSError as err:
             fail(f"{check}: {err.strerror}")
-        sets = run_guarded(cpusets_from_compose, text, source=str(check))
-        findings = check_cpusets(host.facts, sets)
+        findings = run_guarded(check_compose, host.facts, text, source=str(check))
     bad = not plan.ok or any(f.severity == "error" for f in findings)
     if json_out:
         data = plan.to_json()

@@ -19,7 +19,7 @@ from hosttune.host.facts import HostFacts
 from hosttune.host.parsers import format_cpulist, parse_cpulist
 
 FindingKind = Literal["unknown-cpu", "overlap", "sibling-sharing", "reserved", "spans-l3",
-                      "spans-numa"]
+                      "spans-numa", "unpinned"]
 
 
 @dataclass(frozen=True)
@@ -124,18 +124,22 @@ def check_cpusets(facts: HostFacts, cpusets: Mapping[str, Iterable[int]], *,
     return out
 
 
-def cpusets_from_compose(text: str, *, source: str = "compose file") -> dict[str, list[int]]:
-    """services.<name>.cpuset of a compose file -> {service (or container_name): CPUs}.
-
-    Services without a cpuset are left out (they may run anywhere - the caller decides)."""
+def _services(text: str, source: str) -> dict[str, Any]:
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as err:
         raise HosttuneError(f"{source}: not YAML: {err}") from err
     if not isinstance(doc, dict) or not isinstance(doc.get("services"), dict):
         raise HosttuneError(f"{source}: no 'services' mapping")
+    return doc["services"]
+
+
+def cpusets_from_compose(text: str, *, source: str = "compose file") -> dict[str, list[int]]:
+    """services.<name>.cpuset of a compose file -> {service (or container_name): CPUs}.
+
+    Services without a cpuset are left out (they may run anywhere - the caller decides)."""
     out: dict[str, list[int]] = {}
-    for name, svc in doc["services"].items():
+    for name, svc in _services(text, source).items():
         if not isinstance(svc, dict) or svc.get("cpuset") in (None, ""):
             continue
         label = str(svc.get("container_name") or name)
@@ -143,4 +147,21 @@ def cpusets_from_compose(text: str, *, source: str = "compose file") -> dict[str
             out[label] = parse_cpulist(str(svc["cpuset"]))
         except ValueError as err:
             raise HosttuneError(f"{source}: services.{name}.cpuset: {err}") from err
+    return out
+
+
+def check_compose(facts: HostFacts, text: str, *, source: str = "compose file"
+                  ) -> list[CpusetFinding]:
+    """check_cpusets() over a compose file's services, plus a warning for each service without
+    a cpuset when others are pinned: it runs on every CPU, the pinned services' cores too."""
+    sets = cpusets_from_compose(text, source=source)
+    out = check_cpusets(facts, sets)
+    if sets:
+        for name, svc in _services(text, source).items():
+            label = str(svc.get("container_name") or name) if isinstance(svc, dict) else name
+            if label not in sets:
+                out.append(CpusetFinding(
+                    "unpinned", (label,), tuple(facts.cpu_ids), "warning",
+                    f"{label} has no cpuset: it may run on every CPU, including the cores "
+                    f"pinned for {', '.join(sorted(sets))}"))
     return out
