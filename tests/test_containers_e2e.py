@@ -204,6 +204,26 @@ def test_planned_services_run_and_verify(tmp_path: Path, kernel_lock, memlock: s
                    for ln in lines), lines
         # the hand-made container also lacks the plan's hardening
         assert any(f"{w0['container']}: no-new-privileges is 0" in ln for ln in lines), lines
+
+        # a worker asking for more memlock than the runtime may grant does not start, and
+        # verify says why (only where the daemon cannot raise its limit, as on this VM)
+        st = Path(f"/proc/{pid}/status").read_text()
+        cap_eff = int(next(ln.split()[1] for ln in st.splitlines()
+                           if ln.startswith("CapEff:")), 16)
+        if memlock == "ulimit" and hard is not None and not cap_eff >> 24 & 1:
+            import docker.errors
+
+            w1 = next(w for w in plan["workers"] if w["name"] == "cpu-1")
+            client.containers.get(w1["container"]).remove(force=True)
+            with pytest.raises(docker.errors.APIError, match="rlimit"):
+                client.containers.run(
+                    image, name=w1["container"], detach=True,
+                    labels={"io.hosttune.project": project, "io.hosttune.worker": "cpu-1"},
+                    ulimits=[docker.types.Ulimit(name="memlock", soft=2 * hard, hard=2 * hard)])
+            r = run_cli("containers", "verify", "-p", str(prof))
+            assert r.returncode == 1
+            assert any(f"{w1['container']}: state is created" in ln and "rlimit type 8" in ln
+                       for ln in r.stdout.splitlines()), r.stdout
     finally:
         subprocess.run(["docker-compose", "-f", str(compose_file), "-p", project, "down",
                         "--remove-orphans", "-t", "1"], capture_output=True, timeout=180,

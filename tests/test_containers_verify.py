@@ -98,6 +98,11 @@ def test_compare_stopped_container(ryzen: Path) -> None:
                                                      pid=0)))
     assert bad == [f"{plan.workers[0].container}: state is exited (exit code 128), plan says "
                    "running"]
+    err = "runc create failed: error setting rlimit type 8: operation not permitted"
+    bad = _bad(compare(plan, plan.workers[0], _live(plan, status="created", exit_code=128,
+                                                     pid=0, error=err)))
+    assert bad == [f"{plan.workers[0].container}: state is created (exit code 128), plan says "
+                   f"running ({err})"]
 
 
 def test_compare_gpu_and_shim(ryzen: Path) -> None:

@@ -103,6 +103,7 @@ class LiveContainer:
     no_new_privs: bool | None = None
     mounts: tuple[Mount, ...] = ()
     visible: dict[str, bool] = field(default_factory=dict)  # path in container -> exists
+    error: str = ""  # State.Error: why it did not start (e.g. 'error setting rlimit type 8')
 
     @property
     def running(self) -> bool:
@@ -146,7 +147,7 @@ def read_live(host: Host, attrs: dict[str, Any], probe_paths: tuple[str, ...] = 
         labels=dict(cfg.get("Labels") or {}), status=str(state.get("Status", "")),
         exit_code=int(state.get("ExitCode") or 0), pid=pid,
         cpuset_configured=str(hc.get("CpusetCpus") or ""), env=env,
-        device_ids=tuple(dev_ids))
+        device_ids=tuple(dev_ids), error=str(state.get("Error") or ""))
     if not (base["status"] == "running" and pid > 0):
         return LiveContainer(**base)  # type: ignore[arg-type]
     st = _status(host.read_text(f"/proc/{pid}/status") or "")
@@ -221,7 +222,8 @@ def compare(plan: ContainerPlan, w: WorkerPlan, live: LiveContainer) -> list[Che
         out.append(Check(name, check, expected, actual, ok, note))
 
     if not live.running:
-        add("state", "running", f"{live.status} (exit code {live.exit_code})", False)
+        add("state", "running", f"{live.status} (exit code {live.exit_code})", False,
+            live.error)
         return out
     exp_cpus = format_cpulist(w.cpus)
     act = "unknown" if live.cpus is None else format_cpulist(live.cpus)
