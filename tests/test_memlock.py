@@ -26,6 +26,7 @@ from hosttune.tunables.memlock import (
     unit_dropin,
 )
 from tests.conftest import need
+from tests.dockerd import ensure_dockerd
 from tests.fakehost import limits_text
 from tests.test_contracts import snapshot
 
@@ -246,6 +247,8 @@ def test_written_dropins_verify(ryzen, tmp_path):
 
 # --- live ---------------------------------------------------------------------------------------
 def test_live_audit_reads_dockerd_limits():
+    why = ensure_dockerd()
+    need(why is None, why or "")
     host = Host("/")
     pids = find_pids(host, "dockerd")
     need(bool(pids), "needs a running dockerd")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from hosttune.host.parsers import parse_cpulist, parse_kb_dirname, parse_meminfo
+from hosttune.host.pci import PciGpu, read_gpus
 
 if TYPE_CHECKING:
     from hosttune.host.core import Host
@@ -43,6 +44,7 @@ class HostFacts:
     cpu_vendor: str = ""
     cpu_model: str = ""
     meminfo: dict[str, int] = field(default_factory=dict)
+    gpus: tuple[PciGpu, ...] = ()  # NVIDIA GPUs in PCI bus order, with their NUMA node
 
     @property
     def cpu_ids(self) -> list[int]:
@@ -161,6 +163,7 @@ def read_facts(host: Host) -> HostFacts:
         cpu_vendor=vendor,
         cpu_model=model,
         meminfo=meminfo,
+        gpus=read_gpus(host),
     )
 
 

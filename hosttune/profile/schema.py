@@ -208,3 +208,105 @@ class Profile(Section):
     hugetlbfs: HugetlbfsSection | None = None
     boot: BootSection | None = None
     # Sections of other families are added below (gpu, kernel, workload, models ...).
+    workload: WorkloadSection | None = None
+
+
+# --- container workload (hosttune containers plan|compose|verify) -------------------------------
+class _Workers(Section):
+    memory: str | int = Field(
+        "8GiB", description="mem_limit per worker: KV cache and buffers. A model on hugetlbfs is "
+        "charged to the hugetlb cgroup, not to this limit")
+    models: list[str] = Field(
+        default_factory=list, description="model file per worker (relative to the store); one "
+        "entry = shared by all workers (one copy in huge pages)")
+
+    @field_validator("memory")
+    @classmethod
+    def _memory(cls, v: str | int) -> str | int:
+        parse_size(v)
+        return v
+
+
+class CpuWorkers(_Workers):
+    count: int | Literal["auto"] = Field(
+        0, description="llama.cpp CPU workers; 'auto' = one per L3 domain (CCD) left free")
+    cores: int | Literal["auto"] = Field(
+        "auto", description="physical cores per worker; 'auto' = the largest equal share that "
+        "keeps each worker inside one L3 domain (or whole L3 domains of one NUMA node)")
+    cpusets: list[str] | None = Field(
+        None, description="hand-made cpusets, one per worker: checked (overlap, SMT siblings, "
+        "L3/NUMA spans) instead of planned")
+
+    @field_validator("count")
+    @classmethod
+    def _count(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("a worker count cannot be negative")
+        return v
+
+    @field_validator("cores")
+    @classmethod
+    def _cores(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 1:
+            raise ValueError("a worker needs at least one core")
+        return v
+
+
+class GpuWorkers(_Workers):
+    count: int = Field(0, ge=0, description="GPU workers (llama.cpp with CUDA)")
+    feed_cores: int = Field(2, ge=1, description="physical cores per GPU worker for the host "
+                            "threads that feed its GPU, on the GPU's NUMA node")
+    gpus: Literal["auto"] | list[int] = Field(
+        "auto", description="GPU index (PCI bus order) per worker; 'auto' = worker i -> GPU i")
+
+
+class WorkloadSection(Section):
+    image: str = Field("local/llama-cpp:server", description="image of every worker")
+    project: str = Field("hosttune", pattern=r"^[a-z0-9][a-z0-9_-]*$",
+                         description="compose project name; prefixes container names")
+    cpu_workers: CpuWorkers = Field(default_factory=CpuWorkers)
+    gpu_workers: GpuWorkers = Field(default_factory=GpuWorkers)
+    system_cores: int = Field(1, ge=0, description="physical cores kept for the OS, dockerd, "
+                              "IRQs - never in a worker cpuset")
+    reserved_cpus: str = Field("", description="extra logical CPUs never assigned (cpulist); "
+                               "their whole physical cores are kept out")
+    smt: Literal["keep-together", "leave-idle"] = Field(
+        "keep-together", description="SMT siblings of a worker's cores: in its cpuset, or idle")
+    memlock: Literal["ipc_lock", "ulimit"] = Field(
+        "ulimit", description="how workers may mlock: a memlock ulimit (bounded by the daemon's "
+        "own limit) or cap_add IPC_LOCK (mlock regardless of RLIMIT_MEMLOCK)")
+    memlock_limit: str | int = Field("unlimited", description="memlock ulimit: 'unlimited' or "
+                                     "a size")
+    mlock: bool = Field(True, description="ask llama.cpp to mlock the model (LLAMA_ARG_MLOCK)")
+    store: str | None = Field(None, description="host path of the hugetlbfs model store; "
+                              "default: the profile's first hugetlbfs mount")
+    store_target: str = Field("/models", description="where the store appears in containers")
+    shim: str | None = Field(None, description="host path of the huge-page loader shim (.so), "
+                             "LD_PRELOADed only for models whose loader is strict")
+    shim_for: list[str] = Field(
+        default_factory=lambda: [".safetensors"],
+        description="model suffixes whose loaders refuse a padded hugetlbfs file "
+        "(safetensors: 'incomplete metadata, file not fully covered')")
+    tmpfs_size: str | int = Field("64MiB", description="size of the writable /tmp tmpfs")
+    port_base: int | None = Field(8080, ge=1, le=65000, description="worker i listens on "
+                                  "127.0.0.1:(port_base+i); null = no published ports")
+
+    @field_validator("memlock_limit")
+    @classmethod
+    def _memlock_limit(cls, v: str | int) -> str | int:
+        if v != "unlimited":
+            parse_size(v)
+        return v
+
+    @field_validator("tmpfs_size")
+    @classmethod
+    def _tmpfs(cls, v: str | int) -> str | int:
+        parse_size(v)
+        return v
+
+    @field_validator("store", "store_target", "shim")
+    @classmethod
+    def _abs(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("/"):
+            raise ValueError(f"expected an absolute path, got {v!r}")
+        return v

@@ -1,0 +1,1 @@
+"""Container placement: topology-aware CPU plan, Compose output, live verification."""
