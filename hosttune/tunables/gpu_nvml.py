@@ -344,13 +344,19 @@ class GpuTunable(Tunable):
             raise HostError(f"unknown gpu action {op!r}")
 
     def revert_action(self, host: Host, change: Change, original: Any) -> None:
+        # Idempotent: a step that failed to apply (e.g. NO_PERMISSION) is reverted too by the
+        # engine; when the value already is the original, NVML is not called again.
         nv = host.nvml()
         p = change.params
         g = nv.find(p["uuid"])
         op = p["op"]
         if op == "power-limit":
-            nv.set_power_limit_w(g, float(original["watts"]))
+            cur = nv.power_limit_w(g)
+            if not (cur.ok and abs(cur.get() - float(original["watts"])) < 0.5):
+                nv.set_power_limit_w(g, float(original["watts"]))
         elif op in (GRAPHICS, MEMORY):
+            if markers.capture_marker(host, g.uuid, op)["content"] == original.get("content"):
+                return  # the lock was never made (or already undone)
             before = markers.original_lock(original)
             try:
                 if before is None:
@@ -364,6 +370,8 @@ class GpuTunable(Tunable):
                 pass  # nothing was locked: the GPU refused the lock in the first place
             markers.restore_marker(host, g.uuid, op, original)
         elif op == "compute-mode":
-            nv.set_compute_mode(g, ComputeMode(original["mode"]))
+            cur_mode = nv.compute_mode(g)
+            if not (cur_mode.ok and cur_mode.get().value == original["mode"]):
+                nv.set_compute_mode(g, ComputeMode(original["mode"]))
         else:
             raise HostError(f"unknown gpu action {op!r}")

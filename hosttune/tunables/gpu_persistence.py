@@ -281,4 +281,7 @@ class GpuPersistenceTunable(Tunable):
 
     def revert_action(self, host: Host, change: Change, original: Any) -> None:
         nv = host.nvml()
-        nv.set_persistence_mode(nv.find(change.params["uuid"]), bool(original["enabled"]))
+        g = nv.find(change.params["uuid"])
+        cur = nv.persistence_mode(g)
+        if not (cur.ok and cur.get() == bool(original["enabled"])):  # idempotent (failed step)
+            nv.set_persistence_mode(g, bool(original["enabled"]))
