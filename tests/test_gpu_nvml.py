@@ -430,3 +430,29 @@ def test_status_gpu_without_driver(cli):
     assert json.loads(r.stdout)["driver"]["status"] == "no NVIDIA driver"
     r = run_cli("status", "gpu", env={"HOSTTUNE_FAKE_NVML": "driver-not-loaded"})
     assert r.returncode == 0 and "no NVIDIA driver" in r.stdout
+
+
+def test_gpu_clients_from_the_workload_section():
+    from types import SimpleNamespace as NS
+
+    from hosttune.tunables.gpu_common import gpu_clients
+
+    gpu = NS(clients=None)
+    shared = NS(workload=NS(gpu_workers=NS(count=3, gpus=[0, 0, 1])), gpu=gpu)
+    assert gpu_clients(shared) == 2  # two workers on GPU 0
+    assert gpu_clients(NS(workload=NS(gpu_workers=NS(count=2, gpus="auto")), gpu=gpu)) == 1
+    assert gpu_clients(NS(workload=None, gpu=NS(clients=4))) == 4
+
+
+def test_exclusive_process_refused_for_shared_workload(ryzen, tmp_path, monkeypatch):
+    """The workload section (another family's) decides the client count when present."""
+    import hosttune.tunables.gpu_nvml as mod
+    from hosttune.tunables.base import Context
+
+    add_nvidia(ryzen, ["rtx5090"])
+    loaded = load_profile(write_profile(tmp_path, "gpu:\n  compute_mode: exclusive_process\n"))
+    monkeypatch.setattr(mod, "gpu_clients", lambda profile: 3)
+    ctx = Context(Host(ryzen, nvml_backend=FakeNvml(["rtx5090"])), loaded)
+    with pytest.raises(ProfileError) as ei:
+        mod.GpuTunable().validate(ctx)
+    assert "gpu.compute_mode" in str(ei.value) and "3 GPU containers" in str(ei.value)

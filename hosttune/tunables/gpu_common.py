@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -77,14 +78,17 @@ def device_matches(key: str, gpu: GpuInfo) -> bool:
 
 
 def gpu_clients(profile: Any) -> int | None:
-    """How many GPU processes/containers share a GPU: from the workload section when there is
-    one (containers asking for a GPU), else gpu.clients."""
-    workload = getattr(profile, "workload", None)
-    if workload is not None:
-        containers = getattr(workload, "containers", None) or []
-        n = sum(1 for c in containers if getattr(c, "gpu", None) or getattr(c, "gpus", None))
-        if n:
-            return n
+    """How many GPU processes/containers share one GPU (the most on any GPU): from the
+    workload section when it has GPU workers (``gpu_workers.count`` workers, ``gpus``: the GPU
+    index of each, 'auto' = one GPU each), else gpu.clients."""
+    workers = getattr(getattr(profile, "workload", None), "gpu_workers", None)
+    count = int(getattr(workers, "count", 0) or 0)
+    if count > 0:
+        gpus = getattr(workers, "gpus", "auto")
+        if isinstance(gpus, list) and gpus:
+            per_gpu = Counter(gpus[:count])
+            return max(per_gpu.values())
+        return 1
     sec = getattr(profile, "gpu", None)
     return getattr(sec, "clients", None)
 
