@@ -11,7 +11,8 @@ from tests.fakehost import w
 
 BOOT_ID = "5b4c3d2e-1f00-4a5b-9c8d-7e6f5a4b3c2d"
 
-# What the driver packages ship (NVIDIA's sample unit, Ubuntu's nvidia-compute-utils).
+# What the driver packages ship (NVIDIA's sample unit; Ubuntu's nvidia-compute-utils adds
+# --no-persistence-mode).
 VENDOR_UNIT = """[Unit]
 Description=NVIDIA Persistence Daemon
 Wants=syslog.target
@@ -20,7 +21,7 @@ Before=systemd-backlight@backlight:nvidia_0.service
 
 [Service]
 Type=forking
-ExecStart=/usr/bin/nvidia-persistenced --user {user} --no-persistence-mode --verbose
+ExecStart=/usr/bin/nvidia-persistenced --user {user}{no_pm} --verbose
 ExecStopPost=/bin/rm -rf /var/run/nvidia-persistenced
 
 [Install]
@@ -47,7 +48,8 @@ WantedBy=multi-user.target
 
 def add_nvidia(root: Path, models: list[str], *, vendor_unit_user: str | None = "nvpd",
                accounts: tuple[str, ...] = (), persistenced: bool = True,
-               mps_control: bool = True, seed_mps_unit: bool = False) -> Path:
+               mps_control: bool = True, seed_mps_unit: bool = False,
+               vendor_no_pm: bool = False) -> Path:
     """Add the driver layout for ``models`` (fake.MODELS keys) to a tree.
     ``vendor_unit_user``: the --user of the packaged unit (None: no packaged unit);
     ``accounts``: extra /etc/passwd entries."""
@@ -70,7 +72,8 @@ def add_nvidia(root: Path, models: list[str], *, vendor_unit_user: str | None = 
         w(root, f"/usr/bin/{prog}", "#!/bin/sh\nexit 0\n", mode=0o755)
     if vendor_unit_user is not None and persistenced:
         w(root, "/lib/systemd/system/nvidia-persistenced.service",
-          VENDOR_UNIT.format(user=vendor_unit_user))
+          VENDOR_UNIT.format(user=vendor_unit_user,
+                             no_pm=" --no-persistence-mode" if vendor_no_pm else ""))
     if accounts:
         passwd = root / "etc/passwd"
         text = passwd.read_text()

@@ -299,6 +299,18 @@ def test_existing_account_keeps_vendor_unit_untouched(ryzen):
     assert paths == ["/etc/systemd/system/multi-user.target.wants/nvidia-persistenced.service"]
 
 
+def test_ubuntu_no_persistence_mode_is_dropped(ryzen):
+    add_nvidia(ryzen, ["rtx5090"], vendor_unit_user="nvpd", accounts=("nvpd",),
+               vendor_no_pm=True)
+    fake = FakeNvml(["rtx5090"], root=True)
+    p = engine.plan(Host(ryzen, nvml_backend=fake), load_profile("inference"),
+                    only={"gpu-persistence"})
+    (dropin,) = [c for c in p.changes if c.path and c.path.endswith("90-hosttune.conf")]
+    assert dropin.value is not None
+    start = dropin.value.split("ExecStart=\n")[1]
+    assert start == "ExecStart=/usr/bin/nvidia-persistenced --user nvpd --verbose\n"
+
+
 def test_seed_mps_unit_is_reported(ryzen, tmp_path):
     add_nvidia(ryzen, ["rtx5090"], seed_mps_unit=True)
     loaded = load_profile(write_profile(tmp_path, "gpu:\n  mps: true\n"))

@@ -89,19 +89,18 @@ class GpuMpsTunable(Tunable):
     section = "gpu"
 
     def enabled(self, ctx: Context) -> bool:
-        sec = ctx.profile.gpu
-        return sec is not None and sec.mps is not None
+        # With mps unmanaged (null) only hand-made MPS units are checked.
+        return ctx.profile.gpu is not None
 
     def evaluate(self, ctx: Context) -> Evaluation:
         sec = section(ctx)
         host = ctx.host
         mps = sec.mps
-        assert mps is not None
         nv = host.nvml()
-        desired = "on" if mps.enabled else "off"
-        off = unavailable_rows(self.name, nv, [("mps", desired)])
-        if off is not None and nv.state[0] is NvmlState.NO_DRIVER:
-            return Evaluation(off, [])
+        if mps is not None:
+            off = unavailable_rows(self.name, nv, [("mps", "on" if mps.enabled else "off")])
+            if off is not None and nv.state[0] is NvmlState.NO_DRIVER:
+                return Evaluation(off, [])
         rows: list[Row] = []
         changes: list[Change] = []
         # hand-made MPS units (the seed's): report what systemd will really run
@@ -119,6 +118,8 @@ class GpuMpsTunable(Tunable):
                     rows.append(Row(self.name, f"{name} (not hosttune's)", "; ".join(problems),
                                     "absent or fixed", Status.CONFLICT,
                                     f"{p}: remove it; hosttune manages {UNIT}"))
+        if mps is None:
+            return Evaluation(rows, changes)
         control = host.which("nvidia-cuda-mps-control")
         if mps.enabled and control is None:
             rows.append(Row(self.name, "nvidia-cuda-mps-control", "not installed", "installed",

@@ -52,6 +52,9 @@ UNIT = "nvidia-persistenced.service"
 OUR_UNIT = f"/etc/systemd/system/{UNIT}"
 DROPIN = f"/etc/systemd/system/{UNIT}.d/90-hosttune.conf"
 ACCOUNTS = ("nvidia-persistenced", "nvpd")  # NVIDIA's sample unit / Debian's package
+# Ubuntu's packaged unit starts the daemon with persistence mode off: the daemon runs, but the
+# GPUs are not kept initialised until someone runs nvidia-smi -pm 1 (nvidia-persistenced(1)).
+NO_PM = "--no-persistence-mode"
 
 
 def render_unit(binary: str, account: str | None) -> str:
@@ -75,7 +78,7 @@ def render_unit(binary: str, account: str | None) -> str:
     )
 
 
-def render_dropin(argv: list[str], account: str | None, missing: str) -> str:
+def render_dropin(argv: list[str], account: str | None, why: list[str]) -> str:
     fixed: list[str] = []
     skip = False
     for i, a in enumerate(argv):
@@ -85,16 +88,15 @@ def render_dropin(argv: list[str], account: str | None, missing: str) -> str:
         if a in ("--user", "-u") and i + 1 < len(argv):
             skip = True
             continue
-        if a.startswith("--user="):
+        if a.startswith("--user=") or a == NO_PM:
             continue
         fixed.append(a)
     if account:
         fixed[1:1] = ["--user", account]
     return (
         f"{HEADER}"
-        f"# The unit runs nvidia-persistenced --user {missing}, an account that does not\n"
-        "# exist: the daemon would exit at start. Re-run it with an existing account.\n"
-        "[Service]\n"
+        + "".join(f"# {w}\n" for w in why)
+        + "[Service]\n"
         "ExecStart=\n"
         f"ExecStart={shlex.join(fixed)}\n"
     )
@@ -213,17 +215,23 @@ class GpuPersistenceTunable(Tunable):
             argv = exec_argv(starts[-1]) if starts else [binary]
             user = _user_of(argv)
             problems = exec_problems(unit_text)
+            why: list[str] = []
             if user is not None and user not in users:
-                dropin = render_dropin(argv, account, user)
-                note = (f"{unit_path} runs --user {user}, which /etc/passwd lacks: the daemon "
-                        "exits at start; drop-in " + (f"uses --user {account}" if account
-                                                      else "runs it as root"))
-                rows.append(Row(self.name, f"{UNIT} --user", user, account or "root",
-                                Status.DRIFT if not host.exists(DROPIN) else Status.OK, note))
-            else:
-                dropin = None
-                rows.append(Row(self.name, f"{UNIT} --user", user or "root", user or "root",
-                                Status.OK, f"{unit_path}"))
+                why += [f"{unit_path} runs --user {user}, an account /etc/passwd lacks: the "
+                        "daemon exits at start; " + (f"use --user {account}" if account
+                                                     else "run it as root (no account)")]
+            if NO_PM in argv:
+                why += [f"{unit_path} passes {NO_PM}: the daemon runs but keeps no GPU "
+                        "initialised; drop the option"]
+            fixed = bool(why) and host.exists(DROPIN)
+            eff_user = (account if user is not None and user not in users else user) or "root"
+            rows.append(Row(self.name, f"{UNIT} ExecStart", shlex.join(argv[1:]) or "-",
+                            f"--user {eff_user}" + ("" if NO_PM not in argv else
+                                                    f", no {NO_PM}"),
+                            Status.OK if not why or fixed else Status.DRIFT,
+                            "; ".join(why) or unit_path))
+            dropin = render_dropin(argv, eff_user if eff_user != "root" else None, why) \
+                if why else None
             if problems:
                 rows.append(Row(self.name, f"{UNIT} exec lines", "; ".join(problems),
                                 "runnable", Status.CONFLICT, f"{unit_path} is not hosttune's"))
