@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import shlex
 
+from hosttune.errors import HostError
 from hosttune.host import Host
 from hosttune.tunables.base import HEADER, Change, Context, Row, Status
 
@@ -139,7 +140,7 @@ def is_active(host: Host, name: str) -> bool | None:
         return None
     try:
         res = host.run(["systemctl", "is-active", "--quiet", name], timeout_s=15)
-    except Exception:
+    except HostError:  # no systemctl (containers, minimal images)
         return None
     return res.returncode == 0
 
