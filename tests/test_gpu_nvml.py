@@ -18,7 +18,7 @@ from hosttune.host import Host
 from hosttune.host.gpu.fake import FakeNvml
 from hosttune.host.gpu.nvml import ComputeMode, Nvml, NvmlState, make_gateway
 from hosttune.profile import load_profile
-from tests.conftest import run_cli
+from tests.conftest import need, run_cli
 from tests.fake_nvidia import add_nvidia
 from tests.test_contracts import snapshot
 
@@ -334,8 +334,8 @@ def _verify_root(tmp_path: Path, tree: Path) -> Path:
     return vr
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
 def test_generated_units_pass_systemd_analyze_verify(ryzen, tmp_path):
+    need(shutil.which("systemd-analyze") is not None, "systemd-analyze (package systemd)")
     add_nvidia(ryzen, ["rtx5090"], vendor_unit_user=None)  # no packaged unit: hosttune's
     loaded = load_profile(write_profile(tmp_path, "gpu:\n  persistence: true\n  mps: true\n"))
     assert engine.apply(Host(ryzen, nvml_backend=FakeNvml(["rtx5090"], root=True)), loaded).ok
@@ -346,8 +346,8 @@ def test_generated_units_pass_systemd_analyze_verify(ryzen, tmp_path):
         assert r.returncode == 0 and r.stderr.strip() == "", (unit, r.stderr)
 
 
-@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="no systemd-analyze")
 def test_persistenced_dropin_passes_verify(ryzen, tmp_path):
+    need(shutil.which("systemd-analyze") is not None, "systemd-analyze (package systemd)")
     add_nvidia(ryzen, ["rtx5090"], vendor_unit_user="nvidia-persistenced")
     assert engine.apply(Host(ryzen, nvml_backend=FakeNvml(["rtx5090"], root=True)),
                         load_profile("inference"), only={"gpu-persistence"}).ok
