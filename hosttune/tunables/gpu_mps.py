@@ -66,6 +66,8 @@ def render_unit(control: str, mps: GpuMps) -> str:
         "Wants=nvidia-persistenced.service\n"
         "# hosttune-boot.service re-applies EXCLUSIVE_PROCESS, which MPS wants set first.\n"
         "After=nvidia-persistenced.service hosttune-boot.service\n"
+        "# GPU containers connect to the pipes at start\n"
+        "Before=docker.service containerd.service\n"
         "\n"
         "[Service]\n"
         "Type=forking\n"
