@@ -468,3 +468,24 @@ def test_exclusive_process_refused_for_shared_workload(ryzen, tmp_path, monkeypa
     with pytest.raises(ProfileError) as ei:
         mod.GpuTunable().validate(ctx)
     assert "gpu.compute_mode" in str(ei.value) and "3 GPU containers" in str(ei.value)
+
+
+def test_live_audit_as_non_root_marks_drift_needs_root(tmp_path, monkeypatch):
+    """Audit needs no root (NVML reads are unprivileged); drift says a change needs root."""
+    monkeypatch.setattr(Host, "is_root", property(lambda self: False))
+    fake = FakeNvml(["rtx5090"], root=False)
+    loaded = load_profile(write_profile(tmp_path, "gpu:\n  power_limit: max\n"))
+    a = engine.audit(Host("/", nvml_backend=fake), loaded, only={"gpu"})
+    (row,) = a.rows
+    assert (str(row.status), row.needs, row.current) == ("drift", ("root",), "575 W")
+    assert fake.setter_calls == []
+
+
+def test_status_gpu_root_tree_is_offline(ryzen):
+    add_nvidia(ryzen, ["rtx5090", "h100"])
+    p = run_cli("status", "gpu", "--root", str(ryzen), "--json", env={"HOSTTUNE_FAKE_NVML": ""})
+    assert p.returncode == 0, p.stderr
+    data = json.loads(p.stdout)
+    assert data["driver"]["status"] == "offline"
+    assert [g["name"] for g in data["gpus"]] == ["NVIDIA GeForce RTX 5090",
+                                                 "NVIDIA H100 80GB HBM3"]
