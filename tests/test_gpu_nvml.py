@@ -489,3 +489,31 @@ def test_status_gpu_root_tree_is_offline(ryzen):
     assert data["driver"]["status"] == "offline"
     assert [g["name"] for g in data["gpus"]] == ["NVIDIA GeForce RTX 5090",
                                                  "NVIDIA H100 80GB HBM3"]
+
+
+def test_literal_nvml_constants_match_pynvml():
+    from hosttune.host.gpu import nvml as gw
+
+    for name in ("NVML_FEATURE_DISABLED", "NVML_FEATURE_ENABLED", "NVML_CLOCK_GRAPHICS",
+                 "NVML_CLOCK_SM", "NVML_CLOCK_MEM", "NVML_CLOCK_VIDEO",
+                 "NVML_CLOCK_ID_APP_CLOCK_DEFAULT", "NVML_TEMPERATURE_GPU",
+                 "NVML_COMPUTEMODE_DEFAULT", "NVML_COMPUTEMODE_PROHIBITED",
+                 "NVML_COMPUTEMODE_EXCLUSIVE_PROCESS"):
+        assert getattr(gw, name) == getattr(pynvml, name), name
+    for n in dir(pynvml):
+        if n.startswith("NVML_BRAND_") and n != "NVML_BRAND_COUNT":
+            assert getattr(pynvml, n) in gw.BRANDS, n
+        if n.startswith("NVML_DEVICE_ARCH_"):
+            assert gw.ARCHS[getattr(pynvml, n)] == n[len("NVML_DEVICE_ARCH_"):].lower(), n
+
+
+def test_importing_the_tunables_does_not_import_pynvml():
+    import subprocess
+    import sys
+
+    code = ("import sys, hosttune.tunables as t; t.all_tunables(); "
+            "print('pynvml' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
+                         check=True).stdout
+    assert out.strip() == "False"

@@ -25,8 +25,6 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import pynvml
-
 from hosttune.errors import HostError, NeedsRootError
 
 if TYPE_CHECKING:
@@ -35,6 +33,28 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 FAKE_ENV = "HOSTTUNE_FAKE_NVML"  # e.g. "rtx5090", "h100,h100", "no-driver" (tests, demos)
+
+# nvml.h values (a stable ABI). Literal here so that importing hosttune does not import
+# pynvml (~30 ms of every audit); tests check them against pynvml.
+NVML_FEATURE_DISABLED, NVML_FEATURE_ENABLED = 0, 1
+NVML_CLOCK_GRAPHICS, NVML_CLOCK_SM, NVML_CLOCK_MEM, NVML_CLOCK_VIDEO = 0, 1, 2, 3
+NVML_CLOCK_ID_APP_CLOCK_DEFAULT = 2
+NVML_TEMPERATURE_GPU = 0
+NVML_COMPUTEMODE_DEFAULT, NVML_COMPUTEMODE_PROHIBITED, NVML_COMPUTEMODE_EXCLUSIVE_PROCESS = 0, 2, 3
+BRANDS = {0: "unknown", 1: "quadro", 2: "tesla", 3: "nvs", 4: "grid", 5: "geforce", 6: "titan",
+          7: "nvidia_vapps", 8: "nvidia_vpc", 9: "nvidia_vcs", 10: "nvidia_vws",
+          11: "nvidia_cloud_gaming", 12: "quadro_rtx", 13: "nvidia_rtx", 14: "nvidia",
+          15: "geforce_rtx", 16: "titan_rtx", 17: "nvidia_dla", 18: "nvidia_vgamedev",
+          19: "nvidia_npu"}
+ARCHS = {2: "kepler", 3: "maxwell", 4: "pascal", 5: "volta", 6: "turing", 7: "ampere",
+         8: "ada", 9: "hopper", 10: "blackwell", 11: "dla", 12: "dla2", 13: "rubin",
+         15: "npu3", 0xFFFFFFFF: "unknown"}
+
+
+def _pynvml() -> Any:
+    import pynvml
+
+    return pynvml
 
 
 class NvmlState(StrEnum):
@@ -71,6 +91,7 @@ class Reading(Generic[T]):
 
 def map_error(err: BaseException) -> tuple[NvmlState, str]:
     """The single mapping from pynvml exceptions to gateway states."""
+    pynvml = _pynvml()
     if isinstance(err, pynvml.NVMLError_NotSupported):
         return NvmlState.UNSUPPORTED, "unsupported on this GPU (NVML_ERROR_NOT_SUPPORTED)"
     if isinstance(err, pynvml.NVMLError_NoPermission):
@@ -101,9 +122,9 @@ class ComputeMode(StrEnum):
 
     @property
     def nvml(self) -> int:
-        return int({"default": pynvml.NVML_COMPUTEMODE_DEFAULT,
-                    "exclusive_process": pynvml.NVML_COMPUTEMODE_EXCLUSIVE_PROCESS,
-                    "prohibited": pynvml.NVML_COMPUTEMODE_PROHIBITED}[self.value])
+        return {"default": NVML_COMPUTEMODE_DEFAULT,
+                "exclusive_process": NVML_COMPUTEMODE_EXCLUSIVE_PROCESS,
+                "prohibited": NVML_COMPUTEMODE_PROHIBITED}[self.value]
 
     @property
     def smi(self) -> str:
@@ -116,13 +137,6 @@ class ComputeMode(StrEnum):
                 return m
         raise HostError(f"unknown NVML compute mode {v}")
 
-
-BRANDS = {getattr(pynvml, n): n[len("NVML_BRAND_"):].lower() for n in dir(pynvml)
-          if n.startswith("NVML_BRAND_") and n != "NVML_BRAND_COUNT"
-          and not n.endswith(("VGAMING", "GEFORCE_RTX", "TITAN_RTX"))}
-ARCHS = {getattr(pynvml, n): n[len("NVML_DEVICE_ARCH_"):].lower() for n in dir(pynvml)
-         if n.startswith("NVML_DEVICE_ARCH_")}
-GEFORCE_BRANDS = frozenset({pynvml.NVML_BRAND_GEFORCE, pynvml.NVML_BRAND_TITAN})
 
 # Clock event ("throttle") reasons, bit -> name (nvml.h nvmlClocksEventReason*).
 EVENT_REASONS: tuple[tuple[int, str], ...] = (
@@ -157,7 +171,7 @@ class GpuInfo:
 
     @property
     def geforce(self) -> bool:
-        return self.brand in ("geforce", "titan")
+        return self.brand in ("geforce", "titan", "geforce_rtx", "titan_rtx")
 
     def arch_at_least(self, name: str) -> bool:
         """Is this GPU of architecture ``name`` or newer? Unknown architectures pass: the
@@ -234,7 +248,7 @@ class Nvml:
             return Reading(None, bad[0], bad[1])
         try:
             raw = getattr(self._lib, fn)(*args)
-        except pynvml.NVMLError as err:
+        except _pynvml().NVMLError as err:
             st, msg = map_error(err)
             return Reading(None, st, msg)
         return Reading(convert(raw))
@@ -248,7 +262,7 @@ class Nvml:
             raise HostError(f"{what}: {bad[1]}")
         try:
             getattr(self._lib, fn)(*args)
-        except pynvml.NVMLError as err:
+        except _pynvml().NVMLError as err:
             st, msg = map_error(err)
             if st is NvmlState.UNSUPPORTED:
                 raise NvmlUnsupportedError(f"{what}: {msg}") from err
@@ -304,8 +318,10 @@ class Nvml:
                 raw = pci.get().busId
                 bus = raw.decode() if isinstance(raw, bytes) else str(raw)
             self._handles[uuid] = h.value
-            out.append(GpuInfo(i, uuid, name, BRANDS.get(brand.value, "unknown"),
-                               ARCHS.get(arch.value, "unknown"), bus))
+            out.append(GpuInfo(i, uuid, name,
+                               BRANDS.get(int(brand.get()), "unknown") if brand.ok else "unknown",
+                               ARCHS.get(int(arch.get()), "unknown") if arch.ok else "unknown",
+                               bus))
         self._devices = out
         return out
 
@@ -313,7 +329,7 @@ class Nvml:
     def persistence_mode(self, gpu: GpuInfo) -> Reading[bool]:
         """nvidia-smi -i N --query-gpu=persistence_mode --format=csv"""
         return self._dev("nvmlDeviceGetPersistenceMode", gpu,
-                         convert=lambda v: v == pynvml.NVML_FEATURE_ENABLED)
+                         convert=lambda v: v == NVML_FEATURE_ENABLED)
 
     def power_usage_w(self, gpu: GpuInfo) -> Reading[float]:
         """nvidia-smi -i N --query-gpu=power.draw --format=csv (NVML: mW)"""
@@ -350,12 +366,12 @@ class Nvml:
         """The rated ("customer boost") graphics clock, else the default applications clock.
         nvidia-smi -q -d CLOCK: "Max Customer Boost Clocks" / "Default Applications Clocks".
         GeForce boards report N/A for both."""
-        r = self._dev("nvmlDeviceGetMaxCustomerBoostClock", gpu, pynvml.NVML_CLOCK_GRAPHICS,
+        r = self._dev("nvmlDeviceGetMaxCustomerBoostClock", gpu, NVML_CLOCK_GRAPHICS,
                       convert=int)
         if r.ok or r.state not in (NvmlState.UNSUPPORTED,):
             return r
-        return self._dev("nvmlDeviceGetClock", gpu, pynvml.NVML_CLOCK_GRAPHICS,
-                         pynvml.NVML_CLOCK_ID_APP_CLOCK_DEFAULT, convert=int)
+        return self._dev("nvmlDeviceGetClock", gpu, NVML_CLOCK_GRAPHICS,
+                         NVML_CLOCK_ID_APP_CLOCK_DEFAULT, convert=int)
 
     def supported_memory_clocks_mhz(self, gpu: GpuInfo) -> Reading[list[int]]:
         """nvidia-smi -i N -q -d SUPPORTED_CLOCKS (memory entries), highest first"""
@@ -394,7 +410,7 @@ class Nvml:
 
     def temperature_c(self, gpu: GpuInfo) -> Reading[int]:
         """nvidia-smi -i N --query-gpu=temperature.gpu --format=csv"""
-        return self._dev("nvmlDeviceGetTemperature", gpu, pynvml.NVML_TEMPERATURE_GPU,
+        return self._dev("nvmlDeviceGetTemperature", gpu, NVML_TEMPERATURE_GPU,
                          convert=int)
 
     def clock_event_reasons(self, gpu: GpuInfo) -> Reading[list[str]]:
@@ -419,7 +435,7 @@ class Nvml:
         """nvidia-smi -i N -pm 1|0 (legacy: prefer the nvidia-persistenced daemon)"""
         self._set(f"GPU {gpu.index} persistence mode", "nvmlDeviceSetPersistenceMode",
                   self.handle(gpu),
-                  pynvml.NVML_FEATURE_ENABLED if enabled else pynvml.NVML_FEATURE_DISABLED)
+                  NVML_FEATURE_ENABLED if enabled else NVML_FEATURE_DISABLED)
 
     def set_power_limit_w(self, gpu: GpuInfo, watts: float) -> None:
         """nvidia-smi -i N -pl WATTS (NVML takes mW)"""
@@ -468,8 +484,8 @@ def _mw_to_w(mw: Any) -> float:
 
 def _clock_type(kind: str) -> int:
     try:
-        return int({"graphics": pynvml.NVML_CLOCK_GRAPHICS, "sm": pynvml.NVML_CLOCK_SM,
-                    "memory": pynvml.NVML_CLOCK_MEM, "video": pynvml.NVML_CLOCK_VIDEO}[kind])
+        return {"graphics": NVML_CLOCK_GRAPHICS, "sm": NVML_CLOCK_SM,
+                "memory": NVML_CLOCK_MEM, "video": NVML_CLOCK_VIDEO}[kind]
     except KeyError as err:
         raise HostError(f"unknown clock kind {kind!r}") from err
 
@@ -511,4 +527,4 @@ def make_gateway(host: Host, backend: Any | None = None) -> Nvml:
                 NvmlState.OFFLINE, "NVML state is not part of a filesystem tree (--root)"),
                 tree_gpus=tree_gpus(host))
         return Nvml(None, unavailable=(NvmlState.NO_DRIVER, "no NVIDIA driver in this tree"))
-    return Nvml(pynvml)
+    return Nvml(_pynvml())
