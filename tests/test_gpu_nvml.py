@@ -517,3 +517,15 @@ def test_importing_the_tunables_does_not_import_pynvml():
                          env={**os.environ, "PYTHONPATH": str(Path(__file__).parent.parent)},
                          check=True).stdout
     assert out.strip() == "False"
+
+
+def test_rollback_after_the_driver_is_gone(ryzen):
+    """NVML settings die with the driver: rollback then restores hosttune's files only."""
+    add_nvidia(ryzen, ["rtx5090"], accounts=("nvpd",))
+    loaded = load_profile("ryzen9950x-rtx5090")
+    before = snapshot(ryzen)
+    assert engine.apply(Host(ryzen, nvml_backend=FakeNvml(["rtx5090"], root=True)), loaded,
+                        only=GPU_ONLY).ok
+    rb = engine.rollback(Host(ryzen, nvml_backend=FakeNvml([], driver="no-driver")))
+    assert rb.ok, [s.to_json() for s in rb.steps]
+    assert snapshot(ryzen) == before

@@ -67,6 +67,13 @@ def resolve_power(spec: PowerSpec, cons: tuple[float, float], default_w: float |
     return parse_watts(spec)
 
 
+def gone_gpu_or(nv: Nvml, uuid: str) -> GpuInfo | None:
+    """The GPU with ``uuid``, or None when NVML cannot reach it any more."""
+    if not nv.available:
+        return None
+    return next((g for g in nv.devices() if g.uuid == uuid), None)
+
+
 class ClockPlan:
     """A resolved lock: the (min, max) to set, or why not."""
 
@@ -348,8 +355,14 @@ class GpuTunable(Tunable):
         # engine; when the value already is the original, NVML is not called again.
         nv = host.nvml()
         p = change.params
-        g = nv.find(p["uuid"])
         op = p["op"]
+        g = gone_gpu_or(nv, p["uuid"])
+        if g is None:
+            # No driver any more, or the GPU is gone: its NVML state went with it (NVML
+            # settings do not survive a driver unload). Only hosttune's marker remains.
+            if op in (GRAPHICS, MEMORY):
+                markers.restore_marker(host, p["uuid"], op, original)
+            return
         if op == "power-limit":
             cur = nv.power_limit_w(g)
             if not (cur.ok and abs(cur.get() - float(original["watts"])) < 0.5):

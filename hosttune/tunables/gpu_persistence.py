@@ -34,6 +34,7 @@ from hosttune.tunables.base import (
     file_change,
 )
 from hosttune.tunables.gpu_common import gpu_label, reading_row, section, unavailable_rows
+from hosttune.tunables.gpu_nvml import gone_gpu_or
 from hosttune.tunables.gpu_units import (
     daemon_reload,
     enable_link,
@@ -289,7 +290,9 @@ class GpuPersistenceTunable(Tunable):
 
     def revert_action(self, host: Host, change: Change, original: Any) -> None:
         nv = host.nvml()
-        g = nv.find(change.params["uuid"])
+        g = gone_gpu_or(nv, change.params["uuid"])
+        if g is None:
+            return  # the driver (and with it persistence mode) is gone
         cur = nv.persistence_mode(g)
         if not (cur.ok and cur.get() == bool(original["enabled"])):  # idempotent (failed step)
             nv.set_persistence_mode(g, bool(original["enabled"]))
