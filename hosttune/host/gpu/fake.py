@@ -28,6 +28,8 @@ from typing import Any
 
 import pynvml
 
+from hosttune.errors import HostError
+
 MiB = 1024 * 1024
 
 
@@ -395,6 +397,6 @@ def from_env(spec: str) -> FakeNvml:
     models = [m.strip() for m in spec.split(",") if m.strip()]
     unknown = [m for m in models if m not in MODELS]
     if unknown:
-        raise ValueError(f"HOSTTUNE_FAKE_NVML: unknown model(s) {unknown}; known: "
+        raise HostError(f"HOSTTUNE_FAKE_NVML: unknown model(s) {unknown}; known: "
                          f"{sorted(MODELS)}, no-driver, driver-not-loaded")
     return FakeNvml(models, root=root, state_file=state)
