@@ -12,10 +12,14 @@ import stat
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from hosttune.errors import HostError
 from hosttune.host import fsops
 from hosttune.host.runner import CommandResult, Runner
+
+if TYPE_CHECKING:
+    from hosttune.host.gpu.nvml import Nvml
 
 
 @dataclass(frozen=True)
@@ -31,12 +35,15 @@ class FileState:
 
 
 class Host:
-    def __init__(self, root: str | Path = "/", *, state_dir: str | None = None) -> None:
+    def __init__(self, root: str | Path = "/", *, state_dir: str | None = None,
+                 nvml_backend: Any | None = None) -> None:
         self.root = Path(os.path.abspath(root))
         self.offline = self.root != Path("/")
         self.runner = Runner(offline=self.offline)
         # Where the journal, lock and backups live (a path on the host, mapped under root).
         self.state_dir = state_dir or os.environ.get("HOSTTUNE_STATE_DIR") or "/var/lib/hosttune"
+        self._nvml_backend = nvml_backend  # a pynvml-like object (tests inject a fake)
+        self._nvml: Nvml | None = None
 
     def __repr__(self) -> str:
         return f"Host(root={str(self.root)!r})"
@@ -182,6 +189,15 @@ class Host:
             if real.is_file() and os.access(real, os.X_OK):
                 return cand
         return None
+
+    # -- NVIDIA ------------------------------------------------------------------------------
+    def nvml(self) -> Nvml:
+        """The NVML gateway (lazy; never the live driver under --root)."""
+        if self._nvml is None:
+            from hosttune.host.gpu.nvml import make_gateway
+
+            self._nvml = make_gateway(self, self._nvml_backend)
+        return self._nvml
 
     # -- facts -------------------------------------------------------------------------------
     @cached_property

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from hosttune.profile.sizes import parse_percent, parse_size
 
@@ -195,6 +195,161 @@ class BootSection(Section):
                              "running Python with -m hosttune")
 
 
+# --- NVIDIA GPUs (NVML settings, persistence daemon, MPS) ---------------------------------------
+ClockSpec = Literal["max-sustained"] | int | tuple[int, int]
+PowerSpec = Literal["max", "default"] | int | str
+ComputeModeName = Literal["default", "exclusive_process", "prohibited"]
+_WATTS_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*W\s*$", re.IGNORECASE)
+
+
+def parse_watts(v: str | int) -> float:
+    """450 / '450W' / '450 W' -> 450.0 (watts)."""
+    if isinstance(v, bool):
+        raise ValueError("expected watts, got a boolean")
+    if isinstance(v, int):
+        return float(v)
+    m = _WATTS_RE.match(v)
+    if not m:
+        raise ValueError(f"expected 'max', 'default' or watts ('450W'), got {v!r}")
+    return float(m.group(1))
+
+
+def _check_clock(v: ClockSpec | None) -> ClockSpec | None:
+    if isinstance(v, bool):
+        raise ValueError("expected MHz, [min, max] or 'max-sustained'")
+    if isinstance(v, int) and v <= 0:
+        raise ValueError(f"a clock is a positive MHz value, got {v}")
+    if isinstance(v, tuple) and not 0 < v[0] <= v[1]:
+        raise ValueError(f"[min, max] MHz with 0 < min <= max, got {list(v)}")
+    return v
+
+
+class GpuLockedClocks(Section):
+    graphics: ClockSpec | None = Field(
+        None, description="nvidia-smi -lgc: MHz, [min, max], or 'max-sustained' (the rated boost "
+        "clock); checked against nvmlDeviceGetSupportedGraphicsClocks; Volta+")
+    memory: ClockSpec | None = Field(
+        None, description="nvidia-smi -lmc: MHz, [min, max], or 'max-sustained' (highest "
+        "supported memory clock); Ampere+, datacenter/workstation boards (GeForce: unsupported)")
+
+    @field_validator("graphics", "memory")
+    @classmethod
+    def _clock(cls, v: ClockSpec | None) -> ClockSpec | None:
+        return _check_clock(v)
+
+
+def _check_power(v: PowerSpec | None) -> PowerSpec | None:
+    if v is None or v in ("max", "default"):
+        return v
+    if parse_watts(v) <= 0:
+        raise ValueError("a power limit is a positive number of watts")
+    return v
+
+
+class GpuDeviceSettings(Section):
+    """Per-GPU overrides (gpu.devices: keyed by index, UUID or PCI bus id)."""
+
+    power_limit: PowerSpec | None = None
+    locked_clocks: GpuLockedClocks | None = None
+    compute_mode: ComputeModeName | None = None
+
+    @field_validator("power_limit")
+    @classmethod
+    def _power(cls, v: PowerSpec | None) -> PowerSpec | None:
+        return _check_power(v)
+
+
+class GpuMps(Section):
+    enabled: bool = True
+    pipe_dir: str = Field("/run/nvidia-mps", description="CUDA_MPS_PIPE_DIRECTORY (under /run)")
+    log_dir: str = Field("/var/log/nvidia-mps", description="CUDA_MPS_LOG_DIRECTORY "
+                         "(under /var/log)")
+
+    @field_validator("pipe_dir", "log_dir")
+    @classmethod
+    def _dirs(cls, v: str, info: ValidationInfo) -> str:
+        v = v.rstrip("/")
+        base = "/run/" if info.field_name == "pipe_dir" else "/var/log/"
+        if v.startswith(("/tmp/", "/var/tmp/", "/dev/shm/")) or v in ("/tmp", "/var/tmp"):
+            raise ValueError(f"{v} is under a world-writable directory: another user could "
+                             "plant the MPS pipes or logs there; use a path under " + base)
+        if not v.startswith(base) or "/../" in v + "/" or len(v) <= len(base):
+            raise ValueError(f"expected a directory under {base} (systemd creates it with the "
+                             f"right owner and mode), got {v!r}")
+        return v
+
+
+class GpuSection(Section):
+    persistence: bool | Literal["daemon", "legacy"] | None = Field(
+        None, description="true: the nvidia-persistenced daemon, legacy NVML persistence mode "
+        "(nvidia-smi -pm 1, deprecated) only when the daemon is not installed")
+    persistenced_user: str | None = Field(
+        None, description="account nvidia-persistenced drops to (--user); default: an "
+        "existing 'nvidia-persistenced' or 'nvpd' account")
+    mps: GpuMps | None = Field(None, description="CUDA MPS control daemon; true/false or a "
+                               "mapping")
+    clients: int | None = Field(None, ge=1, description="how many GPU processes/containers "
+                                "share each GPU (the workload section, when present, wins)")
+    power_limit: PowerSpec | None = Field(None, description="'max', 'default' or watts")
+    locked_clocks: GpuLockedClocks | None = None
+    compute_mode: ComputeModeName | None = Field(
+        None, description="default | exclusive_process | prohibited; with MPS on, "
+        "exclusive_process is implied")
+    devices: dict[str, GpuDeviceSettings] = Field(
+        default_factory=dict, description="per-GPU overrides keyed by index, UUID or bus id")
+
+    @field_validator("mps", mode="before")
+    @classmethod
+    def _mps_bool(cls, v: object) -> object:
+        if v is True:
+            return {}
+        if v is False:
+            return {"enabled": False}
+        return v
+
+    @field_validator("power_limit")
+    @classmethod
+    def _power(cls, v: PowerSpec | None) -> PowerSpec | None:
+        return _check_power(v)
+
+    @field_validator("compute_mode")
+    @classmethod
+    def _exclusive(cls, v: ComputeModeName | None, info: ValidationInfo
+                   ) -> ComputeModeName | None:
+        check_exclusive_sharing(v, info.data.get("mps"), info.data.get("clients"))
+        return v
+
+    @field_validator("devices")
+    @classmethod
+    def _devices(cls, v: dict[str, GpuDeviceSettings], info: ValidationInfo
+                 ) -> dict[str, GpuDeviceSettings]:
+        for key, dev in v.items():
+            try:
+                check_exclusive_sharing(dev.compute_mode, info.data.get("mps"),
+                                        info.data.get("clients"))
+            except ValueError as err:
+                raise ValueError(f"{key}.compute_mode: {err}") from err
+        return v
+
+    @property
+    def mps_enabled(self) -> bool:
+        return self.mps is not None and self.mps.enabled
+
+
+def check_exclusive_sharing(mode: str | None, mps: GpuMps | None, clients: int | None) -> None:
+    """EXCLUSIVE_PROCESS admits one CUDA context per GPU: several GPU containers then fail
+    with 'all CUDA-capable devices are busy or unavailable' unless MPS multiplexes them."""
+    mps_on = mps is not None and mps.enabled
+    if mode == "exclusive_process" and not mps_on and clients is not None and clients > 1:
+        raise ValueError(
+            f"exclusive_process allows one process per GPU, but {clients} GPU clients share "
+            "it: all but the first fail with 'CUDA-capable device(s) is/are busy or "
+            "unavailable'. Use compute_mode: default, or turn on mps (which needs "
+            "exclusive_process)")
+    if mode == "prohibited" and mps_on:
+        raise ValueError("prohibited forbids every CUDA context, the MPS server's too")
+
+
 # --- the profile ---------------------------------------------------------------------------
 class Profile(Section):
     name: str
@@ -209,6 +364,7 @@ class Profile(Section):
     boot: BootSection | None = None
     # Sections of other families are added below (gpu, kernel, workload, models ...).
     workload: WorkloadSection | None = None
+    gpu: GpuSection | None = None
 
 
 # --- container workload (hosttune containers plan|compose|verify) -------------------------------

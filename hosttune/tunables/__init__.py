@@ -16,6 +16,9 @@ _REGISTRY: tuple[str, ...] = (
     "hosttune.tunables.hugepages:HugePagesTunable",
     "hosttune.tunables.hugetlbfs:HugetlbfsTunable",
     # GPU / driver / boot layer (issue: GPU, driver and boot layer) registers here.
+    "hosttune.tunables.gpu_persistence:GpuPersistenceTunable",  # driver kept up first
+    "hosttune.tunables.gpu_nvml:GpuTunable",  # power, clocks, compute mode (runtime)
+    "hosttune.tunables.gpu_mps:GpuMpsTunable",  # after EXCLUSIVE_PROCESS is set
     "hosttune.tunables.bootunit:BootUnitTunable",
 )
 
