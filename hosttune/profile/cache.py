@@ -94,7 +94,7 @@ def _value(tp: Any, v: Any) -> Any:
                 return construct(a, v)
             if typing.get_origin(a) is dict and isinstance(v, dict):
                 return _value(a, v)
-            if typing.get_origin(a) is list and isinstance(v, list):
+            if typing.get_origin(a) in (list, tuple) and isinstance(v, list):
                 return _value(a, v)
         return v
     if isinstance(tp, type) and issubclass(tp, BaseModel):
@@ -102,6 +102,11 @@ def _value(tp: Any, v: Any) -> Any:
     if origin is list:
         (item,) = typing.get_args(tp) or (Any,)
         return [_value(item, x) for x in v]
+    if origin is tuple:  # JSON has no tuples: [min, max] clock ranges come back as lists
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_value(args[0], x) for x in v)
+        return tuple(_value(a, x) for a, x in zip(args, v, strict=False)) if args else tuple(v)
     if origin is dict:
         kt, vt = typing.get_args(tp) or (Any, Any)
         return {(int(k) if kt is int else k): _value(vt, x) for k, x in v.items()}
