@@ -16,6 +16,10 @@ _REGISTRY: tuple[str, ...] = (
     "hosttune.tunables.hugepages:HugePagesTunable",
     "hosttune.tunables.hugetlbfs:HugetlbfsTunable",
     # GPU / driver / boot layer (issue: GPU, driver and boot layer) registers here.
+    "hosttune.tunables.nvidia_modprobe:NvidiaModprobeTunable",
+    "hosttune.tunables.kernel_cmdline:KernelCmdlineTunable",
+    "hosttune.tunables.cuda_env:CudaEnvTunable",
+    "hosttune.tunables.irq_affinity:IrqAffinityTunable",
     "hosttune.tunables.bootunit:BootUnitTunable",
 )
 
