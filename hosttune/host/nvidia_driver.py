@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,15 +33,11 @@ KNOWN_NVIDIA_OPTIONS: frozenset[str] = frozenset(f"NVreg_{n}" for n in (
     "EnableDbgBreakpoint", "EnableResizableBar", "DmaRemapPeerMmio", "ImexChannelCount",
     "CreateImexChannel0", "GrdmaPciTopoCheckOverride", "RegistryDwords",
     "RegistryDwordsPerDevice", "RmMsg", "GpuBlacklist", "TemporaryFilePath", "ExcludedGpus",
-    "EnableNonblockingOpen", "EnableDbgBreakpoint",
 ))
+# Other modules (nvidia_modeset, nvidia_uvm) are checked only against an installed driver.
 KNOWN_MODULE_OPTIONS: dict[str, frozenset[str]] = {
     "nvidia": KNOWN_NVIDIA_OPTIONS,
     "nvidia_drm": frozenset({"modeset", "fbdev"}),
-    "nvidia_modeset": frozenset({"hdmi_deepcolor", "vblank_sem_control", "opportunistic_display_sync",
-                                 "disable_hdmi_frl", "disable_vrr_memclk_switch"}),
-    "nvidia_uvm": frozenset({"uvm_perf_access_counter_mimc_migration_enable",
-                             "uvm_disable_hmm", "uvm_ats_mode"}),
 }
 
 # Options that do not exist (any more), with the reason shown when a profile asks for them.
@@ -153,12 +150,14 @@ class ModprobeFinding:
     severity: str = "error"  # error | warning
 
 
-def lint_modprobe_conf(text: str, known: dict[str, set[str] | frozenset[str]] | None = None,
+def lint_modprobe_conf(text: str,
+                       known: Mapping[str, set[str] | frozenset[str]] | None = None,
                        ) -> list[ModprobeFinding]:
     """Mistakes in a modprobe.d file: trailing comments (their words become bogus parameters),
     unknown or removed options, security-relevant values. ``known`` maps a module to its
     parameter names (default: hosttune's table)."""
-    known = known if known is not None else dict(KNOWN_MODULE_OPTIONS)
+    if known is None:
+        known = KNOWN_MODULE_OPTIONS
     out: list[ModprobeFinding] = []
     for ln in parse_modprobe_conf(text):
         if ln.command != "options":

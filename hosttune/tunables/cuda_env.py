@@ -20,8 +20,7 @@ import stat
 from typing import Any
 
 from hosttune.errors import HostError
-from hosttune.host import Host
-from hosttune.host import fsops
+from hosttune.host import Host, fsops
 from hosttune.profile.schema import CudaEnvSection
 from hosttune.profile.sizes import format_size, parse_size
 from hosttune.tunables.base import (
@@ -36,7 +35,8 @@ from hosttune.tunables.base import (
     unified_diff,
 )
 
-BEGIN = "# BEGIN hosttune cuda_env - managed by hosttune, edits inside this block are overwritten"
+BEGIN = ("# BEGIN hosttune cuda_env - managed by hosttune, edits inside this block are "
+         "overwritten")
 END = "# END hosttune cuda_env"
 CACHE_MAXSIZE_LIMIT = 4 * 1024**3  # CUDA caps the JIT cache at 4 GiB (CUDA programming guide)
 BOOT_WIPED = ("/tmp", "/run", "/dev/shm", "/var/run", "/var/lock")

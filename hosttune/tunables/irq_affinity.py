@@ -7,7 +7,11 @@ time, so hosttune-boot.service re-evaluates and re-applies at boot. irqbalance w
 IRQs back within seconds; instead of editing the shared /etc/default/irqbalance with IRQ
 numbers that change across boots, hosttune installs an irqbalance policy script (irqbalance(1)
 --policyscript: run per IRQ with the device's sysfs path; 'ban=true' makes irqbalance leave
-that IRQ alone) that bans NVIDIA display devices, enabled by a drop-in for irqbalance.service.
+that IRQ alone) that bans NVIDIA display devices, enabled by a drop-in for irqbalance.service
+that re-states the unit's own ExecStart (Debian 12: /usr/sbin/irqbalance --foreground
+$IRQBALANCE_ARGS) plus the option, so $IRQBALANCE_ARGS from /etc/default/irqbalance still
+applies. --banmod=nvidia would be shorter but did not hold in all cases before the fixes of
+Irqbalance/irqbalance#202 / PR #232 (2022), and Ubuntu 22.04 ships 1.8.0.
 """
 
 from __future__ import annotations

@@ -189,6 +189,7 @@ class KernelCmdlineTunable(Tunable):
             active = active_value(tokens, w)
             note = param_warning(w, kernel, nvidia) or ""
             cur = "active" if active else "absent"
+            needs: tuple[str, ...]
             if not configured:
                 st, needs = Status.DRIFT, ("reboot",)
             elif not active:

@@ -91,6 +91,8 @@ class NvidiaModprobeTunable(Tunable):
         sec = self._sec(ctx)
         for mod, params in sec.options.items():
             info = module_options(ctx.host, mod)
+            if not info.names:
+                continue  # nothing to check against: reported as unvalidated in the rows
             for name in params:
                 key = f"nvidia_modules.options.{mod}.{name}"
                 if name in REMOVED_OPTIONS:
@@ -98,9 +100,6 @@ class NvidiaModprobeTunable(Tunable):
                 if name not in info.names:
                     where = (", ".join(info.sources) if info.sources
                              else "hosttune's table of driver options (no driver installed)")
-                    if not info.names:
-                        raise ctx.error(key, f"unknown module {mod!r}: no parameters known "
-                                        f"for it ({where})")
                     raise ctx.error(key, f"{module_key(mod)} has no parameter {name} "
                                     f"(checked: {where})")
 
@@ -159,6 +158,8 @@ class NvidiaModprobeTunable(Tunable):
                          "modules (hosttune never unloads them)")
             return Row(self.name, key, current, want, Status.NEEDS_REBOOT, "; ".join(notes),
                        needs=("reboot",))
+        if not info.names:
+            notes.insert(0, f"not validated: no installed {module_key(mod)} module to ask")
         if not info.loaded:
             notes.insert(0, "configured; takes effect when the module loads")
         return Row(self.name, key, current, want, Status.OK, "; ".join(notes))
@@ -189,6 +190,7 @@ class NvidiaModprobeTunable(Tunable):
         comments and NVreg_TCEBypass): they break or silently change the module load."""
         mods = {module_key(m) for m in sec.options}
         rows: list[Row] = []
+        known = {m: module_options(host, m).names for m in mods}
         for f in modprobe_files(host):
             if f == sec.file:
                 continue
@@ -197,7 +199,6 @@ class NvidiaModprobeTunable(Tunable):
             except PermissionError:
                 continue
             lines = {ln.lineno: ln for ln in parse_modprobe_conf(text)}
-            known = {m: module_options(host, m).names for m in mods}
             for finding in lint_modprobe_conf(text, known):
                 ln = lines.get(finding.lineno)
                 if ln is None or ln.module not in mods or finding.severity != "error":
