@@ -468,3 +468,51 @@ def test_module_without_any_source_is_written_but_marked_unvalidated(tmp_path):
     row = rows_of(engine.audit(Host(root), loaded), "nvidia_modules")[
         "nvidia_uvm uvm_disable_hmm"]
     assert "not validated" in row.note
+
+
+def test_audit_works_as_non_root_on_the_live_system():
+    """Audit is read-only and needs no root: run it in a child that dropped to 'nobody'."""
+    from tests.conftest import need
+
+    need(os.geteuid() == 0, "needs root to drop privileges to nobody")
+    loaded = load_profile("ryzen9950x-rtx5090")
+    engine.audit(Host("/"), loaded, only=GPU_FAMILIES)  # warm every lazy import as root
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child: never returns into pytest
+        code = 1
+        try:
+            os.close(r)
+            os.setgroups([])
+            os.setresgid(65534, 65534, 65534)
+            os.setresuid(65534, 65534, 65534)
+            rep = engine.audit(Host("/"), loaded, only=GPU_FAMILIES)
+            os.write(w, json.dumps(rep.to_json()).encode())
+            code = 0
+        except BaseException as err:  # report whatever broke
+            os.write(w, json.dumps({"error": repr(err)}).encode())
+        finally:
+            os._exit(code)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 65536):
+        data += chunk
+    os.close(r)
+    _, status = os.waitpid(pid, 0)
+    out = json.loads(data)
+    assert os.waitstatus_to_exitcode(status) == 0, out
+    tunables = {row["tunable"] for row in out["rows"]}
+    assert tunables == GPU_FAMILIES
+    # the only acceptable error: this VM has no 'inference' group for the cache directory
+    errors = [row for row in out["rows"] if row["status"] == "error"]
+    assert all("groupadd" in row["note"] for row in errors), errors
+    assert not [row for row in out["rows"] if row["status"] == "needs root"]
+
+
+def test_missing_cache_group_is_a_finding(r5090, tmp_path):
+    loaded = profile(tmp_path, "cuda_env:\n  cache_dir_group: gpuusers\n  variables:\n"
+                     "    CUDA_CACHE_PATH: /var/cache/cuda\n")
+    rep = engine.audit(Host(r5090), loaded)
+    row = rows_of(rep, "cuda_env")["cache dir /var/cache/cuda"]
+    assert row.status == Status.ERROR and "groupadd" in row.note
+    assert not any(c.id == "cuda_env/cache-dir" for c in engine.plan(Host(r5090), loaded).changes)

@@ -214,8 +214,8 @@ def security_notes(module: str, name: str, value: str) -> list[str]:
         notes.append("the driver will not fix /dev/nvidia* ownership/modes; whoever creates "
                      "the nodes decides who can use the GPU")
     elif name == "NVreg_EnableResizableBar" and parse_kernel_uint(v) == 1:
-        notes.append("needs driver 530+, Resizable BAR and Above-4G decoding enabled in the "
-                     "firmware; without them the option has no effect")
+        notes.append("driver 530+; only useful where the firmware enables Resizable BAR and "
+                     "Above-4G decoding")
     elif name == "NVreg_EnableGpuFirmware" and parse_kernel_uint(v) == 0:
         notes.append("GSP firmware is mandatory for the open kernel modules (and Blackwell "
                      "GPUs); 0 is ignored or fails to load there")

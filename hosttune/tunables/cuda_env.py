@@ -188,9 +188,6 @@ class CudaEnvTunable(Tunable):
         if int(sec.cache_dir_mode, 8) & 0o002:
             raise ctx.error("cuda_env.cache_dir_mode", "a world-writable JIT cache lets other "
                             "users plant code (cf. NVIDIA/cuda-python PR 2857)")
-        if sec.cache_dir_group and group_gid(ctx.host, sec.cache_dir_group) is None:
-            raise ctx.error("cuda_env.cache_dir_group",
-                            f"no group {sec.cache_dir_group!r} in /etc/group")
 
     def evaluate(self, ctx: Context) -> Evaluation:
         sec = self._sec(ctx)
@@ -248,6 +245,11 @@ class CudaEnvTunable(Tunable):
         mode = int(sec.cache_dir_mode, 8)
         gid = group_gid(host, sec.cache_dir_group) if sec.cache_dir_group else 0
         want = f"dir mode {mode:o} group {sec.cache_dir_group or 'root'}"
+        if gid is None:
+            # a finding, not a profile error: the group may be created by the admin later
+            return Row(self.name, f"cache dir {path}", "?", want, Status.ERROR,
+                       f"no group {sec.cache_dir_group!r} in /etc/group: create it "
+                       "(groupadd) or set cuda_env.cache_dir_group"), None
         try:
             st = os.lstat(host.path(path))
         except FileNotFoundError:

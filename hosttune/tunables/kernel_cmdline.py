@@ -128,7 +128,8 @@ def render(words: list[str], profile: str) -> str:
 
 
 def bootloader_argv(host: Host, add: list[str]) -> tuple[list[str], list[str]] | None:
-    """(apply argv, revert argv) for the family's boot-config tool, or None if unknown."""
+    """(apply argv, revert argv) for the family's boot-config tool, or None if unknown. On the
+    live system the tool must exist; under --root (an image) the family decides."""
     fam = os_family(host)
     grubby = host.which("grubby")
     if grubby and (fam == "rhel" or not host.which("update-grub")):
@@ -136,9 +137,9 @@ def bootloader_argv(host: Host, add: list[str]) -> tuple[list[str], list[str]] |
             return None
         return (["grubby", "--update-kernel=ALL", "--args=" + " ".join(add)],
                 ["grubby", "--update-kernel=ALL", "--remove-args=" + " ".join(add)])
-    if host.which("update-grub") or fam == "debian":
+    if host.which("update-grub") or (fam == "debian" and host.offline):
         return ["update-grub"], ["update-grub"]
-    if fam == "rhel":
+    if fam == "rhel" and host.offline and add:
         return (["grubby", "--update-kernel=ALL", "--args=" + " ".join(add)],
                 ["grubby", "--update-kernel=ALL", "--remove-args=" + " ".join(add)])
     for tool, cfg in (("grub-mkconfig", "/boot/grub/grub.cfg"),
@@ -199,15 +200,15 @@ class KernelCmdlineTunable(Tunable):
             rows.append(Row(self.name, w, cur, "active", st, note, needs=needs))
         row, ch = file_change(ctx, self.name, sec.file, content, needs=("reboot",))
         rows.insert(0, row)
+        add = [w for w in words if not active_value(tokens, w)]
+        argvs = bootloader_argv(host, add)
+        if argvs is None and add:
+            rows.append(Row(self.name, "boot loader", "not found", "GRUB", Status.UNSUPPORTED,
+                            "no update-grub, grubby or grub-mkconfig here: the drop-in only "
+                            "takes effect where GRUB regenerates its configuration"))
         if ch:
             changes.append(ch)
-            add = [w for w in words if not active_value(tokens, w)]
-            argvs = bootloader_argv(host, add)
-            if argvs is None:
-                rows.append(Row(self.name, "boot loader", "unknown", "updated", Status.UNSUPPORTED,
-                                "no update-grub, grubby or grub-mkconfig found: regenerate the "
-                                "boot configuration by hand"))
-            else:
+            if argvs is not None:
                 changes.append(Change(
                     id=f"{self.name}/bootloader", tunable=self.name, kind="command",
                     summary=" ".join(argvs[0]), needs=("reboot",),

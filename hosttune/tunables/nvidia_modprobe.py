@@ -59,6 +59,8 @@ def initramfs_argv(host: Host) -> list[str] | None:
     if host.which("dracut"):
         return ["dracut", "-f"]
     fam = os_family(host)
+    if not host.offline:  # live: only a tool that exists (a GPU-less VM may have none)
+        return None
     if fam == "debian":
         return ["update-initramfs", "-u"]
     if fam == "rhel":
