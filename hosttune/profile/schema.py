@@ -349,6 +349,103 @@ def check_exclusive_sharing(mode: str | None, mps: GpuMps | None, clients: int |
     if mode == "prohibited" and mps_on:
         raise ValueError("prohibited forbids every CUDA context, the MPS server's too")
 
+# --- GPU / driver / boot layer ---------------------------------------------------------------
+_MODPROBE_VALUE_RE = re.compile(r"^[A-Za-z0-9_./:;,=+@%-]*$")
+
+
+class NvidiaModulesSection(Section):
+    file: str = "/etc/modprobe.d/90-hosttune-nvidia.conf"
+    options: dict[str, dict[str, str | int]] = Field(
+        default_factory=dict,
+        description="module -> {parameter: value}, e.g. nvidia: {NVreg_EnableGpuFirmware: 1}; "
+        "validated against the installed driver's parameters",
+    )
+    initramfs: bool = Field(True, description="regenerate the initramfs after a change "
+                            "(update-initramfs -u / dracut -f)")
+
+    @field_validator("options")
+    @classmethod
+    def _opts(cls, v: dict[str, dict[str, str | int]]) -> dict[str, dict[str, str | int]]:
+        for mod, params in v.items():
+            if not re.fullmatch(r"[A-Za-z0-9_-]+", mod):
+                raise ValueError(f"{mod!r} is not a module name")
+            for name, val in params.items():
+                if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                    raise ValueError(f"{mod}: {name!r} is not a module parameter name")
+                if isinstance(val, bool):
+                    raise ValueError(f"{mod}.{name}: write 1/0 (or Y/N), not a YAML boolean")
+                if not _MODPROBE_VALUE_RE.match(str(val)):
+                    raise ValueError(f"{mod}.{name}: value {val!r} has spaces, quotes or '#'; "
+                                     "modprobe.d has no trailing comments and splits on spaces")
+        return v
+
+
+class GpuIrqSection(Section):
+    cpus: str = Field(
+        ..., description="CPU list ('15,31') for the IRQs of every NVIDIA GPU, or "
+        "'node-local' = the CPUs of each GPU's NUMA node (local_cpulist)",
+    )
+    irqbalance: bool = Field(True, description="keep irqbalance off the GPU IRQs (policy script "
+                             "+ irqbalance.service drop-in; no edit of /etc/default/irqbalance)")
+
+    @field_validator("cpus")
+    @classmethod
+    def _cpus(cls, v: str) -> str:
+        if v == "node-local":
+            return v
+        from hosttune.host.parsers import parse_cpulist
+
+        try:
+            if not parse_cpulist(str(v)):
+                raise ValueError("empty")
+        except ValueError as err:
+            raise ValueError(f"expected a CPU list like '15,31' or 'node-local', got {v!r}") \
+                from err
+        return str(v)
+
+
+class CudaEnvSection(Section):
+    file: str = "/etc/environment"
+    variables: dict[str, str | int] = Field(
+        default_factory=dict, description="NAME -> value, written in a marked block")
+    cache_dir_mode: str = Field("0770", pattern=r"^0?[0-7]{3,4}$",
+                                description="mode of the CUDA_CACHE_PATH directory")
+    cache_dir_group: str | None = Field(
+        "inference", description="group owning CUDA_CACHE_PATH (members share the JIT cache)")
+
+    @field_validator("variables")
+    @classmethod
+    def _vars(cls, v: dict[str, str | int]) -> dict[str, str | int]:
+        for name, val in v.items():
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+            if isinstance(val, bool):
+                raise ValueError(f"{name}: write 0/1, not a YAML boolean")
+            if not re.fullmatch(r"[A-Za-z0-9_./:,=+@%-]*", str(val)):
+                raise ValueError(f"{name}: value {val!r} needs quoting; /etc/environment "
+                                 "(pam_env) has no shell quoting rules")
+        return v
+
+
+class KernelCmdlineSection(Section):
+    params: list[str] = Field(default_factory=list,
+                              description="parameters appended to GRUB_CMDLINE_LINUX_DEFAULT")
+    hugepages_1g: int | None = Field(
+        None, ge=1, description="reserve N 1 GiB pages at boot (hugepagesz=1G hugepages=N): "
+        "1 GiB pages rarely allocate at runtime once memory is fragmented")
+    file: str = "/etc/default/grub.d/90-hosttune.cfg"
+
+    @field_validator("params")
+    @classmethod
+    def _params(cls, v: list[str]) -> list[str]:
+        for p in v:
+            if not re.fullmatch(r"[A-Za-z0-9_.,:=/+@-]+", p):
+                raise ValueError(f"{p!r}: a kernel parameter is one word without quotes, "
+                                 "spaces or shell characters")
+            if p.split("=", 1)[0] in ("hugepagesz", "hugepages"):
+                raise ValueError("use hugepages_1g: N for 1 GiB boot-time pages")
+        return v
+
 
 # --- the profile ---------------------------------------------------------------------------
 class Profile(Section):
@@ -365,6 +462,10 @@ class Profile(Section):
     # Sections of other families are added below (gpu, kernel, workload, models ...).
     workload: WorkloadSection | None = None
     gpu: GpuSection | None = None
+    nvidia_modules: NvidiaModulesSection | None = None
+    gpu_irq: GpuIrqSection | None = None
+    cuda_env: CudaEnvSection | None = None
+    kernel_cmdline: KernelCmdlineSection | None = None
 
 
 # --- container workload (hosttune containers plan|compose|verify) -------------------------------
@@ -466,3 +567,4 @@ class WorkloadSection(Section):
         if v is not None and not v.startswith("/"):
             raise ValueError(f"expected an absolute path, got {v!r}")
         return v
+

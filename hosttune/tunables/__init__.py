@@ -19,6 +19,10 @@ _REGISTRY: tuple[str, ...] = (
     "hosttune.tunables.gpu_persistence:GpuPersistenceTunable",  # driver kept up first
     "hosttune.tunables.gpu_nvml:GpuTunable",  # power, clocks, compute mode (runtime)
     "hosttune.tunables.gpu_mps:GpuMpsTunable",  # after EXCLUSIVE_PROCESS is set
+    "hosttune.tunables.nvidia_modprobe:NvidiaModprobeTunable",
+    "hosttune.tunables.kernel_cmdline:KernelCmdlineTunable",
+    "hosttune.tunables.cuda_env:CudaEnvTunable",
+    "hosttune.tunables.irq_affinity:IrqAffinityTunable",
     "hosttune.tunables.bootunit:BootUnitTunable",
 )
 
