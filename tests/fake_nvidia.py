@@ -8,6 +8,7 @@ from pathlib import Path
 
 from hosttune.host.gpu.fake import MODELS, FakeNvml
 from tests.fakehost import w
+from tests.gpuhost import NVIDIA_PARAMS_570
 
 BOOT_ID = "5b4c3d2e-1f00-4a5b-9c8d-7e6f5a4b3c2d"
 
@@ -56,8 +57,9 @@ def add_nvidia(root: Path, models: list[str], *, vendor_unit_user: str | None = 
     w(root, "/proc/driver/nvidia/version",
       "NVRM version: NVIDIA UNIX Open Kernel Module for x86_64  580.95.05  Release Build\n"
       "GCC version:  gcc version 12.2.0 (Debian 12.2.0-14)\n")
-    w(root, "/proc/driver/nvidia/params", "ResmanDebugLevel: 4294967295\n"
-      "EnableGpuFirmware: 18\nEnableResizableBar: 0\nPreserveVideoMemoryAllocations: 0\n")
+    # the whole parameter list a real driver exports (the modprobe tunable checks names in it)
+    w(root, "/proc/driver/nvidia/params",
+      "".join(f"{k}: {v}\n" for k, v in NVIDIA_PARAMS_570.items()))
     fake = FakeNvml(models, root=True)
     for g in fake.gpus:
         bus = g.bus_id[4:].lower()  # /proc uses the short domain form: 0000:01:00.0

@@ -381,3 +381,24 @@ def test_small_memlock_ulimit_with_mlock_is_explained(vm: Path) -> None:
     plan = plan_workload(Host(vm).facts, wl(cpu_workers={"count": 1, "memory": "16MiB"},
                                             system_cores=0, memlock="ipc_lock"))
     assert not any("mlock of a larger model fails" in n for n in plan.notes)
+
+
+def test_ryzen_profile_gpu_irqs_on_system_cores(tmp_path) -> None:
+    """The built-in 9950X profile pins GPU IRQs to CPUs that no llama.cpp worker owns (the seed's
+    f0000000 mask put them inside a container's cores)."""
+    from hosttune.host import Host
+    from hosttune.host.facts import read_facts
+    from hosttune.host.parsers import parse_cpulist as cpulist
+    from hosttune.profile import load_profile
+    from tests.containers_trees import add_nvidia_gpu
+    from tests.fakehost import ryzen_9950x
+
+    ryzen_9950x(tmp_path)
+    add_nvidia_gpu(tmp_path)
+    prof = load_profile("ryzen9950x-rtx5090").profile
+    assert prof.workload is not None and prof.gpu_irq is not None
+    plan = plan_workload(read_facts(Host(tmp_path)), prof.workload)
+    assert plan.ok, plan.refusals
+    irq = set(cpulist(prof.gpu_irq.cpus))
+    assert irq <= set(plan.system_cpus)
+    assert not irq & {c for x in plan.workers for c in x.cpus}

@@ -64,7 +64,7 @@ def test_ryzen_profile_round_trip_on_gpu_tree(r5090):
                        "NVreg_PreserveVideoMemoryAllocations=1 NVreg_UsePageAttributeTable=1"]
     assert [f for f in lint_modprobe_conf(conf) if f.severity == "error"] == []
     for irq in (180, 181):
-        assert (r5090 / f"proc/irq/{irq}/smp_affinity_list").read_text() == "15,31\n"
+        assert (r5090 / f"proc/irq/{irq}/smp_affinity_list").read_text() == "13,29\n"
     for irq in (182, 190, 100):  # HD audio, amdgpu iGPU, NVMe: untouched
         assert (r5090 / f"proc/irq/{irq}/smp_affinity_list").read_text() == "0-31\n"
     env = (r5090 / "etc/environment").read_text()
