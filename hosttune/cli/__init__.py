@@ -7,7 +7,7 @@ from __future__ import annotations
 import typer
 
 from hosttune import __version__
-from hosttune.cli import core_cmds, profiles
+from hosttune.cli import core_cmds, models, profiles
 
 app = typer.Typer(
     name="hosttune",
@@ -23,6 +23,8 @@ app.command()(core_cmds.plan)
 app.command()(core_cmds.apply)
 app.command()(core_cmds.rollback)
 app.add_typer(profiles.app, name="profiles")
+app.add_typer(models.app, name="models")
+app.add_typer(models.shim_app, name="shim")
 
 
 def _version(value: bool) -> None:

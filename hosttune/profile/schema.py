@@ -170,6 +170,44 @@ class BootSection(Section):
                              "running Python with -m hosttune")
 
 
+# --- model store (hosttune models) ----------------------------------------------------------
+_MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
+
+
+def check_model_name(v: str) -> str:
+    if not _MODEL_NAME_RE.match(v):
+        raise ValueError(f"model name {v!r}: use letters, digits and ._+- (not starting with "
+                         "a dot or a dash, at most 200 characters)")
+    return v
+
+
+class DeclaredModel(Section):
+    name: str = Field(description="file name in the store")
+    file: str | None = Field(None, description="source file to load from")
+    size: str | int | None = Field(None, description="model size when the file is not here "
+                                   "yet (for `hosttune models pool`)")
+    mount: str | None = Field(None, description="hugetlbfs mount (default: models.mount)")
+    node: int | None = Field(None, ge=0, description="NUMA node for its pages")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_model_name(v)
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: str | int | None) -> str | int | None:
+        if v is not None:
+            parse_size(v)
+        return v
+
+
+class ModelsSection(Section):
+    mount: str | None = Field(None, description="default store mount (one of the hugetlbfs "
+                              "mounts); default: the only hugetlbfs mount")
+    declared: list[DeclaredModel] = Field(default_factory=list)
+
+
 # --- the profile ---------------------------------------------------------------------------
 class Profile(Section):
     name: str
@@ -183,3 +221,4 @@ class Profile(Section):
     hugetlbfs: HugetlbfsSection | None = None
     boot: BootSection | None = None
     # Sections of other families are added below (gpu, kernel, workload, models ...).
+    models: ModelsSection | None = None
