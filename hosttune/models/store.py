@@ -597,10 +597,10 @@ def _load_fd(host: Host, source: str, src_fd: int, mount: StoreMount, mdir: str,
         workers = [threading.Thread(target=job.worker, name=f"hosttune-load-{i}", daemon=True)
                    for i in range(nthreads)]
         try:
-            if progress is not None:
-                progress(0, st.st_size)
             for w in workers:
                 w.start()
+            if progress is not None:
+                progress(0, st.st_size)
             while any(w.is_alive() for w in workers):
                 for w in workers:
                     w.join(0.1)
@@ -609,13 +609,15 @@ def _load_fd(host: Host, source: str, src_fd: int, mount: StoreMount, mdir: str,
         except KeyboardInterrupt as err:
             job.cancel.set()
             for w in workers:
-                w.join()
+                if w.ident is not None:
+                    w.join()
             raise LoadInterrupted(f"interrupted: {name} was not stored; its {need} huge pages "
                                   "went back to the pool") from err
         finally:
             job.cancel.set()
             for w in workers:
-                w.join()
+                if w.ident is not None:
+                    w.join()
         if job.errors:
             err0 = job.errors[0]
             if isinstance(err0, ModelStoreError):
