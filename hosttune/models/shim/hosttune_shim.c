@@ -467,7 +467,8 @@ static int store_mapping(uintptr_t addr, uint64_t *page, uintptr_t *data_end) {
 /* hugetlbfs mappings can only be unmapped in whole huge pages (EINVAL otherwise). For ranges
  * in store mappings, round inward (the caller may still use the rest of a partly released
  * page), except at the end of the model's data where the rest of the page is only padding:
- * there round up, so a munmap(addr, true_size) of a whole mapping releases all of it. */
+ * there round up, so a munmap(addr, true_size) of a whole mapping releases all of it. Pages
+ * only partly released stay mapped until the process exits: never unmaps bytes in use. */
 EXPORT int munmap(void *addr, size_t len) {
     munmap_fn f = (munmap_fn)GET(munmap);
     if (!f) NOSYS();
@@ -481,9 +482,14 @@ EXPORT int munmap(void *addr, size_t len) {
         errno = saved;
         return r;
     }
+    /* Callers release at base-page granularity (llama.cpp's unmap_fragment rounds the end of
+     * the tail fragment down to 4 KiB), so "reaches the end of the data" means reaching the
+     * last base page boundary before it. */
+    uintptr_t base = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t dfloor = dend_e / base * base;
     uintptr_t ns = (start + page_s - 1) / page_s * page_s;
     uintptr_t ne = end % page_e == 0 ? end
-                   : end >= dend_e  ? (end + page_e - 1) / page_e * page_e
+                   : end >= dfloor  ? (end + page_e - 1) / page_e * page_e
                                     : end / page_e * page_e;
     if (ns >= ne) return 0; /* nothing whole to release: the pages stay mapped */
     r = f((void *)ns, ne - ns);
