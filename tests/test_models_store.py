@@ -1,6 +1,7 @@
 """Model store on a real hugetlbfs (root, CI-mandatory): load -> list -> verify -> unload of a
 real GGUF, and every failure case leaves no file and every huge-page counter where it was."""
 
+# ruff: noqa: F811 - pytest fixtures imported from tests/test_models_fixtures.py
 from __future__ import annotations
 
 import json

@@ -1,6 +1,7 @@
 """The LD_PRELOAD shim with real loaders on a real hugetlbfs store (root, CI-mandatory), and
 its pass-through behaviour everywhere else."""
 
+# ruff: noqa: F811 - pytest fixtures imported from tests/test_models_fixtures.py
 from __future__ import annotations
 
 import os
