@@ -152,6 +152,27 @@ def test_node_placement(hugestore, tmp_path):
     hugestore.assert_clean()
 
 
+def test_declared_model_brings_mount_and_node(hugestore, tmp_path):
+    prof = tmp_path / "p.yaml"
+    prof.write_text("name: t\nmodels:\n  declared:\n    - name: decl.bin\n"
+                    f"      mount: {hugestore.mount}\n      node: 0\n")
+    src = tmp_path / "whatever.bin"
+    src.write_bytes(os.urandom(MiB))
+    r = run_cli("models", "load", str(src), "--name", "decl.bin", "--profile", str(prof),
+                "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)["model"]
+    assert out["mount"] == str(hugestore.mount) and out["pages_per_node"] == {"0": 1}
+    r = run_cli("models", "pool", "--profile", str(prof), "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    (n,) = json.loads(r.stdout)
+    assert n["mounts"][str(hugestore.mount)]["needed_bytes"] == 2 * MiB  # stored, not planned
+    assert n["planned_pages"] == 0
+    assert run_cli("models", "unload", "decl.bin", "--mount", str(hugestore.mount)).returncode \
+        == 0
+    hugestore.assert_clean()
+
+
 # --- failure cases: clear message, no partial file, pages back in the pool -------------------
 def test_not_enough_pages(hugestore, tmp_path):
     src = tmp_path / "big.bin"

@@ -86,6 +86,13 @@ def load_cmd(
     if host.offline:
         fail("models load fills the live huge-page pool; it does not work with --root")
     prof = _profile(profile)
+    # A model the profile declares brings its mount and node (the options still win).
+    target = name or file.rstrip("/").rsplit("/", 1)[-1]
+    decl = next((d for d in (prof.models.declared if prof.models else []) if d.name == target),
+                None)
+    if decl is not None:
+        mount = mount or decl.mount
+        node = node if node is not None else decl.node
     m = run_guarded(store.resolve_mount, host, prof, mount)
     columns = (TextColumn("[bold]{task.description}"), BarColumn(),
                DownloadColumn(binary_units=True), TransferSpeedColumn(), TimeRemainingColumn())

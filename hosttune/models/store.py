@@ -607,17 +607,11 @@ def _load_fd(host: Host, source: str, src_fd: int, mount: StoreMount, mdir: str,
                 if progress is not None:
                     progress(job.done, st.st_size)
         except KeyboardInterrupt as err:
-            job.cancel.set()
-            for w in workers:
-                if w.ident is not None:
-                    w.join()
+            _stop(job, workers)
             raise LoadInterrupted(f"interrupted: {name} was not stored; its {need} huge pages "
                                   "went back to the pool") from err
         finally:
-            job.cancel.set()
-            for w in workers:
-                if w.ident is not None:
-                    w.join()
+            _stop(job, workers)
         if job.errors:
             err0 = job.errors[0]
             if isinstance(err0, ModelStoreError):
@@ -654,7 +648,16 @@ def _load_fd(host: Host, source: str, src_fd: int, mount: StoreMount, mdir: str,
         if node is not None and per_node and set(per_node) - {node}:
             raise ModelStoreError(f"pages of {name} landed outside node {node}: {per_node}")
         replaced = os.path.lexists(f"{mdir}/{name}")
-        os.rename(tmp, f"{mdir}/{name}")
+        if replace:
+            os.rename(tmp, f"{mdir}/{name}")
+        else:
+            # link(2) fails if the name appeared meanwhile (another load): never overwrite.
+            try:
+                os.link(tmp, f"{mdir}/{name}")
+            except FileExistsError as err:
+                raise ModelStoreError(f"name taken: {mount.path}/{name} was stored by someone "
+                                      "else during this load; nothing was changed") from err
+            os.unlink(tmp)
     except BaseException:
         if view is not None:
             view.release()
@@ -676,6 +679,18 @@ def _load_fd(host: Host, source: str, src_fd: int, mount: StoreMount, mdir: str,
     model = StoredModel(name, mount.path, st.st_size, total, page, tr,
                         pages_per_node=per_node)
     return LoadResult(model, seconds, replaced, nthreads)
+
+
+def _stop(job: _Copy, workers: list[threading.Thread]) -> None:
+    """Cancel and join every started worker, even through a second Ctrl-C: no worker may
+    still hold a view of the mapping when it is unmapped."""
+    job.cancel.set()
+    for w in workers:
+        while w.ident is not None and w.is_alive():
+            try:
+                w.join()
+            except KeyboardInterrupt:
+                continue
 
 
 def _copy_error(err: OSError, name: str, need: int, label: str, node: int | None) -> str:

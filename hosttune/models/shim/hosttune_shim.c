@@ -130,6 +130,14 @@ static int looks_like_store(const struct stat *st) {
 static void fix_path(int dirfd, const char *path, int nofollow, struct stat *st) {
     if (!path || !looks_like_store(st)) return;
     int saved = errno;
+    /* Cheap filter before any open(2): filesystems with big st_blksize (CephFS: 4 MiB) are
+     * common, hugetlbfs is what matters. */
+    struct statfs sfs;
+    if ((dirfd == AT_FDCWD || path[0] == '/') &&
+        (statfs(path, &sfs) != 0 || (uint32_t)sfs.f_type != HUGETLBFS_MAGIC_)) {
+        errno = saved;
+        return;
+    }
     int fd = openat(dirfd, path, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK |
                                      (nofollow ? O_NOFOLLOW : 0));
     if (fd >= 0) {
