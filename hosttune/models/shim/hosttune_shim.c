@@ -206,9 +206,10 @@ EXPORT int fstat64(int fd, struct stat64 *st) {
     return r;
 }
 
-/* Out of line: glibc declares path nonnull, but a NULL must still not crash us. */
+/* Out of line: glibc declares path nonnull, but Linux >= 6.11 accepts NULL with
+ * AT_EMPTY_PATH (statx), and a NULL must never crash us. */
 __attribute__((noinline)) static int empty_path(const char *path) {
-    return path && path[0] == 0;
+    return !path || path[0] == 0;
 }
 
 static void fix_at(int dirfd, const char *path, int flags, struct stat *st) {
