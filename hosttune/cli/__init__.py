@@ -13,7 +13,7 @@ os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "1")
 import typer
 
 from hosttune import __version__
-from hosttune.cli import containers, core_cmds, doctor, profiles, status, topology
+from hosttune.cli import containers, core_cmds, doctor, models, profiles, status, topology
 
 app = typer.Typer(
     name="hosttune",
@@ -33,6 +33,8 @@ app.add_typer(profiles.app, name="profiles")
 app.command()(topology.topology)
 app.add_typer(containers.app, name="containers")
 app.add_typer(status.app, name="status")
+app.add_typer(models.app, name="models")
+app.add_typer(models.shim_app, name="shim")
 
 
 def _version(value: bool) -> None:

@@ -445,6 +445,42 @@ class KernelCmdlineSection(Section):
             if p.split("=", 1)[0] in ("hugepagesz", "hugepages"):
                 raise ValueError("use hugepages_1g: N for 1 GiB boot-time pages")
         return v
+# --- model store (hosttune models) ----------------------------------------------------------
+_MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
+
+
+def check_model_name(v: str) -> str:
+    if not _MODEL_NAME_RE.match(v):
+        raise ValueError(f"model name {v!r}: use letters, digits and ._+- (not starting with "
+                         "a dot or a dash, at most 200 characters)")
+    return v
+
+
+class DeclaredModel(Section):
+    name: str = Field(description="file name in the store")
+    file: str | None = Field(None, description="source file to load from")
+    size: str | int | None = Field(None, description="model size when the file is not here "
+                                   "yet (for `hosttune models pool`)")
+    mount: str | None = Field(None, description="hugetlbfs mount (default: models.mount)")
+    node: int | None = Field(None, ge=0, description="NUMA node for its pages")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        return check_model_name(v)
+
+    @field_validator("size")
+    @classmethod
+    def _size(cls, v: str | int | None) -> str | int | None:
+        if v is not None:
+            parse_size(v)
+        return v
+
+
+class ModelsSection(Section):
+    mount: str | None = Field(None, description="default store mount (one of the hugetlbfs "
+                              "mounts); default: the only hugetlbfs mount")
+    declared: list[DeclaredModel] = Field(default_factory=list)
 
 
 # --- the profile ---------------------------------------------------------------------------
@@ -459,13 +495,13 @@ class Profile(Section):
     hugepages: HugePagesSection | None = None
     hugetlbfs: HugetlbfsSection | None = None
     boot: BootSection | None = None
-    # Sections of other families are added below (gpu, kernel, workload, models ...).
     workload: WorkloadSection | None = None
     gpu: GpuSection | None = None
     nvidia_modules: NvidiaModulesSection | None = None
     gpu_irq: GpuIrqSection | None = None
     cuda_env: CudaEnvSection | None = None
     kernel_cmdline: KernelCmdlineSection | None = None
+    models: ModelsSection | None = None
 
 
 # --- container workload (hosttune containers plan|compose|verify) -------------------------------
@@ -567,4 +603,3 @@ class WorkloadSection(Section):
         if v is not None and not v.startswith("/"):
             raise ValueError(f"expected an absolute path, got {v!r}")
         return v
-

@@ -1,0 +1,70 @@
+"""Small libc/syscall doors the store needs and Python lacks: statfs f_type, fallocate(2),
+set_mempolicy(2). ctypes releases the GIL around foreign calls, so worker threads fault and
+copy in parallel."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import os
+import platform
+
+from hosttune.errors import HostError
+
+HUGETLBFS_MAGIC = 0x958458F6
+
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
+_libc.fallocate.restype = ctypes.c_int
+_libc.statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
+_libc.statfs.restype = ctypes.c_int
+_libc.syscall.restype = ctypes.c_long
+
+# set_mempolicy(2) numbers (arch/*/entry/syscalls, include/uapi/asm-generic/unistd.h).
+_SYS_SET_MEMPOLICY = {"x86_64": 238, "aarch64": 237, "ppc64le": 261, "s390x": 270}
+MPOL_DEFAULT = 0
+MPOL_BIND = 2
+
+
+def fs_type(path: str) -> int:
+    """statfs(2) f_type of the filesystem holding ``path`` (the first field of struct statfs
+    on every 64-bit Linux ABI)."""
+    buf = ctypes.create_string_buffer(256)
+    if _libc.statfs(os.fsencode(path), buf) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e), path)
+    return int.from_bytes(buf.raw[:8], "little") & 0xFFFFFFFF
+
+
+def is_hugetlbfs(path: str) -> bool:
+    try:
+        return fs_type(path) == HUGETLBFS_MAGIC
+    except OSError:
+        return False
+
+
+def fallocate(fd: int, offset: int, length: int) -> None:
+    """Allocate the huge pages of [offset, offset+length) now. Unlike a first touch through a
+    mapping (SIGBUS when the pool or the bound node runs dry), hugetlbfs_fallocate returns
+    ENOSPC/ENOMEM, and it allocates under the calling thread's memory policy."""
+    if _libc.fallocate(fd, 0, offset, length) != 0:
+        e = ctypes.get_errno()
+        raise OSError(e, os.strerror(e))
+
+
+def set_mempolicy_bind(node: int | None) -> None:
+    """Bind this thread's allocations to ``node`` (None: back to the default policy)."""
+    nr = _SYS_SET_MEMPOLICY.get(platform.machine())
+    if nr is None:
+        raise HostError(f"--node is not supported on {platform.machine()}")
+    if node is None:
+        r = _libc.syscall(nr, MPOL_DEFAULT, None, ctypes.c_ulong(0))
+    else:
+        words = node // 64 + 1
+        mask = (ctypes.c_ulong * words)()
+        mask[node // 64] = 1 << (node % 64)
+        # maxnode counts bits; the kernel ignores the last one (mm/mempolicy.c get_nodes).
+        r = _libc.syscall(nr, MPOL_BIND, mask, ctypes.c_ulong(words * 64 + 1))
+    if r != 0:
+        e = ctypes.get_errno()
+        raise HostError(f"set_mempolicy(node {node}) failed: {os.strerror(e)}")

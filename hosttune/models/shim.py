@@ -1,0 +1,59 @@
+"""Building the LD_PRELOAD shim (shim/hosttune_shim.c) with the system C compiler."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from hosttune.errors import HostError
+
+if TYPE_CHECKING:
+    from hosttune.host import Host
+
+DEFAULT_OUTPUT = "/usr/local/lib/hosttune/libhosttune-shim.so"
+CFLAGS = ("-O2", "-g0", "-Wall", "-Wextra", "-shared", "-fPIC", "-fvisibility=hidden")
+
+
+def shim_source() -> Path:
+    return Path(str(resources.files("hosttune.models") / "shim" / "hosttune_shim.c"))
+
+
+@dataclass(frozen=True)
+class ShimBuild:
+    output: str  # host path
+    argv: tuple[str, ...]
+    skipped: bool  # --root: the compiler was not run (listed as skipped)
+
+
+def build_shim(host: Host, output: str = DEFAULT_OUTPUT, *, cc: str | None = None) -> ShimBuild:
+    """Compile the shim to ``output`` (atomically: a temp file next to it, then rename)."""
+    if not output.startswith("/"):
+        output = os.path.abspath(output)
+    src = shim_source()
+    if not src.is_file():
+        raise HostError(f"shim source missing from the package: {src}")
+    compiler = cc or host.which("cc") or host.which("gcc") or ("cc" if host.offline else None)
+    if compiler is None:
+        raise HostError("no C compiler (cc/gcc) found: install one (Debian: apt-get install "
+                        "gcc) or pass --cc")
+    created = host.makedirs(os.path.dirname(output)) if not host.offline else []
+    del created
+    real = host.path(output)
+    tmp = real.parent / f".{real.name}.hosttune-tmp-{os.getpid()}"
+    argv = (compiler, *CFLAGS, "-o", str(tmp), str(src), "-ldl")
+    res = host.run(list(argv), timeout_s=120)
+    if res.skipped:
+        return ShimBuild(output, argv, True)
+    if res.returncode != 0:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise HostError(f"compiling the shim failed (exit {res.returncode}):\n"
+                        f"{res.stderr.strip()}")
+    os.chmod(tmp, 0o755)  # noqa: S103 - a shared library every loader must map
+    os.replace(tmp, real)
+    return ShimBuild(output, argv, False)

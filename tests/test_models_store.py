@@ -1,0 +1,299 @@
+"""Model store on a real hugetlbfs (root, CI-mandatory): load -> list -> verify -> unload of a
+real GGUF, and every failure case leaves no file and every huge-page counter where it was."""
+
+# ruff: noqa: F811 - pytest fixtures imported from tests/test_models_fixtures.py
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pytest
+
+from hosttune.host import Host
+from hosttune.models import store
+from hosttune.models.trailer import TRAILER_LEN, stored_size
+from tests.conftest import run_cli
+from tests.test_models_fixtures import (  # noqa: F401 - fixtures
+    POOL_PAGES,
+    counters,
+    hugestore,
+    py,
+    shim_so,
+    small_mount,
+)
+
+MiB = 1 << 20
+
+
+def write_gguf(path, n_tensors: int = 3, elems: int = 400_000) -> dict[str, np.ndarray]:
+    import gguf
+
+    rng = np.random.default_rng(4)
+    w = gguf.GGUFWriter(str(path), arch="llama")
+    w.add_block_count(n_tensors)
+    w.add_name("hosttune-test")
+    tensors = {}
+    for i in range(n_tensors):
+        t = rng.standard_normal(elems).astype(np.float32)
+        tensors[f"blk.{i}.weight"] = t
+        w.add_tensor(f"blk.{i}.weight", t)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return tensors
+
+
+def mount_of(hs) -> store.StoreMount:
+    return store.resolve_mount(Host("/"), None, str(hs.mount))
+
+
+def test_gguf_load_list_verify_unload(hugestore, tmp_path, shim_so):
+    src = tmp_path / "tiny.gguf"
+    tensors = write_gguf(src)
+    size = src.stat().st_size
+    assert size > 2 * MiB  # spans several huge pages
+
+    r = run_cli("models", "load", str(src), "--mount", str(hugestore.mount), "--json")
+    assert r.returncode == 0, r.stderr
+    loaded = json.loads(r.stdout)["model"]
+    assert loaded["true_size_bytes"] == size
+    assert loaded["stored_size_bytes"] == stored_size(size, 2 * MiB)
+    pages = loaded["pages"]
+    assert counters()["HugePages_Free"] == hugestore.baseline["HugePages_Free"] - pages
+
+    r = run_cli("models", "list", "--mount", str(hugestore.mount), "--json")
+    assert r.returncode == 0, r.stderr
+    (item,) = json.loads(r.stdout)["models"]
+    assert item["name"] == "tiny.gguf" and item["valid"] and item["true_size_bytes"] == size
+    assert sum(item["pages_per_node"].values()) == pages
+    r = run_cli("models", "list", "--mount", str(hugestore.mount))
+    assert "tiny.gguf" in r.stdout and "N0=" in r.stdout
+
+    stored = hugestore.mount / "tiny.gguf"
+    with open(stored, "rb") as fh:
+        assert fh.read(size) == src.read_bytes()
+
+    # gguf's own reader straight from the store, no shim: np.memmap sizes the map from the
+    # padded file size, and GGUF locates tensors by offset, so the padding is never read.
+    import gguf
+
+    rd = gguf.GGUFReader(str(stored))
+    got = {t.name: np.array(t.data) for t in rd.tensors}
+    assert set(got) == set(tensors)
+    for k, v in tensors.items():
+        assert np.array_equal(got[k], v)
+    del rd, got
+    # ... and under the shim as well (loaders run with it in containers).
+    code = f"import gguf; r = gguf.GGUFReader({str(stored)!r}); print(len(r.tensors), r.data.size)"
+    res = py(code, preload=shim_so)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["3", str(size)]  # the shim shows the true size
+
+    r = run_cli("models", "verify", "--mount", str(hugestore.mount), "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(r.stdout)[0]["checksum_checked"] is True
+
+    r = run_cli("models", "unload", "tiny.gguf", "--mount", str(hugestore.mount))
+    assert r.returncode == 0, r.stderr
+    assert "back in the pool" in r.stdout
+    hugestore.assert_clean()
+
+
+def test_verify_detects_corruption(hugestore, tmp_path):
+    src = tmp_path / "m.bin"
+    src.write_bytes(os.urandom(3 * MiB))
+    assert run_cli("models", "load", str(src), "--mount", str(hugestore.mount)).returncode == 0
+    import mmap
+
+    fd = os.open(hugestore.mount / "m.bin", os.O_RDWR)
+    try:  # hugetlbfs has no write(2): change a byte through a shared mapping
+        m = mmap.mmap(fd, 4 * MiB)
+        m[100] ^= 0xFF
+        m.close()
+    finally:
+        os.close(fd)
+    r = run_cli("models", "verify", "m.bin", "--mount", str(hugestore.mount))
+    assert r.returncode == 1
+    assert "checksum mismatch" in r.stdout
+    assert run_cli("models", "unload", "m.bin", "--mount", str(hugestore.mount)).returncode == 0
+    hugestore.assert_clean()
+
+
+def test_exact_multiple_gets_one_more_page(hugestore, tmp_path):
+    src = tmp_path / "exact.bin"
+    src.write_bytes(os.urandom(4 * MiB))
+    res = store.load_model(Host("/"), str(src), mount_of(hugestore), checksum=False)
+    assert res.model.stored_size == 6 * MiB and res.model.pages == 3
+    with open(hugestore.mount / "exact.bin", "rb") as fh:
+        assert fh.read(4 * MiB) == src.read_bytes()
+        assert fh.read(2 * MiB - TRAILER_LEN) == bytes(2 * MiB - TRAILER_LEN)
+    (m,) = store.list_models(Host("/"), [mount_of(hugestore)])
+    assert m.true_size == 4 * MiB and m.trailer is not None
+    store.unload_model(Host("/"), m)
+    hugestore.assert_clean()
+
+
+def test_node_placement(hugestore, tmp_path):
+    src = tmp_path / "n.bin"
+    src.write_bytes(os.urandom(5 * MiB))
+    r = run_cli("models", "load", str(src), "--mount", str(hugestore.mount), "--node", "0",
+                "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["model"]["pages_per_node"] == {"0": 3}
+    assert counters()["node0/free_hugepages"] == hugestore.baseline["node0/free_hugepages"] - 3
+    assert run_cli("models", "unload", "n.bin", "--mount", str(hugestore.mount)).returncode == 0
+    hugestore.assert_clean()
+    # a node without memory / that does not exist: refused up front
+    r = run_cli("models", "load", str(src), "--mount", str(hugestore.mount), "--node", "7")
+    assert r.returncode == 2 and "node 7" in r.stderr
+    hugestore.assert_clean()
+
+
+def test_declared_model_brings_mount_and_node(hugestore, tmp_path):
+    prof = tmp_path / "p.yaml"
+    prof.write_text("name: t\nmodels:\n  declared:\n    - name: decl.bin\n"
+                    f"      mount: {hugestore.mount}\n      node: 0\n")
+    src = tmp_path / "whatever.bin"
+    src.write_bytes(os.urandom(MiB))
+    r = run_cli("models", "load", str(src), "--name", "decl.bin", "--profile", str(prof),
+                "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)["model"]
+    assert out["mount"] == str(hugestore.mount) and out["pages_per_node"] == {"0": 1}
+    r = run_cli("models", "pool", "--profile", str(prof), "--json")
+    assert r.returncode == 0, r.stdout + r.stderr
+    (n,) = json.loads(r.stdout)
+    assert n["mounts"][str(hugestore.mount)]["needed_bytes"] == 2 * MiB  # stored, not planned
+    assert n["planned_pages"] == 0
+    assert run_cli("models", "unload", "decl.bin", "--mount", str(hugestore.mount)).returncode \
+        == 0
+    hugestore.assert_clean()
+
+
+# --- failure cases: clear message, no partial file, pages back in the pool -------------------
+def test_not_enough_pages(hugestore, tmp_path):
+    src = tmp_path / "big.bin"
+    with open(src, "wb") as fh:  # sparse: bigger than the pool, cheap to make
+        fh.truncate((POOL_PAGES + 40) * 2 * MiB)
+    r = run_cli("models", "load", str(src), "--mount", str(hugestore.mount))
+    assert r.returncode == 2
+    err = " ".join(r.stderr.split())
+    assert "not enough free 2M huge pages" in err
+    assert f"needs {POOL_PAGES + 41}" in err and f"{hugestore.baseline['2M/free_hugepages']} free" \
+        in err
+    assert "sysctl vm.nr_hugepages=" in err and "hosttune apply" in err
+    hugestore.assert_clean()
+
+
+def test_mount_too_small(hugestore, small_mount, tmp_path):
+    src = tmp_path / "m.bin"
+    src.write_bytes(os.urandom(5 * MiB))
+    before = counters()
+    r = run_cli("models", "load", str(src), "--mount", str(small_mount))
+    assert r.returncode == 2
+    assert "too small" in r.stderr
+    assert os.listdir(small_mount) == []
+    assert counters() == before
+
+
+def test_not_hugetlbfs(hugestore, tmp_path):
+    src = tmp_path / "m.bin"
+    src.write_bytes(b"x" * 1000)
+    r = run_cli("models", "load", str(src), "--mount", str(tmp_path))
+    assert r.returncode == 2
+    assert "not hugetlbfs" in r.stderr
+    r = run_cli("models", "load", str(src), "--mount", str(tmp_path / "nope"))
+    assert r.returncode == 2 and "does not exist" in r.stderr
+    hugestore.assert_clean()
+
+
+def test_unreadable_source(hugestore, tmp_path):
+    for bad, why in ((tmp_path / "missing.gguf", "No such file"), (tmp_path, "not a regular")):
+        r = run_cli("models", "load", str(bad), "--mount", str(hugestore.mount), "--name",
+                    "x.gguf")
+        assert r.returncode == 2
+        assert "cannot read the source" in r.stderr and why in r.stderr
+    hugestore.assert_clean()
+
+
+def test_name_taken(hugestore, tmp_path):
+    src = tmp_path / "m.bin"
+    src.write_bytes(os.urandom(3 * MiB))
+    assert run_cli("models", "load", str(src), "--mount", str(hugestore.mount)).returncode == 0
+    after_first = counters()
+    r = run_cli("models", "load", str(src), "--mount", str(hugestore.mount))
+    assert r.returncode == 2 and "name taken" in r.stderr
+    assert counters() == after_first
+    assert sorted(os.listdir(hugestore.mount)) == ["m.bin"]
+    # --replace swaps atomically and frees the old pages
+    src.write_bytes(os.urandom(3 * MiB))
+    r = run_cli("models", "load", str(src), "--mount", str(hugestore.mount), "--replace",
+                "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["replaced"] is True
+    assert counters() == after_first
+    with open(hugestore.mount / "m.bin", "rb") as fh:
+        assert fh.read(3 * MiB) == src.read_bytes()
+    assert run_cli("models", "unload", "m.bin", "--mount", str(hugestore.mount)).returncode == 0
+    hugestore.assert_clean()
+
+
+@pytest.mark.parametrize("how", ["append", "touch", "truncate"])
+def test_source_changes_during_copy(hugestore, tmp_path, how):
+    src = tmp_path / "m.bin"
+    src.write_bytes(os.urandom(40 * MiB))
+
+    def progress(done: int, total: int) -> None:
+        if done == 0:  # the copy is about to start: the writer is still busy
+            if how == "append":
+                with open(src, "ab") as fh:
+                    fh.write(b"more")
+            elif how == "touch":
+                os.utime(src, ns=(1, 1))
+            else:
+                os.truncate(src, 10 * MiB)
+
+    with pytest.raises(store.ModelStoreError, match="source .* (changed|shrank)"):
+        store.load_model(Host("/"), str(src), mount_of(hugestore), progress=progress)
+    hugestore.assert_clean()
+
+
+def test_keyboard_interrupt(hugestore, tmp_path):
+    """A real SIGINT (what Ctrl-C sends) in the middle of the copy."""
+    src = tmp_path / "m.bin"
+    src.write_bytes(os.urandom(40 * MiB))
+
+    def progress(done: int, total: int) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+
+    with pytest.raises(store.LoadInterrupted, match="interrupted"):
+        store.load_model(Host("/"), str(src), mount_of(hugestore), progress=progress,
+                         threads=1)
+    hugestore.assert_clean()
+
+
+def test_keyboard_interrupt_cli(hugestore, tmp_path):
+    """The CLI process gets SIGINT during the copy: message, exit 2, nothing left."""
+    src = tmp_path / "m.bin"
+    src.write_bytes(os.urandom(40 * MiB))
+    # Deliver the signal from the progress callback the CLI passes (the copy is running).
+    code = (
+        "import os, signal, sys\n"
+        "from hosttune.models import store\n"
+        "real = store.load_model\n"
+        "def load(*a, progress=None, **k):\n"
+        "    def p(done, total):\n"
+        "        progress(done, total)\n"
+        "        os.kill(os.getpid(), signal.SIGINT)\n"
+        "    return real(*a, progress=p, **k)\n"
+        "store.load_model = load\n"
+        "from hosttune.cli import main\n"
+        f"sys.argv = ['hosttune', 'models', 'load', {str(src)!r}, '--mount', "
+        f"{str(hugestore.mount)!r}]\n"
+        "main()\n")
+    r = py(code)
+    assert r.returncode == 2, r.stderr
+    assert "interrupted" in r.stderr and "was not stored" in r.stderr
+    hugestore.assert_clean()

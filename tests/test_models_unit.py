@@ -1,0 +1,214 @@
+"""Model store without the kernel: trailer format, checksum, parsers, --root behaviour,
+pool planning on fake trees, the profile section."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hosttune.errors import ProfileError
+from hosttune.host import Host
+from hosttune.models import store
+from hosttune.models.checksum import checksum_bytes
+from hosttune.models.trailer import (
+    ALGO_XXH3_TREE,
+    TRAILER_LEN,
+    Trailer,
+    parse_trailer,
+    stored_size,
+)
+from tests.conftest import run_cli
+
+MiB = 1 << 20
+HP = 2 * MiB
+
+
+# --- trailer --------------------------------------------------------------------------------
+@given(st.integers(min_value=1, max_value=1 << 40), st.sampled_from([HP, 1 << 30]))
+def test_trailer_roundtrip(size, page):
+    total = stored_size(size, page)
+    assert total % page == 0 and total >= size + TRAILER_LEN and total - size - TRAILER_LEN < page
+    tr = Trailer(size, page, ALGO_XXH3_TREE, 25, 0x1234, 99)
+    raw = tr.pack()
+    assert len(raw) == TRAILER_LEN
+    assert parse_trailer(raw, file_size=total, page_size=page) == tr
+
+
+def test_exact_multiple_costs_one_page():
+    assert stored_size(4 * MiB, HP) == 6 * MiB
+    assert stored_size(4 * MiB - 64, HP) == 4 * MiB
+    assert stored_size(4 * MiB - 63, HP) == 6 * MiB
+
+
+def test_trailer_rejects():
+    tr = Trailer(10, HP)
+    raw = tr.pack()
+    assert parse_trailer(raw, file_size=HP, page_size=HP) == tr
+    assert parse_trailer(raw, file_size=2 * HP, page_size=HP) is None  # size disagrees
+    assert parse_trailer(raw, file_size=1 << 30, page_size=1 << 30) is None  # page disagrees
+    bad = bytearray(raw)
+    bad[20] ^= 1  # flipped bit in the true size: check value catches it
+    assert parse_trailer(bytes(bad), file_size=HP, page_size=HP) is None
+    assert parse_trailer(b"GGUF" + raw[4:], file_size=HP, page_size=HP) is None
+    assert parse_trailer(raw[:-1], file_size=HP, page_size=HP) is None
+
+
+def test_checksum_tree_matches_file_reader(tmp_path):
+    data = os.urandom(3 * 4096 + 17)
+    p = tmp_path / "d"
+    p.write_bytes(data)
+    fd = os.open(p, os.O_RDONLY)
+    try:
+        assert store._checksum_file(fd, len(data), 12) == checksum_bytes(data, 12)
+        assert store._checksum_file(fd, len(data), 12) != checksum_bytes(data[:-1] + b"!", 12)
+    finally:
+        os.close(fd)
+
+
+def test_parse_numa_maps():
+    text = (
+        "7f0000000000 default file=/srv/m/a.gguf huge dirty=3 mapmax=2 N0=2 N1=1 "
+        "kernelpagesize_kB=2048\n"
+        "7f1000000000 default file=/srv/m/a.gguf.bak huge N0=7 kernelpagesize_kB=2048\n"
+        "7f2000000000 default anon=3 dirty=3 N0=3 kernelpagesize_kB=4\n")
+    assert store.parse_numa_maps(text, "/srv/m/a.gguf", HP) == {0: 2, 1: 1}
+    assert store.parse_numa_maps(text, "/srv/m/none", HP) == {}
+
+
+# --- --root (a tree): list / verify / pool work on files, load / unload refuse -------------------
+def _store_file(path, data: bytes, *, checksum: bool = True) -> None:
+    total = stored_size(len(data), HP)
+    tr = Trailer(len(data), HP, ALGO_XXH3_TREE if checksum else 0, 25 if checksum else 0,
+                 checksum_bytes(data) if checksum else 0, 1)
+    path.write_bytes(data + bytes(total - len(data) - TRAILER_LEN) + tr.pack())
+
+
+def test_root_list_and_verify(ryzen):
+    d = ryzen / "dev/hugepages"
+    d.mkdir(parents=True, exist_ok=True)
+    _store_file(d / "good.gguf", b"GGUF" + os.urandom(3 * MiB))
+    (d / "junk.bin").write_bytes(b"x" * 100)
+    _store_file(d / ".x.gguf.hosttune-loading-42", b"partial")
+    r = run_cli("models", "list", "--root", str(ryzen), "--mount", "/dev/hugepages", "--json")
+    assert r.returncode == 0, r.stderr
+    by = {m["name"]: m for m in json.loads(r.stdout)["models"]}
+    assert by["good.gguf"]["valid"] and by["good.gguf"]["true_size_bytes"] == 3 * MiB + 4
+    assert by["good.gguf"]["pages"] == 2 and by["good.gguf"]["pages_per_node"] is None
+    assert not by["junk.bin"]["valid"]
+    assert by[".x.gguf.hosttune-loading-42"]["partial"]
+    r = run_cli("models", "verify", "good.gguf", "--root", str(ryzen), "--mount",
+                "/dev/hugepages")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "checksum ok" in r.stdout
+    r = run_cli("models", "verify", "--root", str(ryzen), "--mount", "/dev/hugepages", "--json")
+    assert r.returncode == 1
+    res = {x["name"]: x for x in json.loads(r.stdout)}
+    assert res["good.gguf"]["ok"] and not res["junk.bin"]["ok"]
+    assert "interrupted load" in res[".x.gguf.hosttune-loading-42"]["problems"][0]
+    # corrupt one byte of the data: verify fails with a checksum mismatch
+    raw = bytearray((d / "good.gguf").read_bytes())
+    raw[10] ^= 0xFF
+    (d / "good.gguf").write_bytes(bytes(raw))
+    r = run_cli("models", "verify", "good.gguf", "--root", str(ryzen), "--mount",
+                "/dev/hugepages")
+    assert r.returncode == 1 and "checksum mismatch" in r.stdout
+
+
+def test_root_refuses_load_and_unload(ryzen, tmp_path):
+    src = tmp_path / "m.bin"
+    src.write_bytes(b"x" * 100)
+    before = sorted(p.relative_to(ryzen) for p in ryzen.rglob("*"))
+    r = run_cli("models", "load", str(src), "--root", str(ryzen), "--mount", "/dev/hugepages")
+    assert r.returncode == 2 and "--root" in r.stderr
+    r = run_cli("models", "unload", "m.bin", "--root", str(ryzen))
+    assert r.returncode == 2 and "--root" in r.stderr
+    assert sorted(p.relative_to(ryzen) for p in ryzen.rglob("*")) == before
+
+
+PROFILE = """
+name: t
+extends: inference
+hugetlbfs:
+  mounts:
+    - path: /dev/hugepages
+      pagesize: 2M
+      size: 8GiB
+models:
+  mount: /dev/hugepages
+  declared:
+    - name: big.gguf
+      size: 10GiB
+    - name: here.gguf
+      file: /data/here.gguf
+    - name: good.gguf
+      size: 1GiB
+    - name: mystery.gguf
+"""
+
+
+def test_pool_needs_on_tree(ryzen, tmp_path):
+    d = ryzen / "dev/hugepages"
+    d.mkdir(parents=True, exist_ok=True)
+    _store_file(d / "good.gguf", os.urandom(3 * MiB))  # stored: counts as stored, not planned
+    (ryzen / "data").mkdir()
+    with open(ryzen / "data/here.gguf", "wb") as fh:
+        fh.truncate(5 * MiB)
+    prof = tmp_path / "p.yaml"
+    prof.write_text(PROFILE)
+    r = run_cli("models", "pool", "--root", str(ryzen), "--profile", str(prof), "--json")
+    assert r.returncode == 1, r.stdout + r.stderr  # the fake pool is empty: too small
+    (n,) = json.loads(r.stdout)
+    planned = stored_size(10 << 30, HP) // HP + stored_size(5 * MiB, HP) // HP
+    assert n["stored_pages"] == 2 and n["planned_pages"] == planned
+    assert n["needed_bytes"] == (2 + planned) * HP
+    assert n["short_pages"] == 2 + planned - n["pool_pages"]
+    assert n["unknown_size"] == ["mystery.gguf"]
+    r = run_cli("models", "pool", "--root", str(ryzen), "--profile", str(prof))
+    assert r.returncode == 1
+    assert "pool too small" in r.stdout and "hosttune apply" in r.stdout
+
+
+def test_pool_nothing_declared(vm):
+    r = run_cli("models", "pool", "--root", str(vm), "--json")
+    assert r.returncode == 0, r.stderr
+
+
+# --- mounts and profile ---------------------------------------------------------------------
+def test_resolve_mount_errors(tmp_path, ryzen):
+    with pytest.raises(store.ModelStoreError, match="not hugetlbfs"):
+        store.resolve_mount(Host("/"), None, str(tmp_path))
+    with pytest.raises(store.ModelStoreError, match="does not exist"):
+        store.resolve_mount(Host("/"), None, str(tmp_path / "nope"))
+    h = Host(ryzen)
+    assert store.resolve_mount(h, None, None).path == "/dev/hugepages"  # the only one
+    with pytest.raises(store.ModelStoreError, match="not hugetlbfs|does not exist"):
+        store.resolve_mount(h, None, "/srv/other")
+    mi = ryzen / "proc/self/mountinfo"
+    mi.write_text(mi.read_text() + "90 22 0:50 / /mnt/big rw - hugetlbfs none rw,pagesize=1G,"
+                  "size=4G\n")
+    with pytest.raises(store.ModelStoreError, match="several hugetlbfs mounts"):
+        store.resolve_mount(h, None, None)
+    big = store.resolve_mount(h, None, "/mnt/big")
+    assert big.page_size == 1 << 30 and big.limit_bytes == 4 << 30
+
+
+def test_profile_models_section(tmp_path):
+    from hosttune.profile import load_profile
+
+    p = tmp_path / "p.yaml"
+    p.write_text(PROFILE)
+    prof = load_profile(str(p)).profile
+    assert prof.models is not None and prof.models.declared[0].name == "big.gguf"
+    p.write_text("name: t\nmodels:\n  declared:\n    - name: ../etc/passwd\n")
+    with pytest.raises(ProfileError, match="model name"):
+        load_profile(str(p))
+    p.write_text("name: t\nmodels:\n  declared:\n    - name: a.gguf\n      size: lots\n")
+    with pytest.raises(ProfileError):
+        load_profile(str(p))
+    p.write_text("name: t\nmodels:\n  declared:\n    - name: a.gguf\n      nod: 1\n")
+    with pytest.raises(ProfileError):
+        load_profile(str(p))
