@@ -7,7 +7,7 @@ from __future__ import annotations
 import typer
 
 from hosttune import __version__
-from hosttune.cli import core_cmds, profiles
+from hosttune.cli import core_cmds, monitor, profiles
 
 app = typer.Typer(
     name="hosttune",
@@ -23,6 +23,7 @@ app.command()(core_cmds.plan)
 app.command()(core_cmds.apply)
 app.command()(core_cmds.rollback)
 app.add_typer(profiles.app, name="profiles")
+app.add_typer(monitor.status_app, name="status"); app.command()(monitor.watch); app.command()(monitor.exporter)  # noqa: E702
 
 
 def _version(value: bool) -> None:
