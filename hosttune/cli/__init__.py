@@ -23,7 +23,9 @@ app.command()(core_cmds.plan)
 app.command()(core_cmds.apply)
 app.command()(core_cmds.rollback)
 app.add_typer(profiles.app, name="profiles")
-app.add_typer(monitor.status_app, name="status"); app.command()(monitor.watch); app.command()(monitor.exporter)  # noqa: E702
+app.add_typer(monitor.status_app, name="status")
+app.command()(monitor.watch)
+app.command()(monitor.exporter)
 
 
 def _version(value: bool) -> None:
