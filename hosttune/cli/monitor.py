@@ -53,7 +53,7 @@ def _page(n: int) -> str:
 
 
 def _unavail(title: str, v: Any) -> Text:
-    return Text.assemble((f"{title:<10}", "bold"), (f"unavailable: {v.reason}", "dim"))
+    return Text.assemble((f"{title:<10} ", "bold"), (f"unavailable: {v.reason}", "dim"))
 
 
 def render(snap, *, cpu_pct: dict[str, float] | None = None, width: int = 80):
