@@ -264,3 +264,45 @@ def test_unit_passes_systemd_analyze_verify(tmp_path: Path) -> None:
                        env=dict(os.environ, SYSTEMD_LOG_LEVEL="warning"))
     problems = [line for line in (r.stdout + r.stderr).splitlines() if UNIT.name in line]
     assert r.returncode == 0 and not problems, r.stdout + r.stderr
+
+
+_DROP_AND_SERVE = r"""
+import os, sys, time
+from hosttune.host import Host
+from hosttune.monitor import exporter as exp
+from hosttune.monitor.snapshot import Monitor
+# import what is loaded lazily while still allowed to read the interpreter's site-packages
+import encodings.idna, hosttune.engine, hosttune.profile, pynvml  # noqa
+from hosttune.tunables import all_tunables
+all_tunables()
+os.setgroups([]); os.setgid(65534); os.setuid(65534)  # nobody, like DynamicUser
+srv = exp.start(Monitor(Host("/"), "inference", audit_interval_s=3600), "127.0.0.1", 0)
+print(srv.port, os.geteuid(), flush=True)
+time.sleep(120)
+"""
+
+
+def test_exporter_works_as_unprivileged_user() -> None:
+    need(os.geteuid() == 0, "needs root to drop to an unprivileged user")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-c", _DROP_AND_SERVE], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read() if proc.stderr else ""
+        port, euid = (int(x) for x in line.split())
+        assert euid == 65534
+        url = f"http://127.0.0.1:{port}/metrics"
+        deadline = time.time() + 30
+        while True:  # the first audit runs on the background thread
+            ss = samples(urllib.request.urlopen(url, timeout=10).read().decode())
+            if one(ss, "hosttune_audit_up") == 1 or time.time() > deadline:
+                break
+            time.sleep(0.2)
+        for c in ("cpu", "memory", "hugepages", "memlocked", "containers", "audit"):
+            assert one(ss, "hosttune_collector_up", collector=c) == 1, c
+        assert one(ss, "hosttune_drift_settings", profile="inference") >= 0
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
