@@ -6,6 +6,7 @@ reads only cheap /proc and /sys values."""
 from __future__ import annotations
 
 import ipaddress
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -204,9 +205,13 @@ def families(snap: Snapshot) -> list[Metric]:
 class HosttuneCollector(PromCollector):
     def __init__(self, monitor: Monitor) -> None:
         self.monitor = monitor
+        # the HTTP server is threaded; the collectors' caches are not meant for concurrent use
+        self._lock = threading.Lock()
 
     def collect(self) -> Iterator[Metric]:
-        yield from families(self.monitor.snapshot())
+        with self._lock:
+            snap = self.monitor.snapshot()
+        yield from families(snap)
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # no collection at registration time
