@@ -13,7 +13,16 @@ os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "1")
 import typer
 
 from hosttune import __version__
-from hosttune.cli import containers, core_cmds, doctor, models, profiles, status, topology
+from hosttune.cli import (
+    containers,
+    core_cmds,
+    doctor,
+    models,
+    monitor,
+    profiles,
+    status,
+    topology,
+)
 
 app = typer.Typer(
     name="hosttune",
@@ -32,7 +41,10 @@ app.command()(doctor.doctor)
 app.add_typer(profiles.app, name="profiles")
 app.command()(topology.topology)
 app.add_typer(containers.app, name="containers")
-app.add_typer(status.app, name="status")
+app.add_typer(monitor.status_app, name="status")
+monitor.status_app.command("gpu")(status.gpu)
+app.command()(monitor.watch)
+app.command()(monitor.exporter)
 app.add_typer(models.app, name="models")
 app.add_typer(models.shim_app, name="shim")
 

@@ -1,7 +1,7 @@
 """hosttune status ... - live snapshots (read-only, no root needed).
 
-``status`` is a group so the overall snapshot (``hosttune status`` alone) can be added by its
-callback later; ``status gpu`` is the NVIDIA part."""
+``hosttune status`` alone is the host snapshot (cli/monitor.py, the group's callback);
+``status gpu`` is the NVIDIA part, registered on that group in cli/__init__.py."""
 
 from __future__ import annotations
 
@@ -20,17 +20,6 @@ from hosttune.cli.common import (
     run_guarded,
 )
 
-app = typer.Typer(help="Live status snapshots (read-only).", invoke_without_command=True)
-
-
-@app.callback()
-def _status(ctx: typer.Context) -> None:
-    """Live status snapshots (read-only)."""
-    if ctx.invoked_subcommand is None:
-        console.print(ctx.get_help())
-        raise typer.Exit(EXIT_OK)
-
-
 def _w(v) -> str:
     return "—" if v is None else f"{v:g} W"
 
@@ -47,7 +36,6 @@ def _gib(v) -> str:
     return "—" if v is None else f"{v / 2**30:.1f} GiB"
 
 
-@app.command("gpu")
 def gpu(root: RootOpt = None, json_out: JsonOpt = False) -> None:
     """NVIDIA GPUs: persistence, power, clocks, compute mode, PCIe link, memory, temperature,
     clock event reasons. Exit 1 when something needs a look (down-trained link, hardware

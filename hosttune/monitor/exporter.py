@@ -1,0 +1,269 @@
+"""Prometheus exporter: a custom collector over the monitor's collectors, base units.
+
+The audit runs on a background interval (AuditCache.start), never on the scrape path; a scrape
+reads only cheap /proc and /sys values."""
+
+from __future__ import annotations
+
+import ipaddress
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    Metric,
+)
+from prometheus_client.registry import Collector as PromCollector
+from prometheus_client.registry import CollectorRegistry
+
+from hosttune.errors import HosttuneError
+from hosttune.monitor.gpu import COMPUTE_MODES
+from hosttune.monitor.snapshot import (
+    AuditSummary,
+    ContainersReading,
+    CpuReading,
+    GpusReading,
+    HugePagesReading,
+    MemLockedReading,
+    MemoryReading,
+    Monitor,
+    Snapshot,
+    StoreReading,
+    Unavailable,
+)
+
+if TYPE_CHECKING:
+    from wsgiref.simple_server import WSGIServer
+
+DEFAULT_LISTEN = "127.0.0.1:9866"
+P = "hosttune_"
+
+# name -> (type, help); the dashboard test checks every name it uses is listed here and emitted.
+METRICS: dict[str, tuple[str, str]] = {
+    "collector_up": ("gauge", "1 if the collector could read its subsystem, else 0"),
+    "setting_compliant": ("gauge", "1 if the setting matches the profile at the last audit"),
+    "drift_settings": ("gauge", "Number of settings drifting from the profile"),
+    "audit_last_timestamp_seconds": ("gauge", "Unix time the last audit finished"),
+    "audit_duration_seconds": ("gauge", "How long the last audit took"),
+    "audit_up": ("gauge", "1 if the last audit ran, else 0"),
+    "cpu_frequency_hertz": ("gauge", "Current CPU frequency (cpufreq, else /proc/cpuinfo)"),
+    "cpu_governor": ("gauge", "1 for the active cpufreq governor of a CPU"),
+    "memory_total_bytes": ("gauge", "MemTotal"),
+    "memory_available_bytes": ("gauge", "MemAvailable"),
+    "swap_total_bytes": ("gauge", "SwapTotal"),
+    "swap_free_bytes": ("gauge", "SwapFree"),
+    "hugepages_total": ("gauge", "Huge pages in the pool (node=all: system-wide)"),
+    "hugepages_free": ("gauge", "Free huge pages"),
+    "hugepages_surplus": ("gauge", "Surplus (overcommitted) huge pages"),
+    "hugepages_reserved": ("gauge", "Reserved, not yet faulted huge pages (system-wide only)"),
+    "memlocked_bytes": ("gauge", "Mlocked memory (meminfo Mlocked)"),
+    "model_store_used_bytes": ("gauge", "Huge-page memory held by files in a hugetlbfs mount"),
+    "model_store_size_bytes": ("gauge", "size= limit of a hugetlbfs mount"),
+    "model_store_files": ("gauge", "Files in a hugetlbfs mount"),
+    "container_vmlck_bytes": ("gauge", "Sum of VmLck over a container's processes"),
+    "container_memory_bytes": ("gauge", "Container cgroup memory usage"),
+    "container_cpu_seconds": ("counter", "Container cgroup CPU time"),
+    "container_cpuset_compliant": ("gauge", "1 if pinned to whole cores without overlap"),
+    "gpu_power_watts": ("gauge", "GPU power draw"),
+    "gpu_power_limit_watts": ("gauge", "Enforced GPU power limit"),
+    "gpu_clock_hertz": ("gauge", "GPU clock (clock=sm|mem)"),
+    "gpu_compute_mode": ("gauge", "1 for the GPU's current compute mode"),
+    "gpu_persistence_mode": ("gauge", "1 if persistence mode is on"),
+}
+
+
+def _fam(name: str, labels: list[str]) -> GaugeMetricFamily | CounterMetricFamily:
+    kind, doc = METRICS[name]
+    if kind == "counter":
+        return CounterMetricFamily(P + name, doc, labels=labels)
+    return GaugeMetricFamily(P + name, doc, labels=labels)
+
+
+def families(snap: Snapshot) -> list[Metric]:
+    """Prometheus metric families for a snapshot (pure: testable without a server)."""
+    out: list[Metric] = []
+    up = _fam("collector_up", ["collector", "reason"])
+    for cname in ("cpu", "memory", "hugepages", "memlocked", "store", "containers", "gpu",
+                  "audit"):
+        v = getattr(snap, cname)
+        up.add_metric([cname, v.reason if isinstance(v, Unavailable) else ""],
+                      0.0 if isinstance(v, Unavailable) else 1.0)
+    out.append(up)
+
+    aud = snap.audit
+    a_up = _fam("audit_up", [])
+    a_up.add_metric([], 1.0 if isinstance(aud, AuditSummary) else 0.0)
+    out.append(a_up)
+    if isinstance(aud, AuditSummary):
+        # No status label: a label that changes with the value would start a new series.
+        comp = _fam("setting_compliant", ["tunable", "key", "profile"])
+        for r in aud.rows:
+            comp.add_metric([r.tunable, r.key, aud.profile], 1.0 if r.compliant else 0.0)
+        drift = _fam("drift_settings", ["profile"])
+        drift.add_metric([aud.profile], float(aud.drift))
+        ts = _fam("audit_last_timestamp_seconds", ["profile"])
+        ts.add_metric([aud.profile], aud.at)
+        dur = _fam("audit_duration_seconds", ["profile"])
+        dur.add_metric([aud.profile], aud.duration_s)
+        out += [comp, drift, ts, dur]
+
+    if isinstance(snap.cpu, CpuReading):
+        f = _fam("cpu_frequency_hertz", ["cpu", "source"])
+        g = _fam("cpu_governor", ["cpu", "governor"])
+        for core in snap.cpu.cores:
+            if core.cur_freq_hz is not None:
+                f.add_metric([str(core.cpu), "cpufreq"], float(core.cur_freq_hz))
+            if core.cpuinfo_mhz is not None:
+                f.add_metric([str(core.cpu), "cpuinfo"], core.cpuinfo_mhz * 1e6)
+            if core.governor:
+                g.add_metric([str(core.cpu), core.governor], 1.0)
+        out += [f, g]
+
+    if isinstance(snap.memory, MemoryReading):
+        m = snap.memory
+        for name, val in (("memory_total_bytes", m.total_bytes),
+                          ("memory_available_bytes", m.available_bytes),
+                          ("swap_total_bytes", m.swap_total_bytes),
+                          ("swap_free_bytes", m.swap_free_bytes)):
+            fam = _fam(name, [])
+            fam.add_metric([], float(val))
+            out.append(fam)
+
+    if isinstance(snap.hugepages, HugePagesReading):
+        labels = ["node", "page_size_bytes"]
+        tot, free, surp = (_fam(n, labels) for n in
+                           ("hugepages_total", "hugepages_free", "hugepages_surplus"))
+        resv = _fam("hugepages_reserved", labels)
+        for p in snap.hugepages.pools:
+            lv = ["all" if p.node is None else str(p.node), str(p.page_size_bytes)]
+            tot.add_metric(lv, float(p.total))
+            free.add_metric(lv, float(p.free))
+            surp.add_metric(lv, float(p.surplus))
+            if p.reserved is not None:
+                resv.add_metric(lv, float(p.reserved))
+        out += [tot, free, surp, resv]
+
+    if isinstance(snap.memlocked, MemLockedReading):
+        ml = _fam("memlocked_bytes", [])
+        ml.add_metric([], float(snap.memlocked.mlocked_bytes))
+        out.append(ml)
+
+    if isinstance(snap.store, StoreReading):
+        used = _fam("model_store_used_bytes", ["mount", "page_size_bytes"])
+        size = _fam("model_store_size_bytes", ["mount", "page_size_bytes"])
+        nfiles = _fam("model_store_files", ["mount", "page_size_bytes"])
+        for mnt in snap.store.mounts:
+            lv = [mnt.mount_point, str(mnt.page_size_bytes)]
+            used.add_metric(lv, float(mnt.used_bytes))
+            nfiles.add_metric(lv, float(len(mnt.files)))
+            if mnt.size_limit_bytes is not None:
+                size.add_metric(lv, float(mnt.size_limit_bytes))
+        out += [used, size, nfiles]
+
+    if isinstance(snap.containers, ContainersReading):
+        lab = ["container", "id"]
+        vm, mem = _fam("container_vmlck_bytes", lab), _fam("container_memory_bytes", lab)
+        cpu, cs = _fam("container_cpu_seconds", lab), _fam("container_cpuset_compliant", lab)
+        for c in snap.containers.containers:
+            lv = [c.name, c.id[:12]]
+            vm.add_metric(lv, float(c.vmlck_bytes))
+            if c.memory_bytes is not None:
+                mem.add_metric(lv, float(c.memory_bytes))
+            if c.cpu_seconds is not None:
+                cpu.add_metric(lv, c.cpu_seconds)
+            cs.add_metric(lv, 1.0 if c.cpuset_compliant else 0.0)
+        out += [vm, mem, cpu, cs]
+
+    if isinstance(snap.gpu, GpusReading):
+        lab = ["gpu", "uuid", "name"]
+        pw, pl = _fam("gpu_power_watts", lab), _fam("gpu_power_limit_watts", lab)
+        clk = _fam("gpu_clock_hertz", [*lab, "clock"])
+        mode = _fam("gpu_compute_mode", [*lab, "mode"])
+        pers = _fam("gpu_persistence_mode", lab)
+        for gr in snap.gpu.gpus:
+            lv = [str(gr.index), gr.uuid, gr.name]
+            if gr.power_w is not None:
+                pw.add_metric(lv, gr.power_w)
+            if gr.power_limit_w is not None:
+                pl.add_metric(lv, gr.power_limit_w)
+            if gr.sm_clock_hz is not None:
+                clk.add_metric([*lv, "sm"], float(gr.sm_clock_hz))
+            if gr.mem_clock_hz is not None:
+                clk.add_metric([*lv, "mem"], float(gr.mem_clock_hz))
+            if gr.compute_mode is not None:
+                for mname in COMPUTE_MODES.values():
+                    mode.add_metric([*lv, mname], 1.0 if mname == gr.compute_mode else 0.0)
+            if gr.persistence is not None:
+                pers.add_metric(lv, 1.0 if gr.persistence else 0.0)
+        out += [pw, pl, clk, mode, pers]
+    return out
+
+
+class HosttuneCollector(PromCollector):
+    def __init__(self, monitor: Monitor) -> None:
+        self.monitor = monitor
+        # the HTTP server is threaded; the collectors' caches are not meant for concurrent use
+        self._lock = threading.Lock()
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            snap = self.monitor.snapshot()
+        yield from families(snap)
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # no collection at registration time
+
+
+def parse_listen(listen: str) -> tuple[str, int]:
+    """'127.0.0.1:9866' / '[::1]:9866' / ':9866' (loopback) -> (addr, port)."""
+    host, sep, port_s = listen.rpartition(":")
+    if not sep or not port_s.isdigit() or not 0 <= int(port_s) <= 65535:
+        raise HosttuneError(f"--listen {listen!r}: expected ADDRESS:PORT, e.g. {DEFAULT_LISTEN}")
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        ipaddress.ip_address(host)
+    except ValueError as err:
+        raise HosttuneError(f"--listen {listen!r}: {host!r} is not an IP address") from err
+    return host, int(port_s)
+
+
+def is_loopback(addr: str) -> bool:
+    return ipaddress.ip_address(addr).is_loopback
+
+
+@dataclass
+class Exporter:
+    monitor: Monitor
+    registry: CollectorRegistry
+    server: WSGIServer
+    thread: Any
+
+    @property
+    def port(self) -> int:
+        return int(self.server.server_port)
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        if self.monitor.audit is not None:
+            self.monitor.audit.stop()
+
+
+def start(monitor: Monitor, addr: str, port: int) -> Exporter:
+    """Start serving /metrics on a daemon thread; the audit refreshes on its own thread."""
+    from prometheus_client.exposition import start_http_server
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(HosttuneCollector(monitor))
+    if monitor.audit is not None:
+        monitor.audit.start()
+    try:
+        server, thread = start_http_server(port, addr=addr, registry=registry)
+    except OSError as err:
+        if monitor.audit is not None:
+            monitor.audit.stop()
+        raise HosttuneError(f"cannot listen on {addr}:{port}: {err.strerror}") from err
+    return Exporter(monitor, registry, server, thread)

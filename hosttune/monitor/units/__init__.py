@@ -1,0 +1,1 @@
+"""Packaged systemd units of the monitor (hosttune-exporter.service)."""

@@ -1,0 +1,436 @@
+"""Monitor snapshot: every field read from fake trees laid out like real /proc and /sys."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pynvml
+import pytest
+
+from hosttune.host import Host
+from hosttune.monitor import collect
+from hosttune.monitor import gpu as gpu_mod
+from hosttune.monitor.parsers import (
+    container_id_from_dirname,
+    parse_cpuinfo_mhz,
+    parse_status_vmlck,
+)
+from hosttune.monitor.snapshot import (
+    ContainersReading,
+    CpuReading,
+    GpusReading,
+    HugePagesReading,
+    Monitor,
+    StoreReading,
+    Unavailable,
+    cpuset_findings,
+)
+from tests import fakehost
+from tests.conftest import run_cli
+
+MiB = 1024**2
+CID_A = "a" * 64
+CID_B = "b" * 64
+CID_C = "c" * 64
+
+
+# --- tree builders (additions on top of tests/fakehost.py) -------------------------------------
+def add_cpu_freqs(root: Path, n: int) -> dict[int, float]:
+    """Distinct "cpu MHz" per CPU and scaling_cur_freq per policy; governors mixed."""
+    mhz = {i: 3000.0 + i * 10.5 for i in range(n)}
+    (root / "proc/cpuinfo").write_text("".join(
+        f"processor\t: {i}\nvendor_id\t: AuthenticAMD\ncpu MHz\t\t: {mhz[i]:.3f}\n\n"
+        for i in range(n)))
+    pol = root / "sys/devices/system/cpu/cpufreq"
+    for i in range(n):
+        if (pol / f"policy{i}").exists():
+            (pol / f"policy{i}/scaling_cur_freq").write_text(f"{4000000 + i * 1000}\n")
+            (pol / f"policy{i}/scaling_governor").write_text(
+                "performance\n" if i % 2 else "powersave\n")
+    return mhz
+
+
+def set_hugepages(root: Path, size_kb: int, *, total: int, free: int, resv: int, surp: int,
+                  per_node: dict[int, tuple[int, int, int]]) -> None:
+    g = root / f"sys/kernel/mm/hugepages/hugepages-{size_kb}kB"
+    for f, v in (("nr_hugepages", total), ("free_hugepages", free), ("resv_hugepages", resv),
+                 ("surplus_hugepages", surp)):
+        (g / f).write_text(f"{v}\n")
+    for node, (t, fr, s) in per_node.items():
+        d = root / f"sys/devices/system/node/node{node}/hugepages/hugepages-{size_kb}kB"
+        for f, v in (("nr_hugepages", t), ("free_hugepages", fr), ("surplus_hugepages", s)):
+            (d / f).write_text(f"{v}\n")
+
+
+def set_mlocked(root: Path, mem_total: int, mlocked: int) -> None:
+    (root / "proc/meminfo").write_text(fakehost.meminfo(mem_total, mlocked=mlocked,
+                                                        hp_total=100, hp_free=40))
+
+
+def add_mounts(root: Path, lines: list[str]) -> None:
+    mi = root / "proc/self/mountinfo"
+    mi.write_text(mi.read_text() + "\n".join(lines) + "\n")
+
+
+def add_store(root: Path) -> dict[str, int]:
+    add_mounts(root, ["40 22 0:40 / /srv/hosttune/models rw,relatime shared:9 - hugetlbfs "
+                      "hugetlbfs rw,pagesize=2M,size=4G,mode=750"])
+    files = {"llama-q8.gguf": 3 * MiB + 5, "sub/tiny.gguf": 2 * MiB}
+    for name, size in files.items():
+        p = root / "srv/hosttune/models" / name
+        p.parent.mkdir(parents=True, exist_ok=True)
+        with open(p, "wb") as fh:
+            fh.truncate(size)
+    return files
+
+
+def add_process(root: Path, pid: int, vmlck_kb: int) -> None:
+    fakehost.w(root, f"/proc/{pid}/status", f"Name:\tllama-server\nVmPeak:\t  100 kB\n"
+               f"VmLck:\t{vmlck_kb:>8} kB\nVmPin:\t       0 kB\n")
+
+
+# (id, cpuset, pids with VmLck kB, cpu ns, memory bytes)
+CONTAINERS = [
+    (CID_A, "0-7,16-23", {4001: 1024, 4002: 2048}, 5_000_000_000, 700 * MiB),  # whole cores
+    (CID_B, "8-15", {4101: 0}, 1_500_000_000, 300 * MiB),  # splits siblings 24-31
+    (CID_C, "0-31", {4201: 4}, 0, MiB),  # not pinned
+]
+
+
+def add_cgroup_v1(root: Path) -> None:
+    """Docker with the cgroupfs driver on cgroup v1 (as on this VM): separate controllers."""
+    lines = []
+    for i, ctl in enumerate(("cpu", "cpuacct", "cpuset", "memory")):
+        lines.append(f"{50 + i} 30 0:{50 + i} / /sys/fs/cgroup/{ctl} rw,relatime shared:{20 + i}"
+                     f" - cgroup cgroup rw,{ctl}")
+    lines.append("60 30 0:60 / /sys/fs/cgroup/unified rw,relatime shared:30 - cgroup2 cgroup2 rw")
+    add_mounts(root, lines)
+    for cid, cpus, pids, ns, mem in CONTAINERS:
+        cg = "/sys/fs/cgroup"
+        fakehost.w(root, f"{cg}/cpuacct/docker/{cid}/cpuacct.usage", f"{ns}\n")
+        fakehost.w(root, f"{cg}/cpuacct/docker/{cid}/cgroup.procs",
+                   "".join(f"{p}\n" for p in pids))
+        fakehost.w(root, f"{cg}/memory/docker/{cid}/memory.usage_in_bytes", f"{mem}\n")
+        fakehost.w(root, f"{cg}/memory/docker/{cid}/cgroup.procs", "".join(f"{p}\n" for p in pids))
+        fakehost.w(root, f"{cg}/cpuset/docker/{cid}/cpuset.cpus", f"{cpus}\n")
+        fakehost.w(root, f"{cg}/cpuset/docker/{cid}/cpuset.effective_cpus", f"{cpus}\n")
+        for pid, kb in pids.items():
+            add_process(root, pid, kb)
+    # a non-container cgroup next to them must be ignored
+    fakehost.w(root, "/sys/fs/cgroup/memory/docker/not-a-container/memory.usage_in_bytes", "1\n")
+
+
+def add_cgroup_v2(root: Path) -> None:
+    """Docker with the systemd driver on a pure cgroup v2 host."""
+    add_mounts(root, ["50 30 0:50 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:20 "
+                      "- cgroup2 cgroup2 rw,nsdelegate,memory_recursiveprot"])
+    for cid, cpus, pids, ns, mem in CONTAINERS:
+        d = f"/sys/fs/cgroup/system.slice/docker-{cid}.scope"
+        fakehost.w(root, f"{d}/cpu.stat", f"usage_usec {ns // 1000}\nuser_usec 1\nsystem_usec 1\n")
+        fakehost.w(root, f"{d}/memory.current", f"{mem}\n")
+        fakehost.w(root, f"{d}/cpuset.cpus.effective", f"{cpus}\n")
+        fakehost.w(root, f"{d}/cgroup.procs", "".join(f"{p}\n" for p in pids))
+        for pid, kb in pids.items():
+            add_process(root, pid, kb)
+
+
+def full_ryzen(tmp_path: Path) -> Path:
+    root = fakehost.ryzen_9950x(tmp_path / "ryzen")
+    add_cpu_freqs(root, 32)
+    set_mlocked(root, 128 * fakehost.GiB, 123 * MiB)
+    set_hugepages(root, 2048, total=100, free=40, resv=10, surp=2, per_node={0: (100, 40, 2)})
+    add_store(root)
+    add_cgroup_v1(root)
+    return root
+
+
+# --- parsers ------------------------------------------------------------------------------------
+def test_parse_cpuinfo_mhz_and_vmlck() -> None:
+    text = ("processor\t: 0\ncpu MHz\t\t: 2445.408\n\nprocessor\t: 1\nmodel name\t: x\n\n"
+            "processor\t: 2\ncpu MHz\t\t: 5752.000\n")
+    assert parse_cpuinfo_mhz(text) == {0: 2445.408, 2: 5752.0}
+    assert parse_status_vmlck("Name:\tx\nVmLck:\t    2048 kB\n") == 2 * MiB
+    assert parse_status_vmlck("Name:\tkthreadd\n") is None
+    assert container_id_from_dirname(f"docker-{CID_A}.scope") == CID_A
+    assert container_id_from_dirname(CID_B) == CID_B
+    assert container_id_from_dirname("docker-xyz.scope") is None
+
+
+def test_cpuset_findings_rules() -> None:
+    online = set(range(8))
+    sib = {c: (c % 4, c % 4 + 4) for c in range(8)}
+    assert cpuset_findings("a", {0, 4}, online, sib, {"a": {0, 4}}, "0,4") == []
+    assert "not pinned" in cpuset_findings("a", set(online), online, sib, {}, None)[0]
+    assert "splits SMT" in cpuset_findings("a", {0, 1}, online, sib, {}, None)[0]
+    f = cpuset_findings("a", {0, 4}, online, sib, {"a": {0, 4}, "b": {0, 4, 1, 5}}, None)
+    assert f == ["overlaps b on 0,4"]
+    assert "docker asked 1,5" in cpuset_findings("a", {0, 4}, online, sib, {}, "1,5")[0]
+
+
+# --- snapshot fields ----------------------------------------------------------------------------
+def test_cpu_mhz_and_governor_per_core(tmp_path: Path) -> None:
+    root = full_ryzen(tmp_path)
+    snap = collect(Host(root), with_audit=False)
+    assert isinstance(snap.cpu, CpuReading)
+    assert len(snap.cpu.cores) == 32
+    for c in snap.cpu.cores:
+        assert c.cpuinfo_mhz == pytest.approx(3000.0 + c.cpu * 10.5)
+        assert c.cur_freq_hz == (4000000 + c.cpu * 1000) * 1000
+        assert c.governor == ("performance" if c.cpu % 2 else "powersave")
+        assert c.driver == "amd-pstate-epp"
+    assert snap.cpu.governors == {"powersave": 16, "performance": 16}
+
+
+def test_cpu_without_cpufreq_uses_cpuinfo(vm: Path) -> None:
+    snap = collect(Host(vm), with_audit=False)
+    assert isinstance(snap.cpu, CpuReading)
+    live = parse_cpuinfo_mhz(Path("/proc/cpuinfo").read_text())
+    assert {c.cpu for c in snap.cpu.cores} == set(live)
+
+
+def test_memory_swap_and_memlocked(tmp_path: Path) -> None:
+    root = full_ryzen(tmp_path)
+    snap = collect(Host(root), with_audit=False)
+    assert not isinstance(snap.memory, Unavailable)
+    assert snap.memory.total_bytes == 128 * fakehost.GiB
+    assert snap.memory.available_bytes == 64 * fakehost.GiB
+    assert not isinstance(snap.memlocked, Unavailable)
+    assert snap.memlocked.mlocked_bytes == 123 * MiB
+    # the ryzen tree has an 8 GiB swap file in /proc/swaps
+    ep = collect(Host(fakehost.epyc_2s(tmp_path / "e")), with_audit=False)
+    assert not isinstance(ep.memory, Unavailable)
+    assert [s.path for s in ep.memory.swaps] == ["/dev/nvme0n1p3"]
+    assert ep.memory.swap_total_bytes == 16 * fakehost.GiB
+
+
+def test_hugepages_per_size_and_node(tmp_path: Path) -> None:
+    root = fakehost.epyc_2s(tmp_path / "e")
+    set_hugepages(root, 2048, total=300, free=120, resv=7, surp=3,
+                  per_node={0: (200, 100, 1), 1: (100, 20, 2)})
+    set_hugepages(root, 1048576, total=4, free=4, resv=0, surp=0,
+                  per_node={0: (2, 2, 0), 1: (2, 2, 0)})
+    snap = collect(Host(root), with_audit=False)
+    assert isinstance(snap.hugepages, HugePagesReading)
+    got = {(p.page_size_bytes, p.node): (p.total, p.free, p.reserved, p.surplus)
+           for p in snap.hugepages.pools}
+    assert got == {
+        (2 * MiB, None): (300, 120, 7, 3), (2 * MiB, 0): (200, 100, None, 1),
+        (2 * MiB, 1): (100, 20, None, 2), (1024 * MiB, None): (4, 4, 0, 0),
+        (1024 * MiB, 0): (2, 2, None, 0), (1024 * MiB, 1): (2, 2, None, 0),
+    }
+
+
+def test_model_store_files_and_usage(tmp_path: Path) -> None:
+    root = full_ryzen(tmp_path)
+    snap = collect(Host(root), with_audit=False)
+    assert isinstance(snap.store, StoreReading)
+    mounts = {m.mount_point: m for m in snap.store.mounts}
+    assert set(mounts) == {"/dev/hugepages", "/srv/hosttune/models"}
+    m = mounts["/srv/hosttune/models"]
+    assert m.page_size_bytes == 2 * MiB
+    assert m.size_limit_bytes == 4 * 1024 * MiB
+    assert {f.name: f.size_bytes for f in m.files} == {"llama-q8.gguf": 3 * MiB + 5,
+                                                      "sub/tiny.gguf": 2 * MiB}
+    # hugetlbfs files take whole huge pages: 3 MiB + 5 B -> 4 MiB, 2 MiB -> 2 MiB
+    assert m.used_bytes == 6 * MiB
+    assert snap.store.used_bytes == 6 * MiB
+
+
+def test_store_absent_is_unavailable(tmp_path: Path) -> None:
+    root = fakehost.epyc_2s(tmp_path / "e")
+    (root / "proc/self/mountinfo").write_text("22 1 253:0 / / rw - ext4 /dev/vda rw\n")
+    snap = collect(Host(root), with_audit=False)
+    assert snap.store == Unavailable("no hugetlbfs mount")
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_containers_cgroup_v1_and_v2(tmp_path: Path, version: int) -> None:
+    root = fakehost.ryzen_9950x(tmp_path / "r")
+    (add_cgroup_v1 if version == 1 else add_cgroup_v2)(root)
+    snap = collect(Host(root), with_audit=False)
+    ct = snap.containers
+    assert isinstance(ct, ContainersReading)
+    assert ct.cgroup_version == version
+    assert ct.names_from == "cgroup id"  # --root never asks dockerd
+    by_id = {c.id: c for c in ct.containers}
+    assert set(by_id) == {CID_A, CID_B, CID_C}
+    a, b, c = by_id[CID_A], by_id[CID_B], by_id[CID_C]
+    assert a.name == CID_A[:12]
+    assert a.vmlck_bytes == 3 * MiB and b.vmlck_bytes == 0 and c.vmlck_bytes == 4096
+    assert a.pids == (4001, 4002)
+    assert a.cpu_seconds == pytest.approx(5.0) and b.cpu_seconds == pytest.approx(1.5)
+    assert a.memory_bytes == 700 * MiB
+    assert a.cpuset == tuple([*range(8), *range(16, 24)])
+    assert a.cpuset_compliant and a.cpuset_findings == ()
+    assert not b.cpuset_compliant and "splits SMT siblings" in b.cpuset_findings[0]
+    assert not c.cpuset_compliant and c.cpuset_findings == ("not pinned (all CPUs)",)
+
+
+def test_containers_without_cgroups(tmp_path: Path) -> None:
+    root = fakehost.epyc_2s(tmp_path / "e")
+    snap = collect(Host(root), with_audit=False)
+    assert snap.containers == Unavailable("no cgroup filesystem mounted")
+
+
+def test_audit_summary_matches_engine(any_tree: Path) -> None:
+    from hosttune import engine
+    from hosttune.profile import load_profile
+
+    snap = collect(Host(any_tree), "inference")
+    rep = engine.audit(Host(any_tree), load_profile("inference"))
+    assert not isinstance(snap.audit, Unavailable)
+    assert snap.audit.drift == len(rep.drift) > 0
+    assert snap.audit.counts == rep.counts()
+    assert [(r.tunable, r.key) for r in snap.audit.rows] == [(r.tunable, r.key) for r in rep.rows]
+
+
+def test_audit_bad_profile_is_unavailable(vm: Path) -> None:
+    snap = collect(Host(vm), "no-such-profile")
+    assert isinstance(snap.audit, Unavailable) and "no built-in profile" in snap.audit.reason
+
+
+def test_a_broken_collector_does_not_stop_the_snapshot(tmp_path: Path) -> None:
+    root = full_ryzen(tmp_path)
+    (root / "proc/meminfo").unlink()
+    (root / "proc/meminfo").mkdir()  # reading it raises IsADirectoryError -> None
+    (root / "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages").write_text("garbage\n")
+    snap = collect(Host(root), with_audit=False)
+    assert snap.memory == Unavailable("/proc/meminfo missing")
+    assert isinstance(snap.hugepages, Unavailable) and "ValueError" in snap.hugepages.reason
+    assert isinstance(snap.cpu, CpuReading)
+
+
+def test_gpu_offline_is_unavailable(vm: Path) -> None:
+    snap = collect(Host(vm), with_audit=False)
+    assert isinstance(snap.gpu, Unavailable) and "--root" in snap.gpu.reason
+
+
+# --- GPU through a faithful fake NVML (same pynvml functions and error classes) ---------------
+class FakeNvml:
+    """Two devices: an H100-like that answers everything, and a GeForce-like whose power
+    reading is NOT_SUPPORTED (nvidia-smi shows [N/A]); values in NVML units (mW, MHz)."""
+
+    def __init__(self) -> None:
+        self.devs = [
+            dict(name="NVIDIA H100 80GB HBM3", uuid="GPU-1111", power=312_500, limit=700_000,
+                 sm=1980, mem=2619, mode=3, pers=1),
+            dict(name="NVIDIA GeForce RTX 5090", uuid="GPU-2222", power=None, limit=575_000,
+                 sm=2407, mem=14001, mode=0, pers=0),
+        ]
+        self.inits = 0
+
+    def install(self, mp: pytest.MonkeyPatch) -> None:
+        def val(key: str):
+            def f(h, *args):
+                if args:  # clock type
+                    key2 = "sm" if args[0] == pynvml.NVML_CLOCK_SM else "mem"
+                    return self.devs[h][key2]
+                v = self.devs[h][key]
+                if v is None:
+                    raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+                return v
+            return f
+
+        def init() -> None:
+            self.inits += 1
+
+        mp.setattr(gpu_mod, "_inited", False)
+        mp.setattr(gpu_mod, "_failed", None)
+        mp.setattr(pynvml, "nvmlInit", init)
+        mp.setattr(pynvml, "nvmlDeviceGetCount", lambda: len(self.devs))
+        mp.setattr(pynvml, "nvmlDeviceGetHandleByIndex", lambda i: i)
+        mp.setattr(pynvml, "nvmlDeviceGetName", val("name"))
+        mp.setattr(pynvml, "nvmlDeviceGetUUID", val("uuid"))
+        mp.setattr(pynvml, "nvmlDeviceGetPowerUsage", val("power"))
+        mp.setattr(pynvml, "nvmlDeviceGetEnforcedPowerLimit", val("limit"))
+        mp.setattr(pynvml, "nvmlDeviceGetClockInfo", val("sm"))
+        mp.setattr(pynvml, "nvmlDeviceGetComputeMode", val("mode"))
+        mp.setattr(pynvml, "nvmlDeviceGetPersistenceMode", val("pers"))
+
+
+def test_gpu_reading_via_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
+    fake = FakeNvml()
+    fake.install(monkeypatch)
+    r = gpu_mod.read_gpus()
+    assert isinstance(r, GpusReading)
+    h100, rtx = r.gpus
+    assert (h100.power_w, h100.power_limit_w) == (312.5, 700.0)
+    assert (h100.sm_clock_hz, h100.mem_clock_hz) == (1980_000_000, 2619_000_000)
+    assert h100.compute_mode == "EXCLUSIVE_PROCESS" and h100.persistence is True
+    assert rtx.power_w is None and rtx.unsupported == ("power",)
+    assert rtx.compute_mode == "DEFAULT" and rtx.persistence is False
+    gpu_mod.read_gpus()
+    assert fake.inits == 1  # lazy init once per process
+
+
+def test_gpu_missing_driver_is_unavailable_and_cached(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def init() -> None:
+        calls.append(1)
+        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+
+    monkeypatch.setattr(gpu_mod, "_inited", False)
+    monkeypatch.setattr(gpu_mod, "_failed", None)
+    monkeypatch.setattr(pynvml, "nvmlInit", init)
+    r1, r2 = gpu_mod.read_gpus(), gpu_mod.read_gpus()
+    assert isinstance(r1, Unavailable) and "Not Found" in r1.reason
+    assert r2 == r1 and len(calls) == 1  # not re-dlopened on every refresh
+
+
+# --- caching ------------------------------------------------------------------------------------
+def test_monitor_caches_audit_and_static_layout(tmp_path: Path) -> None:
+    root = full_ryzen(tmp_path)
+    mon = Monitor(Host(root), "inference", audit_interval_s=3600)
+    s1 = mon.snapshot()
+    (root / "sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages").write_text("39\n")
+    s2 = mon.snapshot()
+    assert mon.audit is not None and mon.audit.runs == 1  # not re-run every refresh
+    assert s1.audit == s2.audit
+    assert isinstance(s2.hugepages, HugePagesReading)
+    assert s2.hugepages.pools[0].free == 39  # values that move are re-read
+
+
+# --- CLI ----------------------------------------------------------------------------------------
+def test_status_json_cli(tmp_path: Path) -> None:
+    root = full_ryzen(tmp_path)
+    r = run_cli("status", "--json", "--root", str(root))
+    assert r.returncode == 1, r.stderr  # the fake ryzen drifts from 'inference'
+    data = json.loads(r.stdout)
+    assert data["memlocked"]["mlocked_bytes"] == 123 * MiB
+    assert data["audit"]["drift"] > 0
+    assert data["gpu"] == {"unavailable": "GPU telemetry is live only (not read under --root)"}
+    assert data["store"]["used_bytes"] == 6 * MiB
+    assert len(data["containers"]["containers"]) == 3
+
+
+def test_status_human_cli_80_columns(tmp_path: Path) -> None:
+    root = full_ryzen(tmp_path)
+    r = run_cli("status", "--root", str(root), env={"COLUMNS": "80"})
+    assert r.returncode == 1, r.stderr
+    lines = r.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), max(lines, key=len)
+    text = r.stdout
+    for needle in ("32 CPUs", "MemLocked 123.0 MiB", "/srv/hosttune/models", "aaaaaaaaaaaa",
+                   "splits SMT", "drift"):
+        assert needle in text, needle
+
+
+def test_status_no_drift_exits_0(tmp_path: Path) -> None:
+    root = full_ryzen(tmp_path)
+    r = run_cli("status", "--json", "--no-audit", "--root", str(root))
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["audit"] == {"unavailable": "audit not requested"}
+
+
+def test_status_live_host_does_not_crash() -> None:
+    r = run_cli("status", "--json")
+    assert r.returncode in (0, 1), r.stderr
+    data = json.loads(r.stdout)
+    live = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        k, _, v = line.partition(":")
+        live[k] = v
+    assert data["memory"]["total_bytes"] == int(live["MemTotal"].split()[0]) * 1024
+    assert data["containers"].get("cgroup_version") in (1, 2)
