@@ -219,3 +219,14 @@ def test_explicit_performance_epp_under_performance_is_never_written(ryzen):
     assert p.changes and all(c.path.endswith("scaling_governor") for c in p.changes)
     rows = {r.key: r for r in p.audit.rows}
     assert rows["epp (32 policies)"].desired == "performance (set by the performance governor)"
+
+
+def test_row_keys_unique_when_groups_have_equal_sizes() -> None:
+    from hosttune.tunables.cpufreq import _Grouper
+
+    g = _Grouper("cpufreq", "governor")
+    for n in range(4):
+        g.add(n, "powersave" if n % 2 else "performance", "performance",
+              Status.DRIFT if n % 2 else Status.OK)
+    keys = [r.key for r in g.rows()]
+    assert sorted(keys) == ["governor policy0,2", "governor policy1,3"]

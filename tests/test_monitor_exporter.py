@@ -275,6 +275,10 @@ from hosttune.monitor.snapshot import Monitor
 import encodings.idna, hosttune.engine, hosttune.profile, pynvml  # noqa
 from hosttune.tunables import all_tunables
 all_tunables()
+# build the (deferred) profile schema while pydantic's own lazy imports are still readable
+os.environ["HOSTTUNE_NO_CACHE"] = "1"
+hosttune.profile.load_profile("inference")
+del os.environ["HOSTTUNE_NO_CACHE"]
 os.setgroups([]); os.setgid(65534); os.setuid(65534)  # nobody, like DynamicUser
 srv = exp.start(Monitor(Host("/"), "inference", audit_interval_s=3600), "127.0.0.1", 0)
 print(srv.port, os.geteuid(), flush=True)

@@ -129,10 +129,14 @@ class _Grouper:
 
     def rows(self) -> list[Row]:
         out = []
+        keys = [_group_key(self.label, nums) for nums in self.groups.values()]
         for (cur, des, st, note), nums in self.groups.items():
             where = f"policy{format_cpulist(nums)}" if len(nums) > 1 else ""
             full = "; ".join(x for x in (where, note) if x)
-            out.append(Row(self.tunable, _group_key(self.label, nums), cur, des, st, full))
+            key = _group_key(self.label, nums)
+            if keys.count(key) > 1:  # two groups of equal size: a row key must stay unique
+                key = f"{self.label} policy{format_cpulist(nums)}"
+            out.append(Row(self.tunable, key, cur, des, st, full))
         return out
 
 
