@@ -71,6 +71,7 @@ class Ansible:
             "ANSIBLE_REMOTE_TEMP": str(work / "ansible-remote-tmp"),
             "ANSIBLE_NOCOLOR": "1",
             "ANSIBLE_RETRY_FILES_ENABLED": "0",
+            "ANSIBLE_PIPELINING": "1",
             "ANSIBLE_DEPRECATION_WARNINGS": "0",
             "ANSIBLE_PYTHON_INTERPRETER": sys.executable,
             "LC_ALL": "C.UTF-8",
