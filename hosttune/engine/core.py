@@ -350,8 +350,15 @@ def apply(host: Host, loaded: LoadedProfile, *, runtime_only: bool = False,
         journal.transaction = None
         journal.save()
         ctx = Context(host, loaded, runtime_only=runtime_only)
-        verify_rows, _ = _evaluate(ctx, only)
-        ok = not any(r.status.is_drift for r in verify_rows)
+        verify_rows, still = _evaluate(ctx, only)
+        if runtime_only:
+            # A runtime-only apply (boot unit, DaemonSet init container) succeeded when no
+            # live value is left to change; persistent files it never writes still show as
+            # drift in the rows but do not fail it.
+            ok = not any(c.runtime for c in still) and not any(
+                r.status == Status.ERROR for r in verify_rows)
+        else:
+            ok = not any(r.status.is_drift for r in verify_rows)
         return ApplyReport(ok, steps, verify_rows, recovered, needs=p.needs,
                            error="" if ok else "verification found settings still drifting",
                            skipped_commands=skipped_all)
