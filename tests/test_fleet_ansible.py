@@ -290,3 +290,13 @@ def test_module_documentation_parses_with_ansible_doc(tmp_path: Path) -> None:
     spec = re.search(r"argument_spec=dict\((.*?)\n        \),", MODULE.read_text(), re.S)
     assert spec
     assert set(re.findall(r"^\s+(\w+)=dict\(", spec.group(1), re.M)) == set(opts)
+
+
+def test_example_playbook_syntax(tmp_path: Path) -> None:
+    exe = _ansible("ansible-playbook")
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(COLLECTIONS),
+               ANSIBLE_HOME=str(tmp_path / "ah"), LC_ALL="C.UTF-8")
+    r = subprocess.run([exe, "--syntax-check", "-i", "localhost,",
+                        str(REPO / "fleet" / "ansible" / "site.yml")],
+                       capture_output=True, text=True, env=env, timeout=120, check=False)
+    assert r.returncode == 0, r.stdout + r.stderr
