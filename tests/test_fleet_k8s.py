@@ -140,8 +140,9 @@ def test_init_command_runs_on_a_fake_node(tmp_path: Path, ryzen: Path):
     assert r.returncode == 0, r.stdout + r.stderr
     after = snapshot(ryzen)
     changed = {k for k in set(before) | set(after) if before.get(k) != after.get(k)}
-    assert changed, "the runtime apply changed nothing"
-    assert all(k.startswith(("proc/", "sys/")) for k in changed), sorted(changed)
+    assert any(k.startswith(("proc/", "sys/")) for k in changed), "no live value changed"
+    # persistent configuration is the Ansible role's job, never the init container's
+    assert not [k for k in changed if k.startswith(("etc/", "boot/", "usr/"))], sorted(changed)
 
 
 def test_exporter_command_matches_the_cli():
