@@ -231,7 +231,9 @@ def _diff(changes):
     for c in changes:
         if c.get("diff"):
             d = c["diff"]
-            out.append({"prepared": d if d.endswith("\n") else d + "\n"})
+            where = c.get("path") or c.get("id")
+            out.append({"before_header": where, "after_header": where,
+                        "prepared": d if d.endswith("\n") else d + "\n"})
         else:
             runtime.append("%s: %s\n" % ("runtime" if c.get("runtime") else c.get("kind"),
                                          c.get("summary")))
