@@ -56,13 +56,11 @@ def tuned_modifier(new_value: str, current: str) -> str | None:
 @pytest.mark.parametrize("name", builtin_names())
 @pytest.mark.parametrize("tree", [None, "ryzen", "epyc", "vm"])
 def test_every_builtin_profile_exports_and_parses(tmp_path, name, tree):
-    facts = None
     root = None
     if tree:
         root = {"ryzen": fakehost.ryzen_9950x, "epyc": fakehost.epyc_2s,
                 "vm": fakehost.this_vm}[tree](tmp_path / tree)
-        facts = Host(root).facts
-    exp = export_tuned(load_profile(name), facts)
+    exp = export_tuned(load_profile(name), Host(root) if root else None)
     parsed = tuned_parse(exp.render())
     assert set(parsed) <= TUNED_SECTIONS
     assert parsed["main"]["summary"]
@@ -105,16 +103,17 @@ def test_inference_profile_contents():
     assert "Not expressible in tuned" in head and "memlock" in head
 
 
-def test_pools_resolve_per_numa_node_with_facts(epyc):
+def test_pools_resolve_per_numa_node_with_a_host(epyc):
     facts = Host(epyc).facts
-    exp = export_tuned(load_profile("inference"), facts)
+    exp = export_tuned(load_profile("inference"), Host(epyc))
     p = tuned_parse(exp.render())
     nodes = {k: int(v) for k, v in p["sysfs"].items()}
     assert set(nodes) == {
         f"/sys/devices/system/node/node{n}/hugepages/hugepages-2048kB/nr_hugepages"
         for n in (0, 1)}
-    # size: auto = the 2M hugetlbfs mount (40% of RAM), spread evenly over both nodes
-    want = -(-int(facts.mem_total_bytes * 0.4) // (2 * 1024**2))
+    # size: auto = the 2M hugetlbfs mount (40% of RAM, rounded down as the hugepages family
+    # does), spread evenly over both nodes
+    want = int(facts.mem_total_bytes * 0.4) // (2 * 1024**2)
     assert sum(nodes.values()) == want
     assert max(nodes.values()) - min(nodes.values()) <= 1
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import typer
 
 from hosttune import __version__
-from hosttune.cli import core_cmds, export, profiles
+from hosttune.cli import core_cmds, profiles
+from hosttune.cli import export as export_cmds  # fleet: hosttune export tuned
 
 app = typer.Typer(
     name="hosttune",
@@ -23,7 +24,7 @@ app.command()(core_cmds.plan)
 app.command()(core_cmds.apply)
 app.command()(core_cmds.rollback)
 app.add_typer(profiles.app, name="profiles")
-app.add_typer(export.app, name="export")
+app.add_typer(export_cmds.app, name="export")
 
 
 def _version(value: bool) -> None:

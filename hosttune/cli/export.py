@@ -38,14 +38,14 @@ def tuned(
     from hosttune.fleet import export_tuned
 
     loaded = run_guarded(load, profile)
-    facts = None
+    host = None
     if root is not None:
         from hosttune.host import Host
 
         if not root.is_dir():
             fail(f"--root {root}: not a directory")
-        facts = run_guarded(lambda: Host(root).facts)
-    exp = run_guarded(export_tuned, loaded, facts)
+        host = Host(root)
+    exp = run_guarded(export_tuned, loaded, host)
     text = exp.render()
     if output is not None:
         try:

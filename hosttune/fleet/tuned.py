@@ -20,6 +20,7 @@ discovered generically (``Profile.model_fields``), so a new section is never sil
 
 from __future__ import annotations
 
+import importlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -28,6 +29,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from hosttune import __version__
+from hosttune.host import Host
 from hosttune.host.facts import HostFacts
 from hosttune.host.parsers import normalise_sysctl_key, normalise_sysctl_value
 from hosttune.profile.loader import LoadedProfile
@@ -179,9 +181,10 @@ def _tuned_name(name: str) -> str:
     return safe if safe.startswith("hosttune") else f"hosttune-{safe}"
 
 
-def export_tuned(loaded: LoadedProfile, facts: HostFacts | None = None) -> TunedExport:
-    """The tuned profile for ``loaded``. ``facts`` (RAM, NUMA nodes) resolve sizes that depend
-    on the host (percentages, 'spread' pools); without them such settings are listed as not
+def export_tuned(loaded: LoadedProfile, host: Host | None = None) -> TunedExport:
+    """The tuned profile for ``loaded``. ``host`` (a tree or the live system; only read)
+    resolves sizes that depend on it (percentages of RAM, pools spread over NUMA nodes) with
+    the hugepages family's own resolver; without it such settings are listed as not
     expressed rather than guessed."""
     p = loaded.profile
     b = _Builder()
@@ -200,7 +203,7 @@ def export_tuned(loaded: LoadedProfile, facts: HostFacts | None = None) -> Tuned
     _cpu(p, b)
     _thp(p, b)
     _sysctl(p, b)
-    _hugepages(p, b, facts)
+    _hugepages(p, b, loaded, host)
     _kernel(p, b)
     _irq(p, b)
     for fname in ("swap", "memlock", "hugetlbfs"):
@@ -272,88 +275,119 @@ def _page_bytes(label: str) -> int:
     return parse_size(label.replace("M", "MiB").replace("G", "GiB"))
 
 
-def _bytes_of(size: str | int, facts: HostFacts | None, *, ram: int | None = None
-              ) -> int | None:
-    """Bytes of a size/percent value (ints are bytes here); None if it needs facts we lack."""
-    if isinstance(size, str):
-        pct = parse_percent(size)
-        if pct is not None:
-            total = ram if ram is not None else (facts.mem_total_bytes if facts else None)
-            return None if total is None else int(total * pct)
-    return parse_size(size)
+def _pool_pages(size: str | int, page: int, ram: int | None) -> int | None:
+    """Same rounding as the hugepages family: an int counts pages, bytes round up (hold that
+    much), a percentage of RAM rounds down (stay under it). None: needs RAM we do not know."""
+    if not isinstance(size, str):
+        return int(size)
+    pct = parse_percent(size)
+    if pct is not None:
+        return None if ram is None else int(ram * pct) // page
+    return -(-parse_size(size) // page)
 
 
-def _pool_pages(pool: Any, p: Any, facts: HostFacts | None, page: int) -> int | None:
-    size = pool.size
-    if isinstance(size, int) and not isinstance(size, bool):
-        return size  # plain integers count pages
-    if size == "auto":
-        # 'auto' = what this page size's hugetlbfs mounts hold
-        mounts = getattr(getattr(p, "hugetlbfs", None), "mounts", None) or []
-        total = 0
-        for m in mounts:
-            if m.pagesize != pool.pagesize:
-                continue
-            if m.size == "auto":
+def _mount_pages(size: str | int, page: int, ram: int | None) -> int | None:
+    pct = parse_percent(size) if isinstance(size, str) else None
+    if pct is not None:
+        return None if ram is None else int(ram * pct) // page
+    return parse_size(size) // page
+
+
+def _resolve_pools(p: Any, loaded: LoadedProfile, host: Host | None
+                   ) -> dict[int, tuple[str, int, dict[int, int] | None]] | None:
+    """pool index -> (pagesize label, pages, {node: pages} or None for the global counter),
+    from the hugepages family's own resolver when it is there (the numbers apply would use);
+    None when it is not installed."""
+    if host is None:
+        return None
+    try:
+        hp_mod = importlib.import_module("hosttune.tunables.hugepages")
+    except ModuleNotFoundError as err:
+        if err.name == "hosttune.tunables.hugepages":  # that family is not installed
+            return None
+        raise
+    resolve = getattr(hp_mod, "resolve", None)
+    if resolve is None:
+        return None
+    from hosttune.tunables.base import Context
+
+    res = resolve(Context(host, loaded))
+    out: dict[int, tuple[str, int, dict[int, int] | None]] = {}
+    for label, plan in res.pools.items():
+        out[plan.index] = (label, plan.pages,
+                           dict(plan.targets) if plan.mode == "nodes" else None)
+    return out
+
+
+def _fallback_pool(i: int, pool: Any, p: Any, facts: HostFacts | None
+                   ) -> tuple[str, int, dict[int, int] | None] | None:
+    label = pool.pagesize
+    page = _page_bytes(label)
+    ram = facts.mem_total_bytes if facts else None
+    explicit: dict[int, int] | None = None
+    if isinstance(pool.nodes, dict):
+        explicit = {}
+        for node, nsize in sorted(pool.nodes.items()):
+            n = _pool_pages(nsize, page, ram)
+            if n is None:
                 return None
-            nb = _bytes_of(m.size, facts)
-            if nb is None:
+            explicit[int(node)] = n
+    if pool.size == "auto":
+        if explicit is not None:
+            pages: int | None = sum(explicit.values())
+        else:
+            mounts = getattr(getattr(p, "hugetlbfs", None), "mounts", None) or []
+            same = [m for m in mounts if m.pagesize == label]
+            if not same or any(m.size == "auto" for m in same):
                 return None
-            total += nb
-        return -(-total // page)
-    nb = _bytes_of(size, facts)
-    return None if nb is None else -(-nb // page)
+            counts = [_mount_pages(m.size, page, ram) for m in same]
+            pages = None if None in counts else sum(c for c in counts if c is not None)
+    else:
+        pages = _pool_pages(pool.size, page, ram)
+    if pages is None:
+        return None
+    if explicit is not None:
+        return label, pages, explicit
+    if pool.nodes == "any":
+        return label, pages, None
+    nodes = [n.id for n in facts.nodes if n.mem_total_bytes > 0] if facts else []
+    if not nodes:
+        return None
+    base, extra = divmod(pages, len(nodes))
+    return label, pages, {n: base + (1 if k < extra else 0) for k, n in enumerate(nodes)}
 
 
-def _hugepages(p: Any, b: _Builder, facts: HostFacts | None) -> None:
+def _hugepages(p: Any, b: _Builder, loaded: LoadedProfile, host: Host | None) -> None:
     hp = getattr(p, "hugepages", None)
-    if hp is None:
+    pools = list(getattr(hp, "pools", None) or []) if hp is not None else []
+    if not pools:
         return
-    for i, pool in enumerate(getattr(hp, "pools", None) or []):
-        label = pool.pagesize
-        page = _page_bytes(label)
-        kb = page // 1024
-        setting = f"hugepages.pools.{i} ({label})"
-        pages = _pool_pages(pool, p, facts, page)
-        per_node: dict[int, int] | None = None
-        if isinstance(pool.nodes, dict):
-            per_node = {}
-            for node, nsize in sorted(pool.nodes.items()):
-                if isinstance(nsize, int) and not isinstance(nsize, bool):
-                    per_node[int(node)] = nsize
-                    continue
-                nb = _bytes_of(nsize, facts)
-                if nb is None:
-                    per_node = None
-                    break
-                per_node[int(node)] = -(-nb // page)
-        elif pages is None:
-            per_node = None
-        elif pool.nodes == "spread":
-            mem_nodes = [n.id for n in facts.nodes if n.mem_total_bytes > 0] if facts else []
-            if mem_nodes:
-                base, extra = divmod(pages, len(mem_nodes))
-                per_node = {n: base + (1 if k < extra else 0) for k, n in enumerate(mem_nodes)}
+    facts = host.facts if host is not None else None
+    resolved = _resolve_pools(p, loaded, host)
+    for i, pool in enumerate(pools):
+        setting = f"hugepages.pools.{i} ({pool.pagesize})"
+        got = resolved.get(i) if resolved is not None else _fallback_pool(i, pool, p, facts)
+        if got is None:
+            b.skip(setting, "its size depends on this host's RAM / NUMA nodes: export with "
+                   "--root DIR (or --root / on the target) to resolve it")
+            continue
+        label, pages, per_node = got
+        kb = _page_bytes(label) // 1024
         if per_node is not None:
-            for node, count in per_node.items():
+            for node, count in sorted(per_node.items()):
                 b.add("sysfs",
                       f"/sys/devices/system/node/node{node}/hugepages/hugepages-{kb}kB/"
                       "nr_hugepages", str(count),
                       f"{label} huge pages on NUMA node {node} (pool {i})", setting=setting)
-        elif pages is not None and pool.nodes == "any":
+        else:
             b.add("sysfs", f"/sys/kernel/mm/hugepages/hugepages-{kb}kB/nr_hugepages",
                   str(pages), f"{label} huge pages, any node (pool {i})", setting=setting)
-        else:
-            b.skip(setting, "its size depends on this host's RAM / NUMA nodes: export with "
-                   "--root DIR (or --root / on the target) to resolve it")
-            continue
         if label == "1G":
             b.notes.append("1G pages allocated at runtime can fail on fragmented memory; "
                            "hugepagesz=1G hugepages=N on the kernel command line is reliable")
-    if getattr(hp, "pools", None):
-        b.skip("hugepages (verify)", "tuned writes each pool once; the kernel may allocate "
-               "fewer pages than asked (retry and verify: hosttune audit), and the "
-               "min_free_ram guard is not applied")
+    b.skip("hugepages (verify)", "tuned writes each pool once; the kernel may allocate fewer "
+           "pages than asked (retry and verify: hosttune audit), and the min_free_ram guard "
+           "is not applied")
 
 
 def _as_cmdline(value: Any) -> list[str] | None:
