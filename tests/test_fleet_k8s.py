@@ -157,8 +157,8 @@ def test_exporter_command_matches_the_cli():
 
 
 def test_runtime_only_apply_is_ok_without_persistent_files(ryzen: Path):
-    """Engine fix: a --runtime-only apply (boot unit, init container) used to report failure
-    forever on a node whose persistent files are managed elsewhere."""
+    """A --runtime-only apply (boot unit, init container) succeeds on a node whose persistent
+    files are managed elsewhere (same fix as in main, taken verbatim to merge cleanly)."""
     from hosttune import engine
     from hosttune.host import Host
 

@@ -350,13 +350,11 @@ def apply(host: Host, loaded: LoadedProfile, *, runtime_only: bool = False,
         journal.transaction = None
         journal.save()
         ctx = Context(host, loaded, runtime_only=runtime_only)
-        verify_rows, still = _evaluate(ctx, only)
+        verify_rows, left = _evaluate(ctx, only)
         if runtime_only:
-            # A runtime-only apply (boot unit, DaemonSet init container) succeeded when no
-            # live value is left to change; persistent files it never writes still show as
-            # drift in the rows but do not fail it.
-            ok = not any(c.runtime for c in still) and not any(
-                r.status == Status.ERROR for r in verify_rows)
+            # boot-time re-apply: only live values are its business (a missing drop-in is
+            # audit's finding, and must not fail hosttune-boot.service)
+            ok = not [c for c in left if c.runtime]
         else:
             ok = not any(r.status.is_drift for r in verify_rows)
         return ApplyReport(ok, steps, verify_rows, recovered, needs=p.needs,
