@@ -300,3 +300,13 @@ def test_example_playbook_syntax(tmp_path: Path) -> None:
                         str(REPO / "fleet" / "ansible" / "site.yml")],
                        capture_output=True, text=True, env=env, timeout=120, check=False)
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_role_defaults_match_argument_specs() -> None:
+    role = COLLECTION / "roles" / "hosttune"
+    defaults = yaml.safe_load((role / "defaults" / "main.yml").read_text())
+    spec = yaml.safe_load((role / "meta" / "argument_specs.yml").read_text())
+    opts = spec["argument_specs"]["main"]["options"]
+    assert set(defaults) == set(opts)
+    for k, v in defaults.items():
+        assert opts[k]["default"] == v, k

@@ -40,11 +40,14 @@ def _kv():
     return kubernetes_validate
 
 
+@pytest.mark.parametrize("version", ["1.28", K8S_VERSION, "latest"])
 @pytest.mark.parametrize("index", range(3))
-def test_manifest_validates_against_kubernetes_schema(index):
+def test_manifest_validates_against_kubernetes_schema(index, version):
     kv = _kv()
+    if version == "latest":
+        version = kv.latest_version()
     d = docs()[index]
-    assert kv.validate(d, K8S_VERSION, strict=True)
+    assert kv.validate(d, version, strict=True)
 
 
 def test_validator_catches_mistakes():
