@@ -23,6 +23,7 @@ from hosttune.cli import (
     status,
     topology,
 )
+from hosttune.cli import export as export_cmds  # fleet: hosttune export tuned
 
 app = typer.Typer(
     name="hosttune",
@@ -47,6 +48,7 @@ app.command()(monitor.watch)
 app.command()(monitor.exporter)
 app.add_typer(models.app, name="models")
 app.add_typer(models.shim_app, name="shim")
+app.add_typer(export_cmds.app, name="export")
 
 
 def _version(value: bool) -> None:

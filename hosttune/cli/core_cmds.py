@@ -206,11 +206,23 @@ def rollback(
     root: RootOpt = None,
     json_out: JsonOpt = False,
     yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    dry_run: Annotated[bool, typer.Option(
+        "--dry-run", help="Only report what the journal would restore (exit 1 if anything).")
+    ] = False,
 ) -> None:
     """Restore the exact original values and files recorded in the journal."""
     from hosttune import engine
 
     host = make_host(root)
+    if dry_run:  # read-only: what check mode of the Ansible module needs
+        st = run_guarded(engine.journal_status, host)
+        pending = bool(st["entries"] or st["interrupted"])
+        if json_out:
+            emit_json({"ok": True, "dry_run": True, **st})
+        else:
+            console.print(f"{st['entries']} recorded original(s) in {st['path']}"
+                          + (" · an interrupted run to undo" if st["interrupted"] else ""))
+        raise typer.Exit(EXIT_FINDINGS if pending else EXIT_OK)
     if not host.can_write:
         fail("rollback changes the host: run it as root (or use --root DIR)")
     st = run_guarded(engine.journal_status, host)

@@ -20,6 +20,7 @@ from hosttune.cli.common import (
     run_guarded,
 )
 
+
 def _w(v) -> str:
     return "—" if v is None else f"{v:g} W"
 
