@@ -13,7 +13,7 @@ os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "1")
 import typer
 
 from hosttune import __version__
-from hosttune.cli import core_cmds, doctor, profiles
+from hosttune.cli import bench, core_cmds, doctor, profiles
 
 app = typer.Typer(
     name="hosttune",
@@ -30,6 +30,7 @@ app.command()(core_cmds.apply)
 app.command()(core_cmds.rollback)
 app.command()(doctor.doctor)
 app.add_typer(profiles.app, name="profiles")
+app.add_typer(bench.app, name="bench")
 
 
 def _version(value: bool) -> None:
