@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """End to end, from nothing: does the huge-page store / CPU pinning help llama.cpp here?
 
-    sudo python3 bench/llama_e2e.py [--size-mb 800] [--rounds 5]
+    sudo python3 bench/llama_e2e.py [--size-mb 1000] [--rounds 6]
 
 1. llama.cpp from the source vendored in the llama-cpp-python 0.3.36 sdist
    (pip download --no-binary :all: --no-deps), CPU only, -DGGML_NATIVE=ON, targets llama-bench and
@@ -45,7 +45,8 @@ def log(msg: str) -> None:
 
 def run(argv: list[str], **kw: object) -> subprocess.CompletedProcess[str]:
     log("$ " + " ".join(argv))
-    return subprocess.run(argv, check=True, text=True, **kw)  # type: ignore[call-overload]
+    kw.setdefault("check", True)
+    return subprocess.run(argv, text=True, **kw)  # type: ignore[call-overload]
 
 
 def build_llama() -> tuple[Path, Path]:
@@ -71,6 +72,17 @@ def build_llama() -> tuple[Path, Path]:
     run(["cmake", "--build", str(build), "-j2", "--target", "llama-bench", "llama-simple"],
         stdout=subprocess.DEVNULL)
     return bench, simple
+
+
+def ensure_deps() -> None:
+    """The optional `bench` extra (gguf, numpy, matplotlib), installed when missing."""
+    try:
+        import gguf  # noqa: F401
+        import matplotlib  # noqa: F401
+        import numpy  # noqa: F401
+    except ImportError:
+        run([sys.executable, "-m", "pip", "install", "-q", "gguf>=0.10", "numpy>=1.24",
+             "matplotlib>=3.7"])
 
 
 def make_model(size_mb: float) -> Path:
@@ -292,8 +304,8 @@ def write_doc(doc: Path, section: str) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--size-mb", type=float, default=800)
-    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--size-mb", type=float, default=1000)
+    ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--cold-rounds", type=int, default=3)
     ap.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
@@ -303,6 +315,7 @@ def main() -> int:
     if os.geteuid() != 0:
         raise SystemExit("needs root: huge-page pool, hugetlbfs mount, drop_caches")
     t0 = time.perf_counter()
+    ensure_deps()
     bench, simple = build_llama()
     build_s = time.perf_counter() - t0
     model = make_model(a.size_mb)
