@@ -48,3 +48,20 @@ def test_floor_respects_higher_distro_default(ryzen):
     (conf,) = [c for c in data["changes"] if c["kind"] == "file"]
     assert "vm.max_map_count = 262144" not in conf["value"]
     assert not any(c["id"] == "sysctl/vm.max_map_count" for c in data["changes"])
+
+
+def test_kernel_change_of_bracketed_file_reverts_to_the_selected_choice(tmp_path):
+    from hosttune.engine.core import capture, do_revert
+    from hosttune.host import Host
+    from hosttune.tunables.base import Change
+
+    f = tmp_path / "sys/kernel/mm/transparent_hugepage/enabled"
+    f.parent.mkdir(parents=True)
+    f.write_text("always [madvise] never\n")
+    h = Host(tmp_path)
+    ch = Change(id="x/thp", tunable="x", kind="kernel", summary="thp",
+                path="/sys/kernel/mm/transparent_hugepage/enabled", value="never", runtime=True)
+    orig = capture(h, ch)
+    assert orig == {"value": "madvise"}  # the kernel rejects the whole bracketed text
+    do_revert(h, ch, orig)
+    assert f.read_text() == "madvise\n"

@@ -15,6 +15,7 @@ from typing import Any
 from hosttune.engine.journal import Journal, Lock
 from hosttune.errors import ApplyError, HosttuneError, NeedsRootError
 from hosttune.host import Host
+from hosttune.host.parsers import parse_bracketed_choice
 from hosttune.profile import LoadedProfile
 from hosttune.tunables import all_tunables, get_tunable
 from hosttune.tunables.base import Change, Context, Row, Status, Tunable, b64, unb64
@@ -193,7 +194,11 @@ def capture(host: Host, change: Change) -> dict[str, Any]:
         }
     if change.kind == "kernel":
         assert change.path is not None
-        return {"value": host.read_value(change.path)}
+        value = host.read_value(change.path)
+        if value is not None and "[" in value:
+            # 'always [madvise] never' style files read back all choices but accept one
+            value = parse_bracketed_choice(value)[0] or value
+        return {"value": value}
     if change.kind == "command":
         return {}
     return {"action": get_tunable(change.tunable).capture_action(host, change)}
@@ -204,6 +209,10 @@ def _restore_file(host: Host, path: str, orig: dict[str, Any]) -> None:
         if orig.get("link") is not None:
             host.symlink(orig["link"], path)
         else:
+            if host.path(path).is_symlink():
+                # apply replaced a file with a link (e.g. a unit masked to /dev/null); the
+                # atomic write refuses any symlink on the way, so drop our own link first.
+                host.remove(path)
             host.write_file(path, unb64(orig["content"]), mode=orig["mode"],
                             uid=orig.get("uid"), gid=orig.get("gid"))
     else:
@@ -364,8 +373,13 @@ def apply(host: Host, loaded: LoadedProfile, *, runtime_only: bool = False,
         journal.transaction = None
         journal.save()
         ctx = Context(host, loaded, runtime_only=runtime_only)
-        verify_rows, _ = _evaluate(ctx, only)
-        ok = not any(r.status.is_drift for r in verify_rows)
+        verify_rows, left = _evaluate(ctx, only)
+        if runtime_only:
+            # boot-time re-apply: only live values are its business (a missing drop-in is
+            # audit's finding, and must not fail hosttune-boot.service)
+            ok = not [c for c in left if c.runtime]
+        else:
+            ok = not any(r.status.is_drift for r in verify_rows)
         return ApplyReport(ok, steps, verify_rows, recovered, needs=p.needs,
                            error="" if ok else "verification found settings still drifting",
                            skipped_commands=skipped_all)
