@@ -260,9 +260,10 @@ def markdown(res: dict, mach: dict[str, str], meta: dict[str, object], png: str)
                      f".. {c['diff_ci95'][1]:+.2f} t/s | {c['median_ratio_ci95'][0]:.3f}-"
                      f"{c['median_ratio_ci95'][1]:.3f} | {c['verdict']} |")
     cs = res["cold_start"]
-    L += ["", "Cold start, process start to first token (`llama-simple -n 1`, first bytes on "
-          "its stdout, which it flushes right after the first sampled token): " + cs["note"]
-          + ".", "", "| arm | median s | min-max | n |", "|---|---|---|---|"]
+    L += ["", "Cold start, process start to first token (`llama-simple -m MODEL -n 1 e`, "
+          "first bytes on its stdout, which it flushes right after the first sampled "
+          "token): " + cs["note"] + ".", "",
+          "| arm | median s | min-max | n |", "|---|---|---|---|"]
     for arm, x in cs["summary"].items():
         if arm != "prime":
             L.append(f"| {arm} | {x['median']:.3f} | {x['min']:.3f}-{x['max']:.3f} | {x['n']} |")

@@ -127,3 +127,9 @@ def test_cli_refuses_root_mode_and_missing_binary(tmp_path):
     assert r.returncode == 2 and "--root" in r.stderr
     r = run_cli("bench", "llama", "--model", "m.gguf", "--llama-bench", str(tmp_path / "nope"))
     assert r.returncode == 2 and "no such file" in r.stderr
+
+
+def test_warm_program_reads_the_binary_and_its_libraries():
+    paths = coldstart.warm_program(Host("/"), "/bin/ls")
+    assert paths[0] == "/bin/ls"
+    assert any("libc.so" in p for p in paths)

@@ -6,7 +6,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from hosttune.bench.coldstart import ColdStart, drop_caches, time_first_token
+from hosttune.bench.coldstart import ColdStart, drop_caches, time_first_token, warm_program
 from hosttune.bench.llama import ABResult, Arm, pinned_cpus, run_ab
 from hosttune.bench.roofline import Bandwidth, Roofline, measure_bandwidth
 from hosttune.bench.stats import Summary, summarize
@@ -121,7 +121,9 @@ def _cold(host: Host, cfg: BenchConfig, rep: BenchReport, say: Callable[[str], N
                          "cache (and the store) were timed")
     else:
         rep.cold_note = ("page cache dropped (sync; echo 3 > /proc/sys/vm/drop_caches) before "
-                         "each 'store' and 'cold cache' run; the store is hugetlbfs and stays")
+                         "each 'store' and 'cold cache' run, then llama-simple and its shared "
+                         "libraries read back, so only the model's residency differs; the store "
+                         "is hugetlbfs and stays")
     # llama-simple itself once, so the first timed run does not pay for a first exec of it
     time_first_token(host, simple, cfg.model, arm="prime")
     for i in range(cfg.cold_rounds):
@@ -129,9 +131,11 @@ def _cold(host: Host, cfg: BenchConfig, rep: BenchReport, say: Callable[[str], N
         if cfg.store_model:
             if host.is_root:
                 drop_caches(host)
+                warm_program(host, simple)
             rep.cold.append(time_first_token(host, simple, cfg.store_model, arm="store"))
         if host.is_root:
             drop_caches(host)
+            warm_program(host, simple)
             rep.cold.append(time_first_token(host, simple, cfg.model, arm="cold cache"))
         # the cold run just read the file: it is in the page cache now
         rep.cold.append(time_first_token(host, simple, cfg.model, arm="warm cache"))
