@@ -133,3 +133,20 @@ def test_warm_program_reads_the_binary_and_its_libraries():
     paths = coldstart.warm_program(Host("/"), "/bin/ls")
     assert paths[0] == "/bin/ls"
     assert any("libc.so" in p for p in paths)
+
+
+def test_drop_caches_as_root(kernel_lock):
+    from tests.conftest import need
+
+    need(os.geteuid() == 0, "dropping the page cache needs root")
+    # write-only file (mode 0200): nothing to read back; a failed write raises
+    cached = _cached_kb()
+    coldstart.drop_caches(Host("/"))
+    assert _cached_kb() <= cached + 64 * 1024  # not grown (other jobs may add a little)
+
+
+def _cached_kb() -> int:
+    for ln in Path("/proc/meminfo").read_text().splitlines():
+        if ln.startswith("Cached:"):
+            return int(ln.split()[1])
+    raise AssertionError("no Cached: in /proc/meminfo")
