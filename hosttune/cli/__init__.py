@@ -14,6 +14,7 @@ import typer
 
 from hosttune import __version__
 from hosttune.cli import (
+    bench,
     containers,
     core_cmds,
     doctor,
@@ -49,6 +50,7 @@ app.command()(monitor.exporter)
 app.add_typer(models.app, name="models")
 app.add_typer(models.shim_app, name="shim")
 app.add_typer(export_cmds.app, name="export")
+app.add_typer(bench.app, name="bench")
 
 
 def _version(value: bool) -> None:
