@@ -103,10 +103,10 @@ def _value(tp: Any, v: Any) -> Any:
         (item,) = typing.get_args(tp) or (Any,)
         return [_value(item, x) for x in v]
     if origin is tuple:  # JSON has no tuples: [min, max] clock ranges come back as lists
-        args = typing.get_args(tp)
-        if len(args) == 2 and args[1] is Ellipsis:
-            return tuple(_value(args[0], x) for x in v)
-        return tuple(_value(a, x) for a, x in zip(args, v, strict=False)) if args else tuple(v)
+        targs = typing.get_args(tp)
+        if len(targs) == 2 and targs[1] is Ellipsis:
+            return tuple(_value(targs[0], x) for x in v)
+        return tuple(_value(a, x) for a, x in zip(targs, v, strict=False)) if targs else tuple(v)
     if origin is dict:
         kt, vt = typing.get_args(tp) or (Any, Any)
         return {(int(k) if kt is int else k): _value(vt, x) for k, x in v.items()}

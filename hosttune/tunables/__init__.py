@@ -15,7 +15,7 @@ _REGISTRY: tuple[str, ...] = (
     "hosttune.tunables.memlock:MemlockTunable",
     "hosttune.tunables.hugepages:HugePagesTunable",
     "hosttune.tunables.hugetlbfs:HugetlbfsTunable",
-    # GPU / driver / boot layer (issue: GPU, driver and boot layer) registers here.
+    # GPU, driver and boot layer
     "hosttune.tunables.gpu_persistence:GpuPersistenceTunable",  # driver kept up first
     "hosttune.tunables.gpu_nvml:GpuTunable",  # power, clocks, compute mode (runtime)
     "hosttune.tunables.gpu_mps:GpuMpsTunable",  # after EXCLUSIVE_PROCESS is set
@@ -32,12 +32,7 @@ def all_tunables() -> tuple[Tunable, ...]:
     out = []
     for ref in _REGISTRY:
         mod, _, cls = ref.partition(":")
-        try:
-            m = import_module(mod)
-        except ModuleNotFoundError as err:
-            if err.name == mod:  # not written yet
-                continue
-            raise
+        m = import_module(mod)
         out.append(getattr(m, cls)())
     return tuple(out)
 
