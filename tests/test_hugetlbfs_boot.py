@@ -87,7 +87,7 @@ SEED_FSTAB = ("UUID=1 / ext4 defaults 0 1\n"
 def test_fstab_set_marks_disables_and_restores():
     line = "hugetlbfs /mnt/models-hugepages hugetlbfs pagesize=2M,size=1 0 0\n"
     new = fstab_set(SEED_FSTAB, "/mnt/models-hugepages", line)
-    assert "# hosttune-disabled: none /mnt/models-hugepages hugetlbfs" in new
+    assert "#hosttune-disabled# none /mnt/models-hugepages hugetlbfs" in new
     assert new.endswith(MARK + "/mnt/models-hugepages\n" + line)
     assert "/swap.img none swap sw 0 0\n" in new  # nothing else changes
     assert fstab_set(new, "/mnt/models-hugepages", line) == new  # idempotent

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from hosttune.doctor.base import DoctorContext, Finding, Severity
 from hosttune.host.facts import find_pids
 from hosttune.host.parsers import (
+    FSTAB_DISABLED,
     parse_fstab,
     parse_limits,
     parse_meminfo,
@@ -198,7 +199,7 @@ def check_fstab(ctx: DoctorContext) -> Iterator[Finding]:
     # 1. commented-out entries that are not swap but mention swap: a swap edit caught them
     for i, line in enumerate(text.splitlines(), 1):
         s = line.strip()
-        if not s.startswith("#") or s.startswith("#hosttune-disabled#"):
+        if not s.startswith("#") or s.startswith(FSTAB_DISABLED):
             continue
         body = s.lstrip("#").strip()
         parts = body.split()

@@ -158,6 +158,12 @@ class FstabEntry:
     passno: str = "0"
 
 
+# One prefix for every fstab line hosttune comments out (swap entries it disabled, an operator's
+# hugetlbfs entry its own replaces): rollback restores exactly these lines, and the doctor does
+# not mistake them for an over-broad hand edit.
+FSTAB_DISABLED = "#hosttune-disabled# "
+
+
 def parse_fstab(text: str) -> list[FstabEntry]:
     """Active (uncommented) fstab entries with their line numbers."""
     out: list[FstabEntry] = []

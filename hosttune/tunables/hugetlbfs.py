@@ -20,7 +20,7 @@ from typing import Any
 
 from hosttune.errors import ApplyError
 from hosttune.host import Host
-from hosttune.host.parsers import Mount, parse_fstab, parse_mountinfo
+from hosttune.host.parsers import FSTAB_DISABLED, Mount, parse_fstab, parse_mountinfo
 from hosttune.profile.sizes import format_size
 from hosttune.tunables._systemd import UNIT_DIR, daemon_reload, mount_unit_name, symlink_change
 from hosttune.tunables.base import (
@@ -40,7 +40,7 @@ from hosttune.tunables.hugepages import MountPlan, current_pool_pages, resolve
 
 FSTAB = "/etc/fstab"
 MARK = "# hosttune: hugetlbfs "  # + mount point; the next line is our entry
-DISABLED = "# hosttune-disabled: "  # + an entry for the same mount point that ours replaces
+DISABLED = FSTAB_DISABLED  # + an entry for the same mount point that ours replaces
 
 
 # --- pure helpers ---------------------------------------------------------------------------------

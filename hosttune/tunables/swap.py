@@ -22,7 +22,7 @@ from typing import Any
 
 from hosttune.errors import ApplyError, HostError
 from hosttune.host import Host
-from hosttune.host.parsers import SwapDevice, parse_fstab, parse_swaps
+from hosttune.host.parsers import FSTAB_DISABLED, SwapDevice, parse_fstab, parse_swaps
 from hosttune.profile.schema import SwapSection
 from hosttune.profile.sizes import format_size
 from hosttune.tunables.base import (
@@ -35,7 +35,7 @@ from hosttune.tunables.base import (
     unified_diff,
 )
 
-MARKER = "#hosttune-disabled# "
+MARKER = FSTAB_DISABLED
 FSTAB = "/etc/fstab"
 UNIT_DIR = "/etc/systemd/system"
 # Unit search path below /etc (systemd.unit(5)); /run/systemd/generator is rebuilt at reload.
