@@ -22,7 +22,7 @@ from tests.conftest import need, run_cli
 from tests.fake_nvidia import add_nvidia
 from tests.test_contracts import snapshot
 
-GPU_ONLY = {"gpu", "gpu-persistence", "gpu-mps"}
+GPU_ONLY = {"gpu", "gpu_persistence", "gpu_mps"}
 
 
 def write_profile(tmp_path: Path, body: str, name: str = "p") -> str:
@@ -166,7 +166,7 @@ gpu:
     assert g0.persistence == pynvml.NVML_FEATURE_ENABLED  # legacy: no daemon installed
     ids = [s.change.id for s in rep.steps]
     assert ids.index(f"gpu/{g0.uuid}/compute-mode") < ids.index(
-        "gpu-mps//etc/systemd/system/hosttune-nvidia-mps.service")
+        "gpu_mps//etc/systemd/system/hosttune-nvidia-mps.service")
     unit = (epyc / "etc/systemd/system/hosttune-nvidia-mps.service").read_text()
     assert "|" not in unit and "/tmp" not in unit
     assert engine.audit(Host(epyc, nvml_backend=fake), loaded).drift == []
@@ -294,7 +294,7 @@ def test_existing_account_keeps_vendor_unit_untouched(ryzen):
     add_nvidia(ryzen, ["rtx5090"], vendor_unit_user="nvpd", accounts=("nvpd",))
     fake = FakeNvml(["rtx5090"], root=True)
     p = engine.plan(Host(ryzen, nvml_backend=fake), load_profile("inference"),
-                    only={"gpu-persistence"})
+                    only={"gpu_persistence"})
     paths = [c.path for c in p.changes]
     assert paths == ["/etc/systemd/system/multi-user.target.wants/nvidia-persistenced.service"]
 
@@ -304,7 +304,7 @@ def test_ubuntu_no_persistence_mode_is_dropped(ryzen):
                vendor_no_pm=True)
     fake = FakeNvml(["rtx5090"], root=True)
     p = engine.plan(Host(ryzen, nvml_backend=fake), load_profile("inference"),
-                    only={"gpu-persistence"})
+                    only={"gpu_persistence"})
     (dropin,) = [c for c in p.changes if c.path and c.path.endswith("90-hosttune.conf")]
     assert dropin.value is not None
     start = dropin.value.split("ExecStart=\n")[1]
@@ -315,7 +315,7 @@ def test_seed_mps_unit_is_reported(ryzen, tmp_path):
     add_nvidia(ryzen, ["rtx5090"], seed_mps_unit=True)
     loaded = load_profile(write_profile(tmp_path, "gpu:\n  mps: true\n"))
     a = engine.audit(Host(ryzen, nvml_backend=FakeNvml(["rtx5090"])), loaded,
-                     only={"gpu-mps"})
+                     only={"gpu_mps"})
     (row,) = [r for r in a.rows if r.key.startswith("nvidia-mps.service")]
     assert str(row.status) == "conflict"
     assert "literal" in row.current and "world-writable" in row.current
@@ -350,7 +350,7 @@ def test_persistenced_dropin_passes_verify(ryzen, tmp_path):
     need(shutil.which("systemd-analyze") is not None, "systemd-analyze (package systemd)")
     add_nvidia(ryzen, ["rtx5090"], vendor_unit_user="nvidia-persistenced")
     assert engine.apply(Host(ryzen, nvml_backend=FakeNvml(["rtx5090"], root=True)),
-                        load_profile("inference"), only={"gpu-persistence"}).ok
+                        load_profile("inference"), only={"gpu_persistence"}).ok
     vr = _verify_root(tmp_path, ryzen)
     r = subprocess.run(["systemd-analyze", "verify", f"--root={vr}",
                         "nvidia-persistenced.service"], capture_output=True, text=True,
@@ -385,7 +385,7 @@ def test_cli_root_tree_with_driver_round_trip(ryzen):
     rows = json.loads(p.stdout)["rows"]
     assert {r["status"] for r in rows} == {"offline"}, rows
     p = run_cli("apply", "--root", str(ryzen), "-p", "ryzen9950x-rtx5090", "--yes", "--json",
-                "--only", "gpu-persistence", "--only", "gpu", env=env)
+                "--only", "gpu_persistence", "--only", "gpu", env=env)
     assert p.returncode == 0, p.stdout + p.stderr
     assert (ryzen / "etc/systemd/system/nvidia-persistenced.service.d/90-hosttune.conf").exists()
     p = run_cli("rollback", "--root", str(ryzen), "--yes", env=env)

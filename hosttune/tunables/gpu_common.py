@@ -1,4 +1,4 @@
-"""Helpers shared by the GPU tunables (gpu, gpu-persistence, gpu-mps)."""
+"""Helpers shared by the GPU tunables (gpu, gpu_persistence, gpu_mps)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""gpu-mps: the CUDA Multi-Process Service control daemon, as a unit systemd accepts.
+"""gpu_mps: the CUDA Multi-Process Service control daemon, as a unit systemd accepts.
 
 NVIDIA's procedure: set the GPUs to EXCLUSIVE_PROCESS (the ``gpu`` tunable does, before this
 one in apply order, and at boot hosttune-boot.service does, which this unit is ordered after),
@@ -87,7 +87,7 @@ def render_unit(control: str, mps: GpuMps) -> str:
 
 
 class GpuMpsTunable(Tunable):
-    name = "gpu-mps"
+    name = "gpu_mps"
     section = "gpu"
 
     def enabled(self, ctx: Context) -> bool:

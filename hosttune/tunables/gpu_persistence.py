@@ -1,4 +1,4 @@
-"""gpu-persistence: keep the NVIDIA driver initialised between CUDA clients.
+"""gpu_persistence: keep the NVIDIA driver initialised between CUDA clients.
 
 Preferred: the nvidia-persistenced daemon (NVIDIA: legacy persistence mode is deprecated and
 slated for removal). The daemon drops privileges to its ``--user`` account, which must exist:
@@ -113,7 +113,7 @@ def _user_of(argv: list[str]) -> str | None:
 
 
 class GpuPersistenceTunable(Tunable):
-    name = "gpu-persistence"
+    name = "gpu_persistence"
     section = "gpu"
 
     def enabled(self, ctx: Context) -> bool:
