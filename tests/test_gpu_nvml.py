@@ -529,3 +529,18 @@ def test_rollback_after_the_driver_is_gone(ryzen):
     rb = engine.rollback(Host(ryzen, nvml_backend=FakeNvml([], driver="no-driver")))
     assert rb.ok, [s.to_json() for s in rb.steps]
     assert snapshot(ryzen) == before
+
+
+def test_lost_gpu_raises_gpu_is_lost_and_the_gateway_names_it():
+    fake = FakeNvml(["h100", "h100"])
+    fake.gpus[0].lost = True
+    fake.nvmlInit()
+    assert fake.nvmlDeviceGetCount() == 2  # still counted, like the real driver
+    with pytest.raises(pynvml.NVMLError_GpuIsLost):
+        fake.nvmlDeviceGetHandleByIndex(0)
+    nv = Nvml(fake)
+    assert [g.index for g in nv.devices()] == [1]
+    assert nv.unreadable_devices() == {0: (NvmlState.GPU_LOST, "the GPU fell off the bus "
+                                                               "(NVML_ERROR_GPU_IS_LOST)")}
+    fake.gpus[1].lost = True  # after enumeration: every reading says so
+    assert nv.power_usage_w(nv.devices()[0]).state is NvmlState.GPU_LOST

@@ -191,9 +191,11 @@ class Host:
         return None
 
     # -- NVIDIA ------------------------------------------------------------------------------
-    def nvml(self) -> Nvml:
-        """The NVML gateway (lazy; never the live driver under --root)."""
-        if self._nvml is None:
+    def nvml(self, *, renew: bool = False) -> Nvml:
+        """The NVML gateway (lazy; never the live driver under --root). ``renew`` replaces it
+        with a fresh one: a gateway keeps a failed nvmlInit for its lifetime, so a long-running
+        monitor renews it to retry once the driver may have appeared."""
+        if self._nvml is None or renew:
             from hosttune.host.gpu.nvml import make_gateway
 
             self._nvml = make_gateway(self, self._nvml_backend)

@@ -53,6 +53,7 @@ class GpuModel:
     app_clock_default: int | None = None
     memory_lock_supported: bool = True
     idle_power_mw: int = 30000
+    power_sensor: bool = True  # False: boards without one answer NOT_SUPPORTED (power.draw [N/A])
     temperature_c: int = 34
 
     def graphics_clocks(self, memory_mhz: int) -> list[int]:
@@ -101,6 +102,7 @@ class FakeGpu:
     pcie_width: int = 16
     memory_used: int = 512 * MiB
     extra_reasons: int = 0
+    lost: bool = False  # fell off the bus: every call on it answers GPU_IS_LOST until a reboot
     calls: list[str] = field(default_factory=list)
 
     STATE_KEYS = ("persistence", "power_limit_mw", "locked_graphics", "locked_memory",
@@ -173,7 +175,10 @@ class FakeNvml:
         self._check()
         if not isinstance(handle, _Handle) or handle.index >= len(self.gpus):
             raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
-        return self.gpus[handle.index]
+        g = self.gpus[handle.index]
+        if g.lost:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
+        return g
 
     def _setter(self, name: str, handle: Any, *args: Any) -> FakeGpu:
         g = self._gpu(handle)
@@ -214,6 +219,8 @@ class FakeNvml:
         self._check()
         if not 0 <= index < len(self.gpus):
             raise pynvml.NVMLError(pynvml.NVML_ERROR_INVALID_ARGUMENT)
+        if self.gpus[index].lost:  # still counted by nvmlDeviceGetCount, like the real driver
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_GPU_IS_LOST)
         return _Handle(index)
 
     # -- identity ------------------------------------------------------------------------------
@@ -237,7 +244,10 @@ class FakeNvml:
         return self._gpu(h).persistence
 
     def nvmlDeviceGetPowerUsage(self, h: Any) -> int:
-        return self._gpu(h).model.idle_power_mw
+        m = self._gpu(h).model
+        if not m.power_sensor:
+            raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
+        return m.idle_power_mw
 
     def nvmlDeviceGetPowerManagementLimit(self, h: Any) -> int:
         return self._gpu(h).power_limit_mw

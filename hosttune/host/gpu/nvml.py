@@ -219,6 +219,7 @@ class Nvml:
         self._tree_gpus = tree_gpus or []
         self._handles: dict[str, Any] = {}
         self._devices: list[GpuInfo] | None = None
+        self._unreadable: dict[int, tuple[NvmlState, str]] = {}
 
     # -- plumbing ------------------------------------------------------------------------------
     def _init(self) -> tuple[NvmlState, str] | None:
@@ -307,6 +308,7 @@ class Nvml:
         for i in range(int(count.value or 0)):
             h = self._raw("nvmlDeviceGetHandleByIndex", i)
             if not h.ok:
+                self._unreadable[i] = (h.state, h.message)
                 continue
             uuid = str(self._raw("nvmlDeviceGetUUID", h.value).value or f"index-{i}")
             name = str(self._raw("nvmlDeviceGetName", h.value).value or "?")
@@ -324,6 +326,13 @@ class Nvml:
                                bus))
         self._devices = out
         return out
+
+    def unreadable_devices(self) -> dict[int, tuple[NvmlState, str]]:
+        """NVML indices counted but left out of :meth:`devices` because their handle was
+        refused (e.g. GPU_IS_LOST), with why. nvidia-smi -L: "Unable to determine the device
+        handle for GPU ...: GPU is lost"."""
+        self.devices()
+        return dict(self._unreadable)
 
     # -- readings (all per GPU) ------------------------------------------------------------------
     def persistence_mode(self, gpu: GpuInfo) -> Reading[bool]:
