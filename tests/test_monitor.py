@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pynvml
 import pytest
 
 from hosttune.host import Host
+from hosttune.host.gpu.fake import FakeNvml
 from hosttune.monitor import collect
 from hosttune.monitor import gpu as gpu_mod
+from hosttune.monitor.gpu import GatewaySource
 from hosttune.monitor.parsers import (
     container_id_from_dirname,
     parse_cpuinfo_mhz,
@@ -28,6 +31,7 @@ from hosttune.monitor.snapshot import (
 )
 from tests import fakehost
 from tests.conftest import run_cli
+from tests.fake_nvidia import add_nvidia
 
 MiB = 1024**2
 CID_A = "a" * 64
@@ -301,82 +305,112 @@ def test_a_broken_collector_does_not_stop_the_snapshot(tmp_path: Path) -> None:
     assert isinstance(snap.cpu, CpuReading)
 
 
-def test_gpu_offline_is_unavailable(vm: Path) -> None:
-    snap = collect(Host(vm), with_audit=False)
-    assert isinstance(snap.gpu, Unavailable) and "--root" in snap.gpu.reason
+# --- GPU through the NVML gateway over the project's fake backend ------------------------------
+class CountingNvml(FakeNvml):
+    """The project's fake, counting nvmlInit calls (each one a dlopen + driver handshake)."""
 
-
-# --- GPU through a faithful fake NVML (same pynvml functions and error classes) ---------------
-class FakeNvml:
-    """Two devices: an H100-like that answers everything, and a GeForce-like whose power
-    reading is NOT_SUPPORTED (nvidia-smi shows [N/A]); values in NVML units (mW, MHz)."""
-
-    def __init__(self) -> None:
-        self.devs = [
-            dict(name="NVIDIA H100 80GB HBM3", uuid="GPU-1111", power=312_500, limit=700_000,
-                 sm=1980, mem=2619, mode=3, pers=1),
-            dict(name="NVIDIA GeForce RTX 5090", uuid="GPU-2222", power=None, limit=575_000,
-                 sm=2407, mem=14001, mode=0, pers=0),
-        ]
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
         self.inits = 0
 
-    def install(self, mp: pytest.MonkeyPatch) -> None:
-        def val(key: str):
-            def f(h, *args):
-                if args:  # clock type
-                    key2 = "sm" if args[0] == pynvml.NVML_CLOCK_SM else "mem"
-                    return self.devs[h][key2]
-                v = self.devs[h][key]
-                if v is None:
-                    raise pynvml.NVMLError(pynvml.NVML_ERROR_NOT_SUPPORTED)
-                return v
-            return f
-
-        def init() -> None:
-            self.inits += 1
-
-        mp.setattr(gpu_mod, "_inited", False)
-        mp.setattr(gpu_mod, "_failed", None)
-        mp.setattr(pynvml, "nvmlInit", init)
-        mp.setattr(pynvml, "nvmlDeviceGetCount", lambda: len(self.devs))
-        mp.setattr(pynvml, "nvmlDeviceGetHandleByIndex", lambda i: i)
-        mp.setattr(pynvml, "nvmlDeviceGetName", val("name"))
-        mp.setattr(pynvml, "nvmlDeviceGetUUID", val("uuid"))
-        mp.setattr(pynvml, "nvmlDeviceGetPowerUsage", val("power"))
-        mp.setattr(pynvml, "nvmlDeviceGetEnforcedPowerLimit", val("limit"))
-        mp.setattr(pynvml, "nvmlDeviceGetClockInfo", val("sm"))
-        mp.setattr(pynvml, "nvmlDeviceGetComputeMode", val("mode"))
-        mp.setattr(pynvml, "nvmlDeviceGetPersistenceMode", val("pers"))
+    def nvmlInit(self) -> None:
+        self.inits += 1
+        super().nvmlInit()
 
 
-def test_gpu_reading_via_nvml(monkeypatch: pytest.MonkeyPatch) -> None:
-    fake = FakeNvml()
-    fake.install(monkeypatch)
-    r = gpu_mod.read_gpus()
+def two_gpus() -> CountingNvml:
+    """A busy H100 (312.5 W, SM locked at 1980 MHz, EXCLUSIVE_PROCESS, persistence on) and an
+    RTX 5090 whose board has no power sensor: power.draw is NOT_SUPPORTED ([N/A])."""
+    fake = CountingNvml(["h100", "rtx5090"])
+    h100, rtx = fake.gpus
+    h100.model.idle_power_mw = 312_500
+    h100.locked_graphics = (1980, 1980)
+    h100.compute_mode = pynvml.NVML_COMPUTEMODE_EXCLUSIVE_PROCESS
+    h100.persistence = pynvml.NVML_FEATURE_ENABLED
+    rtx.model.power_sensor = False
+    return fake
+
+
+def test_gpu_reading_via_gateway(vm: Path) -> None:
+    fake = two_gpus()
+    mon = Monitor(Host(vm, nvml_backend=fake), with_audit=False)
+    r = mon.snapshot().gpu
     assert isinstance(r, GpusReading)
     h100, rtx = r.gpus
+    assert (h100.index, h100.name, h100.uuid) == (0, "NVIDIA H100 80GB HBM3", fake.gpus[0].uuid)
     assert (h100.power_w, h100.power_limit_w) == (312.5, 700.0)
     assert (h100.sm_clock_hz, h100.mem_clock_hz) == (1980_000_000, 2619_000_000)
     assert h100.compute_mode == "EXCLUSIVE_PROCESS" and h100.persistence is True
+    assert h100.unsupported == ()
     assert rtx.power_w is None and rtx.unsupported == ("power",)
+    assert rtx.power_limit_w == 575.0
     assert rtx.compute_mode == "DEFAULT" and rtx.persistence is False
-    gpu_mod.read_gpus()
-    assert fake.inits == 1  # lazy init once per process
+    mon.snapshot()
+    assert fake.inits == 1  # one gateway per Monitor: not re-initialised on every refresh
 
 
-def test_gpu_missing_driver_is_unavailable_and_cached(monkeypatch: pytest.MonkeyPatch) -> None:
-    calls = []
+def test_gpu_lost_keeps_the_others(vm: Path) -> None:
+    fake = two_gpus()
+    fake.gpus[0].lost = True  # already off the bus at enumeration: no handle at all
+    r = Monitor(Host(vm, nvml_backend=fake), with_audit=False).snapshot().gpu
+    assert isinstance(r, GpusReading)
+    lost, rtx = r.gpus
+    assert lost.index == 0 and "GPU_IS_LOST" in lost.name and lost.power_limit_w is None
+    assert (rtx.index, rtx.power_limit_w) == (1, 575.0)
 
-    def init() -> None:
-        calls.append(1)
-        raise pynvml.NVMLError(pynvml.NVML_ERROR_LIBRARY_NOT_FOUND)
+    fake = two_gpus()
+    mon = Monitor(Host(vm, nvml_backend=fake), with_audit=False)
+    mon.snapshot()
+    fake.gpus[1].lost = True  # falls off between two scrapes
+    r = mon.snapshot().gpu
+    assert isinstance(r, GpusReading)
+    h100, lost = r.gpus
+    assert h100.power_w == 312.5
+    assert lost.index == 1 and lost.uuid == fake.gpus[1].uuid
+    assert "GPU_IS_LOST" in lost.name and lost.power_limit_w is None and lost.unsupported == ()
 
-    monkeypatch.setattr(gpu_mod, "_inited", False)
-    monkeypatch.setattr(gpu_mod, "_failed", None)
-    monkeypatch.setattr(pynvml, "nvmlInit", init)
-    r1, r2 = gpu_mod.read_gpus(), gpu_mod.read_gpus()
-    assert isinstance(r1, Unavailable) and "Not Found" in r1.reason
-    assert r2 == r1 and len(calls) == 1  # not re-dlopened on every refresh
+
+def test_gpu_missing_driver_is_unavailable_and_cached() -> None:
+    fake = CountingNvml([], driver="no-driver")
+    src = GatewaySource(clock=lambda: 100.0)
+    host = Host("/", nvml_backend=fake)
+    r1, r2 = src(host), src(host)
+    assert r1 == Unavailable("no NVIDIA driver (libnvidia-ml.so.1 not found)")  # the gateway's
+    assert r2 == r1 and fake.inits == 1  # not re-dlopened on every refresh
+
+
+def test_gpu_failed_init_is_retried_after_retry_s() -> None:
+    now = [1000.0]
+    fake = CountingNvml(["h100"], driver="driver-not-loaded")
+    host = Host("/", nvml_backend=fake)
+    src = GatewaySource(clock=lambda: now[0])
+    r = src(host)
+    assert isinstance(r, Unavailable) and "not loaded" in r.reason
+    fake.driver = "ok"  # modprobe nvidia between two scrapes
+    now[0] += gpu_mod.RETRY_S - 1
+    assert src(host) == r and fake.inits == 1  # within RETRY_S: the failure is kept
+    now[0] += 1
+    ok = src(host)
+    assert isinstance(ok, GpusReading) and ok.gpus[0].name == "NVIDIA H100 80GB HBM3"
+    assert fake.inits == 2
+    assert host.nvml().available  # the host's gateway was renewed too (the audit shares it)
+    for _ in range(3):
+        now[0] += 10 * gpu_mod.RETRY_S
+        assert isinstance(src(host), GpusReading)
+    assert fake.inits == 2  # a working gateway is kept
+
+
+def test_gpu_offline_is_unavailable(vm: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HOSTTUNE_FAKE_NVML", raising=False)
+
+    def boom() -> None:
+        raise AssertionError("nvmlInit called for a --root tree")
+
+    monkeypatch.setattr(pynvml, "nvmlInit", boom)
+    snap = collect(Host(vm), with_audit=False)
+    assert snap.gpu == Unavailable(gpu_mod.OFFLINE) and "--root" in snap.gpu.reason
+    add_nvidia(vm, ["rtx5090"])  # a tree with a driver is still not a live GPU
+    assert collect(Host(vm), with_audit=False).gpu == Unavailable(gpu_mod.OFFLINE)
 
 
 # --- caching ------------------------------------------------------------------------------------
@@ -403,6 +437,19 @@ def test_status_json_cli(tmp_path: Path) -> None:
     assert data["gpu"] == {"unavailable": "GPU telemetry is live only (not read under --root)"}
     assert data["store"]["used_bytes"] == 6 * MiB
     assert len(data["containers"]["containers"]) == 3
+
+
+def test_status_json_gpu_fields_through_the_fake_backend(vm: Path) -> None:
+    r = run_cli("status", "--json", "--no-audit", "--root", str(vm),
+                env={"HOSTTUNE_FAKE_NVML": "h100,rtx5090"})
+    assert r.returncode == 0, r.stderr
+    gpus = json.loads(r.stdout)["gpu"]["gpus"]
+    assert [set(g) for g in gpus] == [{
+        "index", "name", "uuid", "power_w", "power_limit_w", "sm_clock_hz", "mem_clock_hz",
+        "compute_mode", "persistence", "unsupported"}] * 2
+    assert [(g["name"], g["power_limit_w"], g["compute_mode"], g["unsupported"])
+            for g in gpus] == [("NVIDIA H100 80GB HBM3", 700.0, "DEFAULT", []),
+                               ("NVIDIA GeForce RTX 5090", 575.0, "DEFAULT", [])]
 
 
 def test_status_human_cli_80_columns(tmp_path: Path) -> None:

@@ -22,10 +22,9 @@ from prometheus_client.registry import CollectorRegistry
 from hosttune.errors import HosttuneError
 from hosttune.host import Host
 from hosttune.monitor import exporter as exp
-from hosttune.monitor import gpu as gpu_mod
 from hosttune.monitor.snapshot import Monitor
 from tests.conftest import REPO, need
-from tests.test_monitor import CID_A, CID_B, CID_C, FakeNvml, MiB, full_ryzen
+from tests.test_monitor import CID_A, CID_B, CID_C, MiB, full_ryzen, two_gpus
 
 DASHBOARD = REPO / "docs/grafana-dashboard.json"
 UNIT = REPO / "hosttune/monitor/units/hosttune-exporter.service"
@@ -51,11 +50,10 @@ def one(ss, name: str, **labels: str) -> float:
     return hits[0]
 
 
-def test_exporter_metrics_match_the_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_exporter_metrics_match_the_tree(tmp_path: Path) -> None:
     root = full_ryzen(tmp_path)
-    FakeNvml().install(monkeypatch)
-    host = Host(root)
-    mon = Monitor(host, "inference", gpu_source=lambda h: gpu_mod.read_gpus())
+    host = Host(root, nvml_backend=two_gpus())
+    mon = Monitor(host, "inference")
     ss = samples(scrape_text(mon))
     p = "hosttune_"
 
@@ -220,17 +218,14 @@ def _dashboard_metric_names() -> set[str]:
     return {m for e in exprs for m in re.findall(r"\bhosttune_[a-z_]+", e)}
 
 
-def test_dashboard_is_valid_and_uses_only_exported_metrics(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_dashboard_is_valid_and_uses_only_exported_metrics(tmp_path: Path) -> None:
     dash = json.loads(DASHBOARD.read_text())
     assert dash["title"] and isinstance(dash["panels"], list) and dash["schemaVersion"] >= 30
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
     for p in dash["panels"]:
         assert {"type", "title", "gridPos"} <= set(p)
-    FakeNvml().install(monkeypatch)
-    mon = Monitor(Host(full_ryzen(tmp_path)), "inference",
-                  gpu_source=lambda h: gpu_mod.read_gpus())
+    mon = Monitor(Host(full_ryzen(tmp_path), nvml_backend=two_gpus()), "inference")
     exported = {f.name for f in text_string_to_metric_families(scrape_text(mon))}
     exported |= {n + "_total" for n in exported}
     used = _dashboard_metric_names()

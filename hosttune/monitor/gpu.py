@@ -1,83 +1,94 @@
-"""GPU telemetry through NVML (nvidia-ml-py). Lazy init once per process, NOT_SUPPORTED becomes
-an explicit 'unsupported' field, never a placeholder value.
-
-Narrow adapter: when the project's NVML gateway lands (GPU issue), ``read_gpus`` is the one
-function to re-point at it."""
+"""GPU telemetry through the project's NVML gateway (:mod:`hosttune.host.gpu.nvml`): the gateway
+owns pynvml (lazy import, one nvmlInit, the one error mapping); this module only turns its
+readings into :class:`GpuReading` values. NOT_SUPPORTED becomes an explicit 'unsupported' field,
+never a placeholder value; a lost GPU keeps the others readable."""
 
 from __future__ import annotations
 
-import functools
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
+from hosttune.errors import HostError
+from hosttune.host.gpu.nvml import GpuInfo, Nvml, NvmlState, Reading
 from hosttune.monitor.snapshot import GpuReading, GpusReading, Unavailable
 
+if TYPE_CHECKING:
+    from hosttune.host import Host
+
+# Label values of hosttune_gpu_compute_mode (nvidia-smi -c names; NVML values 0..3).
 COMPUTE_MODES = {0: "DEFAULT", 1: "EXCLUSIVE_THREAD", 2: "PROHIBITED", 3: "EXCLUSIVE_PROCESS"}
-_inited = False
-_failed: tuple[float, str] | None = None  # (monotonic time, reason) of the last failed init
 RETRY_S = 60.0  # a missing driver does not appear between two scrapes: do not dlopen each time
+OFFLINE = "GPU telemetry is live only (not read under --root)"
 
 
-def _init(pynvml: Any) -> None:
-    global _inited
-    if not _inited:
-        pynvml.nvmlInit()  # command-line equivalent: any nvidia-smi call
-        _inited = True
+def _lost(g: GpuInfo, msg: str) -> GpuReading:
+    return GpuReading(g.index, f"{g.name} ({msg})", g.uuid, None, None, None, None, None, None)
 
 
-def _get(pynvml: Any, h: Any, unsupported: list[str], field: str, fn: Any, *args: Any) -> Any:
+def gpu_reading(nv: Nvml, g: GpuInfo) -> GpuReading:
+    unsupported: list[str] = []
+    lost: list[str] = []
+
+    def take(field: str, r: Reading[Any]) -> Any:
+        if r.ok:
+            return r.value
+        if r.state is NvmlState.UNSUPPORTED:
+            unsupported.append(field)  # explicit 'unsupported on this GPU', not a placeholder
+        elif r.state is NvmlState.GPU_LOST:
+            lost.append(r.message)
+        return None
+
+    power = take("power", nv.power_usage_w(g))  # nvidia-smi -q -d POWER
+    limit = take("power_limit", nv.enforced_power_limit_w(g))
+    sm = take("sm_clock", nv.clock_mhz(g, "sm"))
+    mem = take("mem_clock", nv.clock_mhz(g, "memory"))
     try:
-        return fn(h, *args)
-    except pynvml.NVMLError_NotSupported:
-        unsupported.append(field)  # explicit 'unsupported on this GPU', not a placeholder
-    except pynvml.NVMLError:
-        pass
-    return None
+        mode = take("compute_mode", nv.compute_mode(g))
+    except HostError:  # a mode the gateway has no name for (EXCLUSIVE_THREAD, pre-CUDA 8)
+        mode = None
+    pers = take("persistence", nv.persistence_mode(g))
+    if lost:
+        return _lost(g, lost[0])
+    return GpuReading(g.index, g.name, g.uuid, power, limit,
+                      sm * 1_000_000 if sm is not None else None,
+                      mem * 1_000_000 if mem is not None else None,
+                      mode.smi if mode is not None else None, pers, tuple(unsupported))
 
 
-def read_gpus() -> GpusReading | Unavailable:
-    try:
-        import pynvml
-    except ImportError:
-        return Unavailable("nvidia-ml-py (pynvml) not installed")
-    global _failed
-    if _failed is not None and time.monotonic() - _failed[0] < RETRY_S:
-        return Unavailable(_failed[1])
-    try:
-        _init(pynvml)
-        count = pynvml.nvmlDeviceGetCount()
-    except pynvml.NVMLError as err:
-        _failed = (time.monotonic(), f"NVML: {err}")
-        return Unavailable(_failed[1])
-    _failed = None
-    if count == 0:
+def read_gpus(host: Host, nv: Nvml | None = None) -> GpusReading | Unavailable:
+    """One reading of every GPU through ``nv`` (default: the host's gateway)."""
+    nv = nv if nv is not None else host.nvml()
+    state, msg = nv.state
+    if state is not NvmlState.OK:
+        # --root: the gateway never touches the live driver for a tree (OFFLINE, or no driver
+        # in the tree); the values shown here are live-only either way.
+        return Unavailable(OFFLINE if host.offline else msg)
+    gpus = {g.index: gpu_reading(nv, g) for g in nv.devices()}
+    for i, (_st, why) in nv.unreadable_devices().items():  # e.g. lost before enumeration
+        gpus[i] = GpuReading(i, f"gpu{i} ({why})", "", None, None, None, None, None, None)
+    if not gpus:
         return Unavailable("no NVIDIA GPU")
-    gpus = []
-    for i in range(count):
-        try:
-            h = pynvml.nvmlDeviceGetHandleByIndex(i)
-        except pynvml.NVMLError as err:  # e.g. GPU_IS_LOST: report it, keep the others
-            gpus.append(GpuReading(i, f"gpu{i} ({err})", "", None, None, None, None, None,
-                                   None))
-            continue
-        unsupported: list[str] = []
-        get = functools.partial(_get, pynvml, h, unsupported)
+    return GpusReading(tuple(gpus[i] for i in sorted(gpus)))
 
-        name = get("name", pynvml.nvmlDeviceGetName) or f"gpu{i}"
-        uuid = get("uuid", pynvml.nvmlDeviceGetUUID) or ""
-        power_mw = get("power", pynvml.nvmlDeviceGetPowerUsage)  # nvidia-smi -q -d POWER
-        limit_mw = get("power_limit", pynvml.nvmlDeviceGetEnforcedPowerLimit)
-        sm = get("sm_clock", pynvml.nvmlDeviceGetClockInfo, pynvml.NVML_CLOCK_SM)
-        mem = get("mem_clock", pynvml.nvmlDeviceGetClockInfo, pynvml.NVML_CLOCK_MEM)
-        mode = get("compute_mode", pynvml.nvmlDeviceGetComputeMode)
-        pers = get("persistence", pynvml.nvmlDeviceGetPersistenceMode)
-        gpus.append(GpuReading(
-            i, name.decode() if isinstance(name, bytes) else str(name),
-            uuid.decode() if isinstance(uuid, bytes) else str(uuid),
-            power_mw / 1000.0 if power_mw is not None else None,
-            limit_mw / 1000.0 if limit_mw is not None else None,
-            sm * 1_000_000 if sm is not None else None,
-            mem * 1_000_000 if mem is not None else None,
-            COMPUTE_MODES.get(mode, str(mode)) if mode is not None else None,
-            bool(pers) if pers is not None else None, tuple(unsupported)))
-    return GpusReading(tuple(gpus))
+
+class GatewaySource:
+    """The monitor's GPU source: one gateway per Monitor (the host's), so a working NVML is not
+    re-initialised on every scrape, while a failed nvmlInit (kept by the gateway for its
+    lifetime) is retried with a fresh gateway once RETRY_S has passed."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._nv: Nvml | None = None
+        self._failed_at: float | None = None
+
+    def __call__(self, host: Host) -> GpusReading | Unavailable:
+        if self._nv is None:
+            self._nv = host.nvml()
+        elif self._failed_at is not None and self.clock() - self._failed_at >= RETRY_S:
+            self._nv = host.nvml(renew=True)
+            self._failed_at = None
+        # A tree does not grow a driver: retry only on the live host.
+        if self._failed_at is None and not host.offline and not self._nv.available:
+            self._failed_at = self.clock()
+        return read_gpus(host, self._nv)

@@ -512,21 +512,17 @@ class ContainersCollector(Collector[ContainersReading]):
 GpuSource = Callable[["Host"], "GpusReading | Unavailable"]
 
 
-def _gpu_source_default(host: Host) -> GpusReading | Unavailable:
-    """Adapter to the NVML gateway. The gateway (hosttune.host.nvml, GPU issue) is wired here
-    at merge; until then read NVML directly with the same lazy-init/NOT_SUPPORTED rules."""
-    if host.offline:
-        return Unavailable("GPU telemetry is live only (not read under --root)")
-    from hosttune.monitor import gpu
-
-    return gpu.read_gpus()
-
-
 class GpuCollector(Collector[GpusReading]):
     name = "gpu"
 
     def __init__(self, source: GpuSource | None = None) -> None:
-        self.source = source or _gpu_source_default
+        if source is None:
+            # Through the NVML gateway, one per Monitor (hosttune.monitor.gpu imports this
+            # module, hence the late import).
+            from hosttune.monitor.gpu import GatewaySource
+
+            source = GatewaySource()
+        self.source = source
 
     def read(self, host: Host) -> GpusReading | Unavailable:
         return self.source(host)
