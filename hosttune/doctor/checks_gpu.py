@@ -27,7 +27,7 @@ from hosttune.errors import HosttuneError
 from hosttune.host.distro import kernel_release
 from hosttune.host.facts import find_pids
 from hosttune.host.gpu.nvml import ComputeMode, GpuInfo, Nvml
-from hosttune.host.irq import explain_mask, gpu_irqs, mask_to_cpus
+from hosttune.host.irq import cpus_to_mask, explain_mask, gpu_irqs, mask_to_cpus, nr_cpu_ids
 from hosttune.host.nvidia_driver import (
     KNOWN_MODULE_OPTIONS,
     driver_version,
@@ -378,10 +378,15 @@ def irq_masks(ctx: DoctorContext, lines: list[ShellLine]) -> tuple[list[MaskUse]
                 continue
             scripts.append(MaskUse(sl.where, m.group(1), cpus, _stated_cpus(ctx, sl.file)))
     live: dict[str, list[int]] = {}
+    width = nr_cpu_ids(ctx.host)
     for gi in gpu_irqs(ctx.host):
+        # the CPU list file: what hosttune writes, and unambiguous; the mask only without it
         try:
+            cl = ctx.host.read_value(f"/proc/irq/{gi.irq}/smp_affinity_list")
             mask = ctx.host.read_value(f"/proc/irq/{gi.irq}/smp_affinity")
-        except PermissionError:
+            if cl:
+                mask = cpus_to_mask(parse_cpulist(cl), max(width, max(parse_cpulist(cl)) + 1))
+        except (PermissionError, ValueError):
             continue
         if mask:
             live.setdefault(mask, []).append(gi.irq)
@@ -470,6 +475,8 @@ def check_irq_affinity(ctx: DoctorContext) -> Iterator[Finding]:
     # where GPU interrupts land inside containers' CPUs (or their SMT siblings)
     facts = host.facts
     for use in (lives or scripts):
+        if set(use.cpus) >= set(facts.cpu_ids):
+            continue  # never pinned (the kernel's default): not a hand-made setting
         hits = []
         for name, (_p, cset) in sorted(containers.items()):
             both = sorted(set(cset) & set(use.cpus))
