@@ -162,7 +162,8 @@ def test_modprobe_option_unknown_to_installed_driver(box):
     fs = gpu_findings(box)
     assert ids(fs) == ["nvidia.modprobe-unknown-option"] * 2
     assert {f.where for f in fs} == {"/etc/modprobe.d/nv.conf:2"}
-    assert any("NVreg_NoSuchThing" in f.title for f in fs)
+    assert any("NVreg_NoSuchThing" in f.title and "/proc/driver/nvidia/params" in f.why
+               for f in fs)
 
 
 def test_modprobe_weakens_isolation(box):

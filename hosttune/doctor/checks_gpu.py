@@ -59,14 +59,19 @@ HINT_OPTIONS = {"NVreg_EnableGpuFirmware", "NVreg_EnableMSI", "NVreg_RegistryDwo
 
 def check_nvidia_modprobe(ctx: DoctorContext) -> Iterator[Finding]:
     host = ctx.host
-    known_cache: dict[str, frozenset[str] | None] = {}
+    known_cache: dict[str, tuple[frozenset[str], str] | None] = {}
 
-    def known_for(mod: str) -> frozenset[str] | None:
+    def known_for(mod: str) -> tuple[frozenset[str], str] | None:
+        """The module's parameter names and where they came from (None: nothing to ask)."""
         if mod not in known_cache:
             info = module_options(host, mod)
-            # only modules with a source (installed driver) or hosttune's own table
-            known_cache[mod] = info.names if (info.sources or mod in KNOWN_MODULE_OPTIONS) \
-                and info.names else None
+            if info.sources and info.names:
+                known_cache[mod] = (info.names, ", ".join(info.sources))
+            elif mod in KNOWN_MODULE_OPTIONS:
+                known_cache[mod] = (KNOWN_MODULE_OPTIONS[mod], "hosttune's table of the "
+                                    "570-595 drivers' options (no installed driver to ask)")
+            else:
+                known_cache[mod] = None
         return known_cache[mod]
 
     for path in modprobe_files(host):
@@ -78,28 +83,30 @@ def check_nvidia_modprobe(ctx: DoctorContext) -> Iterator[Finding]:
                  if ln.command == "options" and ln.module.startswith("nvidia")]
         if not lines:
             continue
+        nv_lines = {ln.lineno: ln for ln in lines}
         known: dict[str, set[str] | frozenset[str]] = {}
         for ln in lines:
             k = known_for(ln.module)
             if k is not None:
-                known[ln.module] = k
-        nv_text = "\n".join(ln if i + 1 in {x.lineno for x in lines} else ""
-                            for i, ln in enumerate(text.splitlines()))
-        for lf in lint_modprobe_conf(nv_text, known):
-            if lf.severity != "error":
-                continue  # security notes: graded below
+                known[ln.module] = k[0]
+        for lf in lint_modprobe_conf(text, known):
+            ln_ = nv_lines.get(lf.lineno)
+            if ln_ is None or lf.severity != "error":
+                continue  # other modules' lines; security notes are graded below
             where = f"{path}:{lf.lineno}"
             if "trailing comment" in lf.message:
                 yield Finding("nvidia.modprobe-trailing-comment", Severity.ERROR,
-                              "trailing comment in an nvidia options line", where,
+                              f"trailing comment in an {ln_.module} options line", where,
                               lf.message + "; the driver logs 'unknown parameter' for each "
                               "word and ignores it.",
                               "move the comment to its own line; profile key "
                               "nvidia_modules.options (hosttune writes a clean drop-in)")
             else:
+                src = known_for(ln_.module)
                 yield Finding("nvidia.modprobe-unknown-option", Severity.ERROR,
-                              lf.message.split(":", 1)[0] + ": not an option of the installed "
-                              "driver", where, lf.message + ". The option has no effect.",
+                              lf.message.split(":", 1)[0] if ":" in lf.message else lf.message,
+                              where, lf.message + ". The option has no effect (checked: "
+                              f"{src[1] if src else 'hosttune table'}).",
                               "remove it; profile key nvidia_modules.options (validated "
                               "against the installed driver)")
         for ln in lines:
@@ -108,7 +115,7 @@ def check_nvidia_modprobe(ctx: DoctorContext) -> Iterator[Finding]:
                     break
                 name, value = split_option(word)
                 if name == "NVreg_EnableResizableBar":
-                    continue
+                    continue  # a hint about firmware support, not a defect
                 for note in security_notes(ln.module, name, value):
                     sev = Severity.WARNING if name in ISOLATION_OPTIONS else Severity.INFO
                     if sev is Severity.INFO and name not in HINT_OPTIONS:
@@ -433,11 +440,12 @@ def _irqbalance_protects(ctx: DoctorContext, pid: int, irqs: set[int]) -> bool:
                     args += e.value.split()
     banned: set[int] = set()
     for i, a in enumerate(args):
-        if a.startswith("--policyscript") or a in ("-l",) or a.startswith("--banmod=nvidia") \
+        # -l is --policyscript's short form (irqbalance(1))
+        if a.startswith("--policyscript") or a == "-l" or a.startswith("--banmod=nvidia") \
                 or (a == "--banmod" and i + 1 < len(args) and args[i + 1] == "nvidia"):
             return True
-        if a.startswith("--banirq="):
-            banned.add(int(a.split("=", 1)[1])) if a.split("=", 1)[1].isdigit() else None
+        if a.startswith("--banirq=") and a.split("=", 1)[1].isdigit():
+            banned.add(int(a.split("=", 1)[1]))
         elif a in ("--banirq", "-i") and i + 1 < len(args) and args[i + 1].isdigit():
             banned.add(int(args[i + 1]))
     return irqs <= banned
@@ -611,12 +619,12 @@ def check_cuda_cache(ctx: DoctorContext) -> Iterator[Finding]:
         if problem is None:
             problem = (f"{norm} is on a {tmpfs}: the cache is lost at every boot and CUDA "
                        "programs JIT-compile their kernels again")
+        states = (["world-writable"] if writable else []) + \
+            (["wiped at boot"] if wiped or tmpfs else [])
         yield Finding(
             "cuda.cache-path-unsafe", Severity.ERROR if writable else Severity.WARNING,
-            f"CUDA_CACHE_PATH={path} is " + ("world-writable" if writable else "") +
-            (" and " if writable and (wiped or tmpfs) else "") +
-            ("wiped at boot" if wiped or tmpfs else ("" if writable else "unsafe")),
-            where, problem + ".", fix)
+            f"CUDA_CACHE_PATH={path} is {' and '.join(states) or 'unsafe'}", where,
+            problem + ".", fix)
 
 
 # --- compute mode vs GPU clients -----------------------------------------------------------

@@ -27,9 +27,15 @@ class ShellLine:
 def _is_shell_script(text: str, name: str) -> bool:
     first = text.split("\n", 1)[0]
     if first.startswith("#!"):
-        return any(first.rstrip().split("/")[-1].split()[-1] == s or
-                   first.rstrip().endswith("/" + s) or f"env {s}" in first for s in SHELLS)
+        words = first[2:].split()
+        prog = words[0].rsplit("/", 1)[-1] if words else ""
+        if prog == "env" and len(words) > 1:
+            prog = words[1]
+        return prog in SHELLS
     return name.endswith(".sh")
+
+
+MAX_SCRIPT_BYTES = 256 * 1024  # /usr/local/bin also holds binaries: scripts are small
 
 
 def script_files(ctx: DoctorContext) -> list[str]:
@@ -38,7 +44,9 @@ def script_files(ctx: DoctorContext) -> list[str]:
     for d in SCRIPT_DIRS:
         for n in host.listdir(d):
             p = f"{d}/{n}"
-            if host.path(p).is_file() and not host.path(p).is_symlink():
+            real = host.path(p)
+            if real.is_file() and not real.is_symlink() and \
+                    real.stat().st_size <= MAX_SCRIPT_BYTES:
                 out.append(p)
     out += [f for f in SCRIPT_FILES if host.path(f).is_file()]
     return out
@@ -69,7 +77,7 @@ def shell_lines(ctx: DoctorContext) -> list[ShellLine]:
     for p in script_files(ctx):
         try:
             text = host.read_text(p) or ""
-        except (PermissionError, UnicodeDecodeError):
+        except PermissionError:
             continue
         if _is_shell_script(text, p):
             out.extend(script_lines(p, text))
