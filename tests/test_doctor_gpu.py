@@ -105,9 +105,8 @@ def test_seed_gpu_defects_found_offline(seed):
 def test_seed_gpu_defects_with_nvml(seed):
     fs = gpu_findings(seed, seed_nvml())
     got = {(f.check, f.where.split(":")[0]) for f in fs}
-    want = (_expected_offline() - {("gpu.exclusive-without-mps",
-                                    "/usr/local/bin/optimize-gpu.sh")}) | {
-        ("gpu.exclusive-without-mps", "live"),  # NVML's compute mode, not the script
+    want = _expected_offline() | {
+        ("gpu.exclusive-without-mps", "live"),  # NVML's compute mode, and the script
         ("gpu.clock-unsupported", "/usr/local/bin/optimize-gpu.sh"),
         ("gpu.clock-unsupported", "/etc/systemd/system/gpu-clocks.service"),
     }
@@ -285,9 +284,10 @@ def test_exclusive_process_without_mps(box):
     assert not [f for f in gpu_findings(box, nv) if f.check.startswith("gpu.")]
     fakehost.w(box, "/etc/systemd/system/cm.service",
                "[Service]\nExecStart=/usr/bin/nvidia-smi -i 0 -c 3\n")
-    fs = [f for f in gpu_findings(box) if f.check.startswith("gpu.")]
-    assert [(f.check, f.where) for f in fs] == [("gpu.exclusive-without-mps",
-                                                 "/etc/systemd/system/cm.service:2")]
+    for nvml in (None, nv):  # offline, and live while the GPU is (still) in DEFAULT
+        fs = [f for f in gpu_findings(box, nvml) if f.check.startswith("gpu.")]
+        assert [(f.check, f.where) for f in fs] == [("gpu.exclusive-without-mps",
+                                                     "/etc/systemd/system/cm.service:2")]
 
 
 def test_gpu_power_and_clock_out_of_range(box):

@@ -707,9 +707,9 @@ def check_compute_mode(ctx: DoctorContext) -> Iterator[Finding]:
             r = nv.compute_mode(g)
             if r.ok and r.get() is ComputeMode.EXCLUSIVE_PROCESS:
                 exclusive.append(f"live: NVML gpu{g.index} compute mode")
-    if not exclusive:
-        exclusive = [s.where for s in smi_settings(shell_lines(ctx)) if s.what == "compute"
-                     and _COMPUTE_NAMES.get(s.value.lower()) is ComputeMode.EXCLUSIVE_PROCESS]
+    # and every script/unit that sets it (they set it again whenever they run)
+    exclusive += [s.where for s in smi_settings(shell_lines(ctx)) if s.what == "compute"
+                  and _COMPUTE_NAMES.get(s.value.lower()) is ComputeMode.EXCLUSIVE_PROCESS]
     if not exclusive:
         return
     clients, names, compose = compose_gpu_clients(ctx)
