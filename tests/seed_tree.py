@@ -9,7 +9,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hosttune.host.gpu.fake import FakeNvml
 from tests import fakehost
+from tests.fake_nvidia import add_nvidia
+from tests.gpuhost import ryzen_5090
 
 GiB = 1024**3
 
@@ -212,9 +215,62 @@ services:
 
 COMPOSE_PATH = "/opt/llama/docker-compose.yml"
 
+# /usr/local/bin/optimize-gpu.sh, the notes' "Complete Setup Script" (verbatim)
+OPTIMIZE_GPU = """\
+#!/bin/bash
+set -e
+
+echo "Configuring RTX 5090 for optimal AI inference..."
+
+# Enable persistence mode
+sudo nvidia-smi -pm 1
+
+# Set maximum power limit (600W for RTX 5090)
+sudo nvidia-smi -pl 600
+
+# Lock GPU clocks for consistency
+sudo nvidia-smi -lgc 2400,2550
+sudo nvidia-smi -lmc 3002
+
+# Set compute mode
+sudo nvidia-smi -c EXCLUSIVE_PROCESS
+
+# Set GPU IRQ affinity
+GPU_IRQS=$(cat /proc/interrupts | grep -E "nvidia|gpu" | awk '{print $1}' | tr -d ':')
+for irq in $GPU_IRQS; do
+    echo f0000000 | sudo tee /proc/irq/$irq/smp_affinity > /dev/null 2>&1
+done
+
+# Create CUDA cache directory
+sudo mkdir -p /tmp/cuda_cache
+sudo chmod 1777 /tmp/cuda_cache
+
+echo "GPU optimization complete!"
+
+# Verify settings
+nvidia-smi -q | grep -E "Persistence Mode|Power Limit|Compute Mode"
+"""
+
+IRQBALANCE_PID = 812
+
+
+def seed_nvml() -> FakeNvml:
+    """The RTX 5090 as optimize-gpu.sh leaves it: 600 W, graphics locked to 2400-2550 MHz,
+    EXCLUSIVE_PROCESS; `-lmc 3002` was refused (GeForce: NVML_ERROR_NOT_SUPPORTED)."""
+    nv = FakeNvml(["rtx5090"], root=True)
+    g = nv.gpus[0]
+    g.persistence = 1
+    g.power_limit_mw = 600_000
+    g.locked_graphics = (2400, 2550)
+    g.compute_mode = 3  # NVML_COMPUTEMODE_EXCLUSIVE_PROCESS
+    return nv
+
 
 def seed_tree(root: Path) -> Path:
-    fakehost.ryzen_9950x(root, swap=True)
+    # the 9950X box with its RTX 5090 (PCI, MSI-X IRQs 180/181 named 'nvidia', the iGPU's
+    # amdgpu IRQ 190), the driver and Debian's irqbalance unit
+    ryzen_5090(root)
+    add_nvidia(root, ["rtx5090"], vendor_unit_user=None)
     b = fakehost.TreeBuilder(root)
     # 1. swapoff -a; sed -i '/swap/d' /etc/fstab  (on the installer's fstab)
     kept = [ln for ln in INSTALLER_FSTAB.splitlines() if "swap" not in ln]
@@ -254,11 +310,18 @@ def seed_tree(root: Path) -> Path:
     b.write("/etc/systemd/system/nvidia-persistenced.service", PERSISTENCED_UNIT)
     b.write("/etc/systemd/system/gpu-clocks.service", GPU_CLOCKS_UNIT)
     b.write("/etc/systemd/system/nvidia-mps.service", MPS_UNIT)
-    b.write("/usr/local/bin/optimize-gpu.sh", "#!/bin/bash\nset -e\n", 0o755)
+    b.write("/usr/local/bin/optimize-gpu.sh", OPTIMIZE_GPU, 0o755)
     # 8. modprobe options
     b.write("/etc/modprobe.d/nvidia-optimizations.conf", MODPROBE)
     # 9. IRQ affinity script and its runtime effect
     b.write("/usr/local/bin/set-gpu-irq-affinity.sh", IRQ_SCRIPT, 0o755)
+    # ... which ran: grep -E "nvidia|gpu" matched the 5090's IRQs and the iGPU's amdgpu one
+    for irq in (180, 181, 190):
+        b.write(f"/proc/irq/{irq}/smp_affinity", "f0000000\n")
+        b.write(f"/proc/irq/{irq}/smp_affinity_list", "28-31\n")
+    # irqbalance runs as Debian starts it (no policy script, no banned IRQs)
+    b.write(f"/proc/{IRQBALANCE_PID}/comm", "irqbalance\n")
+    b.write(f"/proc/{IRQBALANCE_PID}/cmdline", "/usr/sbin/irqbalance\0--foreground\0")
     # 10. CUDA environment, cache dir 1777 under /tmp
     with open(root / "etc/environment", "a") as fh:
         fh.write(ENVIRONMENT_ADD)

@@ -57,6 +57,8 @@ def doctor(
             console.print(t)
         for argv in rep.skipped_commands:
             console.print(f"[dim]skipped (--root): {escape(' '.join(argv))}[/]")
+        for s in rep.skipped_checks:
+            console.print(f"[dim]skipped: {escape(s)}[/]")
         for e in rep.errors:
             console.print(f"[yellow]not checked:[/] {escape(e)}")
     worst = rep.worst

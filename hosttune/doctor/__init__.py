@@ -17,6 +17,15 @@ from hosttune.doctor.checks_config import (
     check_memlock,
     check_sysctl_syntax,
 )
+from hosttune.doctor.checks_gpu import (
+    check_compute_mode,
+    check_container_cpusets,
+    check_cuda_cache,
+    check_gpu_clocks,
+    check_irq_affinity,
+    check_kernel_params,
+    check_nvidia_modprobe,
+)
 from hosttune.doctor.checks_systemd import check_units, check_units_verify
 from hosttune.host import Host
 from hosttune.profile import LoadedProfile
@@ -29,6 +38,13 @@ CHECKS: list[Check] = [
     check_sysctl_syntax,
     check_fstab,
     check_hugepages,
+    check_nvidia_modprobe,
+    check_kernel_params,
+    check_irq_affinity,
+    check_cuda_cache,
+    check_container_cpusets,
+    check_compute_mode,
+    check_gpu_clocks,
 ]
 
 
@@ -37,6 +53,7 @@ class DoctorReport:
     findings: list[Finding]
     skipped_commands: list[tuple[str, ...]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # checks that crashed (reported, not hidden)
+    skipped_checks: list[str] = field(default_factory=list)  # not checked, and why
 
     @property
     def worst(self) -> Severity | None:
@@ -48,7 +65,7 @@ class DoctorReport:
             counts[str(f.severity)] = counts.get(str(f.severity), 0) + 1
         return {"findings": [f.to_json() for f in self.findings], "counts": counts,
                 "skipped_commands": [list(c) for c in self.skipped_commands],
-                "errors": self.errors}
+                "errors": self.errors, "skipped_checks": self.skipped_checks}
 
 
 def run(host: Host, loaded: LoadedProfile | None = None,
@@ -71,7 +88,8 @@ def run(host: Host, loaded: LoadedProfile | None = None,
             seen.add(k)
             unique.append(f)
     unique.sort(key=lambda f: -int(f.severity))
-    return DoctorReport(unique, list(ctx.skipped_commands) + list(host.runner.skipped), errors)
+    return DoctorReport(unique, list(ctx.skipped_commands) + list(host.runner.skipped), errors,
+                        list(ctx.skipped_checks))
 
 
 __all__ = ["CHECKS", "DoctorContext", "DoctorReport", "Finding", "Severity", "run"]

@@ -41,6 +41,7 @@ class DoctorContext:
     loaded: LoadedProfile | None = None
     compose_files: list[str] = field(default_factory=list)  # host paths
     skipped_commands: list[tuple[str, ...]] = field(default_factory=list)
+    skipped_checks: list[str] = field(default_factory=list)  # what could not be checked, why
 
 
 Check = Callable[[DoctorContext], Iterable[Finding]]
