@@ -544,3 +544,18 @@ def test_lost_gpu_raises_gpu_is_lost_and_the_gateway_names_it():
                                                                "(NVML_ERROR_GPU_IS_LOST)")}
     fake.gpus[1].lost = True  # after enumeration: every reading says so
     assert nv.power_usage_w(nv.devices()[0]).state is NvmlState.GPU_LOST
+
+
+def test_live_host_without_nvidia_module_never_imports_pynvml(tmp_path) -> None:
+    """/proc/driver/nvidia appears when the nvidia module loads; without it the gateway says
+    'no driver' without paying pynvml's import (every audit on a GPU-less host)."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom hosttune.host import Host\n"
+            f"h = Host({str(tmp_path)!r})\nh.offline = False  # a live host with no driver\n"
+            "nv = h.nvml()\nprint(nv.state[0].name, 'pynvml' in sys.modules)\n")
+    env = {k: v for k, v in os.environ.items() if k != "HOSTTUNE_FAKE_NVML"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=env, check=True, timeout=60).stdout.split()
+    assert out == ["NO_DRIVER", "False"]

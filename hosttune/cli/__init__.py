@@ -10,47 +10,35 @@ import os
 # audit's 0.3 s budget, for nothing hosttune uses.
 os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "1")
 
+import importlib
+import sys
+from typing import Any
+
 import typer
 
 from hosttune import __version__
-from hosttune.cli import (
-    bench,
-    containers,
-    core_cmds,
-    doctor,
-    models,
-    monitor,
-    profiles,
-    status,
-    topology,
-)
-from hosttune.cli import export as export_cmds  # fleet: hosttune export tuned
 
-app = typer.Typer(
-    name="hosttune",
-    help="Make Linux hosts fast and predictable for AI inference - and prove it.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    add_completion=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
+# (command name, module, attribute, kind). Registration order is the order of --help.
+# A command's module is imported only when it is registered: `hosttune audit` registers audit
+# alone (see main), so it does not pay for rich.progress, the bench statistics, the exporter...
+_COMMANDS: tuple[tuple[str, str, str, str], ...] = (
+    ("audit", "core_cmds", "audit", "command"),
+    ("plan", "core_cmds", "plan", "command"),
+    ("apply", "core_cmds", "apply", "command"),
+    ("rollback", "core_cmds", "rollback", "command"),
+    ("doctor", "doctor", "doctor", "command"),
+    ("profiles", "profiles", "app", "group"),
+    ("topology", "topology", "topology", "command"),
+    ("containers", "containers", "app", "group"),
+    ("status", "monitor", "status_app", "group"),
+    ("watch", "monitor", "watch", "command"),
+    ("exporter", "monitor", "exporter", "command"),
+    ("models", "models", "app", "group"),
+    ("shim", "models", "shim_app", "group"),
+    ("export", "export", "app", "group"),  # fleet: hosttune export tuned
+    ("bench", "bench", "app", "group"),
 )
-
-app.command()(core_cmds.audit)
-app.command()(core_cmds.plan)
-app.command()(core_cmds.apply)
-app.command()(core_cmds.rollback)
-app.command()(doctor.doctor)
-app.add_typer(profiles.app, name="profiles")
-app.command()(topology.topology)
-app.add_typer(containers.app, name="containers")
-app.add_typer(monitor.status_app, name="status")
-monitor.status_app.command("gpu")(status.gpu)
-app.command()(monitor.watch)
-app.command()(monitor.exporter)
-app.add_typer(models.app, name="models")
-app.add_typer(models.shim_app, name="shim")
-app.add_typer(export_cmds.app, name="export")
-app.add_typer(bench.app, name="bench")
+_status_gpu_added = False
 
 
 def _version(value: bool) -> None:
@@ -59,7 +47,6 @@ def _version(value: bool) -> None:
         raise typer.Exit(0)
 
 
-@app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                  help="Show the version and exit."),
@@ -67,5 +54,50 @@ def _root(
     """hosttune: audit -> plan -> apply -> verify -> rollback."""
 
 
+def build_app(only: str | None = None) -> typer.Typer:
+    """The CLI with every command, or with the one named ``only`` (faster start)."""
+    global _status_gpu_added
+    new = typer.Typer(
+        name="hosttune",
+        help="Make Linux hosts fast and predictable for AI inference - and prove it.",
+        no_args_is_help=True,
+        pretty_exceptions_enable=False,
+        add_completion=False,
+        context_settings={"help_option_names": ["-h", "--help"]},
+    )
+    new.callback()(_root)
+    for name, mod, attr, kind in _COMMANDS:
+        if only is not None and name != only:
+            continue
+        obj = getattr(importlib.import_module(f"hosttune.cli.{mod}"), attr)
+        if kind == "command":
+            new.command(name)(obj)
+        else:
+            if name == "status" and not _status_gpu_added:
+                from hosttune.cli import status
+
+                obj.command("gpu")(status.gpu)  # NVIDIA detail joins the status group
+                _status_gpu_added = True
+            new.add_typer(obj, name=name)
+    return new
+
+
+def __getattr__(name: str) -> Any:
+    if name == "app":  # the full CLI (tests, documentation tools)
+        full = build_app()
+        globals()["app"] = full
+        return full
+    raise AttributeError(name)
+
+
+def _command_name(argv: list[str]) -> str | None:
+    for a in argv:
+        if not a.startswith("-"):
+            return a if any(a == c[0] for c in _COMMANDS) else None
+        if a in ("--version", "-h", "--help"):
+            return None
+    return None
+
+
 def main() -> None:
-    app()
+    build_app(_command_name(sys.argv[1:]))()
