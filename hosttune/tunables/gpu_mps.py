@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from hosttune.host.gpu.nvml import NvmlState
 from hosttune.profile.schema import GpuMps
+from hosttune.tunables._systemd import daemon_reload
 from hosttune.tunables.base import (
     HEADER,
     Change,
@@ -29,7 +30,6 @@ from hosttune.tunables.base import (
 from hosttune.tunables.gpu_common import section, unavailable_rows
 from hosttune.tunables.gpu_units import (
     UNIT_DIRS,
-    daemon_reload,
     enable_link,
     exec_problems,
     is_active,
@@ -150,8 +150,8 @@ class GpuMpsTunable(Tunable):
             rows.append(Row(self.name, f"{UNIT} running", "yes" if active else "no", "yes",
                             Status.OK if active and not files_changed else Status.DRIFT))
             if files_changed or not active:
-                if files_changed:
-                    changes.append(daemon_reload(self.name))
+                if files_changed and (dr := daemon_reload(ctx, self.name)):
+                    changes.append(dr)
                 changes.append(start_change(self.name, UNIT, bool(active)))
         elif active:
             rows.append(Row(self.name, f"{UNIT} running", "yes", "no", Status.DRIFT))

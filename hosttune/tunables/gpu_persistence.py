@@ -23,6 +23,7 @@ from typing import Any
 from hosttune.errors import HostError
 from hosttune.host import Host
 from hosttune.host.gpu.nvml import NvmlState
+from hosttune.tunables._systemd import daemon_reload
 from hosttune.tunables.base import (
     HEADER,
     Change,
@@ -36,7 +37,6 @@ from hosttune.tunables.base import (
 from hosttune.tunables.gpu_common import gpu_label, reading_row, section, unavailable_rows
 from hosttune.tunables.gpu_nvml import gone_gpu_or
 from hosttune.tunables.gpu_units import (
-    daemon_reload,
     enable_link,
     exec_argv,
     exec_problems,
@@ -272,8 +272,8 @@ class GpuPersistenceTunable(Tunable):
             rows.append(Row(self.name, key, "disabled", "enabled (daemon)", Status.DRIFT,
                             f"systemctl start {UNIT}"))
         if not host.offline and not ctx.runtime_only and (files_changed or disabled):
-            if files_changed:
-                changes.append(daemon_reload(self.name))
+            if files_changed and (dr := daemon_reload(ctx, self.name)):
+                changes.append(dr)
             changes.append(start_change(self.name, UNIT, bool(is_active(host, UNIT))))
         return Evaluation(rows, changes)
 

@@ -145,13 +145,6 @@ def is_active(host: Host, name: str) -> bool | None:
     return res.returncode == 0
 
 
-def daemon_reload(tunable: str) -> Change:
-    return Change(id=f"{tunable}/daemon-reload", tunable=tunable, kind="command",
-                  summary="systemctl daemon-reload",
-                  params={"argv": ["systemctl", "daemon-reload"],
-                          "revert_argv": ["systemctl", "daemon-reload"], "post": True})
-
-
 def start_change(tunable: str, name: str, active: bool) -> Change:
     """(Re)start a unit now; on revert, stop it again (or restart it with the restored files
     when it was already running)."""
