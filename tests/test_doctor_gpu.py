@@ -309,3 +309,15 @@ def test_gpu_clocks_skipped_without_nvml(box):
     rep = run(box)
     assert not [f for f in rep.findings if f.check.startswith("gpu.")]
     assert len(rep.skipped_checks) == 1 and "/usr/local/bin/gpu.sh:2" in rep.skipped_checks[0]
+
+
+def test_kernel_param_unknown_to_its_module(box):
+    """A module-qualified parameter the module does not export (sysfs) is reported as a hint;
+    one it exports, and one of a module this kernel lacks, are not."""
+    fakehost.w(box, "/sys/module/rcutree/parameters/rcu_nocb_poll", "N\n")
+    fakehost.w(box, "/etc/default/grub.d/50-x.cfg",
+               'GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT rcutree.rcu_nocb_pol=1 '
+               'rcutree.rcu_nocb_poll=1 nomodule.x=1"\n')
+    (f,) = gpu_findings(box)
+    assert f.check == "kernel.param-unknown" and f.severity == Severity.INFO
+    assert f.where == "/etc/default/grub.d/50-x.cfg:1" and "rcu_nocb_pol " in f.why

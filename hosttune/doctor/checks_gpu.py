@@ -24,6 +24,7 @@ from hosttune.doctor.checks_systemd import unit_files
 from hosttune.doctor.shellcmds import ShellLine, commands, shell_lines
 from hosttune.doctor.unitfile import parse_unit
 from hosttune.errors import HosttuneError
+from hosttune.host import Host
 from hosttune.host.distro import kernel_release
 from hosttune.host.facts import find_pids
 from hosttune.host.gpu.nvml import ComputeMode, GpuInfo, Nvml
@@ -160,6 +161,22 @@ def _param_problem(word: str, kernel: str | None, nvidia: str | None) -> str | N
     return None
 
 
+def _module_param_unknown(host: Host, word: str) -> str | None:
+    """'module.param' whose module this kernel has (/sys/module/<module>, built in or loaded)
+    but which that module does not export. Only a hint: parameters declared with permission 0
+    have no sysfs file (Documentation/ABI/testing/sysfs-module), hence severity info."""
+    name = param_name(word)
+    mod, dot, param = name.partition(".")
+    if not dot or not mod or not param or "." in param:
+        return None
+    mod = mod.replace("-", "_")  # the kernel treats - and _ alike in module names
+    pdir = f"/sys/module/{mod}/parameters"
+    if not host.exists(pdir) or host.exists(f"{pdir}/{param.replace('-', '_')}"):
+        return None
+    return (f"module {mod} of the running kernel exports no parameter {param} ({pdir}); "
+            "a misspelt or removed parameter is ignored silently at boot")
+
+
 def check_kernel_params(ctx: DoctorContext) -> Iterator[Finding]:
     host = ctx.host
     kernel = kernel_release(host)
@@ -179,6 +196,14 @@ def check_kernel_params(ctx: DoctorContext) -> Iterator[Finding]:
     for where, word in sources:
         problem = _param_problem(word, kernel, nvidia)
         if problem is None:
+            unknown = _module_param_unknown(host, word)
+            if unknown is not None:
+                yield Finding(
+                    "kernel.param-unknown", Severity.INFO,
+                    f"kernel parameter {word}: unknown to {kernel or 'the running kernel'}",
+                    where, unknown + ".",
+                    "check the spelling against modinfo / /sys/module; remove it from "
+                    "GRUB_CMDLINE_LINUX_DEFAULT, or manage it with kernel_cmdline.params")
             continue
         noop = problem.startswith("no-op")
         yield Finding(
