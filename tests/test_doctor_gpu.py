@@ -312,12 +312,14 @@ def test_gpu_clocks_skipped_without_nvml(box):
 
 
 def test_kernel_param_unknown_to_its_module(box):
-    """A module-qualified parameter the module does not export (sysfs) is reported as a hint;
-    one it exports, and one of a module this kernel lacks, are not."""
-    fakehost.w(box, "/sys/module/rcutree/parameters/rcu_nocb_poll", "N\n")
+    """A parameter a loaded module does not export (sysfs) is reported as a hint; one it
+    exports, a built-in's early switch (random.trust_cpu) and an absent module's are not."""
+    fakehost.w(box, "/sys/module/kvm_amd/initstate", "live\n")  # a loaded module
+    fakehost.w(box, "/sys/module/kvm_amd/parameters/npt", "1\n")
+    fakehost.w(box, "/sys/module/random/parameters/ratelimit_disable", "0\n")  # built in
     fakehost.w(box, "/etc/default/grub.d/50-x.cfg",
-               'GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT rcutree.rcu_nocb_pol=1 '
-               'rcutree.rcu_nocb_poll=1 nomodule.x=1"\n')
+               'GRUB_CMDLINE_LINUX_DEFAULT="$GRUB_CMDLINE_LINUX_DEFAULT kvm-amd.nptt=1 '
+               'kvm_amd.npt=1 random.trust_cpu=1 nomodule.x=1"\n')
     (f,) = gpu_findings(box)
     assert f.check == "kernel.param-unknown" and f.severity == Severity.INFO
-    assert f.where == "/etc/default/grub.d/50-x.cfg:1" and "rcu_nocb_pol " in f.why
+    assert f.where == "/etc/default/grub.d/50-x.cfg:1" and "no parameter nptt " in f.why

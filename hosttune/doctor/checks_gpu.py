@@ -162,14 +162,20 @@ def _param_problem(word: str, kernel: str | None, nvidia: str | None) -> str | N
 
 
 def _module_param_unknown(host: Host, word: str) -> str | None:
-    """'module.param' whose module this kernel has (/sys/module/<module>, built in or loaded)
-    but which that module does not export. Only a hint: parameters declared with permission 0
-    have no sysfs file (Documentation/ABI/testing/sysfs-module), hence severity info."""
+    """'module.param' for a loaded module that does not export that parameter. Only a hint:
+    parameters declared with permission 0 have no sysfs file
+    (Documentation/ABI/testing/sysfs-module), hence severity info."""
     name = param_name(word)
     mod, dot, param = name.partition(".")
     if not dot or not mod or not param or "." in param:
         return None
     mod = mod.replace("-", "_")  # the kernel treats - and _ alike in module names
+    if mod.startswith("nvidia"):
+        return None  # the nvidia module checks compare against the driver's own list
+    # Loadable modules only (they have initstate): built-in names also carry early_param and
+    # __setup switches such as random.trust_cpu, which never appear under parameters/.
+    if not host.exists(f"/sys/module/{mod}/initstate"):
+        return None
     pdir = f"/sys/module/{mod}/parameters"
     if not host.exists(pdir) or host.exists(f"{pdir}/{param.replace('-', '_')}"):
         return None
