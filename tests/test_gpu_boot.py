@@ -516,3 +516,38 @@ def test_missing_cache_group_is_a_finding(r5090, tmp_path):
     row = rows_of(rep, "cuda_env")["cache dir /var/cache/cuda"]
     assert row.status == Status.ERROR and "groupadd" in row.note
     assert not any(c.id == "cuda_env/cache-dir" for c in engine.plan(Host(r5090), loaded).changes)
+
+
+def test_irqbalance_dropin_passes_systemd_analyze_verify(tmp_path):
+    """The drop-in (ExecStart reset + the packaged command line with --policyscript) parses as
+    systemd reads it, on top of Debian's irqbalance.service shape; a broken one is flagged."""
+    import os
+    import shutil
+    import subprocess
+
+    from hosttune.tunables.irq_affinity import DROPIN, dropin_text
+    from tests.conftest import need
+
+    need(shutil.which("systemd-analyze") is not None, "systemd-analyze not installed")
+    true = shutil.which("true") or "/bin/true"
+    name = DROPIN.rsplit("/", 1)[1]
+
+    def verify(text: str) -> list[str]:
+        units = tmp_path / "units"
+        (units / "irqbalance.service.d").mkdir(parents=True, exist_ok=True)
+        (units / "irqbalance.service").write_text(
+            "[Unit]\nDescription=irqbalance daemon\n\n[Service]\nEnvironmentFile=-/etc/default/"
+            f"irqbalance\nExecStart={true} --foreground $IRQBALANCE_ARGS\n\n[Install]\n"
+            "WantedBy=multi-user.target\n")
+        (units / "irqbalance.service.d" / name).write_text(text)
+        env = {**os.environ, "SYSTEMD_UNIT_PATH": f"{units}:", "SYSTEMD_LOG_LEVEL": "notice"}
+        r = subprocess.run(["systemd-analyze", "verify", "--man=no",
+                            str(units / "irqbalance.service")],
+                           capture_output=True, text=True, env=env, check=False, timeout=60)
+        # systemd names the unit (not the drop-in) when the merged result is refused
+        return [ln for ln in (r.stdout + r.stderr).splitlines()
+                if name in ln or "irqbalance.service" in ln]
+
+    assert verify(dropin_text(f"{true} --foreground $IRQBALANCE_ARGS")) == []
+    # without the reset line, a second ExecStart= in a Type=simple service is refused
+    assert verify("[Service]\nExecStart=/bin/true --policyscript=/x\n")
