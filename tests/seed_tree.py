@@ -11,7 +11,7 @@ from pathlib import Path
 
 from hosttune.host.gpu.fake import FakeNvml
 from tests import fakehost
-from tests.fake_nvidia import add_nvidia
+from tests.fake_nvidia import SEED_MPS_UNIT, add_nvidia
 from tests.gpuhost import ryzen_5090
 
 GiB = 1024**3
@@ -124,22 +124,8 @@ CUDA_LAUNCH_BLOCKING=0
 CUDA_MODULE_LOADING=LAZY
 """
 
-MPS_UNIT = """\
-[Unit]
-Description=NVIDIA MPS Control Daemon
-After=nvidia-persistenced.service
-
-[Service]
-Type=forking
-Environment="CUDA_MPS_PIPE_DIRECTORY=/tmp/nvidia-mps"
-Environment="CUDA_MPS_LOG_DIRECTORY=/tmp/nvidia-log"
-ExecStart=/usr/bin/nvidia-cuda-mps-control -d
-ExecStop=/usr/bin/echo quit | /usr/bin/nvidia-cuda-mps-control
-Restart=on-failure
-
-[Install]
-WantedBy=multi-user.target
-"""
+# the seed's hand-made MPS unit (pipes in ExecStop, pipe dirs under /tmp)
+MPS_UNIT = SEED_MPS_UNIT
 
 GRUB_DEFAULT = """\
 GRUB_DEFAULT=0

@@ -38,7 +38,6 @@ _COMMANDS: tuple[tuple[str, str, str, str], ...] = (
     ("export", "export", "app", "group"),  # fleet: hosttune export tuned
     ("bench", "bench", "app", "group"),
 )
-_status_gpu_added = False
 
 
 def _version(value: bool) -> None:
@@ -56,7 +55,6 @@ def _root(
 
 def build_app(only: str | None = None) -> typer.Typer:
     """The CLI with every command, or with the one named ``only`` (faster start)."""
-    global _status_gpu_added
     new = typer.Typer(
         name="hosttune",
         help="Make Linux hosts fast and predictable for AI inference - and prove it.",
@@ -73,11 +71,6 @@ def build_app(only: str | None = None) -> typer.Typer:
         if kind == "command":
             new.command(name)(obj)
         else:
-            if name == "status" and not _status_gpu_added:
-                from hosttune.cli import status
-
-                obj.command("gpu")(status.gpu)  # NVIDIA detail joins the status group
-                _status_gpu_added = True
             new.add_typer(obj, name=name)
     return new
 

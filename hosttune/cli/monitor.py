@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from hosttune.cli import status as status_cmds
 from hosttune.cli.common import (
     EXIT_FINDINGS,
     EXIT_OK,
@@ -235,6 +236,9 @@ def status_group(
     """One snapshot of the host (subcommands add detail)."""
     if ctx.invoked_subcommand is None:
         status(root=root, json_out=json_out, profile=profile, no_audit=no_audit)
+
+
+status_app.command("gpu")(status_cmds.gpu)  # NVIDIA detail: hosttune status gpu
 
 
 # --- watch --------------------------------------------------------------------------------------
