@@ -8,9 +8,8 @@
    llama-simple, -j2; cached under ~/.cache/hosttune-bench (reruns skip the build).
 2. A llama-architecture GGUF with random Q8_0 weights of --size-mb (bench/synth_gguf.py).
 3. The model into a huge-page store: a private hugetlbfs mount, the 2 MiB pool raised by exactly
-   the pages needed (`hosttune models load` when that command exists, else a plain copy through
-   a MAP_SHARED mapping). Pool size and mount are restored in `finally`, under the same lock the
-   kernel tests take (/tmp/hosttune-kernel-tests.lock).
+   the pages needed, filled with `hosttune models load`. Pool size and mount are restored in
+   `finally`, under the same lock the kernel tests take (/tmp/hosttune-kernel-tests.lock).
 4. `hosttune bench llama --json` (interleaved A/B, cold start, roofline), then the results and a
    description of the machine into docs/benchmarks.md (between markers) and a PNG plot.
 """
@@ -21,7 +20,6 @@ import argparse
 import contextlib
 import fcntl
 import json
-import mmap
 import os
 import platform
 import subprocess
@@ -111,7 +109,6 @@ def kernel_lock() -> Iterator[None]:
 
 
 NR = "/proc/sys/vm/nr_hugepages"
-STORE_METHOD = ["?"]  # how _load put the model into the store, for the report
 
 
 def _read_int(p: str) -> int:
@@ -149,40 +146,16 @@ def store(model: Path) -> Iterator[str]:
 
 
 def _load(model: Path, mnt: str) -> str:
+    """`hosttune models load`: copies through a MAP_SHARED mapping (write(2) on hugetlbfs is
+    EINVAL), pads to whole huge pages and verifies; returns the stored file's path."""
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    has_models = subprocess.run([sys.executable, "-m", "hosttune", "models", "--help"], env=env,
-                                capture_output=True, check=False).returncode == 0
-    if has_models:
-        out = run([sys.executable, "-m", "hosttune", "models", "load", str(model), "--name",
-                   model.name, "--mount", mnt, "--no-checksum", "--json"], env=env,
-                  capture_output=True)
-        STORE_METHOD[0] = "hosttune models load"
-        return str(json.loads(out.stdout)["model"]["path"])
-    # hosttune.models not merged here yet: copy through a MAP_SHARED mapping (write(2) on
-    # hugetlbfs is EINVAL; the size must be a huge-page multiple; the tail stays zero padding,
-    # which llama.cpp ignores: it bounds-checks offsets against the file size only).
-    dst = os.path.join(mnt, model.name)
-    size = model.stat().st_size
-    padded = -(-size // HP) * HP
     t0 = time.perf_counter()
-    fd = os.open(dst, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-    try:
-        os.ftruncate(fd, padded)
-        with mmap.mmap(fd, padded, mmap.MAP_SHARED) as m, open(model, "rb") as f:
-            view = memoryview(m)
-            off = 0
-            while off < size:
-                n = f.readinto(view[off:min(size, off + (64 << 20))])
-                if not n:
-                    raise SystemExit(f"{model}: short read at {off}")
-                off += n
-            view.release()
-    finally:
-        os.close(fd)
-    STORE_METHOD[0] = "copy through a MAP_SHARED mapping (hosttune models not merged here)"
-    log(f"copied into the store (plain copy): {dst} {size / 1e6:.0f} MB in "
-        f"{time.perf_counter() - t0:.2f} s")
-    return dst
+    out = run([sys.executable, "-m", "hosttune", "models", "load", str(model), "--name",
+               model.name, "--mount", mnt, "--no-checksum", "--json"], env=env,
+              capture_output=True)
+    path = str(json.loads(out.stdout)["model"]["path"])
+    log(f"hosttune models load: {path} in {time.perf_counter() - t0:.2f} s")
+    return path
 
 
 def machine() -> dict[str, str]:
@@ -245,7 +218,7 @@ def markdown(res: dict, mach: dict[str, str], meta: dict[str, object], png: str)
          f"one sample = one `llama-bench -r {res['config']['reps']}` invocation's mean. "
          f"Threads {res['threads']}; pinned = `taskset -c "
          f"{','.join(map(str, res['cpus_pinned']))}` (one CPU per physical core, from the host "
-         "topology; the container planner is not merged on this branch). Example: `"
+         "topology: what the container planner gives one worker that owns the host). Example: `"
          + " ".join(res["argv_example"]) + "`.", "",
          "| arm | test | median t/s | min-max | mean 95% CI (t) |", "|---|---|---|---|---|"]
     for arm, kinds in res["summaries"].items():
@@ -260,7 +233,9 @@ def markdown(res: dict, mach: dict[str, str], meta: dict[str, object], png: str)
                      f".. {c['diff_ci95'][1]:+.2f} t/s | {c['median_ratio_ci95'][0]:.3f}-"
                      f"{c['median_ratio_ci95'][1]:.3f} | {c['verdict']} |")
     cs = res["cold_start"]
-    L += ["", "Cold start, process start to first token (`llama-simple -m MODEL -n 1 e`, "
+    prompt = cs.get("prompt", "e")
+    shown = f"'{prompt}'" if prompt else "'' (BOS only: one token)"
+    L += ["", f"Cold start, process start to first token (`llama-simple -m MODEL -n 1 {shown}`, "
           "first bytes on its stdout, which it flushes right after the first sampled "
           "token): " + cs["note"] + ".", "",
           "| arm | median s | min-max | n |", "|---|---|---|---|"]
@@ -308,7 +283,7 @@ def main() -> int:
     ap.add_argument("--size-mb", type=float, default=1000)
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--cold-rounds", type=int, default=3)
+    ap.add_argument("--cold-rounds", type=int, default=5)
     ap.add_argument("--doc", type=Path, default=REPO / "docs" / "benchmarks.md")
     ap.add_argument("--png", type=Path, default=REPO / "docs" / "benchmarks-llama-ab.png")
     ap.add_argument("--json-out", type=Path, default=REPO / "docs" / "benchmarks-llama.json")
@@ -328,13 +303,12 @@ def main() -> int:
                    str(a.cold_rounds), "--json"], env=env, capture_output=True, check=False)
         if out.returncode not in (0, 1):
             raise SystemExit(f"hosttune bench failed ({out.returncode}): {out.stderr}")
-        store_method = STORE_METHOD[0]
     res = json.loads(out.stdout)
     a.doc.parent.mkdir(parents=True, exist_ok=True)
     a.json_out.write_text(json.dumps({"machine": machine(), **res}, indent=1) + "\n")
     plot(res, a.png)
     meta = {"seconds": time.perf_counter() - t0, "build_seconds": build_s,
-            "store_method": store_method}
+            "store_method": "hosttune models load"}
     write_doc(a.doc, markdown(res, machine(), meta, os.path.relpath(a.png, a.doc.parent)))
     log(f"done in {meta['seconds']:.0f} s: {a.doc}, {a.png}, {a.json_out}")
     return 0

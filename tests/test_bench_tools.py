@@ -150,3 +150,41 @@ def _cached_kb() -> int:
         if ln.startswith("Cached:"):
             return int(ln.split()[1])
     raise AssertionError("no Cached: in /proc/meminfo")
+
+
+def _fake_simple(tmp_path: Path, *, empty_ok: bool) -> tuple[str, Path]:
+    """A llama-simple stand-in: logs its prompt (the last argument); with ``empty_ok`` False it
+    fails on the empty prompt the way llama-simple does for a vocabulary without BOS."""
+    logf = tmp_path / "simple.log"
+    refuse = "" if empty_ok else \
+        'if [ -z "$last" ]; then echo "main: error: unable to tokenize prompt" >&2; exit 1; fi\n'
+    exe = _script(tmp_path / "llama-simple",
+                  'for a in "$@"; do last="$a"; done\n'
+                  f'echo "[$last]" >> {logf}\n' + refuse + "printf tok\n")
+    return exe, logf
+
+
+@pytest.mark.parametrize("empty_ok", [True, False])
+def test_cold_start_prompt_is_bos_only_with_a_fallback(tmp_path, monkeypatch, empty_ok):
+    from hosttune.bench import report
+
+    bench, _ = _fake_bench(tmp_path)
+    simple, logf = _fake_simple(tmp_path, empty_ok=empty_ok)
+    model = tmp_path / "m.gguf"
+    model.write_bytes(b"GGUF")
+    # not root: no page-cache drop in a unit test (the warm arm alone is timed)
+    monkeypatch.setattr(Host, "is_root", property(lambda self: False))
+    cfg = report.BenchConfig(str(model), bench, llama_simple=simple, rounds=1, reps=1,
+                             pinning=False, cold_rounds=2, roofline=False)
+    rep = report.run_bench(Host("/"), cfg)
+    prompts = logf.read_text().splitlines()
+    if empty_ok:
+        assert rep.cold_prompt == "" and prompts == ["[]"] * 3  # prime + 2 rounds
+        assert "empty prompt failed" not in rep.cold_note
+    else:
+        assert rep.cold_prompt == coldstart.FALLBACK_PROMPT
+        assert prompts == ["[]", "[e]", "[e]", "[e]"]
+        assert "unable to tokenize prompt" in rep.cold_note
+    assert [c.arm for c in rep.cold] == ["warm cache"] * 2
+    assert all(c.first_token_seen for c in rep.cold)
+    assert rep.to_json()["cold_start"]["prompt"] == rep.cold_prompt

@@ -5,9 +5,12 @@ decodes the prompt, samples one token, prints it and flushes stdout (examples/si
 - the first bytes on its stdout mark the first token. If the token is end-of-generation nothing
 is printed; then process exit is used (and said in ``first_token_seen``).
 
-The prompt is one letter (3 tokens with BOS): what is timed is getting the weights ready plus
-one forward pass, not prompt compute (a 13-token prompt adds ~0.35 s of compute on a 1 GB
-model with 2 vCPUs, the same for every arm).
+The prompt is empty, so llama-simple decodes the BOS token alone: what is timed is getting the
+weights ready plus one single-token forward pass (the work of one generated token), not prompt
+compute. Prompt compute is the same in every arm and only dilutes the difference: on a 1 GB
+Q8_0 model with 2 vCPUs a one-letter prompt (3 tokens) costs ~0.15 s, the BOS alone ~0.05 s,
+and a 13-token prompt ~0.35 s. A vocabulary without BOS makes the empty prompt zero tokens,
+which llama-simple refuses; then one letter is used (``FALLBACK_PROMPT``) and the report says so.
 
 Arms: "store" (model on hugetlbfs, page cache dropped first: the store survives it),
 "cold cache" (page cache dropped, model read from disk), "warm cache" (model already cached).
@@ -48,7 +51,8 @@ def drop_caches(host: Host) -> None:
     host.write_kernel("/proc/sys/vm/drop_caches", "3")
 
 
-PROMPT = "e"
+PROMPT = ""  # BOS only
+FALLBACK_PROMPT = "e"
 
 
 def warm_program(host: Host, exe: str) -> list[str]:

@@ -6,7 +6,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from hosttune.bench.coldstart import ColdStart, drop_caches, time_first_token, warm_program
+from hosttune.bench.coldstart import (
+    FALLBACK_PROMPT,
+    PROMPT,
+    ColdStart,
+    drop_caches,
+    time_first_token,
+    warm_program,
+)
 from hosttune.bench.llama import ABResult, Arm, pinned_cpus, run_ab
 from hosttune.bench.roofline import Bandwidth, Roofline, measure_bandwidth
 from hosttune.bench.stats import Summary, summarize
@@ -26,7 +33,7 @@ class BenchConfig:
     n_gen: int = 32
     threads: int | None = None
     pinning: bool = True
-    cold_rounds: int = 3
+    cold_rounds: int = 5
     roofline: bool = True
 
 
@@ -38,6 +45,7 @@ class BenchReport:
     ab: ABResult
     cold: list[ColdStart] = field(default_factory=list)
     cold_note: str = ""
+    cold_prompt: str = PROMPT
     bandwidth: Bandwidth | None = None
     roofline: dict[str, Roofline] = field(default_factory=dict)  # arm -> roofline
 
@@ -63,7 +71,7 @@ class BenchReport:
             "comparisons": {n: {k: c.to_json() for k, c in d.items()}
                             for n, d in self.ab.comparisons.items()},
             "cold_start": {"method": "llama-simple -n 1: process start to first token on stdout",
-                           "note": self.cold_note,
+                           "prompt": self.cold_prompt, "note": self.cold_note,
                            "runs": [c.__dict__ for c in self.cold],
                            "summary": {a: s.to_json() for a, s in self.cold_summary().items()}},
             "bandwidth": None if self.bandwidth is None else {
@@ -124,18 +132,29 @@ def _cold(host: Host, cfg: BenchConfig, rep: BenchReport, say: Callable[[str], N
                          "each 'store' and 'cold cache' run, then llama-simple and its shared "
                          "libraries read back, so only the model's residency differs; the store "
                          "is hugetlbfs and stays")
-    # llama-simple itself once, so the first timed run does not pay for a first exec of it
-    time_first_token(host, simple, cfg.model, arm="prime")
+    # llama-simple itself once, so the first timed run does not pay for a first exec of it;
+    # this run also finds out whether the model takes the empty (BOS-only) prompt
+    try:
+        time_first_token(host, simple, cfg.model, arm="prime", prompt=PROMPT)
+    except HostError as err:
+        rep.cold_prompt = FALLBACK_PROMPT
+        rep.cold_note += (f"; the empty prompt failed ({str(err).strip()[-120:]}), so the "
+                          f"prompt is {FALLBACK_PROMPT!r}")
+        time_first_token(host, simple, cfg.model, arm="prime", prompt=FALLBACK_PROMPT)
+    prompt = rep.cold_prompt
     for i in range(cfg.cold_rounds):
         say(f"cold start round {i + 1}/{cfg.cold_rounds}")
         if cfg.store_model:
             if host.is_root:
                 drop_caches(host)
                 warm_program(host, simple)
-            rep.cold.append(time_first_token(host, simple, cfg.store_model, arm="store"))
+            rep.cold.append(time_first_token(host, simple, cfg.store_model, arm="store",
+                                              prompt=prompt))
         if host.is_root:
             drop_caches(host)
             warm_program(host, simple)
-            rep.cold.append(time_first_token(host, simple, cfg.model, arm="cold cache"))
+            rep.cold.append(time_first_token(host, simple, cfg.model, arm="cold cache",
+                                              prompt=prompt))
         # the cold run just read the file: it is in the page cache now
-        rep.cold.append(time_first_token(host, simple, cfg.model, arm="warm cache"))
+        rep.cold.append(time_first_token(host, simple, cfg.model, arm="warm cache",
+                                          prompt=prompt))

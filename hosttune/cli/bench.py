@@ -52,7 +52,7 @@ def llama(
         "--threads", min=1, help="Threads (default: one per physical core).")] = None,
     pinning: Annotated[bool, typer.Option("--pinning/--no-pinning",
                                           help="Add the pinned arms.")] = True,
-    cold_rounds: Annotated[int, typer.Option("--cold-rounds", min=0)] = 3,
+    cold_rounds: Annotated[int, typer.Option("--cold-rounds", min=0)] = 5,
     roofline: Annotated[bool, typer.Option("--roofline/--no-roofline")] = True,
     root: RootOpt = None,
     json_out: JsonOpt = False,
