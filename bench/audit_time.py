@@ -5,6 +5,7 @@ Interleaves three commands so machine noise hits all of them alike:
   python   - the bare interpreter (`python -c pass`): the floor nothing can beat
   audit    - `python -m hosttune audit --json` against the live host (built-in profile)
   audit-tree - the same against a fake 9950X tree (--root), for a host-independent figure
+  audit-table - the live audit as the rich table (imports rich, which --json does not)
 Reports median / min / max and the ratio audit / python. Usage: bench/audit_time.py [-n 30]
 """
 
@@ -44,6 +45,7 @@ def main() -> None:
         "python": [py, "-c", "pass"],
         "audit": [py, "-m", "hosttune", "audit", "--json"],
         "audit-tree": [py, "-m", "hosttune", "audit", "--json", "--root", str(tree)],
+        "audit-table": [py, "-m", "hosttune", "audit"],
     }
     for argv in cmds.values():  # warm the page cache and the profile cache
         timed(argv, env)
@@ -51,11 +53,11 @@ def main() -> None:
     for _ in range(args.n):
         for k, argv in cmds.items():
             res[k].append(timed(argv, env))
-    print(f"{'command':<11} {'median':>8} {'min':>8} {'max':>8}   (seconds, n={args.n})")
+    print(f"{'command':<12} {'median':>8} {'min':>8} {'max':>8}   (seconds, n={args.n})")
     for k, v in res.items():
-        print(f"{k:<11} {statistics.median(v):8.3f} {min(v):8.3f} {max(v):8.3f}")
+        print(f"{k:<12} {statistics.median(v):8.3f} {min(v):8.3f} {max(v):8.3f}")
     base = statistics.median(res["python"])
-    for k in ("audit", "audit-tree"):
+    for k in ("audit", "audit-tree", "audit-table"):
         print(f"{k} / python = {statistics.median(res[k]) / base:.2f}x")
 
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 
 import pytest
 
 from hosttune.errors import ProfileError
 from hosttune.profile import builtin_names, load_profile
-from tests.conftest import run_cli
+from tests.conftest import REPO, run_cli
 from tests.test_contracts import snapshot
 
 
@@ -108,16 +110,56 @@ def test_cache_round_trip_equals_validation(tmp_path, monkeypatch):
 
 def test_cache_ignores_foreign_or_writable_entries(tmp_path, monkeypatch):
     from hosttune.profile import cache
-    from hosttune.profile.schema import Profile
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "c"))
-    lp = load_profile("inference")
-    key = cache.cache_key(lp.raw)
+    load_profile("inference")
+    key = cache.cache_key("inference", "")
     entry = tmp_path / "c/hosttune/profiles" / f"{key}.json"
     assert entry.exists()
-    assert cache.load(key, Profile) is not None
+    assert cache.load(key) is not None
     entry.chmod(0o666)  # anyone could have written it: do not trust it
-    assert cache.load(key, Profile) is None
+    assert cache.load(key) is None
+
+
+def test_cache_follows_every_file_of_the_chain(tmp_path, monkeypatch):
+    """A hit needs the stat of every file of the extends chain to match: an edited child or
+    parent is parsed and validated again, never served stale; a cached load needs no YAML."""
+    import subprocess
+    import sys
+
+    from hosttune.profile import cache
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "c"))
+    monkeypatch.chdir(tmp_path)
+    base = tmp_path / "base.yaml"
+    child = tmp_path / "child.yaml"
+    base.write_text("extends: inference\nsysctl:\n  settings:\n    vm.swappiness: 5\n")
+    child.write_text("extends: base.yaml\nswap:\n  persist: false\n")
+    assert cache.stamp(str(child)) is None  # just written: racy, not cached yet
+    time.sleep(cache.RACY_NS / 1e9)
+    a = load_profile("child.yaml")
+    assert a.profile.sysctl.settings["vm.swappiness"] == 5 and a.files[1].endswith("base.yaml")
+    hit = cache.load(cache.cache_key("child.yaml", str(tmp_path)))
+    assert hit is not None and hit.files == list(a.files) and hit.origin == a.origin
+    assert load_profile("child.yaml").profile == a.profile
+    base.write_text("extends: inference\nsysctl:\n  settings:\n    vm.swappiness: 7\n")
+    time.sleep(cache.RACY_NS / 1e9)
+    assert load_profile("child.yaml").profile.sysctl.settings["vm.swappiness"] == 7
+    child.write_text("extends: base.yaml\nswap:\n  persist: bogus\n")
+    with pytest.raises(ProfileError, match="swap.persist"):
+        load_profile("child.yaml")
+    child.unlink()
+    with pytest.raises(ProfileError, match="cannot read profile"):
+        load_profile("child.yaml")
+    # a cached built-in profile loads without importing PyYAML (and so does audit: see
+    # test_audit_fast_path)
+    code = ("import sys; from hosttune.profile import load_profile; "
+            "load_profile('ryzen9950x-rtx5090'); load_profile('ryzen9950x-rtx5090'); "
+            "sys.modules.pop('yaml', None); load_profile('ryzen9950x-rtx5090'); "
+            "print('yaml' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**os.environ, "PYTHONPATH": str(REPO)}).stdout
+    assert out.strip() == "False"
 
 
 def test_profiles_cli(cli):

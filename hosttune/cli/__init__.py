@@ -1,6 +1,7 @@
 """The typer app: the only place that prints or exits.
 
-Each command group lives in its own module and is registered here."""
+Each command group lives in its own module and is registered here. typer itself is imported
+only when the app is built: the plain forms of `hosttune audit` run without it (audit_cmd)."""
 
 from __future__ import annotations
 
@@ -12,11 +13,12 @@ os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "1")
 
 import importlib
 import sys
-from typing import Any
-
-import typer
+from typing import TYPE_CHECKING, Any
 
 from hosttune import __version__
+
+if TYPE_CHECKING:
+    import typer
 
 # (command name, module, attribute, kind). Registration order is the order of --help.
 # A command's module is imported only when it is registered: `hosttune audit` registers audit
@@ -40,21 +42,21 @@ _COMMANDS: tuple[tuple[str, str, str, str], ...] = (
 )
 
 
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"hosttune {__version__}")
-        raise typer.Exit(0)
-
-
-def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                 help="Show the version and exit."),
-) -> None:
-    """hosttune: audit -> plan -> apply -> verify -> rollback."""
-
-
 def build_app(only: str | None = None) -> typer.Typer:
     """The CLI with every command, or with the one named ``only`` (faster start)."""
+    import typer
+
+    def _version(value: bool) -> None:
+        if value:
+            typer.echo(f"hosttune {__version__}")
+            raise typer.Exit(0)
+
+    def _root(
+        version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                     help="Show the version and exit."),
+    ) -> None:
+        """hosttune: audit -> plan -> apply -> verify -> rollback."""
+
     new = typer.Typer(
         name="hosttune",
         help="Make Linux hosts fast and predictable for AI inference - and prove it.",
@@ -93,4 +95,11 @@ def _command_name(argv: list[str]) -> str | None:
 
 
 def main() -> None:
-    build_app(_command_name(sys.argv[1:]))()
+    argv = sys.argv[1:]
+    if argv[:1] == ["audit"]:
+        from hosttune.cli.audit_cmd import parse_args, run_audit
+
+        args = parse_args(argv[1:], os.environ)
+        if args is not None:
+            sys.exit(run_audit(**args))
+    build_app(_command_name(argv))()

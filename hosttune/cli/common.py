@@ -2,23 +2,29 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
 
+# the typer-free audit path owns these; every other command shares them
+from hosttune.cli.audit_cmd import (
+    EXIT_ERROR,
+    EXIT_FINDINGS,
+    EXIT_OK,
+    STATUS_STYLE,
+    emit_json,
+    print_error,
+)
 from hosttune.errors import HosttuneError
+
+__all__ = ["EXIT_ERROR", "EXIT_FINDINGS", "EXIT_OK", "STATUS_STYLE", "emit_json"]
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
-
-EXIT_OK = 0
-EXIT_FINDINGS = 1
-EXIT_ERROR = 2
 
 RootOpt = Annotated[
     Path | None,
@@ -32,12 +38,6 @@ ProfileOpt = Annotated[
     typer.Option("--profile", "-p", help="Built-in profile name or YAML path "
                  "(default: $HOSTTUNE_PROFILE, else 'inference').", envvar="HOSTTUNE_PROFILE"),
 ]
-
-STATUS_STYLE = {
-    "ok": "green", "drift": "bold red", "conflict": "bold magenta", "unsupported": "dim",
-    "needs root": "yellow", "needs reboot": "cyan", "needs restart": "cyan",
-    "offline": "dim", "error": "bold red",
-}
 
 
 def make_host(root: Path | None):  # -> Host
@@ -56,12 +56,8 @@ def load(profile: str | None):  # -> LoadedProfile
     return load_profile(profile or "inference")
 
 
-def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
-
-
 def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
-    err_console.print(f"[bold red]error:[/] {message}", markup=True, soft_wrap=True)
+    print_error(message)
     raise typer.Exit(code)
 
 

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Annotated
 
 import typer
 from rich.markup import escape
 from rich.table import Table
 
+from hosttune.cli.audit_cmd import render_rows, term_options
 from hosttune.cli.common import (
     EXIT_FINDINGS,
     EXIT_OK,
-    STATUS_STYLE,
     JsonOpt,
     ProfileOpt,
     RootOpt,
@@ -30,33 +31,6 @@ OnlyOpt = Annotated[
 ]
 
 
-def _rows_table(rows, title: str | None = None) -> Table:
-    t = Table(title=title, show_lines=False, header_style="bold", expand=False)
-    t.add_column("setting", overflow="fold")
-    t.add_column("current", overflow="fold", max_width=28)
-    t.add_column("desired", overflow="fold", max_width=28)
-    t.add_column("status", overflow="fold")
-    for r in rows:
-        st = str(r.status)
-        extra = []
-        if r.needs:
-            extra.append(", ".join(r.needs))
-        if r.note:
-            extra.append(r.note)
-        style = STATUS_STYLE.get(st, "")
-        label = f"[{style}]{st}[/]" if style else st
-        if extra:
-            label += " · " + escape(" · ".join(extra))
-        t.add_row(escape(f"{r.tunable} {r.key}"), escape(r.current), escape(r.desired), label)
-    return t
-
-
-def _summary(report) -> str:
-    counts = report.counts()
-    parts = [f"{n} {k}" for k, n in sorted(counts.items(), key=lambda kv: -kv[1])]
-    return " · ".join(parts) if parts else "nothing to check"
-
-
 def audit(
     profile: ProfileOpt = None,
     root: RootOpt = None,
@@ -64,21 +38,10 @@ def audit(
     only: OnlyOpt = None,
 ) -> None:
     """Compare the host with a profile (read-only; works without root)."""
-    from hosttune import engine
+    from hosttune.cli.audit_cmd import run_audit
 
-    host = make_host(root)
-    loaded = run_guarded(load, profile)
-    report = run_guarded(engine.audit, host, loaded, only=set(only) if only else None)
-    if json_out:
-        emit_json(report.to_json())
-    else:
-        title = f"hosttune audit · profile {loaded.profile.name}"
-        if host.offline:
-            title += f" · root {host.root}"
-        console.print(_rows_table(report.rows, title=title))
-        hint = "  → hosttune plan  to see the changes" if report.drift else ""
-        console.print(_summary(report) + hint)
-    raise typer.Exit(EXIT_FINDINGS if report.drift else EXIT_OK)
+    # `hosttune audit` usually does not get here: main() runs run_audit without typer
+    raise typer.Exit(run_audit(profile, root, json_out, only))
 
 
 def plan(
@@ -197,7 +160,8 @@ def _print_apply(report) -> None:
             console.print("[yellow]every change of this run was reverted[/]")
     bad = [r for r in report.verify if r.status.is_drift]
     if bad:
-        console.print(_rows_table(bad, title="verify: still drifting"))
+        console.file.flush()
+        sys.stdout.write(render_rows(bad, title="verify: still drifting", **term_options()))
     if report.needs:
         console.print("[cyan]still needed:[/] " + escape(", ".join(report.needs)))
 

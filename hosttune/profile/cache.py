@@ -1,25 +1,36 @@
-"""A cache of validated profiles, so `hosttune audit` does not pay pydantic's schema build on
-every run (it costs ~0.1 s of a 0.3 s budget on a 2-vCPU VM).
+"""A cache of validated profiles, so `hosttune audit` pays neither PyYAML nor pydantic on every
+run (together ~0.15 s of a 0.3 s budget on a 2-vCPU VM).
 
 JSON, never pickle: the cache lives in the invoking user's cache directory and must not be a
-code-execution vector. An entry is keyed by the merged YAML, the hosttune version and the
-schema module's stat, and holds ``model_dump()`` output that was produced by a successful
-validation; it is rebuilt into models with ``model_construct`` (no validation, no schema build).
+code-execution vector. An entry is keyed by the profile reference (name or path, and the
+directory a relative path is resolved in), the hosttune version and the schema module's stat.
+It records the stat (inode, size, mtime, ctime) of every file of the ``extends`` chain, like a
+.pyc records its source's, and holds the merged YAML, where each key came from, and the
+validated profile in view.py's tagged JSON. A hit needs every file's stat to match; the profile
+is rebuilt with ``model_construct`` (no YAML parsing, no validation) or, for audit, as views
+(no pydantic at all). This module imports pydantic only to build models.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
-import types
-import typing
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
 from hosttune import __version__
+from hosttune.profile import view
+
+_SCHEMA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema.py")
+
+# File times come from the kernel's coarse clock (one jiffy: up to 10 ms), so a file rewritten
+# within the same tick with the same size keeps its stamp. Like git's "racy" index entries: a
+# file modified less than this long ago is not trusted (no stamp, so no hit and no entry).
+RACY_NS = 20_000_000
 
 
 def cache_dir() -> Path | None:
@@ -29,17 +40,44 @@ def cache_dir() -> Path | None:
     return Path(base) / "hosttune" / "profiles"
 
 
-def cache_key(raw: dict[str, Any]) -> str:
-    from hosttune.profile import schema
+def stamp(path: str) -> list[int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    if time.time_ns() - st.st_mtime_ns < RACY_NS:
+        return None
+    return [st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns]
 
-    st = os.stat(schema.__file__)
+
+def cache_key(ref: str, base: str) -> str:
+    """``base``: the directory a relative path is resolved in ("" for built-in names)."""
+    st = os.stat(_SCHEMA)
     h = hashlib.sha256()
-    h.update(f"{__version__}|{st.st_mtime_ns}|{st.st_size}|".encode())
-    h.update(json.dumps(raw, sort_keys=True, default=str).encode())
+    h.update(f"{__version__}|{st.st_mtime_ns}|{st.st_size}|{base}|{ref}".encode())
     return h.hexdigest()[:32]
 
 
-def load(key: str, cls: type[BaseModel]) -> BaseModel | None:
+@dataclass(frozen=True)
+class Entry:
+    profile: Any  # the schema's Profile, or a view.View of one
+    files: list[str]  # display names, child first
+    origin: dict[str, str]
+    raw: dict[str, Any]
+
+
+def _models(name: str, fields: dict[str, Any]) -> Any:
+    from hosttune.profile import schema
+
+    cls = getattr(schema, name, None)
+    if not (isinstance(cls, type) and hasattr(cls, "model_construct")):
+        raise KeyError(name)  # an entry from a schema that no longer has this model
+    return cls.model_construct(**fields)
+
+
+def load(key: str, *, views: bool = False) -> Entry | None:
+    """The cached entry, if every file of its chain is unchanged. ``views``: the profile as
+    `view.View` objects instead of the pydantic models (audit only)."""
     d = cache_dir()
     if d is None:
         return None
@@ -51,63 +89,36 @@ def load(key: str, cls: type[BaseModel]) -> BaseModel | None:
             return None
         with open(p, encoding="utf-8") as fh:
             data = json.load(fh)
-        return construct(cls, data)
+        stamps = data["stamps"]
+        if not stamps or any(stamp(path) != st for path, st in stamps):
+            return None  # a file of the chain changed (or is gone): parse and validate again
+        profile = view.decode(data["profile"], view.View if views else _models)
+        return Entry(profile, list(data["files"]), dict(data["origin"]), dict(data["raw"]))
     except (OSError, ValueError, TypeError, KeyError):
         return None
 
 
-def store(key: str, model: BaseModel) -> None:
+def store(key: str, stamps: list[tuple[str, list[int] | None]], entry: Entry) -> None:
+    """``stamps``: (path, `stamp`) of every file of the chain, taken *before* it was read, so a
+    file changed while it was being loaded is seen as changed on the next load rather than
+    cached with the old content."""
     d = cache_dir()
-    if d is None:
+    if d is None or any(st is None for _, st in stamps):
         return
     try:
+        data = {"stamps": [[p, st] for p, st in stamps], "files": entry.files,
+                "origin": entry.origin, "raw": entry.raw,
+                "profile": view.encode(entry.profile)}
+        text = json.dumps(data)
+    except (TypeError, ValueError):
+        return  # e.g. a YAML date in the raw profile: not JSON, not cached
+    tmp = d / f".{key}.{os.getpid()}.tmp"
+    try:
         d.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = d / f".{key}.{os.getpid()}.tmp"
-        with open(tmp, "w", encoding="utf-8") as fh:
-            json.dump(model.model_dump(mode="json"), fh)
-        os.chmod(tmp, 0o600)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
         os.replace(tmp, d / f"{key}.json")
     except OSError:
-        pass  # a cache is an optimisation only
-
-
-def construct(cls: type[BaseModel], data: dict[str, Any]) -> BaseModel:
-    """Rebuild a validated dump into models without validating (types follow annotations)."""
-    hints = typing.get_type_hints(cls)
-    values = {}
-    for name in cls.model_fields:
-        if name in data:
-            values[name] = _value(hints[name], data[name])
-    return cls.model_construct(**values)
-
-
-def _value(tp: Any, v: Any) -> Any:
-    if v is None:
-        return None
-    origin = typing.get_origin(tp)
-    if origin is typing.Annotated:
-        return _value(typing.get_args(tp)[0], v)
-    if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        for a in args:  # the first member the JSON value fits
-            if isinstance(a, type) and issubclass(a, BaseModel) and isinstance(v, dict):
-                return construct(a, v)
-            if typing.get_origin(a) is dict and isinstance(v, dict):
-                return _value(a, v)
-            if typing.get_origin(a) in (list, tuple) and isinstance(v, list):
-                return _value(a, v)
-        return v
-    if isinstance(tp, type) and issubclass(tp, BaseModel):
-        return construct(tp, v)
-    if origin is list:
-        (item,) = typing.get_args(tp) or (Any,)
-        return [_value(item, x) for x in v]
-    if origin is tuple:  # JSON has no tuples: [min, max] clock ranges come back as lists
-        targs = typing.get_args(tp)
-        if len(targs) == 2 and targs[1] is Ellipsis:
-            return tuple(_value(targs[0], x) for x in v)
-        return tuple(_value(a, x) for a, x in zip(targs, v, strict=False)) if targs else tuple(v)
-    if origin is dict:
-        kt, vt = typing.get_args(tp) or (Any, Any)
-        return {(int(k) if kt is int else k): _value(vt, x) for k, x in v.items()}
-    return v
+        with contextlib.suppress(OSError):
+            tmp.unlink()  # a cache is an optimisation only

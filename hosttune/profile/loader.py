@@ -2,69 +2,57 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import ValidationError
-
 from hosttune.errors import ProfileError
-from hosttune.profile.schema import Profile
+from hosttune.profile.loaded import LoadedProfile
+
+# pydantic (hosttune.profile.schema) is imported where a profile is validated, not here: a
+# cached profile loads without it (cache.py)
 
 BUILTIN_PACKAGE = "hosttune.profile.builtin"
+# the package directory itself (not importlib.resources): hosttune is never installed zipped,
+# and the profile cache stats these files on every load
+BUILTIN_DIR = Path(__file__).parent / "builtin"
 MAX_DEPTH = 10
 
 
-@dataclass(frozen=True)
-class LoadedProfile:
-    profile: Profile
-    files: tuple[str, ...]  # child first
-    origin: dict[str, str] = field(default_factory=dict)  # "a.b.c" -> file that set it
-    raw: dict[str, Any] = field(default_factory=dict)  # merged YAML (for `profiles show`)
-
-    def where(self, key: str) -> str:
-        """The file that set ``key`` (or its nearest parent key)."""
-        k = key
-        while k:
-            if k in self.origin:
-                return self.origin[k]
-            k = k.rpartition(".")[0]
-        return self.files[0]
-
-    def error(self, key: str, message: str) -> ProfileError:
-        return ProfileError(message, file=self.where(key), key=key)
-
-
 def builtin_names() -> list[str]:
-    return sorted(
-        p.name[:-5] for p in resources.files(BUILTIN_PACKAGE).iterdir()
-        if p.name.endswith(".yaml")
-    )
+    return sorted(p.name[:-5] for p in BUILTIN_DIR.iterdir() if p.name.endswith(".yaml"))
 
 
-def _read_source(ref: str, base_dir: Path | None) -> tuple[str, str]:
-    """Resolve a profile reference to (display name, YAML text)."""
-    looks_like_path = "/" in ref or ref.endswith((".yaml", ".yml"))
-    if looks_like_path:
+def _source(ref: str, base_dir: Path | None) -> tuple[str, Path]:
+    """Resolve a profile reference to (display name, file)."""
+    if "/" in ref or ref.endswith((".yaml", ".yml")):
         p = Path(ref)
         if not p.is_absolute() and base_dir is not None:
             p = base_dir / p
-        try:
-            return str(p), p.read_text(encoding="utf-8")
-        except OSError as err:
-            raise ProfileError(f"cannot read profile: {err.strerror}", file=str(p)) from err
-    res = resources.files(BUILTIN_PACKAGE) / f"{ref}.yaml"
-    if not res.is_file():
+        return str(p), p
+    return f"builtin:{ref}", BUILTIN_DIR / f"{ref}.yaml"
+
+
+def _read_source(ref: str, base_dir: Path | None,
+                 stamps: list[tuple[str, list[int] | None]]) -> tuple[str, str]:
+    """(display name, YAML text); appends the file's stat, taken before reading, to stamps."""
+    from hosttune.profile.cache import stamp
+
+    name, path = _source(ref, base_dir)
+    if name.startswith("builtin:") and not path.is_file():
         raise ProfileError(
             f"no built-in profile {ref!r} (built-in: {', '.join(builtin_names())}); "
             "give a path to use a file"
         )
-    return f"builtin:{ref}", res.read_text(encoding="utf-8")
+    stamps.append((str(path.absolute()), stamp(str(path))))
+    try:
+        return name, path.read_text(encoding="utf-8")
+    except OSError as err:
+        raise ProfileError(f"cannot read profile: {err.strerror}", file=name) from err
 
 
 def _parse_yaml(name: str, text: str) -> dict[str, Any]:
+    import yaml  # here, not at the top: a cached profile is loaded without it
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as err:
@@ -105,14 +93,18 @@ def _record(v: Any, key: str, src: str, origin: dict[str, str]) -> None:
             _record(sub, f"{key}.{i}", src, origin)
 
 
-def load_raw(ref: str, base_dir: Path | None = None) -> tuple[dict[str, Any], list[str],
-                                                              dict[str, str]]:
+def load_raw(ref: str, base_dir: Path | None = None,
+             stamps: list[tuple[str, list[int] | None]] | None = None,
+             ) -> tuple[dict[str, Any], list[str], dict[str, str]]:
+    """The merged YAML of ``ref`` and its ``extends`` chain, the chain's display names (child
+    first) and where each key came from. ``stamps`` collects the files' stats."""
+    stamps = [] if stamps is None else stamps
     chain: list[tuple[str, dict[str, Any]]] = []
     seen: set[str] = set()
     cur: str | None = ref
     cur_base = base_dir
     while cur is not None:
-        name, text = _read_source(cur, cur_base)
+        name, text = _read_source(cur, cur_base, stamps)
         if name in seen:
             raise ProfileError(f"extends loop: {' -> '.join([n for n, _ in chain] + [name])}",
                                file=chain[0][0] if chain else name, key="extends")
@@ -147,17 +139,29 @@ def _loc_to_key(loc: tuple[Any, ...]) -> str:
     return ".".join(parts)
 
 
-def load_profile(ref: str, base_dir: Path | None = None) -> LoadedProfile:
-    """Load a built-in name or a YAML path, resolving ``extends``. Raises ProfileError."""
-    merged, files, origin = load_raw(ref, base_dir)
-    if "name" not in merged:
-        merged["name"] = Path(files[0]).stem if not files[0].startswith("builtin:") else ref
+def load_profile(ref: str, base_dir: Path | None = None, *,
+                 views: bool = False) -> LoadedProfile:
+    """Load a built-in name or a YAML path, resolving ``extends``. Raises ProfileError.
+
+    ``views``: a cached profile comes back as read-only `view.View` objects, without
+    importing pydantic (for audit, which only reads it); a profile that is not cached yet is
+    validated and comes back as the pydantic models either way."""
     from hosttune.profile import cache
 
-    key = cache.cache_key(merged)
-    cached = cache.load(key, Profile)
-    if isinstance(cached, Profile):
-        return LoadedProfile(cached, tuple(files), origin, merged)
+    is_path = "/" in ref or ref.endswith((".yaml", ".yml"))
+    base = str((base_dir or Path.cwd()).absolute()) if is_path and not ref.startswith("/") else ""
+    key = cache.cache_key(ref, base)
+    hit = cache.load(key, views=views)
+    if hit is not None:
+        return LoadedProfile(hit.profile, tuple(hit.files), hit.origin, hit.raw)
+    stamps: list[tuple[str, list[int] | None]] = []
+    merged, files, origin = load_raw(ref, base_dir, stamps)
+    if "name" not in merged:
+        merged["name"] = Path(files[0]).stem if not files[0].startswith("builtin:") else ref
+    from pydantic import ValidationError
+
+    from hosttune.profile.schema import Profile
+
     try:
         profile = Profile.model_validate(merged)
     except ValidationError as err:
@@ -174,5 +178,5 @@ def load_profile(ref: str, base_dir: Path | None = None) -> LoadedProfile:
             msg += f"; and {more} more error{'s' if more > 1 else ''}"
         lp = LoadedProfile(Profile.model_construct(name="?"), tuple(files), origin, merged)
         raise lp.error(where, msg) from err
-    cache.store(key, profile)
+    cache.store(key, stamps, cache.Entry(profile, files, origin, merged))
     return LoadedProfile(profile, tuple(files), origin, merged)

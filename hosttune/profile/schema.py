@@ -12,7 +12,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from hosttune.profile.sizes import parse_percent, parse_size
+from hosttune.profile.sizes import parse_percent, parse_size, parse_watts
+from hosttune.profile.view import gpu_mps_enabled
 
 
 class Section(BaseModel):
@@ -199,19 +200,6 @@ class BootSection(Section):
 ClockSpec = Literal["max-sustained"] | int | tuple[int, int]
 PowerSpec = Literal["max", "default"] | int | str
 ComputeModeName = Literal["default", "exclusive_process", "prohibited"]
-_WATTS_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*W\s*$", re.IGNORECASE)
-
-
-def parse_watts(v: str | int) -> float:
-    """450 / '450W' / '450 W' -> 450.0 (watts)."""
-    if isinstance(v, bool):
-        raise ValueError("expected watts, got a boolean")
-    if isinstance(v, int):
-        return float(v)
-    m = _WATTS_RE.match(v)
-    if not m:
-        raise ValueError(f"expected 'max', 'default' or watts ('450W'), got {v!r}")
-    return float(m.group(1))
 
 
 def _check_clock(v: ClockSpec | None) -> ClockSpec | None:
@@ -333,7 +321,7 @@ class GpuSection(Section):
 
     @property
     def mps_enabled(self) -> bool:
-        return self.mps is not None and self.mps.enabled
+        return gpu_mps_enabled(self)  # shared with the audit's views (view.DERIVED)
 
 
 def check_exclusive_sharing(mode: str | None, mps: GpuMps | None, clients: int | None) -> None:

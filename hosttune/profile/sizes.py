@@ -61,3 +61,18 @@ def hugepage_size_label(n: int) -> str:
     if n % 1024**2 == 0:
         return f"{n // 1024**2}M"
     return f"{n // 1024}K"
+
+
+_WATTS_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*W\s*$", re.IGNORECASE)
+
+
+def parse_watts(v: str | int) -> float:
+    """450 / '450W' / '450 W' -> 450.0 (watts)."""
+    if isinstance(v, bool):
+        raise ValueError("expected watts, got a boolean")
+    if isinstance(v, int):
+        return float(v)
+    m = _WATTS_RE.match(v)
+    if not m:
+        raise ValueError(f"expected 'max', 'default' or watts ('450W'), got {v!r}")
+    return float(m.group(1))

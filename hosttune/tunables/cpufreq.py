@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hosttune.errors import ApplyError, HostError
 from hosttune.host import Host
 from hosttune.host.fsops import is_ebusy
 from hosttune.host.parsers import format_cpulist
-from hosttune.profile.schema import CpuSection
 from hosttune.tunables.base import Change, Context, Evaluation, Row, Status, Tunable
+
+if TYPE_CHECKING:
+    from hosttune.profile.schema import CpuSection
 
 CPUFREQ = "/sys/devices/system/cpu/cpufreq"
 # Drivers in "active" mode: they pick frequencies themselves and own EPP under performance.
@@ -151,7 +153,7 @@ class CpuFreqTunable(Tunable):
 
     def validate(self, ctx: Context) -> None:
         sec = ctx.profile.cpu
-        assert isinstance(sec, CpuSection)
+        assert sec is not None  # the family runs only when its section is set
         if sec.epp in (None, "auto"):
             return
         try:
@@ -169,7 +171,7 @@ class CpuFreqTunable(Tunable):
 
     def evaluate(self, ctx: Context) -> Evaluation:
         sec = ctx.profile.cpu
-        assert isinstance(sec, CpuSection)
+        assert sec is not None  # the family runs only when its section is set
         host = ctx.host
         try:
             policies = read_policies(host, with_epps=sec.epp not in (None, "auto"))

@@ -17,11 +17,10 @@ from __future__ import annotations
 import os
 import shutil
 import stat
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hosttune.errors import HostError
 from hosttune.host import Host, fsops
-from hosttune.profile.schema import CudaEnvSection
 from hosttune.profile.sizes import format_size, parse_size
 from hosttune.tunables.base import (
     Change,
@@ -34,6 +33,9 @@ from hosttune.tunables.base import (
     unb64,
     unified_diff,
 )
+
+if TYPE_CHECKING:
+    from hosttune.profile.schema import CudaEnvSection
 
 BEGIN = ("# BEGIN hosttune cuda_env - managed by hosttune, edits inside this block are "
          "overwritten")
@@ -156,7 +158,7 @@ class CudaEnvTunable(Tunable):
 
     def _sec(self, ctx: Context) -> CudaEnvSection:
         sec = ctx.profile.cuda_env
-        assert isinstance(sec, CudaEnvSection)
+        assert sec is not None  # the family runs only when its section is set
         return sec
 
     def _values(self, ctx: Context) -> dict[str, str]:

@@ -14,8 +14,9 @@ Clients (containers) need the pipe directory bind-mounted and CUDA_MPS_PIPE_DIRE
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from hosttune.host.gpu.nvml import NvmlState
-from hosttune.profile.schema import GpuMps
 from hosttune.tunables._systemd import daemon_reload
 from hosttune.tunables.base import (
     HEADER,
@@ -36,6 +37,9 @@ from hosttune.tunables.gpu_units import (
     is_ours,
     start_change,
 )
+
+if TYPE_CHECKING:
+    from hosttune.profile.schema import GpuMps
 
 UNIT = "hosttune-nvidia-mps.service"
 UNIT_PATH = f"/etc/systemd/system/{UNIT}"

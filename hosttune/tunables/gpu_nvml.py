@@ -13,13 +13,13 @@ nvmlDeviceGetSupported*Clocks, power values from nvmlDeviceGetPowerManagementLim
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hosttune.errors import HostError
 from hosttune.host import Host
 from hosttune.host.gpu import markers
 from hosttune.host.gpu.nvml import ComputeMode, GpuInfo, Nvml, NvmlUnsupportedError
-from hosttune.profile.schema import ClockSpec, PowerSpec, parse_watts
+from hosttune.profile.sizes import parse_watts
 from hosttune.tunables.base import Change, Context, Evaluation, Row, Status, Tunable
 from hosttune.tunables.gpu_common import (
     DeviceSettings,
@@ -31,6 +31,9 @@ from hosttune.tunables.gpu_common import (
     section,
     unavailable_rows,
 )
+
+if TYPE_CHECKING:
+    from hosttune.profile.schema import ClockSpec, PowerSpec
 
 GRAPHICS = "graphics-locked-clocks"
 MEMORY = "memory-locked-clocks"

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hosttune.errors import ApplyError, HostError
 from hosttune.host import Host
@@ -35,7 +35,6 @@ from hosttune.host.parsers import (
     parse_cpulist,
     parse_mountinfo,
 )
-from hosttune.profile.schema import HugePagePool, HugePagesSection, HugetlbfsMount
 from hosttune.profile.sizes import (
     format_size,
     hugepage_size_label,
@@ -43,6 +42,9 @@ from hosttune.profile.sizes import (
     parse_size,
 )
 from hosttune.tunables.base import Change, Context, Evaluation, Row, Status, Tunable
+
+if TYPE_CHECKING:
+    from hosttune.profile.schema import HugePagePool, HugePagesSection, HugetlbfsMount
 
 PAGE_BYTES = {"2M": 2 * 1024**2, "1G": 1024**3}
 NODE_DIR = "/sys/devices/system/node"

@@ -11,12 +11,12 @@ A parameter is active only after a reboot: reboot-required is computed against /
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from hosttune.host import Host
 from hosttune.host.distro import kernel_release, os_family
 from hosttune.host.nvidia_driver import driver_version, version_tuple
 from hosttune.host.parsers import parse_cmdline
-from hosttune.profile.schema import KernelCmdlineSection
 from hosttune.tunables.base import (
     HEADER,
     Change,
@@ -27,6 +27,9 @@ from hosttune.tunables.base import (
     Tunable,
     file_change,
 )
+
+if TYPE_CHECKING:
+    from hosttune.profile.schema import KernelCmdlineSection
 
 
 @dataclass(frozen=True)
@@ -155,7 +158,7 @@ class KernelCmdlineTunable(Tunable):
 
     def _sec(self, ctx: Context) -> KernelCmdlineSection:
         sec = ctx.profile.kernel_cmdline
-        assert isinstance(sec, KernelCmdlineSection)
+        assert sec is not None  # the family runs only when its section is set
         return sec
 
     def validate(self, ctx: Context) -> None:

@@ -20,11 +20,10 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from hosttune.host import Host
 from hosttune.host.parsers import parse_limits, parse_mountinfo
-from hosttune.profile.schema import MemlockSection
 from hosttune.profile.sizes import format_size, parse_size
 from hosttune.tunables.base import (
     HEADER,
@@ -36,6 +35,9 @@ from hosttune.tunables.base import (
     Tunable,
     file_change,
 )
+
+if TYPE_CHECKING:
+    from hosttune.profile.schema import MemlockSection
 
 DROPIN_NAME = "90-hosttune-memlock.conf"
 UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
@@ -203,7 +205,7 @@ class MemlockTunable(Tunable):
 
     def validate(self, ctx: Context) -> None:
         sec = ctx.profile.memlock
-        assert isinstance(sec, MemlockSection)
+        assert sec is not None  # the family runs only when its section is set
         if sec.scope == "group" and not re.fullmatch(r"[a-z_][a-z0-9_-]*\$?", sec.group):
             raise ctx.error("memlock.group", f"{sec.group!r} is not a valid group name")
         for i, s in enumerate(sec.services):
@@ -213,7 +215,7 @@ class MemlockTunable(Tunable):
 
     def evaluate(self, ctx: Context) -> Evaluation:
         sec = ctx.profile.memlock
-        assert isinstance(sec, MemlockSection)
+        assert sec is not None  # the family runs only when its section is set
         host = ctx.host
         want = limit_bytes(sec.limit)
         rows: list[Row] = []

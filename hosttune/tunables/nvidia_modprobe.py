@@ -11,6 +11,7 @@ ours that sets the same option is a conflict.
 from __future__ import annotations
 
 import os
+from typing import TYPE_CHECKING
 
 from hosttune.host import Host
 from hosttune.host.distro import os_family
@@ -25,7 +26,6 @@ from hosttune.host.nvidia_driver import (
     security_notes,
     split_option,
 )
-from hosttune.profile.schema import NvidiaModulesSection
 from hosttune.tunables.base import (
     HEADER,
     Change,
@@ -36,6 +36,9 @@ from hosttune.tunables.base import (
     Tunable,
     file_change,
 )
+
+if TYPE_CHECKING:
+    from hosttune.profile.schema import NvidiaModulesSection
 
 MODPROBE_DIRS = ("/etc/modprobe.d", "/run/modprobe.d", "/usr/local/lib/modprobe.d",
                  "/lib/modprobe.d", "/usr/lib/modprobe.d")
@@ -86,7 +89,7 @@ class NvidiaModprobeTunable(Tunable):
 
     def _sec(self, ctx: Context) -> NvidiaModulesSection:
         sec = ctx.profile.nvidia_modules
-        assert isinstance(sec, NvidiaModulesSection)
+        assert sec is not None  # the family runs only when its section is set
         return sec
 
     def validate(self, ctx: Context) -> None:

@@ -1,0 +1,33 @@
+"""A loaded profile and where its keys came from (no pydantic here: see cache.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from hosttune.errors import ProfileError
+
+if TYPE_CHECKING:
+    from hosttune.profile.schema import Profile
+
+
+@dataclass(frozen=True)
+class LoadedProfile:
+    # the validated model; for audit from the cache a read-only view.View with the same
+    # attributes (load_profile(views=True))
+    profile: Profile
+    files: tuple[str, ...]  # child first
+    origin: dict[str, str] = field(default_factory=dict)  # "a.b.c" -> file that set it
+    raw: dict[str, Any] = field(default_factory=dict)  # merged YAML (for `profiles show`)
+
+    def where(self, key: str) -> str:
+        """The file that set ``key`` (or its nearest parent key)."""
+        k = key
+        while k:
+            if k in self.origin:
+                return self.origin[k]
+            k = k.rpartition(".")[0]
+        return self.files[0]
+
+    def error(self, key: str, message: str) -> ProfileError:
+        return ProfileError(message, file=self.where(key), key=key)
