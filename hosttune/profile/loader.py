@@ -11,7 +11,6 @@ from hosttune.profile.loaded import LoadedProfile
 # pydantic (hosttune.profile.schema) is imported where a profile is validated, not here: a
 # cached profile loads without it (cache.py)
 
-BUILTIN_PACKAGE = "hosttune.profile.builtin"
 # the package directory itself (not importlib.resources): hosttune is never installed zipped,
 # and the profile cache stats these files on every load
 BUILTIN_DIR = Path(__file__).parent / "builtin"
