@@ -31,6 +31,7 @@ _SCHEMA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema.py")
 # within the same tick with the same size keeps its stamp. Like git's "racy" index entries: a
 # file modified less than this long ago is not trusted (no stamp, so no hit and no entry).
 RACY_NS = 20_000_000
+FORMAT = 2  # of an entry (view.encode's tags): part of the key, so old entries are never read
 
 
 def cache_dir() -> Path | None:
@@ -54,7 +55,7 @@ def cache_key(ref: str, base: str) -> str:
     """``base``: the directory a relative path is resolved in ("" for built-in names)."""
     st = os.stat(_SCHEMA)
     h = hashlib.sha256()
-    h.update(f"{__version__}|{st.st_mtime_ns}|{st.st_size}|{base}|{ref}".encode())
+    h.update(f"{FORMAT}|{__version__}|{st.st_mtime_ns}|{st.st_size}|{base}|{ref}".encode())
     return h.hexdigest()[:32]
 
 
