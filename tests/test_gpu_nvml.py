@@ -559,3 +559,36 @@ def test_live_host_without_nvidia_module_never_imports_pynvml(tmp_path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          env=env, check=True, timeout=60).stdout.split()
     assert out == ["NO_DRIVER", "False"]
+
+
+def test_gateway_init_and_device_list_are_thread_safe():
+    """The exporter's scrape and audit threads share one gateway: a thread arriving while
+    another is inside a slow nvmlInit must wait for it, not read an uninitialised NVML (the
+    real library raises NVMLError_Uninitialized there, as the fake does) and cache no GPUs."""
+    import threading
+    import time
+
+    class SlowInit(FakeNvml):
+        def nvmlInit(self) -> None:
+            time.sleep(0.2)
+            super().nvmlInit()
+
+    nv = Nvml(SlowInit(["h100", "h100"]))
+    start = threading.Barrier(4)
+    seen: list[object] = []
+
+    def worker(i: int) -> None:
+        start.wait()
+        if i % 2:
+            seen.append(len(nv.devices()))
+        else:
+            d = nv.driver()
+            seen.append(d.value.gpu_count if d.ok else d.state)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert seen == [2, 2, 2, 2]
+    assert nv.state == (NvmlState.OK, "")

@@ -20,6 +20,7 @@ their NVML state as offline, or "no NVIDIA driver" when the tree has none.
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
@@ -220,18 +221,26 @@ class Nvml:
         self._handles: dict[str, Any] = {}
         self._devices: list[GpuInfo] | None = None
         self._unreadable: dict[int, tuple[NvmlState, str]] = {}
+        # the exporter reads GPUs from its scrape thread while its audit thread runs: NVML is
+        # thread-safe, this object's lazy init and device list are made so by the lock
+        self._lock = threading.RLock()
 
     # -- plumbing ------------------------------------------------------------------------------
     def _init(self) -> tuple[NvmlState, str] | None:
         if not self._initialised:
-            self._initialised = True
-            if self._lib is None:
-                self._init_state = (NvmlState.NO_DRIVER, "no NVIDIA driver")
-            else:
-                try:
-                    self._lib.nvmlInit()
-                except Exception as err:  # pynvml.NVMLError, or OSError from ctypes
-                    self._init_state = map_error(err)
+            with self._lock:
+                if not self._initialised:
+                    state: tuple[NvmlState, str] | None = None
+                    if self._lib is None:
+                        state = (NvmlState.NO_DRIVER, "no NVIDIA driver")
+                    else:
+                        try:
+                            self._lib.nvmlInit()
+                        except Exception as err:  # pynvml.NVMLError, or OSError from ctypes
+                            state = map_error(err)
+                    self._init_state = state
+                    # last: another thread reads no state before nvmlInit has returned
+                    self._initialised = True
         return self._init_state
 
     @property
@@ -299,10 +308,15 @@ class Nvml:
         """nvidia-smi -L"""
         if self._devices is not None:
             return self._devices
+        with self._lock:
+            if self._devices is None:
+                self._devices = self._list_devices()
+            return self._devices
+
+    def _list_devices(self) -> list[GpuInfo]:
         bad = self._init()
         if bad is not None:
-            self._devices = list(self._tree_gpus) if bad[0] is NvmlState.OFFLINE else []
-            return self._devices
+            return list(self._tree_gpus) if bad[0] is NvmlState.OFFLINE else []
         out: list[GpuInfo] = []
         count = self._raw("nvmlDeviceGetCount")
         for i in range(int(count.value or 0)):
@@ -324,7 +338,6 @@ class Nvml:
                                BRANDS.get(int(brand.get()), "unknown") if brand.ok else "unknown",
                                ARCHS.get(int(arch.get()), "unknown") if arch.ok else "unknown",
                                bus))
-        self._devices = out
         return out
 
     def unreadable_devices(self) -> dict[int, tuple[NvmlState, str]]:
