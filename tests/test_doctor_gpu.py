@@ -72,6 +72,8 @@ def _expected_offline() -> set[tuple[str, str]]:
         ("irq.mask-mismatch", "/usr/local/bin/optimize-gpu.sh"),
         ("irq.in-container-cpuset", "live"),
         ("irq.irqbalance-overwrites", "live"),
+        ("irq.selection-too-broad", "/usr/local/bin/set-gpu-irq-affinity.sh"),
+        ("irq.selection-too-broad", "/usr/local/bin/optimize-gpu.sh"),
         ("cuda.cache-path-unsafe", "/etc/environment"),
         ("containers.cpuset-smt-sharing", COMPOSE_PATH),
         ("containers.cpuset-overlap", COMPOSE_PATH),
@@ -323,3 +325,41 @@ def test_kernel_param_unknown_to_its_module(box):
     (f,) = gpu_findings(box)
     assert f.check == "kernel.param-unknown" and f.severity == Severity.INFO
     assert f.where == "/etc/default/grub.d/50-x.cfg:1" and "no parameter nptt " in f.why
+
+
+def test_grep_patterns_as_grep_reads_them():
+    from hosttune.doctor.checks_gpu import _grep_pattern
+
+    line = " 190:  0  0  IR-PCI-MSI-0000:0c:00.0  0-edge  amdgpu"
+    assert _grep_pattern(["grep", "-E", "nvidia|gpu"]).search(line)
+    assert _grep_pattern(["grep", "nvidia\\|gpu"]).search(line)  # GNU BRE alternation
+    assert not _grep_pattern(["grep", "nvidia|gpu"]).search(line)  # BRE: '|' is literal
+    assert _grep_pattern(["grep", "-i", "AMDGPU"]).search(line)
+    assert not _grep_pattern(["grep", "-F", "gpu.*"]).search(line)
+    assert _grep_pattern(["grep", "-e", "amd", "-c"]).search(line)
+    assert _grep_pattern(["grep", "-P", "gpu"]) is None  # Perl syntax: not guessed at
+
+
+def test_irq_selection_findings(box):
+    """A grep that catches the iGPU too, one that catches no NVIDIA IRQ, and hosttune-like
+    precise selection (none)."""
+    fakehost.w(box, "/usr/local/bin/broad.sh", "#!/bin/sh\n"
+               "for i in $(grep gpu /proc/interrupts | cut -d: -f1); do\n"
+               "  echo 3000 > /proc/irq/$i/smp_affinity\ndone\n", 0o755)
+    fakehost.w(box, "/usr/local/bin/miss.sh", "#!/bin/sh\n"
+               "IRQS=$(egrep 'nvme|xhci' /proc/interrupts | awk '{print $1}')\n", 0o755)
+    fakehost.w(box, "/usr/local/bin/exact.sh", "#!/bin/sh\n"
+               "IRQS=$(grep -w nvidia /proc/interrupts | awk '{print $1}')\n", 0o755)
+    fs = {f.where.split(":")[0]: f for f in run(box).findings
+          if f.check.startswith("irq.selection")}
+    assert fs["/usr/local/bin/broad.sh"].check == "irq.selection-too-broad"
+    assert "amdgpu" in fs["/usr/local/bin/broad.sh"].title
+    assert fs["/usr/local/bin/miss.sh"].check == "irq.selection-too-broad"
+    assert "IRQ 100 (nvme0q0), 101 (nvme0q0)" in fs["/usr/local/bin/miss.sh"].title
+    assert "/usr/local/bin/exact.sh" not in fs
+    fakehost.w(box, "/usr/local/bin/miss.sh", "#!/bin/sh\n"
+               "IRQS=$(grep -E 'xhci|ahci' /proc/interrupts | awk '{print $1}')\n", 0o755)
+    fs = {f.where.split(":")[0]: f for f in run(box).findings
+          if f.check.startswith("irq.selection")}
+    assert fs["/usr/local/bin/miss.sh"].check == "irq.selection-misses-gpu"
+    assert "180-181" in fs["/usr/local/bin/miss.sh"].why

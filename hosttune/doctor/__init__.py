@@ -23,6 +23,7 @@ from hosttune.doctor.checks_gpu import (
     check_cuda_cache,
     check_gpu_clocks,
     check_irq_affinity,
+    check_irq_selection,
     check_kernel_params,
     check_nvidia_modprobe,
 )
@@ -41,6 +42,7 @@ CHECKS: list[Check] = [
     check_nvidia_modprobe,
     check_kernel_params,
     check_irq_affinity,
+    check_irq_selection,
     check_cuda_cache,
     check_container_cpusets,
     check_compute_mode,

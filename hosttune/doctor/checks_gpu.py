@@ -28,7 +28,14 @@ from hosttune.host import Host
 from hosttune.host.distro import kernel_release
 from hosttune.host.facts import find_pids
 from hosttune.host.gpu.nvml import ComputeMode, GpuInfo, Nvml
-from hosttune.host.irq import cpus_to_mask, explain_mask, gpu_irqs, mask_to_cpus, nr_cpu_ids
+from hosttune.host.irq import (
+    cpus_to_mask,
+    explain_mask,
+    gpu_irqs,
+    mask_to_cpus,
+    nr_cpu_ids,
+    parse_interrupts,
+)
 from hosttune.host.nvidia_driver import (
     KNOWN_MODULE_OPTIONS,
     driver_version,
@@ -550,6 +557,93 @@ def check_irq_affinity(ctx: DoctorContext) -> Iterator[Finding]:
                 "by the script lasts until its next pass.",
                 "profile key gpu_irq.irqbalance: true (an irqbalance policy script that bans "
                 "NVIDIA IRQs)")
+
+
+def _grep_pattern(argv: list[str]) -> re.Pattern[str] | None:
+    """The regex a ``grep`` argv selects lines with, as Python sees it (None: not understood).
+    ERE (-E) is taken as is; BRE gets GNU's \\| \\( \\) alternation and groups."""
+    ere = fixed = icase = False
+    pattern: str | None = None
+    args = iter(argv[1:])
+    for a in args:
+        if a in ("-e", "--regexp"):
+            pattern = next(args, None)
+        elif a.startswith("--"):
+            ere |= a == "--extended-regexp"
+            fixed |= a == "--fixed-strings"
+            icase |= a == "--ignore-case"
+            if a == "--perl-regexp":
+                return None
+        elif a.startswith("-") and len(a) > 1:
+            if "P" in a:
+                return None
+            ere |= "E" in a
+            fixed |= "F" in a
+            icase |= "i" in a
+        elif pattern is None:
+            pattern = a
+    if pattern is None:
+        return None
+    if fixed:
+        rx = re.escape(pattern)
+    elif ere:
+        rx = pattern
+    else:
+        rx = re.sub(r"\\([|()])|([|()+?{}])", lambda m: m.group(1) or "\\" + m.group(2),
+                    pattern)
+    try:
+        return re.compile(rx, re.IGNORECASE if icase else 0)
+    except re.error:
+        return None
+
+
+def check_irq_selection(ctx: DoctorContext) -> Iterator[Finding]:
+    """A script that finds "the GPU's IRQs" by grepping /proc/interrupts selects whatever
+    else matches: the seed's ``grep -E "nvidia|gpu"`` also takes the Ryzen iGPU's amdgpu IRQ
+    (and any handler with "gpu" in its name), and then pins it to the GPU feeder cores."""
+    text = ctx.host.read_text("/proc/interrupts") or ""
+    raw = {}
+    for line in text.splitlines()[1:]:
+        head = line.split(":", 1)[0].strip()
+        if head.isdigit():
+            raw[int(head)] = line
+    if not raw:
+        return
+    nvidia = {gi.irq for gi in gpu_irqs(ctx.host)}
+    names = {ln.irq: ",".join(ln.actions) for ln in parse_interrupts(text)}
+    for sl in shell_lines(ctx):
+        if "/proc/interrupts" not in sl.text:
+            continue
+        for argv in commands(sl.text):
+            if argv[0].rsplit("/", 1)[-1] not in ("grep", "egrep"):
+                continue
+            rx = _grep_pattern([argv[0], "-E", *argv[1:]] if argv[0].endswith("egrep") else argv)
+            if rx is None:
+                continue
+            picked = {irq for irq, line in raw.items() if rx.search(line)}
+            extra = sorted(picked - nvidia)
+            if extra:
+                what = ", ".join(f"{i} ({names.get(i) or '?'})" for i in extra)
+                yield Finding(
+                    "irq.selection-too-broad", Severity.WARNING,
+                    f"the /proc/interrupts grep also selects IRQ {what}", sl.where,
+                    f"The pattern {rx.pattern!r} is meant to find the NVIDIA GPUs' interrupts, "
+                    "but /proc/interrupts lines of other devices match it too, so their "
+                    "interrupts are pinned to the GPU's CPUs as well (an integrated GPU's "
+                    "amdgpu/i915 handler matches 'gpu'). Handler names are not a stable way "
+                    "to find a device's IRQs.",
+                    "profile key gpu_irq (hosttune takes the IRQs from the NVIDIA PCI "
+                    "functions' msi_irqs in sysfs, never from handler names)")
+            elif nvidia and not picked & nvidia:
+                yield Finding(
+                    "irq.selection-misses-gpu", Severity.WARNING,
+                    "the /proc/interrupts grep selects none of the NVIDIA GPUs' IRQs",
+                    sl.where,
+                    f"The pattern {rx.pattern!r} matches no line of IRQs "
+                    f"{format_cpulist(sorted(nvidia))} (the NVIDIA functions' interrupts), so "
+                    "the script pins nothing it means to.",
+                    "profile key gpu_irq (hosttune takes the IRQs from the NVIDIA PCI "
+                    "functions' msi_irqs in sysfs)")
 
 
 # --- CUDA cache path ------------------------------------------------------------------------
