@@ -65,3 +65,16 @@ def test_kernel_change_of_bracketed_file_reverts_to_the_selected_choice(tmp_path
     assert orig == {"value": "madvise"}  # the kernel rejects the whole bracketed text
     do_revert(h, ch, orig)
     assert f.read_text() == "madvise\n"
+
+
+def test_plan_text_groups_by_family_with_whole_diffs(cli, ryzen):
+    r = cli("plan", "--root", str(ryzen))
+    assert r.exit_code == 1, r.output
+    lines = r.output.splitlines()
+    assert lines[0].startswith("hosttune plan · ")
+    assert "sysctl" in lines and "memlock" in lines  # family headings, in apply order
+    assert lines.index("sysctl") < lines.index("memlock")
+    # each diff follows its change, lines whole (never cropped to the terminal)
+    assert any(ln.strip() == "+# Managed by hosttune - changes here are overwritten by "
+               "`hosttune apply`." for ln in lines)
+    assert any("runtime" in ln and "vm.swappiness" in ln for ln in lines)

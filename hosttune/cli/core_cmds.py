@@ -7,7 +7,6 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from hosttune.cli.audit_cmd import render_rows, term_options
 from hosttune.cli.common import (
@@ -67,23 +66,27 @@ def plan(
 
 
 def _print_plan(p) -> None:
+    """Changes grouped by family, in apply order; each file change's diff right under it."""
     if not p.changes:
         console.print("[green]Nothing to change[/]: the host matches the profile.")
         return
-    t = Table(title=f"hosttune plan · {len(p.changes)} change(s)", header_style="bold")
-    t.add_column("#", justify="right")
-    t.add_column("change", overflow="fold")
-    t.add_column("kind")
-    t.add_column("needs")
+    console.print(f"[bold]hosttune plan · {len(p.changes)} change(s)[/]")
+    family = None
     for i, c in enumerate(p.changes, 1):
-        kind = "runtime" if c.runtime else "persistent"
-        t.add_row(str(i), escape(c.summary), kind, escape(", ".join(c.needs)))
-    console.print(t)
-    from rich.syntax import Syntax  # pygments: only when there are diffs to show
-
-    for c in p.changes:
-        if c.diff:
-            console.print(Syntax(c.diff, "diff", theme="ansi_dark", background_color="default"))
+        if c.tunable != family:
+            family = c.tunable
+            console.print(f"[bold]{escape(family)}[/]")
+        kind = "[cyan]runtime   [/]" if c.runtime else "[yellow]persistent[/]"
+        needs = f"  [dim](needs {escape(', '.join(c.needs))})[/]" if c.needs else ""
+        console.print(f"{i:>4}  {kind}  {escape(c.summary)}{needs}", soft_wrap=True)
+        for line in c.diff.splitlines():
+            # whole lines, never cropped: a diff is what apply will write
+            style = ("bold" if line.startswith(("+++", "---")) else "green"
+                     if line.startswith("+") else "red" if line.startswith("-") else "cyan"
+                     if line.startswith("@@") else "")
+            text = escape(line)
+            console.print(" " * 18 + (f"[{style}]{text}[/]" if style else text),
+                          soft_wrap=True, highlight=False)
     if p.needs:
         console.print("[cyan]after apply:[/] " + escape(", ".join(p.needs)))
 
