@@ -260,7 +260,17 @@ def test_source_changes_during_copy(hugestore, tmp_path, how):
     hugestore.assert_clean()
 
 
-def test_keyboard_interrupt(hugestore, tmp_path):
+@pytest.fixture
+def sigint_default():
+    """Python raises KeyboardInterrupt on SIGINT only if it did not inherit SIGINT ignored, and
+    a shell starts background jobs with SIGINT ignored (POSIX): these tests must not depend on
+    how the suite was launched."""
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, old)
+
+
+def test_keyboard_interrupt(hugestore, tmp_path, sigint_default):
     """A real SIGINT (what Ctrl-C sends) in the middle of the copy."""
     src = tmp_path / "m.bin"
     src.write_bytes(os.urandom(40 * MiB))
@@ -281,6 +291,7 @@ def test_keyboard_interrupt_cli(hugestore, tmp_path):
     # Deliver the signal from the progress callback the CLI passes (the copy is running).
     code = (
         "import os, signal, sys\n"
+        "signal.signal(signal.SIGINT, signal.default_int_handler)  # see sigint_default\n"
         "from hosttune.models import store\n"
         "real = store.load_model\n"
         "def load(*a, progress=None, **k):\n"
