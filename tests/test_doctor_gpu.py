@@ -350,8 +350,11 @@ def test_irq_selection_findings(box):
                "IRQS=$(egrep 'nvme|xhci' /proc/interrupts | awk '{print $1}')\n", 0o755)
     fakehost.w(box, "/usr/local/bin/exact.sh", "#!/bin/sh\n"
                "IRQS=$(grep -w nvidia /proc/interrupts | awk '{print $1}')\n", 0o755)
-    fs = {f.where.split(":")[0]: f for f in run(box).findings
-          if f.check.startswith("irq.selection")}
+    def selection() -> dict:
+        return {f.where.split(":")[0]: f for f in run(box).findings
+                if f.check.startswith("irq.selection")}
+
+    fs = selection()
     assert fs["/usr/local/bin/broad.sh"].check == "irq.selection-too-broad"
     assert "amdgpu" in fs["/usr/local/bin/broad.sh"].title
     assert fs["/usr/local/bin/miss.sh"].check == "irq.selection-too-broad"
@@ -359,7 +362,6 @@ def test_irq_selection_findings(box):
     assert "/usr/local/bin/exact.sh" not in fs
     fakehost.w(box, "/usr/local/bin/miss.sh", "#!/bin/sh\n"
                "IRQS=$(grep -E 'xhci|ahci' /proc/interrupts | awk '{print $1}')\n", 0o755)
-    fs = {f.where.split(":")[0]: f for f in run(box).findings
-          if f.check.startswith("irq.selection")}
+    fs = selection()
     assert fs["/usr/local/bin/miss.sh"].check == "irq.selection-misses-gpu"
     assert "180-181" in fs["/usr/local/bin/miss.sh"].why
