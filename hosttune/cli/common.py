@@ -15,13 +15,12 @@ from hosttune.cli.audit_cmd import (
     EXIT_ERROR,
     EXIT_FINDINGS,
     EXIT_OK,
-    STATUS_STYLE,
     emit_json,
     print_error,
 )
 from hosttune.errors import HosttuneError
 
-__all__ = ["EXIT_ERROR", "EXIT_FINDINGS", "EXIT_OK", "STATUS_STYLE", "emit_json"]
+__all__ = ["EXIT_ERROR", "EXIT_FINDINGS", "EXIT_OK", "emit_json"]
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False)
