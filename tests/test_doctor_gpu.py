@@ -243,6 +243,19 @@ def test_cuda_cache_world_writable_and_boot_wiped(box):
     assert "wiped at boot" in by["/etc/systemd/system/x.service:2"].title
 
 
+def test_cuda_cache_from_a_units_environment_file(box):
+    """EnvironmentFile= is followed (a leading '-' only makes it optional); /etc/environment,
+    read on its own, is not reported twice."""
+    fakehost.w(box, "/etc/default/llama", "# llama workers\nCUDA_CACHE_PATH=/run/cuda\n")
+    fakehost.w(box, "/etc/systemd/system/llama.service",
+               "[Service]\nEnvironmentFile=-/etc/default/llama\n"
+               "EnvironmentFile=/etc/environment\nEnvironmentFile=-/etc/default/absent\n"
+               "ExecStart=/bin/true\n")
+    (f,) = gpu_findings(box)
+    assert f.check == "cuda.cache-path-unsafe" and f.where == "/etc/default/llama:2"
+    assert "wiped at boot" in f.title
+
+
 def test_cuda_cache_on_tmpfs_in_compose(box):
     mi = (box / "proc/self/mountinfo").read_text()
     fakehost.w(box, "/proc/self/mountinfo",

@@ -669,12 +669,26 @@ def _cuda_cache_settings(ctx: DoctorContext) -> list[tuple[str, str]]:
                 out.append((f"{p}:{i}", m.group(2)))
     import shlex
 
+    env_files = {"/etc/environment"}  # read above
     for p in unit_files(ctx):
         try:
             utext = host.read_text(p) or ""
         except PermissionError:
             continue
         for e in parse_unit(utext):
+            if e.key == "EnvironmentFile":
+                # systemd.exec(5): a leading '-' means "ignore if missing"; KEY=VALUE lines
+                ef = e.value.strip().removeprefix("-")
+                if ef.startswith("/") and ef not in env_files:
+                    env_files.add(ef)
+                    try:
+                        etext = host.read_text(ef) or ""
+                    except (PermissionError, UnicodeDecodeError, IsADirectoryError):
+                        continue
+                    for i, line in enumerate(etext.splitlines(), 1):
+                        out += [(f"{ef}:{i}", v) for k, v in parse_environment(line)
+                                if k == "CUDA_CACHE_PATH"]
+                continue
             if e.key != "Environment":
                 continue
             try:
