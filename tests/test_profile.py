@@ -169,3 +169,23 @@ def test_profiles_cli(cli):
     assert "ryzen9950x-rtx5090" in names
     r = cli("profiles", "show", "ryzen9950x-rtx5090")
     assert r.exit_code == 0 and "extends: inference" in r.output
+
+
+def test_cache_stays_out_of_someone_elses_directory(tmp_path, monkeypatch):
+    """`sudo -E hosttune audit` keeps the user's HOME: root writes no entry there."""
+    from tests.conftest import need
+
+    need(os.geteuid() == 0, "chown to another user needs root")
+    from hosttune.profile import cache
+
+    theirs = tmp_path / "home-of-someone"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(theirs / ".cache"))
+    assert cache.cache_dir() is None
+    load_profile("inference")
+    assert not (theirs / ".cache").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    monkeypatch.setenv("XDG_CACHE_HOME", str(mine))
+    assert cache.cache_dir() == mine / "hosttune" / "profiles"

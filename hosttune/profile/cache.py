@@ -35,10 +35,25 @@ FORMAT = 2  # of an entry (view.encode's tags): part of the key, so old entries 
 
 
 def cache_dir() -> Path | None:
+    """~/.cache/hosttune/profiles, or None (no cache): when HOSTTUNE_NO_CACHE is set, or when
+    the cache directory (or, before it exists, the nearest existing parent) belongs to someone
+    else - `sudo -E hosttune` keeps the user's HOME, and root must not leave files there."""
     if os.environ.get("HOSTTUNE_NO_CACHE"):
         return None
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "hosttune" / "profiles"
+    d = Path(base) / "hosttune" / "profiles"
+    probe = d
+    while True:
+        try:
+            owner = os.stat(probe).st_uid
+            break
+        except FileNotFoundError:
+            if probe.parent == probe:
+                return None
+            probe = probe.parent
+        except OSError:
+            return None
+    return d if owner == os.geteuid() else None
 
 
 def stamp(path: str) -> list[int] | None:
