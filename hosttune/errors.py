@@ -22,6 +22,10 @@ class ProfileError(HosttuneError):
         super().__init__(f"{where}{message}")
 
 
+class UsageError(HosttuneError):
+    """Bad command-line input that the option parser cannot catch (e.g. an unknown family)."""
+
+
 class HostError(HosttuneError):
     """Reading or changing the host failed."""
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 
 from tests.conftest import run_cli
+from tests.test_contracts import snapshot
 
 
 def test_sysctl_apply_idempotent_and_rollback_exact(ryzen, cli):
-    from tests.test_contracts import snapshot
 
     before = snapshot(ryzen)
     r = cli("apply", "--root", str(ryzen), "--yes", "--only", "sysctl", "--json")
@@ -78,3 +78,15 @@ def test_plan_text_groups_by_family_with_whole_diffs(cli, ryzen):
     assert any(ln.strip() == "+# Managed by hosttune - changes here are overwritten by "
                "`hosttune apply`." for ln in lines)
     assert any("runtime" in ln and "vm.swappiness" in ln for ln in lines)
+
+
+def test_only_with_an_unknown_family_is_a_usage_error(cli, ryzen):
+    """A typo in --only must not read as 'nothing to check' (exit 0) or an empty apply."""
+    before = snapshot(ryzen)
+    for cmd in (["audit"], ["plan"], ["apply", "--yes"]):
+        r = cli(*cmd, "--root", str(ryzen), "--only", "sysctl", "--only", "sysctls")
+        assert r.exit_code == 2, (cmd, r.output)
+        assert "--only sysctls: no such family" in r.output and "sysctl, memlock" in r.output
+    p = run_cli("audit", "--root", str(ryzen), "--only", "swapp", "--json")
+    assert p.returncode == 2 and "no such family" in p.stderr and p.stdout == ""
+    assert snapshot(ryzen) == before

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hosttune.engine.journal import Journal, Lock
-from hosttune.errors import ApplyError, HosttuneError, NeedsRootError
+from hosttune.errors import ApplyError, HosttuneError, NeedsRootError, UsageError
 from hosttune.host import Host
 from hosttune.host.parsers import parse_bracketed_choice
 from hosttune.profile import LoadedProfile
@@ -115,6 +115,12 @@ class RollbackReport:
 
 # --- evaluation ---------------------------------------------------------------------------------
 def _tunables(ctx: Context, only: set[str] | None = None) -> list[Tunable]:
+    names = [t.name for t in all_tunables()]
+    unknown = sorted(set(only or ()) - set(names))
+    if unknown:
+        # a typo must not turn into "nothing to check" (exit 0) or an empty apply
+        raise UsageError(f"--only {', '.join(unknown)}: no such family (families: "
+                         f"{', '.join(names)})")
     out = []
     for t in all_tunables():
         if only and t.name not in only:
