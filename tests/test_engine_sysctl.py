@@ -9,7 +9,6 @@ from tests.test_contracts import snapshot
 
 
 def test_sysctl_apply_idempotent_and_rollback_exact(ryzen, cli):
-
     before = snapshot(ryzen)
     r = cli("apply", "--root", str(ryzen), "--yes", "--only", "sysctl", "--json")
     assert r.exit_code == 0, r.output
