@@ -653,10 +653,17 @@ def _cuda_cache_settings(ctx: DoctorContext) -> list[tuple[str, str]]:
     """(where, path) of every CUDA_CACHE_PATH the host sets."""
     host = ctx.host
     out: list[tuple[str, str]] = []
-    text = host.read_text("/etc/environment") or ""
-    for i, line in enumerate(text.splitlines(), 1):
-        out += [(f"/etc/environment:{i}", v) for k, v in parse_environment(line)
-                if k == "CUDA_CACHE_PATH"]
+
+    def env_file(path: str) -> None:  # KEY=VALUE lines: /etc/environment, EnvironmentFile=
+        try:
+            text = host.read_text(path) or ""
+        except (PermissionError, UnicodeDecodeError, IsADirectoryError):
+            return
+        for i, line in enumerate(text.splitlines(), 1):
+            out.extend((f"{path}:{i}", v) for k, v in parse_environment(line)
+                       if k == "CUDA_CACHE_PATH")
+
+    env_file("/etc/environment")
     for n in host.listdir("/etc/profile.d"):
         p = f"/etc/profile.d/{n}"
         try:
@@ -681,13 +688,7 @@ def _cuda_cache_settings(ctx: DoctorContext) -> list[tuple[str, str]]:
                 ef = e.value.strip().removeprefix("-")
                 if ef.startswith("/") and ef not in env_files:
                     env_files.add(ef)
-                    try:
-                        etext = host.read_text(ef) or ""
-                    except (PermissionError, UnicodeDecodeError, IsADirectoryError):
-                        continue
-                    for i, line in enumerate(etext.splitlines(), 1):
-                        out += [(f"{ef}:{i}", v) for k, v in parse_environment(line)
-                                if k == "CUDA_CACHE_PATH"]
+                    env_file(ef)
                 continue
             if e.key != "Environment":
                 continue

@@ -21,9 +21,14 @@ def builtin_names() -> list[str]:
     return sorted(p.name[:-5] for p in BUILTIN_DIR.iterdir() if p.name.endswith(".yaml"))
 
 
+def _is_path(ref: str) -> bool:
+    """A file path, as opposed to the name of a built-in profile."""
+    return "/" in ref or ref.endswith((".yaml", ".yml"))
+
+
 def _source(ref: str, base_dir: Path | None) -> tuple[str, Path]:
     """Resolve a profile reference to (display name, file)."""
-    if "/" in ref or ref.endswith((".yaml", ".yml")):
+    if _is_path(ref):
         p = Path(ref)
         if not p.is_absolute() and base_dir is not None:
             p = base_dir / p
@@ -147,8 +152,8 @@ def load_profile(ref: str, base_dir: Path | None = None, *,
     validated and comes back as the pydantic models either way."""
     from hosttune.profile import cache
 
-    is_path = "/" in ref or ref.endswith((".yaml", ".yml"))
-    base = str((base_dir or Path.cwd()).absolute()) if is_path and not ref.startswith("/") else ""
+    relative = _is_path(ref) and not ref.startswith("/")
+    base = str((base_dir or Path.cwd()).absolute()) if relative else ""
     key = cache.cache_key(ref, base)
     hit = cache.load(key, views=views)
     if hit is not None:
