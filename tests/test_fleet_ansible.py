@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests import fakehost
-from tests.conftest import REPO, need
+from tests.conftest import REPO, USER_CACHE, need
 from tests.test_contracts import snapshot
 
 COLLECTIONS = REPO / "fleet" / "ansible"
@@ -417,7 +417,9 @@ def test_ansible_test_sanity_passes(tmp_path: Path) -> None:
     _ansible("ansible-test")
     r = subprocess.run([str(REPO / ".ci" / "ansible-sanity")], capture_output=True, text=True,
                        timeout=1200, check=False,
-                       env=dict(os.environ, PYTHON=sys.executable))
+                       env=dict(os.environ, PYTHON=sys.executable,
+                                HOSTTUNE_ANSIBLE_TEST_HOME=os.path.join(
+                                    USER_CACHE, "hosttune", "ansible-test")))
     assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
     assert r.stdout.count('Running sanity test "') >= 20, r.stdout
     assert 'Running sanity test "validate-modules"' in r.stdout
