@@ -176,3 +176,12 @@ def test_readme_first_command_works_with_debians_python(tmp_path: Path) -> None:
                              cwd=src, capture_output=True, text=True, env=env, timeout=300,
                              check=False)
     assert refused.returncode != 0 and "externally-managed" in refused.stderr
+
+
+def test_a_failed_verification_says_the_changes_stayed(tmp_path: Path) -> None:
+    root = fakehost.ryzen_9950x(tmp_path / "t")
+    fakehost.w(root, "/etc/sysctl.d/99-zz-local.conf", "vm.swappiness = 60\n")
+    r = run_cli("apply", "--yes", "--root", str(root))
+    assert r.returncode == 1, r.stderr
+    assert "the changes above stay applied" in r.stdout and "reverted" not in r.stdout
+    assert "vm.swappiness = 0" in (root / "etc/sysctl.d/90-hosttune.conf").read_text()
