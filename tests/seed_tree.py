@@ -291,7 +291,12 @@ def seed_tree(root: Path) -> Path:
         b.write(f, "46080\n")
     b.write("/proc/meminfo", fakehost.meminfo(128 * GiB, 30 * GiB, hp_total=46080,
                                               hp_free=46080))
-    # `sysctl -p` applied the lines without comments only
+    # `sysctl -p` wrote every line whole; the kernel's integer parser took each number and
+    # ignored the trailing comments (checked on a real boot: the values take)
+    for k, v in (("vm/swappiness", "0"), ("vm/zone_reclaim_mode", "0"),
+                 ("vm/overcommit_memory", "1"), ("vm/vfs_cache_pressure", "50"),
+                 ("vm/dirty_ratio", "5"), ("vm/dirty_background_ratio", "2")):
+        b.write(f"/proc/sys/{k}", v + "\n")
     # 5-7. GPU units
     b.write("/etc/systemd/system/nvidia-persistenced.service", PERSISTENCED_UNIT)
     b.write("/etc/systemd/system/gpu-clocks.service", GPU_CLOCKS_UNIT)

@@ -152,10 +152,83 @@ def test_duplicate_limits_and_environment(tmp_path):
 
 
 def test_sysctl_inline_comment(tmp_path):
+    # what a real boot shows (Debian 12, kernel 6.1; and 6.18 here): an integer key takes the
+    # number and ignores the comment; a number glued to '#' is EINVAL; a string key keeps it
     b = minimal(tmp_path)
-    b.write("/etc/sysctl.d/50-x.conf", "vm.swappiness = 0  # off\nvm.dirty_ratio = 5\n")
+    b.write("/etc/sysctl.d/50-x.conf", "vm.swappiness = 0  # off\nvm.dirty_ratio = 5\n"
+            "vm.dirty_background_ratio = 2 ; bg\n")
+    fs = findings(b.root)
+    assert [(f.check, f.severity, f.where) for f in fs] == [
+        ("sysctl.inline-comment", Severity.INFO, "/etc/sysctl.d/50-x.conf:1"),
+        ("sysctl.inline-comment", Severity.INFO, "/etc/sysctl.d/50-x.conf:3")]
+    assert "takes 0 and ignores '# off'" in fs[0].why and "(live: 60)" in fs[0].why
+    b.write("/etc/sysctl.d/50-x.conf", "vm.swappiness = 0# off\n")
     (f,) = findings(b.root)
-    assert f.check == "sysctl.inline-comment" and f.where == "/etc/sysctl.d/50-x.conf:1"
+    assert (f.check, f.severity) == ("sysctl.value-rejected", Severity.ERROR)
+    assert "Invalid argument" in f.why
+
+
+def test_sysctl_comment_on_string_and_lookup_keys(tmp_path):
+    b = minimal(tmp_path)
+    b.write("/proc/sys/kernel/core_pattern", "core\n")
+    b.write("/proc/sys/net/ipv4/tcp_congestion_control", "cubic\n")
+    b.write("/etc/sysctl.d/50-x.conf", "kernel.core_pattern = core.%p  # cores\n"
+            "net.ipv4.tcp_congestion_control = bbr # faster\n")
+    by = {f.where: f for f in findings(b.root)}
+    core = by["/etc/sysctl.d/50-x.conf:1"]
+    assert (core.check, core.severity) == ("sysctl.comment-in-value", Severity.ERROR)
+    assert "'core.%p  # cores' verbatim" in core.why
+    cc = by["/etc/sysctl.d/50-x.conf:2"]
+    assert (cc.check, cc.severity) == ("sysctl.value-rejected", Severity.ERROR)
+
+
+def test_sysctl_comment_on_vector_key(tmp_path):
+    b = minimal(tmp_path)
+    b.write("/proc/sys/net/ipv4/ip_local_port_range", "32768\t60999\n")
+    b.write("/etc/sysctl.d/50-x.conf", "net.ipv4.ip_local_port_range = 1024 65000 # all\n")
+    (f,) = findings(b.root)
+    assert f.severity == Severity.INFO and "takes 1024 65000" in f.why
+    # fewer numbers than the key holds, then the comment: EINVAL (probed on 6.18)
+    b.write("/etc/sysctl.d/50-x.conf", "net.ipv4.ip_local_port_range = 1024 # all\n")
+    (f,) = findings(b.root)
+    assert f.check == "sysctl.value-rejected"
+
+
+def test_sysctl_comment_unreadable_key_is_a_warning(tmp_path):
+    b = minimal(tmp_path)
+    b.write("/etc/sysctl.d/50-x.conf", "vm.nosuch = 1 # c\n")
+    (f,) = findings(b.root)
+    assert (f.check, f.severity) == ("sysctl.inline-comment", Severity.WARNING)
+
+
+def test_sysctl_block_appended_twice_reported_once(tmp_path):
+    # the notes' `tee -a` block run twice: each defect once, with both locations
+    b = minimal(tmp_path)
+    block = ("# tuning\nvm.swappiness = 0   # off\nvm.dirty_ratio = 5\n"
+             "vm.dirty_background_ratio = 2\n")
+    b.write("/etc/sysctl.conf", block + block)
+    fs = findings(b.root)
+    dup = [f for f in fs if f.check == "dup.sysctl-repeated"]
+    assert len(dup) == 1 and dup[0].where == "/etc/sysctl.conf:6-8"
+    assert dup[0].also == ("/etc/sysctl.conf:2-4",) and dup[0].severity == Severity.INFO
+    com = [f for f in fs if f.check == "sysctl.inline-comment"]
+    assert len(com) == 1 and com[0].where == "/etc/sysctl.conf:2"
+    assert com[0].also == ("/etc/sysctl.conf:6",)
+    # "0  # off" and "0" are the same value to the kernel: not "different values"
+    assert not [f for f in fs if f.check == "dup.sysctl"]
+
+
+def test_limits_and_environment_appended_twice(tmp_path):
+    b = minimal(tmp_path)
+    b.write("/etc/security/limits.conf", "@inference soft memlock 1024\n"
+            "@inference hard memlock 1024\n@inference soft memlock 1024\n"
+            "@inference hard memlock 1024\n")
+    b.write("/etc/environment", "PATH=/usr/bin\nA=1\nB=2\nA=1\nB=2\n")
+    fs = findings(b.root)
+    assert sorted((f.check, f.where, f.also) for f in fs) == [
+        ("dup.environment-repeated", "/etc/environment:4-5", ("/etc/environment:2-3",)),
+        ("dup.limits-repeated", "/etc/security/limits.conf:3-4",
+         ("/etc/security/limits.conf:1-2",))]
 
 
 def test_fstab_commented_unrelated_mount(tmp_path):

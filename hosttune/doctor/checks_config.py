@@ -3,6 +3,7 @@ huge-page pools and hugetlbfs mounts."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -15,9 +16,10 @@ from hosttune.host.parsers import (
     parse_meminfo,
     parse_mountinfo,
     parse_sysctl_conf,
+    sysctl_key_to_path,
 )
 from hosttune.profile.sizes import format_size, parse_size
-from hosttune.tunables.sysctl import sysctl_files
+from hosttune.tunables.sysctl import effective_value, kernel_reading, sysctl_files
 
 # --- limits.conf -----------------------------------------------------------------
 
@@ -117,26 +119,90 @@ def check_memlock(ctx: DoctorContext) -> Iterator[Finding]:
 # --- duplicated keys -----------------------------------------------------------------
 
 
-def check_duplicates(ctx: DoctorContext) -> Iterator[Finding]:
-    # sysctl, in boot order
-    seen: dict[str, tuple[str, int, str]] = {}
+@dataclass(frozen=True)
+class Keyed:
+    """One assignment of a shared file, in the order its consumer reads them."""
+
+    file: str
+    lineno: int
+    key: str
+    value: str  # effective value (what the consumer ends up with)
+
+
+def _loc(run: list[Keyed]) -> str:
+    a, b = run[0].lineno, run[-1].lineno
+    return f"{run[0].file}:{a}" if a == b else f"{run[0].file}:{a}-{b}"
+
+
+def repeated_blocks(entries: list[Keyed]) -> list[tuple[list[Keyed], list[Keyed]]]:
+    """Keys set again to the same value, grouped into blocks: (earlier lines, later lines)
+    runs where consecutive entries repeat consecutive earlier ones (a `tee -a` run twice)."""
+    last: dict[str, int] = {}
+    pairs: list[tuple[int, int]] = []
+    for j, e in enumerate(entries):
+        i = last.get(e.key)
+        if i is not None and entries[i].value == e.value:
+            pairs.append((i, j))
+        last[e.key] = j
+    runs: list[list[tuple[int, int]]] = []
+    for i, j in pairs:
+        if runs and runs[-1][-1] == (i - 1, j - 1) and entries[i].file == entries[i - 1].file \
+                and entries[j].file == entries[j - 1].file:
+            runs[-1].append((i, j))
+        else:
+            runs.append([(i, j)])
+    return [([entries[i] for i, _ in r], [entries[j] for _, j in r]) for r in runs]
+
+
+def _dup_findings(check: str, sev: Severity, entries: list[Keyed], what: str,
+                  consequence: str, fix: str) -> Iterator[Finding]:
+    for first, again in repeated_blocks(entries):
+        keys = ", ".join(dict.fromkeys(e.key for e in again))
+        n = len(again)
+        yield Finding(
+            check, sev, f"{n} {what}{'s' if n > 1 else ''} set twice to the same value "
+            f"({keys})" if n <= 3 else f"a block of {n} {what}s is there twice",
+            _loc(again), f"{_loc(again)} repeats {_loc(first)} ({keys}): an appended block "
+            f"(`tee -a`, `echo >>`) was run again. {consequence}", fix, also=(_loc(first),))
+
+
+def _sysctl_entries(ctx: DoctorContext) -> list[Keyed]:
+    out: list[Keyed] = []
     for f in sysctl_files(ctx.host):
         for a in parse_sysctl_conf(ctx.host.read_text(f) or ""):
-            prev = seen.get(a.key)
-            if prev and " ".join(prev[2].split()) != " ".join(a.value.split()):
-                yield Finding(
-                    "dup.sysctl", Severity.WARNING,
-                    f"{a.key} set twice with different values", f"{f}:{a.lineno}",
-                    f"{prev[0]}:{prev[1]} sets {prev[2]!r}, {f}:{a.lineno} sets {a.value!r}; "
-                    f"the last one read at boot wins: {a.value!r} ({f}).",
-                    f"keep one; profile key sysctl.settings.{a.key}")
-            seen[a.key] = (f, a.lineno, a.value)
+            out.append(Keyed(f, a.lineno, a.key,
+                             effective_value(a.key, a.value, _live_sysctl(ctx, a.key))))
+    return out
+
+
+def check_duplicates(ctx: DoctorContext) -> Iterator[Finding]:
+    # sysctl, in boot order; values compared as the kernel reads them ("0  # off" is 0)
+    entries = _sysctl_entries(ctx)
+    seen: dict[str, Keyed] = {}
+    for e in entries:
+        prev = seen.get(e.key)
+        if prev and prev.value != e.value:
+            yield Finding(
+                "dup.sysctl", Severity.WARNING,
+                f"{e.key} set twice with different values", f"{e.file}:{e.lineno}",
+                f"{prev.file}:{prev.lineno} sets {prev.value!r}, {e.file}:{e.lineno} sets "
+                f"{e.value!r}; the last one read at boot wins: {e.value!r} ({e.file}).",
+                f"keep one; profile key sysctl.settings.{e.key}",
+                also=(f"{prev.file}:{prev.lineno}",))
+        seen[e.key] = e
+    yield from _dup_findings(
+        "dup.sysctl-repeated", Severity.INFO, entries, "sysctl key",
+        "Harmless (the same value is written twice at boot), but each rerun adds a copy.",
+        "keep one copy; profile key sysctl.settings (hosttune's drop-in is rewritten, "
+        "never appended)")
     # limits: same domain/type/item
     lseen: dict[tuple[str, str, str], LimitLine] = {}
+    lentries: list[Keyed] = []
     for x in all_limit_lines(ctx):
         types = ("soft", "hard") if x.type == "-" else (x.type,)
         for t in types:
             lk = (x.domain, t, x.item)
+            lentries.append(Keyed(x.file, x.lineno, " ".join(lk), x.value))
             prev_l = lseen.get(lk)
             if prev_l and prev_l.value != x.value:
                 yield Finding(
@@ -146,10 +212,16 @@ def check_duplicates(ctx: DoctorContext) -> Iterator[Finding]:
                     f"{prev_l.file}:{prev_l.lineno} says {prev_l.value}, {x.file}:{x.lineno} "
                     f"says {x.value}; pam_limits applies them in order, the last one wins "
                     f"({x.value}).",
-                    "keep one; profile key memlock.limit for memlock")
+                    "keep one; profile key memlock.limit for memlock",
+                    also=(f"{prev_l.file}:{prev_l.lineno}",))
             lseen[lk] = x
+    yield from _dup_findings(
+        "dup.limits-repeated", Severity.INFO, lentries, "limit",
+        "Harmless (pam_limits applies the same value twice), but each rerun adds a copy.",
+        "keep one copy; profile key memlock (hosttune writes limits.d/, never appends)")
     # /etc/environment (pam_env: later lines override earlier ones)
     env: dict[str, tuple[int, str]] = {}
+    eentries: list[Keyed] = []
     text = ctx.host.read_text("/etc/environment") or ""
     for i, line in enumerate(text.splitlines(), 1):
         s = line.strip()
@@ -157,30 +229,80 @@ def check_duplicates(ctx: DoctorContext) -> Iterator[Finding]:
             continue
         name, _, v = s.partition("=")
         k = name.removeprefix("export ").strip()
+        eentries.append(Keyed("/etc/environment", i, k, v))
         prev_e = env.get(k)
         if prev_e and prev_e[1] != v:
             yield Finding(
                 "dup.environment", Severity.WARNING, f"{k} set twice with different values",
                 f"/etc/environment:{i}",
                 f"line {prev_e[0]} says {prev_e[1]!r}, line {i} says {v!r}; the last one wins.",
-                "keep one; profile key cuda_env for CUDA variables")
+                "keep one; profile key cuda_env for CUDA variables",
+                also=(f"/etc/environment:{prev_e[0]}",))
         env[k] = (i, v)
+    yield from _dup_findings(
+        "dup.environment-repeated", Severity.INFO, eentries, "variable",
+        "Harmless (pam_env sets the same value twice), but each rerun adds a copy.",
+        "keep one copy; profile key cuda_env (hosttune's marked lines are replaced, never "
+        "appended)")
 
 
 # --- sysctl syntax -----------------------------------------------------------------
 
 
+def _live_sysctl(ctx: DoctorContext, key: str) -> str | None:
+    try:
+        return ctx.host.read_value(sysctl_key_to_path(key))
+    except (PermissionError, OSError):
+        return None
+
+
 def check_sysctl_syntax(ctx: DoctorContext) -> Iterator[Finding]:
+    """Trailing comments in sysctl files: what the kernel really keeps (kernel_reading)."""
+    fix = "move the comment to its own line; profile key sysctl.settings.{key}"
     for f in sysctl_files(ctx.host):
         for a in parse_sysctl_conf(ctx.host.read_text(f) or ""):
-            if "#" in a.value or ";" in a.value:
+            if "#" not in a.value and ";" not in a.value:
+                continue
+            live = _live_sysctl(ctx, a.key)
+            r = kernel_reading(a.key, a.value, live)
+            where = f"{f}:{a.lineno}"
+            seen = f" (live: {live})" if live is not None else ""
+            if r.applied is None:
                 yield Finding(
-                    "sysctl.inline-comment", Severity.ERROR,
-                    f"{a.key}: trailing comment is part of the value", f"{f}:{a.lineno}",
-                    "sysctl.d(5) only knows comment LINES: the value written is "
-                    f"{a.value!r}, which the kernel rejects (Invalid argument), so {a.key} "
-                    "keeps its default at every boot.",
-                    f"move the comment to its own line; profile key sysctl.settings.{a.key}")
+                    "sysctl.value-rejected", Severity.ERROR,
+                    f"{a.key}: the kernel rejects {a.value!r}", where,
+                    "sysctl.d(5) only knows comment LINES, so the whole text is written; "
+                    + ("the kernel's integer parser needs whitespace after each number "
+                       "(Invalid argument)" if r.kind == "integer" else
+                       "the kernel looks the word up and refuses the text with the comment "
+                       "(No such file or directory)")
+                    + f": {a.key} keeps its previous value at every boot{seen}.",
+                    fix.format(key=a.key))
+            elif r.kind == "string" and r.ignored:
+                yield Finding(
+                    "sysctl.comment-in-value", Severity.ERROR,
+                    f"{a.key}: the trailing comment becomes part of the value", where,
+                    f"sysctl.d(5) only knows comment LINES and {a.key} is a string: the "
+                    f"kernel stores {a.value!r} verbatim{seen}.", fix.format(key=a.key))
+            elif r.kind == "integer" and r.ignored:
+                yield Finding(
+                    "sysctl.inline-comment", Severity.INFO,
+                    f"{a.key}: trailing comment ignored by the kernel", where,
+                    f"the whole text {a.value!r} is written, and the kernel's integer parser "
+                    f"(__do_proc_dointvec) takes {r.applied} and ignores {r.ignored!r}: the "
+                    f"value takes{seen}. Harmless for integer keys only: on a string key "
+                    "(kernel.core_pattern) the comment would become part of the value.",
+                    fix.format(key=a.key))
+            elif r.kind == "unknown" and _COMMENTISH.search(a.value):
+                yield Finding(
+                    "sysctl.inline-comment", Severity.WARNING,
+                    f"{a.key}: trailing comment in the value", where,
+                    f"the whole text {a.value!r} is written; {a.key} cannot be read here to "
+                    "tell whether the kernel parses a number (the comment is ignored) or keeps "
+                    "a string (the comment becomes part of the value).", fix.format(key=a.key))
+
+
+_COMMENTISH = re.compile(r"\s[#;]|^[#;]")
 
 
 # --- fstab -----------------------------------------------------------------
