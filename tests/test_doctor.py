@@ -313,3 +313,25 @@ def test_units_verified_live_and_skipped_offline(tmp_path, seed):
     fs = list(check_units_verify(DoctorContext(LiveUnits(d))))
     assert [f.where for f in fs] == ["/etc/systemd/system/bad.service"]
     assert "absolute path" in fs[0].why
+
+
+def test_irq_mask_naming_cpus_the_host_lacks(tmp_path):
+    # the seed's f0000000 (CPUs 28-31 of the 32-CPU box) on a 2-CPU host: the kernel refuses
+    # the write (EOVERFLOW), which the script's 2>/dev/null hides
+    from tests.seed_tree import IRQ_SCRIPT
+
+    b = minimal(tmp_path)
+    b.cpus([(0, 0, 0, 0, [0], [0, 1]), (1, 0, 1, 0, [1], [0, 1])])  # the 2-CPU guest
+    b.write("/usr/local/bin/set-gpu-irq-affinity.sh", IRQ_SCRIPT, 0o755)
+    (f,) = findings(b.root)
+    assert (f.check, f.severity) == ("irq.mask-names-absent-cpus", Severity.ERROR)
+    assert f.where == "/usr/local/bin/set-gpu-irq-affinity.sh:4"
+    assert "CPUs 28-31, which this host does not have (CPUs 0-1)" in f.title
+    # a mask naming CPU 1 and the absent CPU 2 is refused as a whole too (probed on 6.18)
+    b.write("/usr/local/bin/set-gpu-irq-affinity.sh", IRQ_SCRIPT.replace("f0000000", "6"),
+            0o755)
+    (f,) = findings(b.root)
+    assert "CPUs 2, which" in f.title and "of which 2 do not exist" in f.why
+    b.write("/usr/local/bin/set-gpu-irq-affinity.sh", IRQ_SCRIPT.replace("f0000000", "2"),
+            0o755)
+    assert findings(b.root) == []
