@@ -7,10 +7,13 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from hosttune.doctor import boot
 from hosttune.doctor.base import DoctorContext, Finding, Severity
+from hosttune.doctor.shellcmds import SedDelete, history_lines, sed_deletions, shell_lines
 from hosttune.host.facts import find_pids
 from hosttune.host.parsers import (
     FSTAB_DISABLED,
+    parse_cmdline,
     parse_fstab,
     parse_limits,
     parse_meminfo,
@@ -19,6 +22,7 @@ from hosttune.host.parsers import (
     sysctl_key_to_path,
 )
 from hosttune.profile.sizes import format_size, parse_size
+from hosttune.tunables._systemd import mount_unit_name
 from hosttune.tunables.sysctl import effective_value, kernel_reading, sysctl_files
 
 # --- limits.conf -----------------------------------------------------------------
@@ -154,14 +158,18 @@ def repeated_blocks(entries: list[Keyed]) -> list[tuple[list[Keyed], list[Keyed]
     return [([entries[i] for i, _ in r], [entries[j] for _, j in r]) for r in runs]
 
 
+def _plural(word: str) -> str:
+    return word[:-1] + "ies" if word.endswith("y") else word + "s"
+
+
 def _dup_findings(check: str, sev: Severity, entries: list[Keyed], what: str,
                   consequence: str, fix: str) -> Iterator[Finding]:
     for first, again in repeated_blocks(entries):
         keys = ", ".join(dict.fromkeys(e.key for e in again))
         n = len(again)
         yield Finding(
-            check, sev, f"{n} {what}{'s' if n > 1 else ''} set twice to the same value "
-            f"({keys})" if n <= 3 else f"a block of {n} {what}s is there twice",
+            check, sev, f"{n} {what if n == 1 else _plural(what)} set twice to the same value "
+            f"({keys})" if n <= 3 else f"a block of {n} {_plural(what)} is there twice",
             _loc(again), f"{_loc(again)} repeats {_loc(first)} ({keys}): an appended block "
             f"(`tee -a`, `echo >>`) was run again. {consequence}", fix, also=(_loc(first),))
 
@@ -244,6 +252,70 @@ def check_duplicates(ctx: DoctorContext) -> Iterator[Finding]:
         "Harmless (pam_env sets the same value twice), but each rerun adds a copy.",
         "keep one copy; profile key cuda_env (hosttune's marked lines are replaced, never "
         "appended)")
+    yield from _fstab_duplicates(ctx)
+    yield from _grub_duplicates(ctx)
+
+
+def _fstab_duplicates(ctx: DoctorContext) -> Iterator[Finding]:
+    text = ctx.host.read_text("/etc/fstab") or ""
+    entries = [Keyed("/etc/fstab", e.lineno, _norm(e.file) if e.vfstype != "swap" else e.spec,
+                     " ".join((e.spec, e.vfstype, e.options)))
+               for e in parse_fstab(text) if e.file != "none" or e.vfstype == "swap"]
+    # systemd-fstab-generator (252) makes one unit per mount point: the second line fails with
+    # "Failed to create unit file '...mount', as it already exists. Duplicate entry in
+    # '/etc/fstab'?" and the generator exits 1 (checked here with SYSTEMD_FSTAB=); the first
+    # line is mounted.
+    yield from _dup_findings(
+        "dup.fstab-repeated", Severity.WARNING, entries, "fstab entry",
+        "At every boot systemd-fstab-generator logs \"Failed to create unit file ..., as it "
+        "already exists. Duplicate entry in '/etc/fstab'?\" and exits with status 1; the "
+        "first line is mounted.",
+        "delete the copy; profile key hugetlbfs.mounts (hosttune's fstab lines are marked "
+        "and replaced, never appended)")
+    seen: dict[str, Keyed] = {}
+    for e in entries:
+        prev = seen.get(e.key)
+        if prev is not None and prev.value != e.value:
+            yield Finding(
+                "dup.fstab", Severity.WARNING, f"{e.key} has two different fstab lines",
+                f"/etc/fstab:{e.lineno}", f"line {prev.lineno} ({prev.value}) and line "
+                f"{e.lineno} ({e.value}) both mount {e.key}: systemd-fstab-generator uses the "
+                "first and logs 'Duplicate entry' for the second at every boot.",
+                "keep one; profile key hugetlbfs.mounts", also=(f"/etc/fstab:{prev.lineno}",))
+        seen.setdefault(e.key, e)
+
+
+def _grub_duplicates(ctx: DoctorContext) -> Iterator[Finding]:
+    from hosttune.doctor.checks_gpu import grub_cmdline_words
+
+    try:
+        text = ctx.host.read_text("/etc/default/grub") or ""
+    except PermissionError:
+        return
+    by_line: dict[tuple[int, str], list[str]] = {}
+    for i, var, word in grub_cmdline_words(text):
+        by_line.setdefault((i, var), []).append(word)
+    cmdline = parse_cmdline(ctx.host.read_text("/proc/cmdline") or "")
+    for (i, var), words in by_line.items():
+        counts: dict[str, int] = {}
+        for w in words:
+            counts[w] = counts.get(w, 0) + 1
+        again = [w for w, n in counts.items() if n > 1]
+        if not again:
+            continue
+        live = [w for w in again if cmdline.count(w) > 1]
+        yield Finding(
+            "dup.kernel-param-repeated", Severity.INFO,
+            f"{var} repeats {' '.join(again)}", f"/etc/default/grub:{i}",
+            f"{var} holds {' '.join(again)} {max(counts[w] for w in again)} times: a sed "
+            "that appends to the variable (the notes' s/...=\"\\(.*\\)\"/...=\"\\1 "
+            "nvidia-drm.modeset=1 ...\"/) adds its words again each time it runs. "
+            "The kernel parses every copy (harmless for these flags), and each rerun makes "
+            "the command line longer"
+            + ("; the running kernel got them twice (live: /proc/cmdline)" if live else "")
+            + ".", "keep one copy and run update-grub; profile key kernel_cmdline.params "
+            "(hosttune's grub.d drop-in is rewritten, never appended to)",
+            also=("live: /proc/cmdline",) if live else ())
 
 
 # --- sysctl syntax -----------------------------------------------------------------
@@ -307,8 +379,117 @@ _COMMENTISH = re.compile(r"\s[#;]|^[#;]")
 
 # --- fstab -----------------------------------------------------------------
 
-REAL_FS = {"ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "exfat", "ntfs", "ntfs3", "f2fs",
-           "zfs", "nfs", "nfs4", "cifs", "hugetlbfs"}
+# Mounts systemd, the kernel or container runtimes make by themselves: never fstab's business.
+API_FS = {"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "securityfs", "debugfs",
+          "tracefs", "bpf", "pstore", "efivarfs", "mqueue", "configfs", "fusectl",
+          "binfmt_misc", "autofs", "nsfs", "rpc_pipefs", "overlay", "squashfs", "selinuxfs",
+          "nfsd", "ramfs"}
+API_DIRS = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/lib/docker", "/var/lib/containerd",
+            "/var/lib/kubelet", "/snap")
+MOUNT_UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/run/systemd/transient",
+                   "/usr/local/lib/systemd/system", "/lib/systemd/system",
+                   "/usr/lib/systemd/system")
+GENERATOR_DIR = "/run/systemd/generator"  # systemd-fstab-generator's output for this boot
+FSTAB_BACKUPS = ("/etc/fstab.bak", "/etc/fstab.orig", "/etc/fstab~", "/etc/fstab.backup",
+                 "/etc/fstab.old", "/etc/fstab.save")
+
+
+def _norm(mp: str) -> str:
+    return mp.rstrip("/") or "/"
+
+
+def _is_api(mp: str, fstype: str) -> bool:
+    return fstype in API_FS or fstype.startswith("fuse.") or mp == "/" or any(
+        mp == d or mp.startswith(d + "/") for d in API_DIRS)
+
+
+@dataclass
+class LostEntry:
+    """A filesystem that had a line in /etc/fstab (or looks like it) and has none now."""
+
+    mount_point: str
+    fields: str  # "spec mount-point type options": the line, or as much of it as is known
+    where: str
+    evidence: list[str]
+    in_fstab_once: bool  # known to have been in fstab (generator unit, backup, journal)
+    mounted_now: bool
+
+
+def _generated_from_fstab(ctx: DoctorContext, mp: str) -> str | None:
+    p = f"{GENERATOR_DIR}/{mount_unit_name(mp)}"
+    try:
+        text = ctx.host.read_text(p)
+    except PermissionError:
+        return None
+    if text and "SourcePath=/etc/fstab" in text:
+        return p
+    return None
+
+
+def _has_mount_unit(ctx: DoctorContext, mp: str) -> bool:
+    name = mount_unit_name(mp)
+    return any(ctx.host.exists(f"{d}/{name}") for d in MOUNT_UNIT_DIRS)
+
+
+def _fstab_seds(ctx: DoctorContext) -> list[SedDelete]:
+    return [d for d in sed_deletions(shell_lines(ctx) + history_lines(ctx))
+            if "/etc/fstab" in d.files]
+
+
+def lost_fstab_entries(ctx: DoctorContext, text: str) -> list[LostEntry]:
+    host = ctx.host
+    entries = parse_fstab(text)
+    in_fstab = {_norm(e.file) for e in entries}
+    lost: dict[str, LostEntry] = {}
+    # 1. mounted now, no fstab line and no mount unit
+    try:
+        mounts = parse_mountinfo(host.read_text("/proc/self/mountinfo") or "")
+    except PermissionError:
+        mounts = []
+    for m in mounts:
+        mp = _norm(m.mount_point)
+        if mp in in_fstab or mp in lost or _is_api(mp, m.fstype) or _has_mount_unit(ctx, mp):
+            continue
+        gen = _generated_from_fstab(ctx, mp)
+        if not gen and not entries:
+            continue  # fstab manages no mounts here (a container, a VM mounted from outside)
+        ev = [f"{mp} is mounted now ({m.fstype} from {m.source}, /proc/self/mountinfo)"]
+        if gen:
+            ev.append(f"{gen} was generated from /etc/fstab at this boot, so the line was "
+                      "there when the host booted")
+        lost[mp] = LostEntry(mp, f"{m.source} {mp} {m.fstype}",
+                             f"live: /proc/self/mountinfo ({mp})", ev, bool(gen), True)
+    # 2. the previous boot mounted it (persistent journal); no line, no unit now
+    for mp, msg in boot.previous_boot_mounts(ctx).items():
+        mp = _norm(mp)
+        if mp in in_fstab or _is_api(mp, "") or _has_mount_unit(ctx, mp):
+            continue
+        ev_line = f"the previous boot's journal says {msg!r}"
+        if mp in lost:
+            lost[mp].evidence.append(ev_line)
+            lost[mp].in_fstab_once = True
+        else:
+            lost[mp] = LostEntry(mp, mp, "live: journalctl -b -1", [ev_line], True, False)
+    # 3. lines a backup copy still has
+    backups = list(FSTAB_BACKUPS) + [f"/etc/fstab{d.backup_suffix}" for d in _fstab_seds(ctx)
+                                     if d.backup_suffix and not d.backup_suffix.startswith("/")]
+    for bak in dict.fromkeys(backups):
+        try:
+            old = host.read_text(bak)
+        except PermissionError:
+            continue
+        for e in parse_fstab(old or ""):
+            mp = _norm(e.file)
+            if mp in in_fstab or e.vfstype == "swap" or mp in ("none", "/"):
+                continue
+            line = old.splitlines()[e.lineno - 1].strip() if old else ""
+            ev_line = f"{bak}:{e.lineno} has the line {line!r}"
+            if mp in lost:
+                lost[mp].evidence.append(ev_line)
+                lost[mp].fields, lost[mp].in_fstab_once = line, True
+            else:
+                lost[mp] = LostEntry(mp, line, f"{bak}:{e.lineno}", [ev_line], True, False)
+    return list(lost.values())
 
 
 def check_fstab(ctx: DoctorContext) -> Iterator[Finding]:
@@ -316,8 +497,7 @@ def check_fstab(ctx: DoctorContext) -> Iterator[Finding]:
     text = host.read_text("/etc/fstab")
     if text is None:
         return
-    entries = parse_fstab(text)
-    in_fstab = {e.file.rstrip("/") or "/" for e in entries}
+    seds = _fstab_seds(ctx)
     # 1. commented-out entries that are not swap but mention swap: a swap edit caught them
     for i, line in enumerate(text.splitlines(), 1):
         s = line.strip()
@@ -333,44 +513,45 @@ def check_fstab(ctx: DoctorContext) -> Iterator[Finding]:
                 "an edit meant for swap lines (e.g. sed '/swap/s/^/#/') also disabled this "
                 "mount because its line mentions 'swap'.",
                 "restore the line; profile key swap.persist disables exactly the swap entries")
-    # 2. filesystems mounted now that fstab no longer has (a line deleted since boot)
-    try:
-        mounts = parse_mountinfo(host.read_text("/proc/self/mountinfo") or "")
-    except PermissionError:
-        mounts = []
-    # (only when fstab manages mounts at all: containers and VMs often mount / from outside)
-    for m in mounts if entries else []:
-        mp = m.mount_point.rstrip("/") or "/"
-        if mp == "/":
-            continue
-        if m.fstype in REAL_FS and m.fstype != "hugetlbfs" and mp not in in_fstab \
-                and not mp.startswith(("/var/lib/docker", "/run", "/proc", "/sys", "/tmp")):
+    # 2. filesystems that lost their line: mounted now, mounted last boot, or in a backup
+    for lo in lost_fstab_entries(ctx, text):
+        culprit = next((d for d in seds if d.regex.search(lo.fields)), None)
+        why = "; ".join(lo.evidence) + ". "
+        if culprit is not None:
+            hit = culprit.regex.search(lo.fields)
+            why += (f"`{culprit.command}` ({culprit.where}) deleted it: it deletes every line "
+                    f"matching /{culprit.regex.pattern}/, and this one contains "
+                    f"{hit.group(0) if hit else culprit.regex.pattern!r} without being a swap "
+                    "entry. ")
+        why += ("It will not be mounted after the next reboot." if lo.mounted_now else
+                "It was not mounted at this boot.")
+        certain = lo.in_fstab_once or culprit is not None
+        if certain:
+            yield Finding(
+                "fstab.entry-lost", Severity.ERROR,
+                f"{lo.mount_point} has no /etc/fstab line any more", lo.where, why,
+                "restore the line (the backup or the mount's options above); profile key "
+                "swap.persist disables exactly the swap entries, never a line that merely "
+                "mentions 'swap'")
+        else:
             yield Finding(
                 "fstab.mounted-not-persisted", Severity.WARNING,
-                f"{mp} is mounted but not in /etc/fstab", f"live: /proc/self/mountinfo ({mp})",
-                "it will not be mounted after a reboot; an over-broad edit of /etc/fstab "
-                "(e.g. sed -i '/swap/d') deletes unrelated lines along with the swap entry.",
+                f"{lo.mount_point} is mounted but not in /etc/fstab", lo.where,
+                why + " Mounted by hand, or its line was deleted since boot (an over-broad "
+                "edit such as sed -i '/swap/d' deletes unrelated lines with the swap entry).",
                 "add the line back; profile key swap.persist edits only swap entries")
-    # 3. lines lost compared with a backup copy
-    for bak in ("/etc/fstab.bak", "/etc/fstab.orig", "/etc/fstab~", "/etc/fstab.backup"):
+    # 3. comments a line deletion took along (harmless, but a sign of the edit)
+    current = set(text.splitlines())
+    for bak in FSTAB_BACKUPS:
         old = host.read_text(bak)
-        if old is None:
-            continue
-        current = set(text.splitlines())
-        for i, line in enumerate(old.splitlines(), 1):
+        for i, line in enumerate((old or "").splitlines(), 1):
             s = line.strip()
-            if not s or line in current:
-                continue
-            parts = s.lstrip("#").split()
-            is_swap_entry = not s.startswith("#") and len(parts) >= 3 and parts[2] == "swap"
-            if not is_swap_entry:
-                kind = "comment" if s.startswith("#") else f"{parts[1]} entry" if len(
-                    parts) > 1 else "line"
+            if s.startswith("#") and line not in current and len(s) > 1:
                 yield Finding(
-                    "fstab.overbroad-swap-edit", Severity.WARNING,
-                    f"fstab lost a {kind} that was not a swap entry", f"{bak}:{i}",
-                    f"{s!r} is in {bak} but no longer in /etc/fstab: an over-broad edit "
-                    "removed more than the swap entries.",
+                    "fstab.overbroad-swap-edit", Severity.INFO,
+                    "fstab lost a comment", f"{bak}:{i}",
+                    f"{s!r} is in {bak} but no longer in /etc/fstab: a line deletion removed "
+                    "more than the swap entries.",
                     "restore it from the backup; profile key swap.persist")
 
 
@@ -403,13 +584,32 @@ def check_hugepages(ctx: DoctorContext) -> Iterator[Finding]:
         pools[kb * 1024] = n * kb * 1024
     # pools configured for boot in sysctl files count too (vm.nr_hugepages = default size)
     boot_pool = 0
+    hp_size = mem.get("Hugepagesize", 2 << 20)
+    asked: tuple[str, int] | None = None  # (file:line, pages) of the last boot assignment
     for f in sysctl_files(host):
         for a in parse_sysctl_conf(host.read_text(f) or ""):
             if a.key == "vm.nr_hugepages":
                 try:
-                    boot_pool = int(a.value.split()[0]) * mem.get("Hugepagesize", 2 << 20)
+                    pages = int(a.value.split()[0])
                 except (ValueError, IndexError):
-                    pass
+                    continue
+                boot_pool, asked = pages * hp_size, (f"{f}:{a.lineno}", pages)
+    live_pages = pools.get(hp_size, 0) // hp_size
+    if asked and 0 < live_pages < asked[1]:
+        # the kernel allocates what it can find and keeps the shortfall silently
+        # (Documentation/admin-guide/mm/hugetlbpage.rst: "may not be able to allocate")
+        yield Finding(
+            "hugepages.pool-short", Severity.ERROR,
+            f"vm.nr_hugepages asks for {asked[1]} pages; the kernel has {live_pages}",
+            asked[0], f"at boot systemd-sysctl wrote {asked[1]} "
+            f"({format_size(asked[1] * hp_size)}) and the kernel allocated {live_pages} "
+            f"({format_size(live_pages * hp_size)}, live: "
+            "/sys/kernel/mm/hugepages): a pool larger than free memory takes what it can, "
+            f"leaving {format_size(max(total - live_pages * hp_size, 0))} of "
+            f"{format_size(total)} to everything else.",
+            "profile key hugepages.pools (sized from this host's RAM; hosttune retries, "
+            "verifies and reports a short pool)")
+        boot_pool = live_pages * hp_size  # what is really reserved
     pool_total = max(sum(pools.values()), boot_pool)
     if total and pool_total and total - pool_total < max(4 << 30, total // 10):
         yield Finding(
@@ -426,8 +626,24 @@ def check_hugepages(ctx: DoctorContext) -> Iterator[Finding]:
         if e.vfstype == "hugetlbfs":
             opts = dict(o.partition("=")[::2] for o in e.options.split(","))
             mounts.append((f"/etc/fstab:{e.lineno}", e.file, opts))
+    # what is mounted now (size= in bytes): evidence for the fstab line, or a mount of its own
+    try:
+        live = [m for m in parse_mountinfo(host.read_text("/proc/self/mountinfo") or "")
+                if m.fstype == "hugetlbfs"]
+    except PermissionError:
+        live = []
+    evidence: dict[str, str] = {}
+    for m in live:
+        mp = _norm(m.mount_point)
+        same = [x for x in mounts if _norm(x[1]) == mp]
+        if same and _mount_size(same[0][2], total) == _mount_size(m.options, total):
+            evidence[mp] = f"live: /proc/self/mountinfo ({mp})"
+        elif m.options.get("size"):
+            mounts.append((f"live: /proc/self/mountinfo ({mp})", mp, m.options))
     declared_models = _declared_model_bytes(ctx)
     for where, mp, opts in mounts:
+        ev = (evidence[_norm(mp)],) if _norm(mp) in evidence and not where.startswith("live") \
+            else ()
         size = _mount_size(opts, total)
         ps = parse_size(opts.get("pagesize", "2M")) if opts.get("pagesize") else \
             mem.get("Hugepagesize", 2 << 20)
@@ -439,20 +655,20 @@ def check_hugepages(ctx: DoctorContext) -> Iterator[Finding]:
                 where, f"files on {mp} can use only {format_size(size)}: the other "
                 f"{format_size(pool - size)} of huge pages stay reserved and unused "
                 "(e.g. three 30 GB models do not fit a 30G mount).",
-                "profile key hugetlbfs.mounts[].size: auto (sized to the pool)")
+                "profile key hugetlbfs.mounts[].size: auto (sized to the pool)", also=ev)
         want = declared_models.get(mp)
         if size is not None and want and want > size:
             yield Finding(
                 "hugetlbfs.mount-smaller-than-models", Severity.ERROR,
                 f"{mp} ({format_size(size)}) is smaller than the models meant for it "
                 f"({format_size(want)})", where, "loading the last models fails with ENOSPC.",
-                "profile key hugetlbfs.mounts[].size")
+                "profile key hugetlbfs.mounts[].size", also=ev)
         if size is not None and pool and size > pool:
             yield Finding(
                 "hugetlbfs.mount-larger-than-pool", Severity.WARNING,
                 f"{mp} allows {format_size(size)} but the pool has {format_size(pool)}",
                 where, "writes past the pool fail with ENOMEM/SIGBUS at fault time, not at "
-                "mount time.", "profile key hugepages.pools[].size: auto")
+                "mount time.", "profile key hugepages.pools[].size: auto", also=ev)
 
 
 def _declared_model_bytes(ctx: DoctorContext) -> dict[str, int]:
