@@ -514,3 +514,24 @@ def test_grub_parameters_appended_twice(tmp_path):
     (f,) = fs
     assert f.where == "/etc/default/grub:4" and f.also == ("live: /proc/cmdline",)
     assert "repeats nvidia-drm.modeset=1 pcie_aspm=off rcutree.rcu_idle_gp_delay=1" in f.title
+
+
+def test_memlock_dropin_but_daemon_not_restarted(tmp_path):
+    import os
+
+    b = minimal(tmp_path)
+    b.write("/etc/security/limits.d/x.conf", "@inference - memlock unlimited\n")
+    b.process(900, "dockerd", (8 << 20, 8 << 20))
+    d = b.write("/etc/systemd/system/docker.service.d/m.conf",
+                "[Service]\nLimitMEMLOCK=infinity\n")
+    btime = 1_700_000_000
+    b.write("/proc/stat", f"cpu  1 2 3 4\nbtime {btime}\n")
+    tck = os.sysconf("SC_CLK_TCK")
+    # proc(5) stat: starttime (field 22) in clock ticks after boot: dockerd started at +100 s
+    b.write("/proc/900/stat", "900 (dockerd) S " + " ".join(["0"] * 18) + f" {100 * tck} 0\n")
+    os.utime(d, (btime + 500, btime + 500))  # the drop-in was written later
+    (f,) = findings(b.root)
+    assert (f.check, f.severity) == ("memlock.daemon-not-restarted", Severity.WARNING)
+    os.utime(d, (btime + 50, btime + 50))  # written before dockerd started: not effective
+    (f,) = findings(b.root)
+    assert (f.check, f.severity) == ("memlock.dropin-not-effective", Severity.ERROR)

@@ -79,6 +79,34 @@ def _has_service_memlock(ctx: DoctorContext, svc: str) -> bool:
     return "LimitMEMLOCK" in (ctx.host.read_text(f"/etc/systemd/system/{svc}") or "")
 
 
+def _memlock_dropins(ctx: DoctorContext, svc: str) -> list[str]:
+    out = []
+    for d in (f"/etc/systemd/system/{svc}.d", f"/run/systemd/system/{svc}.d"):
+        out += [f"{d}/{n}" for n in ctx.host.listdir(d)
+                if "LimitMEMLOCK" in (ctx.host.read_text(f"{d}/{n}") or "")]
+    return out
+
+
+def _started_before(ctx: DoctorContext, pid: int, files: list[str]) -> bool | None:
+    """Did process ``pid`` start before the newest of ``files`` was written? None when it
+    cannot be told (no /proc/PID/stat or /proc/stat btime: a tree)."""
+    import os
+
+    try:
+        stat = ctx.host.read_text(f"/proc/{pid}/stat") or ""
+        btime = next((int(ln.split()[1]) for ln in
+                      (ctx.host.read_text("/proc/stat") or "").splitlines()
+                      if ln.startswith("btime ")), None)
+        mtimes = [ctx.host.path(f).stat().st_mtime for f in files]
+    except (OSError, ValueError):
+        return None
+    fields = stat.rpartition(")")[2].split()
+    if btime is None or len(fields) < 20 or not mtimes:
+        return None
+    started = btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # proc(5): field 22
+    return started < max(mtimes)
+
+
 def check_memlock(ctx: DoctorContext) -> Iterator[Finding]:
     lines = [x for x in all_limit_lines(ctx) if x.item == "memlock"]
     for x in lines:
@@ -106,7 +134,29 @@ def check_memlock(ctx: DoctorContext) -> Iterator[Finding]:
             hard = soft_hard[1]
             if hard is None or (want is not None and hard >= want):
                 continue
-            if not _has_service_memlock(ctx, svc):
+            if _has_service_memlock(ctx, svc):
+                before = _started_before(ctx, pid, _memlock_dropins(ctx, svc))
+                if before is None:
+                    continue  # no start time to compare (a tree): nothing seen, nothing said
+                if not before:
+                    yield Finding(
+                        "memlock.dropin-not-effective", Severity.ERROR,
+                        f"{comm} started after its LimitMEMLOCK drop-in and still has "
+                        f"{format_size(hard)}", f"live: /proc/{pid}/limits",
+                        f"{', '.join(_memlock_dropins(ctx, svc))} is older than the running "
+                        f"{comm}, yet its limit did not reach it: the drop-in is not loaded "
+                        "(no daemon-reload, a [Service] section missing, or a later drop-in "
+                        "lowers it again).", f"systemctl cat {svc}; systemctl show -p "
+                        f"LimitMEMLOCK {svc}; profile key memlock.services")
+                    continue
+                yield Finding(
+                    "memlock.daemon-not-restarted", Severity.WARNING,
+                    f"{comm} still runs with memlock {format_size(hard)}",
+                    f"live: /proc/{pid}/limits", f"a LimitMEMLOCK drop-in for {svc} exists, "
+                    f"but the running {comm} started before it (systemd applies limits when "
+                    "it starts the service): containers asking for more fail until then.",
+                    f"systemctl daemon-reload && systemctl restart {svc}")
+            else:
                 first = lines[0]
                 yield Finding(
                     "memlock.login-sessions-only", Severity.ERROR,

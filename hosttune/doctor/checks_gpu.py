@@ -103,10 +103,14 @@ def check_nvidia_modprobe(ctx: DoctorContext) -> Iterator[Finding]:
                 continue  # other modules' lines; security notes are graded below
             where = f"{path}:{lf.lineno}"
             if "trailing comment" in lf.message:
-                yield Finding("nvidia.modprobe-trailing-comment", Severity.ERROR,
+                # kmod passes the words on; the kernel's parse_args() warns
+                # "<module>: unknown parameter '<word>' ignored" for each and loads the
+                # module with the options before them: noise in the log, hence a warning
+                yield Finding("nvidia.modprobe-trailing-comment", Severity.WARNING,
                               f"trailing comment in an {ln_.module} options line", where,
-                              lf.message + "; the driver logs 'unknown parameter' for each "
-                              "word and ignores it.",
+                              lf.message + f"; at load the kernel logs \"{ln_.module}: unknown "
+                              "parameter '...' ignored\" for each word and loads the module "
+                              "with the options before the comment.",
                               "move the comment to its own line; profile key "
                               "nvidia_modules.options (hosttune writes a clean drop-in)")
             else:
