@@ -349,6 +349,7 @@ class BootResult:
     out: dict[str, str] = field(default_factory=dict)  # /ht/out/<name> -> text
     cut: bool = False
     seconds: float = 0.0
+    out_dir: Path | None = None  # /ht/out copied out of the image (binary files too)
 
     def tail(self, n: int = 40) -> str:
         return "\n".join(self.console.splitlines()[-n:])
@@ -427,8 +428,9 @@ class Guest:
         got = self.disk.rdump("/ht/out", self.logs / f"{tag}.dump")
         got.rename(out_dir)
         shutil.rmtree(self.logs / f"{tag}.dump", ignore_errors=True)
+        res.out_dir = out_dir
         res.out = {p.name: p.read_text(errors="replace") for p in out_dir.iterdir()
-                   if p.is_file()}
+                   if p.is_file() and not p.name.endswith(".tar")}
         return res
 
     def _run_qemu(self, log: Path, stage_img: Path, boot_timeout_s: float,
