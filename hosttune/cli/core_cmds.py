@@ -67,6 +67,8 @@ def plan(
 
 def _print_plan(p) -> None:
     """Changes grouped by family, in apply order; each file change's diff right under it."""
+    for w in p.warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(w)}", soft_wrap=True)
     if not p.changes:
         console.print("[green]Nothing to change[/]: the host matches the profile.")
         return

@@ -60,9 +60,16 @@ class PlanReport:
                 seen.setdefault(n, None)
         return list(seen)
 
+    @property
+    def warnings(self) -> list[str]:
+        """Row notes that flag a risk in what apply would write (e.g. a boot unit running an
+        interpreter under /tmp)."""
+        return [f"{r.tunable} {r.key}: {r.note.removeprefix('warning: ')}" for r in
+                self.audit.rows if r.note.startswith("warning:")]
+
     def to_json(self) -> dict[str, Any]:
         return {**self.audit.to_json(), "changes": [c.to_json() for c in self.changes],
-                "needs": self.needs}
+                "needs": self.needs, "warnings": self.warnings}
 
 
 @dataclass(frozen=True)
@@ -243,7 +250,8 @@ def do_apply(host: Host, change: Change) -> None:
         assert change.path is not None and change.value is not None
         host.write_kernel(change.path, change.value)
     elif change.kind == "command":
-        res = host.run(change.params["argv"], timeout_s=change.params.get("timeout_s", 120))
+        res = host.run(change.params["argv"], timeout_s=change.params.get("timeout_s", 120),
+                       confined=change.params.get("confined", False))
         if not res.ok:
             raise ApplyError(f"{' '.join(res.argv)} failed (exit {res.returncode}): "
                              f"{res.stderr.strip()}")
@@ -262,7 +270,8 @@ def do_revert(host: Host, change: Change, orig: dict[str, Any]) -> None:
     elif change.kind == "command":
         argv = change.params.get("revert_argv")
         if argv:
-            res = host.run(argv, timeout_s=change.params.get("timeout_s", 120))
+            res = host.run(argv, timeout_s=change.params.get("timeout_s", 120),
+                           confined=change.params.get("confined", False))
             if not res.ok:
                 raise ApplyError(f"{' '.join(res.argv)} failed (exit {res.returncode}): "
                                  f"{res.stderr.strip()}")
