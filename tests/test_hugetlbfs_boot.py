@@ -425,3 +425,20 @@ def test_live_plan_warns_about_a_fragile_interpreter(monkeypatch, exe, warned):
     if warned:
         assert exe in got[0] and "boot.exec" in got[0]
         assert p.to_json()["warnings"] == p.warnings
+
+
+def test_unit_written_in_a_tree_is_ok_on_its_first_live_audit(ryzen):
+    """Seen on a real boot: apply --root wrote ExecStart=/opt/hosttune/bin/hosttune; the live
+    audit in the booted image computed `<its python> -m hosttune` and called the unit
+    'differs'. A unit of ours that runs an existing hosttune is kept."""
+    assert engine.apply(Host(ryzen), load_profile("inference"), only={"bootunit"}).ok
+    live = Host(ryzen)
+    live.offline = False  # the booted image: same files, audited live
+    rows = {r.key: r for r in engine.audit(live, load_profile("inference"),
+                                           only={"bootunit"}).rows}
+    assert rows["unit hosttune-boot.service"].status == Status.OK
+    # ours but its program is gone: rewritten with this interpreter
+    os.unlink(ryzen / "usr/local/bin/hosttune")
+    rows = {r.key: r for r in engine.audit(live, load_profile("inference"),
+                                           only={"bootunit"}).rows}
+    assert rows["unit hosttune-boot.service"].status == Status.DRIFT

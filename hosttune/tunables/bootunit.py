@@ -87,13 +87,41 @@ def tree_hosttune(host: Host) -> str | None:
     return next((c for c in TREE_CANDIDATES if tree_executable(host, c)), None)
 
 
+def installed_base(host: Host) -> list[str] | None:
+    """The hosttune command of the unit already installed, when it is ours and its program
+    exists on that system: an image built with ``apply --root`` runs its own hosttune, and the
+    live audit after its first boot must not call that unit 'differs' only because the
+    interpreter running the audit is named otherwise."""
+    text = host.read_text(UNIT_PATH)
+    if not text or not text.startswith(HEADER):
+        return None
+    for line in text.splitlines():
+        if line.startswith("ExecStart="):
+            try:
+                argv = shlex.split(line.split("=", 1)[1].replace("%%", "%").replace("$$", "$"))
+            except ValueError:
+                return None
+            if "apply" not in argv:
+                return None
+            base = argv[:argv.index("apply")]
+            script = len(base) == 1 and base[0].endswith("/hosttune")
+            module = len(base) == 3 and base[1:] == ["-m", "hosttune"]
+            ok = script or module
+            return base if ok and tree_executable(host, base[0]) else None
+    return None
+
+
 def exec_argv(ctx: Context) -> list[str]:
     """The unit's command. Live: this interpreter (-m hosttune). In a tree: the hosttune
-    installed in that tree - the build machine's interpreter does not exist in the image."""
+    installed in that tree - the build machine's interpreter does not exist in the image.
+    Either way, a unit we installed before that runs an existing hosttune is kept as it is."""
     boot = ctx.profile.boot
     assert boot is not None
+    kept = None if boot.exec else installed_base(ctx.host)
     if boot.exec:
         base = shlex.split(boot.exec)
+    elif kept:
+        base = kept
     elif ctx.host.offline:
         found = tree_hosttune(ctx.host)
         base = [found] if found else [TREE_CANDIDATES[0]]  # validate() refused the latter
