@@ -373,3 +373,24 @@ def test_root_apply_on_a_fresh_tree_creates_the_group_in_the_tree(ryzen):
     extra = {k for k in set(after) - set(before)}
     assert extra <= {"etc/group-", "etc/gshadow-", "etc/.pwd.lock"}, extra
     assert {k: v for k, v in after.items() if k not in extra} == before
+
+
+def test_rollback_names_daemons_that_still_carry_the_tuned_limit(ryzen):
+    from hosttune.tunables.memlock import MemlockTunable
+
+    p = engine.plan(Host(ryzen), load_profile("inference"), only={"memlock"})
+    dropins = [c for c in p.changes if c.path and c.path.endswith("/90-hosttune-memlock.conf")
+               and ".service.d/" in c.path]
+    assert len(dropins) == 2
+    live = Host(ryzen)
+    live.offline = False
+    pids = find_pids(live, "dockerd")
+    assert pids
+    (ryzen / f"proc/{pids[0]}/limits").write_text(limits_text(None, None))
+    notes = MemlockTunable().still_running(live, dropins)
+    assert notes == [f"dockerd (pid {pids[0]}) still runs with the tuned memlock limit "
+                     "unlimited until docker.service restarts"]
+    # restarted with systemd's default: nothing to say
+    (ryzen / f"proc/{pids[0]}/limits").write_text(limits_text(8 * MiB, 8 * MiB))
+    assert MemlockTunable().still_running(live, dropins) == []
+    assert MemlockTunable().still_running(Host(ryzen), dropins) == []  # a tree runs nothing

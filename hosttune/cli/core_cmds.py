@@ -217,4 +217,6 @@ def rollback(
                           + (f" [red]({escape(s.error)})[/]" if s.error else ""))
         for argv in report.skipped_commands:
             console.print(f"[dim]skipped (--root): {escape(' '.join(argv))}[/]")
+        for line in report.still_running:
+            console.print(f"[yellow]until restarted:[/] {escape(line)}", soft_wrap=True)
     raise typer.Exit(EXIT_OK if report.ok else EXIT_FINDINGS)

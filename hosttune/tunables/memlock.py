@@ -336,6 +336,33 @@ class MemlockTunable(Tunable):
                     "revert_argv": ["groupdel", "--prefix", root, group], "confined": True})
         return [c for c in (file_ch, cmd) if c]
 
+    def still_running(self, host: Host, reverted: list[Change]) -> list[str]:
+        """Daemons whose LimitMEMLOCK drop-in rollback removed and that still run with the
+        tuned limit: systemd sets rlimits at exec, a running process keeps its own until it is
+        restarted."""
+        if host.offline:
+            return []
+        tuned: dict[str, int | None] = {}
+        for c in reverted:
+            m = re.search(r"^LimitMEMLOCK=(\S+)$", c.value or "", re.M)
+            if c.path and c.path.endswith("/" + DROPIN_NAME) and m:
+                v = m.group(1)
+                tuned[c.path.split("/")[-2].removesuffix(".d")] = (
+                    None if v == "infinity" else int(v))
+        pids = scan_comms(host, {service_comm(s) for s in tuned})
+        out = []
+        for svc, want in tuned.items():
+            for pid in pids.get(service_comm(svc), []):
+                try:
+                    lim = parse_limits(host.read_text(f"/proc/{pid}/limits") or "")
+                except OSError:
+                    continue
+                soft, hard = lim.get("Max locked memory", (0, 0))
+                if soft == want and hard == want:
+                    out.append(f"{service_comm(svc)} (pid {pid}) still runs with the tuned "
+                               f"memlock limit {fmt(want)} until {svc} restarts")
+        return out
+
     def _wildcard_rows(self, host: Host, sec: MemlockSection) -> list[Row]:
         """'*' memlock lines elsewhere (the seed notes appended them to limits.conf) give
         every PAM session the limit the profile meant for one group."""
