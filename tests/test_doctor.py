@@ -431,7 +431,7 @@ def booted(root: Path, answers: dict[tuple[str, ...], str]) -> Host:
 def test_failed_units_with_the_journals_reason(tmp_path):
     b = minimal(tmp_path)
     h = booted(b.root, {
-        ("systemctl", "list-units", "--failed"): FAILED_UNITS,
+        ("systemctl", "list-units", "--state=failed"): FAILED_UNITS,
         ("journalctl", "-u", "cpufreq-performance.service"): JOURNAL_CPUFREQ,
     })
     fs = [f for f in doctor.run(h).findings if f.check == "systemd.unit-failed"]
@@ -445,6 +445,26 @@ def test_failed_units_with_the_journals_reason(tmp_path):
     rep = doctor.run(Host(b.root))
     assert not [f for f in rep.findings if f.check == "systemd.unit-failed"]
     assert any(c[:2] == ("systemctl", "list-units") for c in rep.skipped_commands)
+
+
+def test_unit_in_a_restart_loop(tmp_path):
+    # the seed's nvidia-persistenced unit without the binary: Restart=on-failure every 5 s,
+    # never "failed" (2 starts per 10 s stay under the start limit)
+    b = minimal(tmp_path)
+    h = booted(b.root, {
+        ("systemctl", "list-units", "--state=auto-restart"):
+            "nvidia-persistenced.service loaded activating auto-restart NVIDIA Persistence "
+            "Daemon\n",
+        ("systemctl", "show", "NRestarts"): "41\n",
+        ("journalctl", "-u", "nvidia-persistenced.service"):
+            "nvidia-persistenced.service: Failed to locate executable "
+            "/usr/bin/nvidia-persistenced: No such file or directory\n"
+            "nvidia-persistenced.service: Failed at step EXEC spawning "
+            "/usr/bin/nvidia-persistenced: No such file or directory\n",
+    })
+    (f,) = [f for f in doctor.run(h).findings if f.check.startswith("systemd.unit")]
+    assert (f.check, f.severity) == ("systemd.unit-restart-loop", Severity.ERROR)
+    assert "41 restarts" in f.title and "Failed at step EXEC" in f.why
 
 
 def test_fstab_line_lost_seen_in_the_previous_boots_journal(tmp_path):

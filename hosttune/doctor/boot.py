@@ -28,25 +28,37 @@ class FailedUnit:
     unit: str
     description: str
     journal: tuple[str, ...]  # the unit's last journal lines of this boot (its reason)
+    state: str = "failed"  # or "auto-restart": failing again and again (Restart=)
+    restarts: int = 0  # NRestarts of this boot
+
+
+def _units(ctx: DoctorContext, state: str) -> list[tuple[str, str]]:
+    out = _run(ctx, ["systemctl", "list-units", f"--state={state}", "--all", "--plain",
+                     "--no-legend", "--no-pager"])
+    units = []
+    for line in (out or "").splitlines():
+        parts = line.split(None, 4)
+        if len(parts) >= 4 and state in (parts[2], parts[3]):
+            units.append((parts[0].lstrip("●* "), parts[4] if len(parts) > 4 else ""))
+    return units
 
 
 def failed_units(ctx: DoctorContext) -> list[FailedUnit]:
-    """`systemctl --failed`, with each unit's journal lines of this boot."""
-    out = _run(ctx, ["systemctl", "list-units", "--failed", "--all", "--plain", "--no-legend",
-                     "--no-pager"])
-    if out is None:
-        return []
-    units: list[FailedUnit] = []
-    for line in out.splitlines():
-        parts = line.split(None, 4)
-        if len(parts) < 4 or parts[2] != "failed":
-            continue
-        unit = parts[0].lstrip("●* ")
-        log = _run(ctx, ["journalctl", "--no-pager", "-q", "-b", "-o", "cat", "-n", "8",
-                         "-u", unit]) or ""
-        units.append(FailedUnit(unit, parts[4] if len(parts) > 4 else "",
-                                tuple(s for s in log.splitlines() if s.strip())))
-    return units
+    """`systemctl --failed`, and units a Restart= setting keeps starting again after each
+    failure (state activating/auto-restart: never listed as failed, as with the seed's
+    nvidia-persistenced unit, Restart=on-failure every 5 s), with their journal lines."""
+    found: list[FailedUnit] = []
+    for state in ("failed", "auto-restart"):
+        for unit, desc in _units(ctx, state):
+            log = _run(ctx, ["journalctl", "--no-pager", "-q", "-b", "-o", "cat", "-n", "8",
+                             "-u", unit]) or ""
+            restarts = 0
+            shown = _run(ctx, ["systemctl", "show", "-p", "NRestarts", "--value", unit])
+            if shown and shown.strip().isdigit():
+                restarts = int(shown.strip())
+            found.append(FailedUnit(unit, desc, tuple(s for s in log.splitlines() if s.strip()),
+                                    state, restarts))
+    return found
 
 
 _MOUNTED = re.compile(r"^Mounted (?:(\S+\.mount)(?: - .*)?|(/.*))\.$")

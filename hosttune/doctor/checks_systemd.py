@@ -158,9 +158,13 @@ def check_failed_units(ctx: DoctorContext) -> Iterator[Finding]:
         reason = [s for s in fu.journal if not _GENERIC.match(s)] or list(fu.journal)
         local = f"/etc/systemd/system/{fu.unit}"
         has_file = ctx.host.exists(local)
+        looping = fu.state == "auto-restart"
         yield Finding(
-            "systemd.unit-failed", Severity.ERROR, f"{fu.unit} failed at this boot",
-            f"live: systemctl --failed ({fu.unit})",
+            "systemd.unit-restart-loop" if looping else "systemd.unit-failed", Severity.ERROR,
+            f"{fu.unit} fails and is restarted again and again ({fu.restarts} restarts this "
+            "boot)" if looping else f"{fu.unit} failed at this boot",
+            f"live: systemctl list-units --state=auto-restart ({fu.unit})" if looping
+            else f"live: systemctl --failed ({fu.unit})",
             (f"{fu.description}: " if fu.description else "")
             + ("the journal says: " + " | ".join(reason[-4:]) if reason
                else "no journal lines for it are readable (journalctl -b -u " + fu.unit + ")")
