@@ -555,3 +555,36 @@ def test_memlock_dropin_but_daemon_not_restarted(tmp_path):
     os.utime(d, (btime + 50, btime + 50))  # written before dockerd started: not effective
     (f,) = findings(b.root)
     assert (f.check, f.severity) == ("memlock.dropin-not-effective", Severity.ERROR)
+
+
+def test_hand_made_pool_below_hosttunes_mount(tmp_path):
+    # seen on the seeded guest after apply: sysctl.conf's vm.nr_hugepages (applied last at
+    # boot) sets the pool below the hugetlbfs mount hosttune sized for its own pool
+    b = minimal(tmp_path)
+    b.write("/etc/sysctl.conf", "vm.nr_hugepages=512\n")
+    b.write("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages", "512\n")
+    b.write("/etc/fstab", "UUID=1 / ext4 defaults 0 1\n# hosttune: hugetlbfs /srv/hosttune/models\n"
+            "hugetlbfs /srv/hosttune/models hugetlbfs pagesize=2M,size=1249902592,mode=0750 0 0\n")
+    (f,) = [f for f in findings(b.root) if f.check.startswith(("hugepages", "hugetlbfs"))]
+    assert (f.check, f.severity, f.where) == ("hugepages.pool-overridden", Severity.ERROR,
+                                              "/etc/sysctl.conf:1")
+    assert f.also == ("/etc/fstab:3",)
+    # a hand-made mount larger than the pool stays a warning at the mount
+    b.write("/etc/fstab", "UUID=1 / ext4 defaults 0 1\n"
+            "none /mnt/hp hugetlbfs pagesize=2M,size=30G 0 0\n")
+    (f,) = [f for f in findings(b.root) if f.check.startswith(("hugepages", "hugetlbfs"))]
+    assert (f.check, f.where) == ("hugetlbfs.mount-larger-than-pool", "/etc/fstab:2")
+
+
+def test_a_whole_session_run_twice_is_one_block():
+    # the seeded guest's sysctl.conf: the echo line and the notes' block, then both again
+    from hosttune.doctor.checks_config import Keyed, repeated_blocks
+
+    lines = [69, 74, 77, 78, 79, 82, 83, 84, 85, 90, 93, 94, 95, 98, 99, 100]
+    keys = ["nr", "nr", "sw", "zr", "oc", "vfs", "dr", "dbr"] * 2
+    got = [([a.lineno for a in x], [b.lineno for b in y]) for x, y in
+           repeated_blocks([Keyed("/etc/sysctl.conf", n, k, "v") for n, k in zip(lines, keys)])]
+    assert got == [([69], [74]), (lines[:8], lines[8:])]
+    # the same key in another file is an override, not a repeat
+    assert repeated_blocks([Keyed("/etc/sysctl.d/90-hosttune.conf", 3, "sw", "0"),
+                            Keyed("/etc/sysctl.conf", 7, "sw", "0")]) == []

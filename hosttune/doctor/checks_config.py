@@ -23,6 +23,7 @@ from hosttune.host.parsers import (
 )
 from hosttune.profile.sizes import format_size, parse_size
 from hosttune.tunables._systemd import mount_unit_name
+from hosttune.tunables.hugetlbfs import MARK as HUGETLBFS_MARK
 from hosttune.tunables.sysctl import effective_value, kernel_reading, sysctl_files
 
 # --- limits.conf -----------------------------------------------------------------
@@ -189,27 +190,39 @@ def _loc(run: list[Keyed]) -> str:
 
 
 def repeated_blocks(entries: list[Keyed]) -> list[tuple[list[Keyed], list[Keyed]]]:
-    """Keys set again to the same value, grouped into blocks: (earlier lines, later lines)
-    runs where consecutive entries repeat consecutive earlier ones (a `tee -a` run twice)."""
-    last: dict[str, int] = {}
-    pairs: list[tuple[int, int]] = []
-    for j, e in enumerate(entries):
-        i = last.get(e.key)
-        if i is not None and entries[i].value == e.value:
-            pairs.append((i, j))
-        last[e.key] = j
-    runs: list[list[tuple[int, int]]] = []
-    for i, j in pairs:
-        if runs and runs[-1][-1] == (i - 1, j - 1) and entries[i].file == entries[i - 1].file \
-                and entries[j].file == entries[j - 1].file:
-            runs[-1].append((i, j))
-        else:
-            runs.append([(i, j)])
-    return [([entries[i] for i, _ in r], [entries[j] for _, j in r]) for r in runs]
+    """Keys of one file set again to the same value, grouped into blocks: (earlier lines,
+    later lines) where a run of entries repeats an earlier run (a `tee -a` run twice, or a
+    whole session: lines 69-84 again at 85-100). The longest repeats are taken first; a copy
+    belongs to one block. The same key in two files is not a repeat: that is one file
+    overriding another (dup.sysctl when the values differ)."""
+    n = len(entries)
+
+    def same(a: int, b: int) -> bool:
+        x, y = entries[a], entries[b]
+        return x.file == y.file and x.key == y.key and x.value == y.value
+
+    length = [[0] * (n + 1) for _ in range(n + 1)]
+    for i in range(n - 1, -1, -1):
+        for j in range(n - 1, i, -1):
+            if same(i, j):
+                length[i][j] = 1 + length[i + 1][j + 1]
+    cands = sorted(((min(length[i][j], j - i), i, j) for i in range(n) for j in range(i + 1, n)
+                    if length[i][j]), key=lambda c: (-c[0], c[2]))
+    covered: set[int] = set()
+    runs: list[tuple[list[Keyed], list[Keyed]]] = []
+    for size, i, j in cands:
+        span = range(j, j + size)
+        if covered & set(span):
+            continue
+        covered.update(span)
+        runs.append(([entries[i + k] for k in range(size)], [entries[k] for k in span]))
+    runs.sort(key=lambda r: (r[1][0].file, r[1][0].lineno))
+    return runs
 
 
 def _plural(word: str) -> str:
-    return word[:-1] + "ies" if word.endswith("y") else word + "s"
+    return word[:-1] + "ies" if word.endswith("y") and word[-2:-1] not in "aeiou" \
+        else word + "s"
 
 
 def _dup_findings(check: str, sev: Severity, entries: list[Keyed], what: str,
@@ -672,10 +685,14 @@ def check_hugepages(ctx: DoctorContext) -> Iterator[Finding]:
     # hugetlbfs mounts (fstab and live) vs the pool of their page size
     mounts: list[tuple[str, str, dict[str, str]]] = []
     text = host.read_text("/etc/fstab") or ""
+    lines = text.splitlines()
+    owned: set[str] = set()  # fstab lines hosttune wrote (its marker comment above them)
     for e in parse_fstab(text):
         if e.vfstype == "hugetlbfs":
             opts = dict(o.partition("=")[::2] for o in e.options.split(","))
             mounts.append((f"/etc/fstab:{e.lineno}", e.file, opts))
+            if e.lineno > 1 and lines[e.lineno - 2].startswith(HUGETLBFS_MARK):
+                owned.add(f"/etc/fstab:{e.lineno}")
     # what is mounted now (size= in bytes): evidence for the fstab line, or a mount of its own
     try:
         live = [m for m in parse_mountinfo(host.read_text("/proc/self/mountinfo") or "")
@@ -713,7 +730,20 @@ def check_hugepages(ctx: DoctorContext) -> Iterator[Finding]:
                 f"{mp} ({format_size(size)}) is smaller than the models meant for it "
                 f"({format_size(want)})", where, "loading the last models fails with ENOSPC.",
                 "profile key hugetlbfs.mounts[].size", also=ev)
-        if size is not None and pool and size > pool:
+        if size is not None and pool and size > pool and where in owned and asked \
+                and "hosttune" not in asked[0].rsplit("/", 1)[-1]:
+            # hosttune sized this mount to its pool; a hand-made vm.nr_hugepages read at boot
+            # set another pool (sysctl.conf is applied last), and that is the defect
+            yield Finding(
+                "hugepages.pool-overridden", Severity.ERROR,
+                f"vm.nr_hugepages = {asked[1]} ({asked[0]}) sets the pool hosttune's {mp} is "
+                "sized for", asked[0],
+                f"at boot {asked[0]} sets {asked[1]} pages ({format_size(pool)} now), below "
+                f"the {format_size(size)} hosttune's {mp} ({where}) holds: models stored "
+                "there up to its size fail with ENOMEM/SIGBUS once the pool runs out.",
+                "delete the vm.nr_hugepages line; profile key hugepages.pools (hosttune "
+                "sets the per-node pools at boot)", also=(where, *ev))
+        elif size is not None and pool and size > pool:
             yield Finding(
                 "hugetlbfs.mount-larger-than-pool", Severity.WARNING,
                 f"{mp} allows {format_size(size)} but the pool has {format_size(pool)}",
