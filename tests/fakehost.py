@@ -22,6 +22,13 @@ def w(root: Path, path: str, text: str, mode: int = 0o644) -> Path:
     return p
 
 
+def cpus_to_mask(cpus: list[int], width: int) -> str:
+    """A cpumask as sysfs prints it (%*pb: 32-bit hex groups, comma-separated)."""
+    from hosttune.host.irq import cpus_to_mask as to_mask
+
+    return to_mask(cpus, width)
+
+
 def cpulist(cpus: list[int]) -> str:
     from hosttune.host.parsers import format_cpulist
 
@@ -98,6 +105,9 @@ class TreeBuilder:
         self.write("/etc/group", "root:x:0:\ndocker:x:998:\ninference:x:997:\n")
         self.write("/etc/passwd", "root:x:0:0:root:/root:/bin/bash\n")
         self.write("/etc/os-release", 'ID=debian\nVERSION_ID="12"\nPRETTY_NAME="Debian 12"\n')
+        # hosttune installed in the tree (pip's console script): what the boot unit runs
+        self.write("/usr/local/bin/hosttune", "#!/usr/bin/python3\nimport sys\n"
+                   "from hosttune.cli import main\nsys.exit(main())\n", 0o755)
         (self.root / "etc/systemd/system").mkdir(parents=True, exist_ok=True)
         (self.root / "var/lib").mkdir(parents=True, exist_ok=True)
 
@@ -131,21 +141,51 @@ class TreeBuilder:
 
     def cpus(self, topo: list[tuple[int, int, int, int, list[int], list[int]]],
              *, cpufreq: str | None = None) -> None:
-        """topo: (cpu, package, core_id, node, siblings, l3_shared)."""
+        """topo: (cpu, package, core_id, node, siblings, l3_shared).
+
+        Writes every file Linux has under cpuN/topology and cpuN/cache/indexM (both the hex
+        masks and the _list forms, as drivers/base/topology.c and cacheinfo.c do), so that
+        other readers of sysfs (hwloc via HWLOC_FSROOT) see the same machine."""
         all_ids = [t[0] for t in topo]
+        width = max(all_ids) + 1
+        mask = lambda cpus: cpus_to_mask(cpus, width)  # noqa: E731
         self.write("/sys/devices/system/cpu/online", cpulist(all_ids) + "\n")
         self.write("/sys/devices/system/cpu/possible", cpulist(all_ids) + "\n")
+        self.write("/sys/devices/system/cpu/present", cpulist(all_ids) + "\n")
         self.write("/sys/devices/system/cpu/isolated", "\n")
+        packages: dict[int, list[int]] = {}
+        for cpu, pkg, *_ in topo:
+            packages.setdefault(pkg, []).append(cpu)
+        l3_ids: dict[tuple[int, ...], int] = {}
         for cpu, pkg, core, _node, sibs, l3 in topo:
             base = f"/sys/devices/system/cpu/cpu{cpu}"
-            self.write(f"{base}/topology/physical_package_id", f"{pkg}\n")
-            self.write(f"{base}/topology/core_id", f"{core}\n")
-            self.write(f"{base}/topology/thread_siblings_list", cpulist(sibs) + "\n")
-            self.write(f"{base}/topology/core_cpus_list", cpulist(sibs) + "\n")
-            for idx, (lvl, shared) in enumerate([(1, sibs), (2, sibs), (3, l3)]):
-                self.write(f"{base}/cache/index{idx + (1 if idx else 0)}/level", f"{lvl}\n")
-                self.write(f"{base}/cache/index{idx + (1 if idx else 0)}/shared_cpu_list",
-                           cpulist(shared) + "\n")
+            if cpu:
+                self.write(f"{base}/online", "1\n")
+            pkg_cpus = packages[pkg]
+            files = {"physical_package_id": str(pkg), "die_id": "0", "core_id": str(core),
+                     "cluster_id": str(core)}
+            for name, cpus in (("thread_siblings", sibs), ("core_cpus", sibs),
+                               ("cluster_cpus", sibs), ("core_siblings", pkg_cpus),
+                               ("package_cpus", pkg_cpus), ("die_cpus", pkg_cpus)):
+                files[name] = mask(cpus)
+                files[name + "_list"] = cpulist(cpus)
+            for name, value in files.items():
+                self.write(f"{base}/topology/{name}", value + "\n")
+            l3_id = l3_ids.setdefault(tuple(sorted(l3)), len(l3_ids))
+            caches = [(1, "Data", "48K", 12, sibs, core),
+                      (1, "Instruction", "32K", 8, sibs, core),
+                      (2, "Unified", "1024K", 16, sibs, core),
+                      (3, "Unified", "32768K", 16, l3, l3_id)]
+            for idx, (lvl, kind, size, ways, shared, cid) in enumerate(caches):
+                cb = f"{base}/cache/index{idx}"
+                sets = int(size[:-1]) * 1024 // (64 * ways)
+                for name, value in (("level", lvl), ("type", kind), ("size", size),
+                                    ("ways_of_associativity", ways),
+                                    ("coherency_line_size", 64), ("number_of_sets", sets),
+                                    ("physical_line_partition", 1), ("id", cid),
+                                    ("shared_cpu_list", cpulist(shared)),
+                                    ("shared_cpu_map", mask(shared))):
+                    self.write(f"{cb}/{name}", f"{value}\n")
             if cpufreq:
                 pol = f"/sys/devices/system/cpu/cpufreq/policy{cpu}"
                 self.write(f"{pol}/scaling_driver", cpufreq + "\n")
@@ -164,10 +204,15 @@ class TreeBuilder:
               hugepage_sizes_kb: tuple[int, ...] = (2048, 1048576)) -> None:
         """nodes: {id: (cpus, mem_total_bytes)}."""
         self.write("/sys/devices/system/node/online", cpulist(list(nodes)) + "\n")
+        self.write("/sys/devices/system/node/possible", cpulist(list(nodes)) + "\n")
         self.write("/sys/devices/system/node/has_memory", cpulist(list(nodes)) + "\n")
         for nid, (cpus, mem) in nodes.items():
             nb = f"/sys/devices/system/node/node{nid}"
             self.write(f"{nb}/cpulist", cpulist(cpus) + "\n")
+            all_cpus = [c for cs, _m in nodes.values() for c in cs]
+            self.write(f"{nb}/cpumap", cpus_to_mask(cpus, max(all_cpus) + 1) + "\n")
+            self.write(f"{nb}/distance", " ".join("10" if o == nid else "32" for o in nodes)
+                       + "\n")
             self.write(f"{nb}/meminfo", f"Node {nid} MemTotal:       {mem // 1024} kB\n"
                        f"Node {nid} MemFree:        {mem // 2048} kB\n"
                        f"Node {nid} HugePages_Total:     0\nNode {nid} HugePages_Free:      0\n"
@@ -240,6 +285,24 @@ def epyc_2s(root: Path) -> Path:
     n1 = [c for c in range(128) if (c % 64) >= 32]
     b.nodes({0: (n0, 256 * GiB), 1: (n1, 256 * GiB)})
     b.cpuinfo("AuthenticAMD", "AMD EPYC 9354 32-Core Processor", 128)
+    return root
+
+
+def qemu_numa_guest(root: Path, *, l3_per_node: bool = False) -> Path:
+    """A QEMU guest started with ``-smp 8,sockets=1,cores=4,threads=2`` and two ``-numa
+    node`` memory nodes (CPUs 0-3, 4-7): SMT siblings adjacent (2N, 2N+1), one L3 per socket
+    spanning both nodes, or (``l3_per_node``, dies=2) one L3 per node."""
+    b = TreeBuilder(root)
+    topo = []
+    for cpu in range(8):
+        core, node = cpu // 2, cpu // 4
+        l3 = list(range(node * 4, node * 4 + 4)) if l3_per_node else list(range(8))
+        topo.append((cpu, 0, core, node, [core * 2, core * 2 + 1], l3))
+    b.base_etc()
+    b.proc(4 * GiB)
+    b.cpus(topo)
+    b.nodes({0: ([0, 1, 2, 3], 2 * GiB), 1: ([4, 5, 6, 7], 2 * GiB)})
+    b.cpuinfo("AuthenticAMD", "QEMU Virtual CPU version 2.5+", 8)
     return root
 
 

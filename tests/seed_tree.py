@@ -239,6 +239,23 @@ nvidia-smi -q | grep -E "Persistence Mode|Power Limit|Compute Mode"
 
 IRQBALANCE_PID = 812
 
+# What root's shell history holds after following the notes (commands verbatim, `sudo`
+# included as typed; heredoc bodies are not history lines)
+SEED_HISTORY = """\
+sudo swapoff -a
+sudo sed -i '/swap/d' /etc/fstab
+free -h
+echo performance | sudo tee /sys/devices/system/cpu/cpu*/cpufreq/scaling_governor
+sudo systemctl enable --now cpufreq-performance.service
+sudo sysctl vm.nr_hugepages=46080
+echo "vm.nr_hugepages=46080" | sudo tee -a /etc/sysctl.conf
+sudo mkdir -p /mnt/models-hugepages
+sudo mount -t hugetlbfs -o pagesize=2M,size=30G none /mnt/models-hugepages
+echo "none /mnt/models-hugepages hugetlbfs pagesize=2M,size=30G 0 0" | sudo tee -a /etc/fstab
+sudo sysctl -p
+sudo update-grub
+"""
+
 
 def seed_nvml() -> FakeNvml:
     """The RTX 5090 as optimize-gpu.sh leaves it: 600 W, graphics locked to 2400-2550 MHz,
@@ -264,6 +281,8 @@ def seed_tree(root: Path) -> Path:
     fstab = "\n".join(kept) + "\n" + \
         "none /mnt/models-hugepages hugetlbfs pagesize=2M,size=30G 0 0\n"
     b.write("/etc/fstab", fstab)
+    # the notes' one-off commands were typed at a root shell (scripts are written separately)
+    b.write("/root/.bash_history", SEED_HISTORY)
     b.write("/proc/swaps", "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n")
     # the hot-swap disk and the hugetlbfs mount are mounted now
     b.write("/proc/self/mountinfo", (root / "proc/self/mountinfo").read_text()
@@ -291,7 +310,12 @@ def seed_tree(root: Path) -> Path:
         b.write(f, "46080\n")
     b.write("/proc/meminfo", fakehost.meminfo(128 * GiB, 30 * GiB, hp_total=46080,
                                               hp_free=46080))
-    # `sysctl -p` applied the lines without comments only
+    # `sysctl -p` wrote every line whole; the kernel's integer parser took each number and
+    # ignored the trailing comments (checked on a real boot: the values take)
+    for k, v in (("vm/swappiness", "0"), ("vm/zone_reclaim_mode", "0"),
+                 ("vm/overcommit_memory", "1"), ("vm/vfs_cache_pressure", "50"),
+                 ("vm/dirty_ratio", "5"), ("vm/dirty_background_ratio", "2")):
+        b.write(f"/proc/sys/{k}", v + "\n")
     # 5-7. GPU units
     b.write("/etc/systemd/system/nvidia-persistenced.service", PERSISTENCED_UNIT)
     b.write("/etc/systemd/system/gpu-clocks.service", GPU_CLOCKS_UNIT)

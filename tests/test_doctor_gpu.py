@@ -153,7 +153,8 @@ def test_modprobe_trailing_comment(box):
     fakehost.w(box, "/etc/modprobe.d/nv.conf", "options nvidia NVreg_EnableMSI=1  # msi\n")
     (f,) = gpu_findings(box)
     assert f.check == "nvidia.modprobe-trailing-comment" and f.where.endswith("nv.conf:1")
-    assert f.severity == Severity.ERROR
+    # kmod passes '# msi' on; the module logs them as unknown parameters and loads anyway
+    assert f.severity == Severity.WARNING and "unknown parameter" in f.why
 
 
 def test_modprobe_option_unknown_to_installed_driver(box):

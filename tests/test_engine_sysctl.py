@@ -36,6 +36,19 @@ def test_sysctl_conflict_in_sysctl_conf_is_reported(ryzen):
     assert p.returncode == 1
 
 
+def test_trailing_comment_after_the_same_number_is_no_conflict(ryzen):
+    # the kernel reads "0   # off" as 0 (integer sysctls ignore what follows the number)
+    (ryzen / "etc/sysctl.conf").write_text("vm.swappiness = 0   # off\n")
+    (ryzen / "proc/sys/vm/swappiness").write_text("0\n")
+    p = run_cli("audit", "--root", str(ryzen), "--only", "sysctl", "--json")
+    rows = {r["key"]: r for r in json.loads(p.stdout)["rows"]}
+    assert rows["vm.swappiness"]["status"] == "ok", rows["vm.swappiness"]
+    (ryzen / "etc/sysctl.conf").write_text("vm.swappiness = 10   # off\n")
+    p = run_cli("audit", "--root", str(ryzen), "--only", "sysctl", "--json")
+    rows = {r["key"]: r for r in json.loads(p.stdout)["rows"]}
+    assert rows["vm.swappiness"]["status"] == "conflict"
+
+
 def test_floor_respects_higher_distro_default(ryzen):
     (ryzen / "usr/lib/sysctl.d").mkdir(parents=True)
     (ryzen / "usr/lib/sysctl.d/50-default.conf").write_text("vm.max_map_count = 1048576\n")

@@ -52,7 +52,8 @@ def doctor(
             t.add_column("why · fix", overflow="fold", ratio=3)
             for f in rep.findings:
                 sev = str(f.severity)
-                t.add_row(f"[{SEV_STYLE[sev]}]{sev}[/]", escape(f.title), escape(f.where),
+                t.add_row(f"[{SEV_STYLE[sev]}]{sev}[/]", escape(f.title),
+                          escape("\n".join([f.where, *(f"and {a}" for a in f.also)])),
                           escape(f.why) + "\n[cyan]fix:[/] " + escape(f.fix))
             console.print(t)
         for argv in rep.skipped_commands:

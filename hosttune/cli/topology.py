@@ -19,7 +19,7 @@ def topology(root: RootOpt = None, json_out: JsonOpt = False) -> None:
         emit_json(view.to_json())
         return
     n_nodes = sum(len(p.nodes) for p in view.packages)
-    n_l3 = sum(len(n.l3) for p in view.packages for n in p.nodes)
+    n_l3 = view.l3_domains
     console.print(f"[bold]{escape(view.cpu_model or 'unknown CPU')}[/]")
     console.print(f"{len(view.packages)} package(s) · {n_nodes} NUMA node(s) · {n_l3} L3 "
                   f"domain(s) · {view.cores} cores / {view.cpus} CPUs · {view.sibling_rule}",
@@ -32,11 +32,14 @@ def topology(root: RootOpt = None, json_out: JsonOpt = False) -> None:
                           f"{format_cpulist(n.cpus)}")
             for d in n.l3:
                 label = f"L3 #{d.index}" if d.index >= 0 else "no L3 info"
+                others = sorted(set(d.domain_cpus) - set(n.cpus)) if d.index >= 0 else []
+                shared = f"  (this L3 also serves CPUs {format_cpulist(others)} of other " \
+                    "NUMA nodes)" if others else ""
                 cores = " ".join(
                     "+".join(str(c) for c in core) + ("[yellow]*[/]" if set(core) & iso else "")
                     for core in d.cores)
-                console.print(f"    {label:<8} CPUs {format_cpulist(d.cpus):<16} cores {cores}",
-                              soft_wrap=True)
+                console.print(f"    {label:<8} CPUs {format_cpulist(d.cpus):<16} cores {cores}"
+                              f"{shared}", soft_wrap=True)
             for g in n.gpus:
                 console.print(f"    GPU {escape(str(g))}")
     console.print("isolated CPUs: " + (format_cpulist(view.isolated_cpus) + " (marked *)"

@@ -12,9 +12,15 @@ from hosttune.host.parsers import format_cpulist
 
 @dataclass(frozen=True)
 class L3View:
+    """The part of an L3 domain inside one NUMA node (placement never crosses a node).
+    ``domain_cpus`` is the whole domain as the kernel reports it (cache/index3/
+    shared_cpu_list): a guest's L3 can span NUMA nodes, and then the same index appears under
+    each node it spans."""
+
     index: int
     cpus: tuple[int, ...]
     cores: tuple[tuple[int, ...], ...]
+    domain_cpus: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -43,6 +49,12 @@ class TopologyView:
     gpus: tuple[dict[str, Any], ...]  # address, numa_node, local_cpus, device
     sibling_rule: str  # e.g. 'CPU N and N+16 are SMT siblings'
 
+    @property
+    def l3_domains(self) -> int:
+        """Distinct L3 domains (one that spans NUMA nodes counts once)."""
+        return len({d.index for p in self.packages for n in p.nodes for d in n.l3
+                    if d.index >= 0})
+
     def to_json(self) -> dict[str, Any]:
         return {
             "cpu_model": self.cpu_model, "cores": self.cores, "cpus": self.cpus,
@@ -55,6 +67,7 @@ class TopologyView:
                     "id": n.id, "mem_total_bytes": n.mem_total_bytes,
                     "cpus": format_cpulist(n.cpus), "gpus": list(n.gpus),
                     "l3_domains": [{"index": d.index, "cpus": format_cpulist(d.cpus),
+                                    "domain_cpus": format_cpulist(d.domain_cpus),
                                     "cores": [list(c) for c in d.cores]} for d in n.l3],
                 } for n in p.nodes],
             } for p in self.packages],
@@ -91,7 +104,8 @@ def describe_topology(facts: HostFacts) -> TopologyView:
             for d in doms:
                 dcpus = tuple(c for c in ncpus if by_id[c].l3 == d)
                 dcores = tuple(c for c in cores if c[0] in dcpus)
-                l3.append(L3View(d, dcpus, dcores))
+                whole = facts.l3_domains[d] if 0 <= d < len(facts.l3_domains) else dcpus
+                l3.append(L3View(d, dcpus, dcores, tuple(whole)))
             gpus = tuple(g.address for g in facts.gpus if g.numa_node == n.id)
             nodes.append(NodeView(n.id, n.mem_total_bytes, tuple(ncpus), tuple(l3), gpus))
         packages.append(PackageView(pkg, tuple(nodes)))

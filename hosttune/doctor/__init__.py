@@ -6,7 +6,7 @@ than guessing."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from hosttune.doctor.base import Check, DoctorContext, Finding, Severity
@@ -27,11 +27,12 @@ from hosttune.doctor.checks_gpu import (
     check_kernel_params,
     check_nvidia_modprobe,
 )
-from hosttune.doctor.checks_systemd import check_units, check_units_verify
+from hosttune.doctor.checks_systemd import check_failed_units, check_units, check_units_verify
 from hosttune.host import Host
 from hosttune.profile import LoadedProfile
 
 CHECKS: list[Check] = [
+    check_failed_units,
     check_units,
     check_units_verify,
     check_memlock,
@@ -70,6 +71,23 @@ class DoctorReport:
                 "errors": self.errors, "skipped_checks": self.skipped_checks}
 
 
+def _merge(findings: list[Finding]) -> list[Finding]:
+    """One finding per defect: the same check, title and explanation at several lines of one
+    file (a block appended twice) is reported once, with every location (``where`` first,
+    then ``also``). The same mistake in two files stays two findings: each needs its fix."""
+    merged: dict[tuple[str, str, str, str], Finding] = {}
+    for f in findings:
+        k = (f.check, f.title, f.why, f.where.split(":", 1)[0])
+        prev = merged.get(k)
+        if prev is None:
+            merged[k] = f
+            continue
+        more = [w for w in (f.where, *f.also) if w != prev.where and w not in prev.also]
+        if more:
+            merged[k] = replace(prev, also=prev.also + tuple(more))
+    return list(merged.values())
+
+
 def run(host: Host, loaded: LoadedProfile | None = None,
         compose_files: list[str] | None = None) -> DoctorReport:
     ctx = DoctorContext(host, loaded, list(compose_files or []))
@@ -82,13 +100,7 @@ def run(host: Host, loaded: LoadedProfile | None = None,
             errors.append(f"{check.__name__}: needs root ({err})")
         except OSError as err:
             errors.append(f"{check.__name__}: {err}")
-    seen: set[tuple[str, str, str]] = set()
-    unique = []
-    for f in findings:
-        k = (f.check, f.where, f.title)
-        if k not in seen:
-            seen.add(k)
-            unique.append(f)
+    unique = _merge(findings)
     unique.sort(key=lambda f: -int(f.severity))
     return DoctorReport(unique, list(ctx.skipped_commands) + list(host.runner.skipped), errors,
                         list(ctx.skipped_checks))

@@ -29,10 +29,12 @@ class Finding:
     where: str  # "file:line" or "live: /proc/1200/limits"
     why: str
     fix: str  # what to do; names the profile key that would manage it
+    also: tuple[str, ...] = ()  # the same defect in other places (a block appended twice)
 
     def to_json(self) -> dict[str, Any]:
         return {"check": self.check, "severity": str(self.severity), "title": self.title,
-                "where": self.where, "why": self.why, "fix": self.fix}
+                "where": self.where, "also": list(self.also), "why": self.why,
+                "fix": self.fix}
 
 
 @dataclass

@@ -3,21 +3,28 @@ huge-page pools and hugetlbfs mounts."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from hosttune.doctor import boot
 from hosttune.doctor.base import DoctorContext, Finding, Severity
+from hosttune.doctor.shellcmds import SedDelete, history_lines, sed_deletions, shell_lines
 from hosttune.host.facts import find_pids
 from hosttune.host.parsers import (
     FSTAB_DISABLED,
+    parse_cmdline,
     parse_fstab,
     parse_limits,
     parse_meminfo,
     parse_mountinfo,
     parse_sysctl_conf,
+    sysctl_key_to_path,
 )
 from hosttune.profile.sizes import format_size, parse_size
-from hosttune.tunables.sysctl import sysctl_files
+from hosttune.tunables._systemd import mount_unit_name
+from hosttune.tunables.hugetlbfs import MARK as HUGETLBFS_MARK
+from hosttune.tunables.sysctl import effective_value, kernel_reading, sysctl_files
 
 # --- limits.conf -----------------------------------------------------------------
 
@@ -73,6 +80,34 @@ def _has_service_memlock(ctx: DoctorContext, svc: str) -> bool:
     return "LimitMEMLOCK" in (ctx.host.read_text(f"/etc/systemd/system/{svc}") or "")
 
 
+def _memlock_dropins(ctx: DoctorContext, svc: str) -> list[str]:
+    out = []
+    for d in (f"/etc/systemd/system/{svc}.d", f"/run/systemd/system/{svc}.d"):
+        out += [f"{d}/{n}" for n in ctx.host.listdir(d)
+                if "LimitMEMLOCK" in (ctx.host.read_text(f"{d}/{n}") or "")]
+    return out
+
+
+def _started_before(ctx: DoctorContext, pid: int, files: list[str]) -> bool | None:
+    """Did process ``pid`` start before the newest of ``files`` was written? None when it
+    cannot be told (no /proc/PID/stat or /proc/stat btime: a tree)."""
+    import os
+
+    try:
+        stat = ctx.host.read_text(f"/proc/{pid}/stat") or ""
+        btime = next((int(ln.split()[1]) for ln in
+                      (ctx.host.read_text("/proc/stat") or "").splitlines()
+                      if ln.startswith("btime ")), None)
+        mtimes = [ctx.host.path(f).stat().st_mtime for f in files]
+    except (OSError, ValueError):
+        return None
+    fields = stat.rpartition(")")[2].split()
+    if btime is None or len(fields) < 20 or not mtimes:
+        return None
+    started = btime + int(fields[19]) / os.sysconf("SC_CLK_TCK")  # proc(5): field 22
+    return started < max(mtimes)
+
+
 def check_memlock(ctx: DoctorContext) -> Iterator[Finding]:
     lines = [x for x in all_limit_lines(ctx) if x.item == "memlock"]
     for x in lines:
@@ -100,7 +135,29 @@ def check_memlock(ctx: DoctorContext) -> Iterator[Finding]:
             hard = soft_hard[1]
             if hard is None or (want is not None and hard >= want):
                 continue
-            if not _has_service_memlock(ctx, svc):
+            if _has_service_memlock(ctx, svc):
+                before = _started_before(ctx, pid, _memlock_dropins(ctx, svc))
+                if before is None:
+                    continue  # no start time to compare (a tree): nothing seen, nothing said
+                if not before:
+                    yield Finding(
+                        "memlock.dropin-not-effective", Severity.ERROR,
+                        f"{comm} started after its LimitMEMLOCK drop-in and still has "
+                        f"{format_size(hard)}", f"live: /proc/{pid}/limits",
+                        f"{', '.join(_memlock_dropins(ctx, svc))} is older than the running "
+                        f"{comm}, yet its limit did not reach it: the drop-in is not loaded "
+                        "(no daemon-reload, a [Service] section missing, or a later drop-in "
+                        "lowers it again).", f"systemctl cat {svc}; systemctl show -p "
+                        f"LimitMEMLOCK {svc}; profile key memlock.services")
+                    continue
+                yield Finding(
+                    "memlock.daemon-not-restarted", Severity.WARNING,
+                    f"{comm} still runs with memlock {format_size(hard)}",
+                    f"live: /proc/{pid}/limits", f"a LimitMEMLOCK drop-in for {svc} exists, "
+                    f"but the running {comm} started before it (systemd applies limits when "
+                    "it starts the service): containers asking for more fail until then.",
+                    f"systemctl daemon-reload && systemctl restart {svc}")
+            else:
                 first = lines[0]
                 yield Finding(
                     "memlock.login-sessions-only", Severity.ERROR,
@@ -117,26 +174,106 @@ def check_memlock(ctx: DoctorContext) -> Iterator[Finding]:
 # --- duplicated keys -----------------------------------------------------------------
 
 
-def check_duplicates(ctx: DoctorContext) -> Iterator[Finding]:
-    # sysctl, in boot order
-    seen: dict[str, tuple[str, int, str]] = {}
+@dataclass(frozen=True)
+class Keyed:
+    """One assignment of a shared file, in the order its consumer reads them."""
+
+    file: str
+    lineno: int
+    key: str
+    value: str  # effective value (what the consumer ends up with)
+
+
+def _loc(run: list[Keyed]) -> str:
+    a, b = run[0].lineno, run[-1].lineno
+    return f"{run[0].file}:{a}" if a == b else f"{run[0].file}:{a}-{b}"
+
+
+def repeated_blocks(entries: list[Keyed]) -> list[tuple[list[Keyed], list[Keyed]]]:
+    """Keys of one file set again to the same value, grouped into blocks: (earlier lines,
+    later lines) where a run of entries repeats an earlier run (a `tee -a` run twice, or a
+    whole session: lines 69-84 again at 85-100). The longest repeats are taken first; a copy
+    belongs to one block. The same key in two files is not a repeat: that is one file
+    overriding another (dup.sysctl when the values differ)."""
+    n = len(entries)
+
+    def same(a: int, b: int) -> bool:
+        x, y = entries[a], entries[b]
+        return x.file == y.file and x.key == y.key and x.value == y.value
+
+    length = [[0] * (n + 1) for _ in range(n + 1)]
+    for i in range(n - 1, -1, -1):
+        for j in range(n - 1, i, -1):
+            if same(i, j):
+                length[i][j] = 1 + length[i + 1][j + 1]
+    cands = sorted(((min(length[i][j], j - i), i, j) for i in range(n) for j in range(i + 1, n)
+                    if length[i][j]), key=lambda c: (-c[0], c[2]))
+    covered: set[int] = set()
+    runs: list[tuple[list[Keyed], list[Keyed]]] = []
+    for size, i, j in cands:
+        span = range(j, j + size)
+        if covered & set(span):
+            continue
+        covered.update(span)
+        runs.append(([entries[i + k] for k in range(size)], [entries[k] for k in span]))
+    runs.sort(key=lambda r: (r[1][0].file, r[1][0].lineno))
+    return runs
+
+
+def _plural(word: str) -> str:
+    return word[:-1] + "ies" if word.endswith("y") and word[-2:-1] not in "aeiou" \
+        else word + "s"
+
+
+def _dup_findings(check: str, sev: Severity, entries: list[Keyed], what: str,
+                  consequence: str, fix: str) -> Iterator[Finding]:
+    for first, again in repeated_blocks(entries):
+        keys = ", ".join(dict.fromkeys(e.key for e in again))
+        n = len(again)
+        yield Finding(
+            check, sev, f"{n} {what if n == 1 else _plural(what)} set twice to the same value "
+            f"({keys})" if n <= 3 else f"a block of {n} {_plural(what)} is there twice",
+            _loc(again), f"{_loc(again)} repeats {_loc(first)} ({keys}): an appended block "
+            f"(`tee -a`, `echo >>`) was run again. {consequence}", fix, also=(_loc(first),))
+
+
+def _sysctl_entries(ctx: DoctorContext) -> list[Keyed]:
+    out: list[Keyed] = []
     for f in sysctl_files(ctx.host):
         for a in parse_sysctl_conf(ctx.host.read_text(f) or ""):
-            prev = seen.get(a.key)
-            if prev and " ".join(prev[2].split()) != " ".join(a.value.split()):
-                yield Finding(
-                    "dup.sysctl", Severity.WARNING,
-                    f"{a.key} set twice with different values", f"{f}:{a.lineno}",
-                    f"{prev[0]}:{prev[1]} sets {prev[2]!r}, {f}:{a.lineno} sets {a.value!r}; "
-                    f"the last one read at boot wins: {a.value!r} ({f}).",
-                    f"keep one; profile key sysctl.settings.{a.key}")
-            seen[a.key] = (f, a.lineno, a.value)
+            out.append(Keyed(f, a.lineno, a.key,
+                             effective_value(a.key, a.value, _live_sysctl(ctx, a.key))))
+    return out
+
+
+def check_duplicates(ctx: DoctorContext) -> Iterator[Finding]:
+    # sysctl, in boot order; values compared as the kernel reads them ("0  # off" is 0)
+    entries = _sysctl_entries(ctx)
+    seen: dict[str, Keyed] = {}
+    for e in entries:
+        prev = seen.get(e.key)
+        if prev and prev.value != e.value:
+            yield Finding(
+                "dup.sysctl", Severity.WARNING,
+                f"{e.key} set twice with different values", f"{e.file}:{e.lineno}",
+                f"{prev.file}:{prev.lineno} sets {prev.value!r}, {e.file}:{e.lineno} sets "
+                f"{e.value!r}; the last one read at boot wins: {e.value!r} ({e.file}).",
+                f"keep one; profile key sysctl.settings.{e.key}",
+                also=(f"{prev.file}:{prev.lineno}",))
+        seen[e.key] = e
+    yield from _dup_findings(
+        "dup.sysctl-repeated", Severity.INFO, entries, "sysctl key",
+        "Harmless (the same value is written twice at boot), but each rerun adds a copy.",
+        "keep one copy; profile key sysctl.settings (hosttune's drop-in is rewritten, "
+        "never appended)")
     # limits: same domain/type/item
     lseen: dict[tuple[str, str, str], LimitLine] = {}
+    lentries: list[Keyed] = []
     for x in all_limit_lines(ctx):
         types = ("soft", "hard") if x.type == "-" else (x.type,)
         for t in types:
             lk = (x.domain, t, x.item)
+            lentries.append(Keyed(x.file, x.lineno, " ".join(lk), x.value))
             prev_l = lseen.get(lk)
             if prev_l and prev_l.value != x.value:
                 yield Finding(
@@ -146,10 +283,16 @@ def check_duplicates(ctx: DoctorContext) -> Iterator[Finding]:
                     f"{prev_l.file}:{prev_l.lineno} says {prev_l.value}, {x.file}:{x.lineno} "
                     f"says {x.value}; pam_limits applies them in order, the last one wins "
                     f"({x.value}).",
-                    "keep one; profile key memlock.limit for memlock")
+                    "keep one; profile key memlock.limit for memlock",
+                    also=(f"{prev_l.file}:{prev_l.lineno}",))
             lseen[lk] = x
+    yield from _dup_findings(
+        "dup.limits-repeated", Severity.INFO, lentries, "limit",
+        "Harmless (pam_limits applies the same value twice), but each rerun adds a copy.",
+        "keep one copy; profile key memlock (hosttune writes limits.d/, never appends)")
     # /etc/environment (pam_env: later lines override earlier ones)
     env: dict[str, tuple[int, str]] = {}
+    eentries: list[Keyed] = []
     text = ctx.host.read_text("/etc/environment") or ""
     for i, line in enumerate(text.splitlines(), 1):
         s = line.strip()
@@ -157,36 +300,259 @@ def check_duplicates(ctx: DoctorContext) -> Iterator[Finding]:
             continue
         name, _, v = s.partition("=")
         k = name.removeprefix("export ").strip()
+        eentries.append(Keyed("/etc/environment", i, k, v))
         prev_e = env.get(k)
         if prev_e and prev_e[1] != v:
             yield Finding(
                 "dup.environment", Severity.WARNING, f"{k} set twice with different values",
                 f"/etc/environment:{i}",
                 f"line {prev_e[0]} says {prev_e[1]!r}, line {i} says {v!r}; the last one wins.",
-                "keep one; profile key cuda_env for CUDA variables")
+                "keep one; profile key cuda_env for CUDA variables",
+                also=(f"/etc/environment:{prev_e[0]}",))
         env[k] = (i, v)
+    yield from _dup_findings(
+        "dup.environment-repeated", Severity.INFO, eentries, "variable",
+        "Harmless (pam_env sets the same value twice), but each rerun adds a copy.",
+        "keep one copy; profile key cuda_env (hosttune's marked lines are replaced, never "
+        "appended)")
+    yield from _fstab_duplicates(ctx)
+    yield from _grub_duplicates(ctx)
+
+
+def _fstab_duplicates(ctx: DoctorContext) -> Iterator[Finding]:
+    text = ctx.host.read_text("/etc/fstab") or ""
+    entries = [Keyed("/etc/fstab", e.lineno, _norm(e.file) if e.vfstype != "swap" else e.spec,
+                     " ".join((e.spec, e.vfstype, e.options)))
+               for e in parse_fstab(text) if e.file != "none" or e.vfstype == "swap"]
+    # systemd-fstab-generator (252) makes one unit per mount point: the second line fails with
+    # "Failed to create unit file '...mount', as it already exists. Duplicate entry in
+    # '/etc/fstab'?" and the generator exits 1 (checked here with SYSTEMD_FSTAB=); the first
+    # line is mounted.
+    yield from _dup_findings(
+        "dup.fstab-repeated", Severity.WARNING, entries, "fstab entry",
+        "At every boot systemd-fstab-generator logs \"Failed to create unit file ..., as it "
+        "already exists. Duplicate entry in '/etc/fstab'?\" and exits with status 1; the "
+        "first line is mounted.",
+        "delete the copy; profile key hugetlbfs.mounts (hosttune's fstab lines are marked "
+        "and replaced, never appended)")
+    seen: dict[str, Keyed] = {}
+    for e in entries:
+        prev = seen.get(e.key)
+        if prev is not None and prev.value != e.value:
+            yield Finding(
+                "dup.fstab", Severity.WARNING, f"{e.key} has two different fstab lines",
+                f"/etc/fstab:{e.lineno}", f"line {prev.lineno} ({prev.value}) and line "
+                f"{e.lineno} ({e.value}) both mount {e.key}: systemd-fstab-generator uses the "
+                "first and logs 'Duplicate entry' for the second at every boot.",
+                "keep one; profile key hugetlbfs.mounts", also=(f"/etc/fstab:{prev.lineno}",))
+        seen.setdefault(e.key, e)
+
+
+def _grub_duplicates(ctx: DoctorContext) -> Iterator[Finding]:
+    from hosttune.doctor.checks_gpu import grub_cmdline_words
+
+    try:
+        text = ctx.host.read_text("/etc/default/grub") or ""
+    except PermissionError:
+        return
+    by_line: dict[tuple[int, str], list[str]] = {}
+    for i, var, word in grub_cmdline_words(text):
+        by_line.setdefault((i, var), []).append(word)
+    cmdline = parse_cmdline(ctx.host.read_text("/proc/cmdline") or "")
+    for (i, var), words in by_line.items():
+        counts: dict[str, int] = {}
+        for w in words:
+            counts[w] = counts.get(w, 0) + 1
+        again = [w for w, n in counts.items() if n > 1]
+        if not again:
+            continue
+        live = [w for w in again if cmdline.count(w) > 1]
+        yield Finding(
+            "dup.kernel-param-repeated", Severity.INFO,
+            f"{var} repeats {' '.join(again)}", f"/etc/default/grub:{i}",
+            f"{var} holds {' '.join(again)} {max(counts[w] for w in again)} times: a sed "
+            "that appends to the variable (the notes' s/...=\"\\(.*\\)\"/...=\"\\1 "
+            "nvidia-drm.modeset=1 ...\"/) adds its words again each time it runs. "
+            "The kernel parses every copy (harmless for these flags), and each rerun makes "
+            "the command line longer"
+            + ("; the running kernel got them twice (live: /proc/cmdline)" if live else "")
+            + ".", "keep one copy and run update-grub; profile key kernel_cmdline.params "
+            "(hosttune's grub.d drop-in is rewritten, never appended to)",
+            also=("live: /proc/cmdline",) if live else ())
 
 
 # --- sysctl syntax -----------------------------------------------------------------
 
 
+def _live_sysctl(ctx: DoctorContext, key: str) -> str | None:
+    try:
+        return ctx.host.read_value(sysctl_key_to_path(key))
+    except (PermissionError, OSError):
+        return None
+
+
 def check_sysctl_syntax(ctx: DoctorContext) -> Iterator[Finding]:
+    """Trailing comments in sysctl files: what the kernel really keeps (kernel_reading)."""
+    fix = "move the comment to its own line; profile key sysctl.settings.{key}"
     for f in sysctl_files(ctx.host):
         for a in parse_sysctl_conf(ctx.host.read_text(f) or ""):
-            if "#" in a.value or ";" in a.value:
+            if "#" not in a.value and ";" not in a.value:
+                continue
+            live = _live_sysctl(ctx, a.key)
+            r = kernel_reading(a.key, a.value, live)
+            where = f"{f}:{a.lineno}"
+            seen = f" (live: {live})" if live is not None else ""
+            if r.applied is None:
                 yield Finding(
-                    "sysctl.inline-comment", Severity.ERROR,
-                    f"{a.key}: trailing comment is part of the value", f"{f}:{a.lineno}",
-                    "sysctl.d(5) only knows comment LINES: the value written is "
-                    f"{a.value!r}, which the kernel rejects (Invalid argument), so {a.key} "
-                    "keeps its default at every boot.",
-                    f"move the comment to its own line; profile key sysctl.settings.{a.key}")
+                    "sysctl.value-rejected", Severity.ERROR,
+                    f"{a.key}: the kernel rejects {a.value!r}", where,
+                    "sysctl.d(5) only knows comment LINES, so the whole text is written; "
+                    + ("the kernel's integer parser needs whitespace after each number "
+                       "(Invalid argument)" if r.kind == "integer" else
+                       "the kernel looks the word up and refuses the text with the comment "
+                       "(No such file or directory)")
+                    + f": {a.key} keeps its previous value at every boot{seen}.",
+                    fix.format(key=a.key))
+            elif r.kind == "string" and r.ignored:
+                yield Finding(
+                    "sysctl.comment-in-value", Severity.ERROR,
+                    f"{a.key}: the trailing comment becomes part of the value", where,
+                    f"sysctl.d(5) only knows comment LINES and {a.key} is a string: the "
+                    f"kernel stores {a.value!r} verbatim{seen}.", fix.format(key=a.key))
+            elif r.kind == "integer" and r.ignored:
+                yield Finding(
+                    "sysctl.inline-comment", Severity.INFO,
+                    f"{a.key}: trailing comment ignored by the kernel", where,
+                    f"the whole text {a.value!r} is written, and the kernel's integer parser "
+                    f"(__do_proc_dointvec) takes {r.applied} and ignores {r.ignored!r}: the "
+                    f"value takes{seen}. Harmless for integer keys only: on a string key "
+                    "(kernel.core_pattern) the comment would become part of the value.",
+                    fix.format(key=a.key))
+            elif r.kind == "unknown" and _COMMENTISH.search(a.value):
+                yield Finding(
+                    "sysctl.inline-comment", Severity.WARNING,
+                    f"{a.key}: trailing comment in the value", where,
+                    f"the whole text {a.value!r} is written; {a.key} cannot be read here to "
+                    "tell whether the kernel parses a number (the comment is ignored) or keeps "
+                    "a string (the comment becomes part of the value).", fix.format(key=a.key))
+
+
+_COMMENTISH = re.compile(r"\s[#;]|^[#;]")
 
 
 # --- fstab -----------------------------------------------------------------
 
-REAL_FS = {"ext2", "ext3", "ext4", "xfs", "btrfs", "vfat", "exfat", "ntfs", "ntfs3", "f2fs",
-           "zfs", "nfs", "nfs4", "cifs", "hugetlbfs"}
+# Mounts systemd, the kernel or container runtimes make by themselves: never fstab's business.
+API_FS = {"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "securityfs", "debugfs",
+          "tracefs", "bpf", "pstore", "efivarfs", "mqueue", "configfs", "fusectl",
+          "binfmt_misc", "autofs", "nsfs", "rpc_pipefs", "overlay", "squashfs", "selinuxfs",
+          "nfsd", "ramfs"}
+API_DIRS = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/lib/docker", "/var/lib/containerd",
+            "/var/lib/kubelet", "/snap")
+MOUNT_UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/run/systemd/transient",
+                   "/usr/local/lib/systemd/system", "/lib/systemd/system",
+                   "/usr/lib/systemd/system")
+GENERATOR_DIR = "/run/systemd/generator"  # systemd-fstab-generator's output for this boot
+FSTAB_BACKUPS = ("/etc/fstab.bak", "/etc/fstab.orig", "/etc/fstab~", "/etc/fstab.backup",
+                 "/etc/fstab.old", "/etc/fstab.save")
+
+
+def _norm(mp: str) -> str:
+    return mp.rstrip("/") or "/"
+
+
+def _is_api(mp: str, fstype: str) -> bool:
+    return fstype in API_FS or fstype.startswith("fuse.") or mp == "/" or any(
+        mp == d or mp.startswith(d + "/") for d in API_DIRS)
+
+
+@dataclass
+class LostEntry:
+    """A filesystem that had a line in /etc/fstab (or looks like it) and has none now."""
+
+    mount_point: str
+    fields: str  # "spec mount-point type options": the line, or as much of it as is known
+    where: str
+    evidence: list[str]
+    in_fstab_once: bool  # known to have been in fstab (generator unit, backup, journal)
+    mounted_now: bool
+
+
+def _generated_from_fstab(ctx: DoctorContext, mp: str) -> str | None:
+    p = f"{GENERATOR_DIR}/{mount_unit_name(mp)}"
+    try:
+        text = ctx.host.read_text(p)
+    except PermissionError:
+        return None
+    if text and "SourcePath=/etc/fstab" in text:
+        return p
+    return None
+
+
+def _has_mount_unit(ctx: DoctorContext, mp: str) -> bool:
+    name = mount_unit_name(mp)
+    return any(ctx.host.exists(f"{d}/{name}") for d in MOUNT_UNIT_DIRS)
+
+
+def _fstab_seds(ctx: DoctorContext) -> list[SedDelete]:
+    return [d for d in sed_deletions(shell_lines(ctx) + history_lines(ctx))
+            if "/etc/fstab" in d.files]
+
+
+def lost_fstab_entries(ctx: DoctorContext, text: str) -> list[LostEntry]:
+    host = ctx.host
+    entries = parse_fstab(text)
+    in_fstab = {_norm(e.file) for e in entries}
+    lost: dict[str, LostEntry] = {}
+    # 1. mounted now, no fstab line and no mount unit
+    try:
+        mounts = parse_mountinfo(host.read_text("/proc/self/mountinfo") or "")
+    except PermissionError:
+        mounts = []
+    for m in mounts:
+        mp = _norm(m.mount_point)
+        if mp in in_fstab or mp in lost or _is_api(mp, m.fstype) or _has_mount_unit(ctx, mp):
+            continue
+        gen = _generated_from_fstab(ctx, mp)
+        if not gen and not entries:
+            continue  # fstab manages no mounts here (a container, a VM mounted from outside)
+        ev = [f"{mp} is mounted now ({m.fstype} from {m.source}, /proc/self/mountinfo)"]
+        if gen:
+            ev.append(f"{gen} was generated from /etc/fstab at this boot, so the line was "
+                      "there when the host booted")
+        lost[mp] = LostEntry(mp, f"{m.source} {mp} {m.fstype}",
+                             f"live: /proc/self/mountinfo ({mp})", ev, bool(gen), True)
+    # 2. the previous boot mounted it (persistent journal); no line, no unit now
+    for mp, msg in boot.previous_boot_mounts(ctx).items():
+        mp = _norm(mp)
+        if mp in in_fstab or _is_api(mp, "") or _has_mount_unit(ctx, mp):
+            continue
+        ev_line = f"the previous boot's journal says {msg!r}"
+        if mp in lost:
+            lost[mp].evidence.append(ev_line)
+            lost[mp].in_fstab_once = True
+        else:
+            lost[mp] = LostEntry(mp, mp, "live: journalctl -b -1", [ev_line], True, False)
+    # 3. lines a backup copy still has
+    backups = list(FSTAB_BACKUPS) + [f"/etc/fstab{d.backup_suffix}" for d in _fstab_seds(ctx)
+                                     if d.backup_suffix and not d.backup_suffix.startswith("/")]
+    for bak in dict.fromkeys(backups):
+        try:
+            old = host.read_text(bak)
+        except PermissionError:
+            continue
+        for e in parse_fstab(old or ""):
+            mp = _norm(e.file)
+            if mp in in_fstab or e.vfstype == "swap" or mp in ("none", "/"):
+                continue
+            line = old.splitlines()[e.lineno - 1].strip() if old else ""
+            ev_line = f"{bak}:{e.lineno} has the line {line!r}"
+            if mp in lost:
+                lost[mp].evidence.append(ev_line)
+                lost[mp].fields, lost[mp].in_fstab_once = line, True
+            else:
+                lost[mp] = LostEntry(mp, line, f"{bak}:{e.lineno}", [ev_line], True, False)
+    return list(lost.values())
 
 
 def check_fstab(ctx: DoctorContext) -> Iterator[Finding]:
@@ -194,8 +560,7 @@ def check_fstab(ctx: DoctorContext) -> Iterator[Finding]:
     text = host.read_text("/etc/fstab")
     if text is None:
         return
-    entries = parse_fstab(text)
-    in_fstab = {e.file.rstrip("/") or "/" for e in entries}
+    seds = _fstab_seds(ctx)
     # 1. commented-out entries that are not swap but mention swap: a swap edit caught them
     for i, line in enumerate(text.splitlines(), 1):
         s = line.strip()
@@ -211,44 +576,45 @@ def check_fstab(ctx: DoctorContext) -> Iterator[Finding]:
                 "an edit meant for swap lines (e.g. sed '/swap/s/^/#/') also disabled this "
                 "mount because its line mentions 'swap'.",
                 "restore the line; profile key swap.persist disables exactly the swap entries")
-    # 2. filesystems mounted now that fstab no longer has (a line deleted since boot)
-    try:
-        mounts = parse_mountinfo(host.read_text("/proc/self/mountinfo") or "")
-    except PermissionError:
-        mounts = []
-    # (only when fstab manages mounts at all: containers and VMs often mount / from outside)
-    for m in mounts if entries else []:
-        mp = m.mount_point.rstrip("/") or "/"
-        if mp == "/":
-            continue
-        if m.fstype in REAL_FS and m.fstype != "hugetlbfs" and mp not in in_fstab \
-                and not mp.startswith(("/var/lib/docker", "/run", "/proc", "/sys", "/tmp")):
+    # 2. filesystems that lost their line: mounted now, mounted last boot, or in a backup
+    for lo in lost_fstab_entries(ctx, text):
+        culprit = next((d for d in seds if d.regex.search(lo.fields)), None)
+        why = "; ".join(lo.evidence) + ". "
+        if culprit is not None:
+            hit = culprit.regex.search(lo.fields)
+            why += (f"`{culprit.command}` ({culprit.where}) deleted it: it deletes every line "
+                    f"matching /{culprit.regex.pattern}/, and this one contains "
+                    f"{hit.group(0) if hit else culprit.regex.pattern!r} without being a swap "
+                    "entry. ")
+        why += ("It will not be mounted after the next reboot." if lo.mounted_now else
+                "It was not mounted at this boot.")
+        certain = lo.in_fstab_once or culprit is not None
+        if certain:
+            yield Finding(
+                "fstab.entry-lost", Severity.ERROR,
+                f"{lo.mount_point} has no /etc/fstab line any more", lo.where, why,
+                "restore the line (the backup or the mount's options above); profile key "
+                "swap.persist disables exactly the swap entries, never a line that merely "
+                "mentions 'swap'")
+        else:
             yield Finding(
                 "fstab.mounted-not-persisted", Severity.WARNING,
-                f"{mp} is mounted but not in /etc/fstab", f"live: /proc/self/mountinfo ({mp})",
-                "it will not be mounted after a reboot; an over-broad edit of /etc/fstab "
-                "(e.g. sed -i '/swap/d') deletes unrelated lines along with the swap entry.",
+                f"{lo.mount_point} is mounted but not in /etc/fstab", lo.where,
+                why + " Mounted by hand, or its line was deleted since boot (an over-broad "
+                "edit such as sed -i '/swap/d' deletes unrelated lines with the swap entry).",
                 "add the line back; profile key swap.persist edits only swap entries")
-    # 3. lines lost compared with a backup copy
-    for bak in ("/etc/fstab.bak", "/etc/fstab.orig", "/etc/fstab~", "/etc/fstab.backup"):
+    # 3. comments a line deletion took along (harmless, but a sign of the edit)
+    current = set(text.splitlines())
+    for bak in FSTAB_BACKUPS:
         old = host.read_text(bak)
-        if old is None:
-            continue
-        current = set(text.splitlines())
-        for i, line in enumerate(old.splitlines(), 1):
+        for i, line in enumerate((old or "").splitlines(), 1):
             s = line.strip()
-            if not s or line in current:
-                continue
-            parts = s.lstrip("#").split()
-            is_swap_entry = not s.startswith("#") and len(parts) >= 3 and parts[2] == "swap"
-            if not is_swap_entry:
-                kind = "comment" if s.startswith("#") else f"{parts[1]} entry" if len(
-                    parts) > 1 else "line"
+            if s.startswith("#") and line not in current and len(s) > 1:
                 yield Finding(
-                    "fstab.overbroad-swap-edit", Severity.WARNING,
-                    f"fstab lost a {kind} that was not a swap entry", f"{bak}:{i}",
-                    f"{s!r} is in {bak} but no longer in /etc/fstab: an over-broad edit "
-                    "removed more than the swap entries.",
+                    "fstab.overbroad-swap-edit", Severity.INFO,
+                    "fstab lost a comment", f"{bak}:{i}",
+                    f"{s!r} is in {bak} but no longer in /etc/fstab: a line deletion removed "
+                    "more than the swap entries.",
                     "restore it from the backup; profile key swap.persist")
 
 
@@ -281,13 +647,32 @@ def check_hugepages(ctx: DoctorContext) -> Iterator[Finding]:
         pools[kb * 1024] = n * kb * 1024
     # pools configured for boot in sysctl files count too (vm.nr_hugepages = default size)
     boot_pool = 0
+    hp_size = mem.get("Hugepagesize", 2 << 20)
+    asked: tuple[str, int] | None = None  # (file:line, pages) of the last boot assignment
     for f in sysctl_files(host):
         for a in parse_sysctl_conf(host.read_text(f) or ""):
             if a.key == "vm.nr_hugepages":
                 try:
-                    boot_pool = int(a.value.split()[0]) * mem.get("Hugepagesize", 2 << 20)
+                    pages = int(a.value.split()[0])
                 except (ValueError, IndexError):
-                    pass
+                    continue
+                boot_pool, asked = pages * hp_size, (f"{f}:{a.lineno}", pages)
+    live_pages = pools.get(hp_size, 0) // hp_size
+    if asked and 0 < live_pages < asked[1]:
+        # the kernel allocates what it can find and keeps the shortfall silently
+        # (Documentation/admin-guide/mm/hugetlbpage.rst: "may not be able to allocate")
+        yield Finding(
+            "hugepages.pool-short", Severity.ERROR,
+            f"vm.nr_hugepages asks for {asked[1]} pages; the kernel has {live_pages}",
+            asked[0], f"at boot systemd-sysctl wrote {asked[1]} "
+            f"({format_size(asked[1] * hp_size)}) and the kernel allocated {live_pages} "
+            f"({format_size(live_pages * hp_size)}, live: "
+            "/sys/kernel/mm/hugepages): a pool larger than free memory takes what it can, "
+            f"leaving {format_size(max(total - live_pages * hp_size, 0))} of "
+            f"{format_size(total)} to everything else.",
+            "profile key hugepages.pools (sized from this host's RAM; hosttune retries, "
+            "verifies and reports a short pool)")
+        boot_pool = live_pages * hp_size  # what is really reserved
     pool_total = max(sum(pools.values()), boot_pool)
     if total and pool_total and total - pool_total < max(4 << 30, total // 10):
         yield Finding(
@@ -300,12 +685,32 @@ def check_hugepages(ctx: DoctorContext) -> Iterator[Finding]:
     # hugetlbfs mounts (fstab and live) vs the pool of their page size
     mounts: list[tuple[str, str, dict[str, str]]] = []
     text = host.read_text("/etc/fstab") or ""
+    lines = text.splitlines()
+    owned: set[str] = set()  # fstab lines hosttune wrote (its marker comment above them)
     for e in parse_fstab(text):
         if e.vfstype == "hugetlbfs":
             opts = dict(o.partition("=")[::2] for o in e.options.split(","))
             mounts.append((f"/etc/fstab:{e.lineno}", e.file, opts))
+            if e.lineno > 1 and lines[e.lineno - 2].startswith(HUGETLBFS_MARK):
+                owned.add(f"/etc/fstab:{e.lineno}")
+    # what is mounted now (size= in bytes): evidence for the fstab line, or a mount of its own
+    try:
+        live = [m for m in parse_mountinfo(host.read_text("/proc/self/mountinfo") or "")
+                if m.fstype == "hugetlbfs"]
+    except PermissionError:
+        live = []
+    evidence: dict[str, str] = {}
+    for m in live:
+        mp = _norm(m.mount_point)
+        same = [x for x in mounts if _norm(x[1]) == mp]
+        if same and _mount_size(same[0][2], total) == _mount_size(m.options, total):
+            evidence[mp] = f"live: /proc/self/mountinfo ({mp})"
+        elif m.options.get("size"):
+            mounts.append((f"live: /proc/self/mountinfo ({mp})", mp, m.options))
     declared_models = _declared_model_bytes(ctx)
     for where, mp, opts in mounts:
+        ev = (evidence[_norm(mp)],) if _norm(mp) in evidence and not where.startswith("live") \
+            else ()
         size = _mount_size(opts, total)
         ps = parse_size(opts.get("pagesize", "2M")) if opts.get("pagesize") else \
             mem.get("Hugepagesize", 2 << 20)
@@ -317,20 +722,33 @@ def check_hugepages(ctx: DoctorContext) -> Iterator[Finding]:
                 where, f"files on {mp} can use only {format_size(size)}: the other "
                 f"{format_size(pool - size)} of huge pages stay reserved and unused "
                 "(e.g. three 30 GB models do not fit a 30G mount).",
-                "profile key hugetlbfs.mounts[].size: auto (sized to the pool)")
+                "profile key hugetlbfs.mounts[].size: auto (sized to the pool)", also=ev)
         want = declared_models.get(mp)
         if size is not None and want and want > size:
             yield Finding(
                 "hugetlbfs.mount-smaller-than-models", Severity.ERROR,
                 f"{mp} ({format_size(size)}) is smaller than the models meant for it "
                 f"({format_size(want)})", where, "loading the last models fails with ENOSPC.",
-                "profile key hugetlbfs.mounts[].size")
-        if size is not None and pool and size > pool:
+                "profile key hugetlbfs.mounts[].size", also=ev)
+        if size is not None and pool and size > pool and where in owned and asked \
+                and "hosttune" not in asked[0].rsplit("/", 1)[-1]:
+            # hosttune sized this mount to its pool; a hand-made vm.nr_hugepages read at boot
+            # set another pool (sysctl.conf is applied last), and that is the defect
+            yield Finding(
+                "hugepages.pool-overridden", Severity.ERROR,
+                f"vm.nr_hugepages = {asked[1]} ({asked[0]}) sets the pool hosttune's {mp} is "
+                "sized for", asked[0],
+                f"at boot {asked[0]} sets {asked[1]} pages ({format_size(pool)} now), below "
+                f"the {format_size(size)} hosttune's {mp} ({where}) holds: models stored "
+                "there up to its size fail with ENOMEM/SIGBUS once the pool runs out.",
+                "delete the vm.nr_hugepages line; profile key hugepages.pools (hosttune "
+                "sets the per-node pools at boot)", also=(where, *ev))
+        elif size is not None and pool and size > pool:
             yield Finding(
                 "hugetlbfs.mount-larger-than-pool", Severity.WARNING,
                 f"{mp} allows {format_size(size)} but the pool has {format_size(pool)}",
                 where, "writes past the pool fail with ENOMEM/SIGBUS at fault time, not at "
-                "mount time.", "profile key hugepages.pools[].size: auto")
+                "mount time.", "profile key hugepages.pools[].size: auto", also=ev)
 
 
 def _declared_model_bytes(ctx: DoctorContext) -> dict[str, int]:

@@ -103,10 +103,14 @@ def check_nvidia_modprobe(ctx: DoctorContext) -> Iterator[Finding]:
                 continue  # other modules' lines; security notes are graded below
             where = f"{path}:{lf.lineno}"
             if "trailing comment" in lf.message:
-                yield Finding("nvidia.modprobe-trailing-comment", Severity.ERROR,
+                # kmod passes the words on; the kernel's parse_args() warns
+                # "<module>: unknown parameter '<word>' ignored" for each and loads the
+                # module with the options before them: noise in the log, hence a warning
+                yield Finding("nvidia.modprobe-trailing-comment", Severity.WARNING,
                               f"trailing comment in an {ln_.module} options line", where,
-                              lf.message + "; the driver logs 'unknown parameter' for each "
-                              "word and ignores it.",
+                              lf.message + f"; at load the kernel logs \"{ln_.module}: unknown "
+                              "parameter '...' ignored\" for each word and loads the module "
+                              "with the options before the comment.",
                               "move the comment to its own line; profile key "
                               "nvidia_modules.options (hosttune writes a clean drop-in)")
             else:
@@ -489,6 +493,27 @@ def _irqbalance_protects(ctx: DoctorContext, pid: int, irqs: set[int]) -> bool:
     return irqs <= banned
 
 
+def _absent_cpus_finding(use: MaskUse, absent: list[int], width: int) -> Finding:
+    # kernel/irq/proc.c write_irq_affinity: cpumask_parse_user() refuses bits at or above
+    # nr_cpumask_bits (EOVERFLOW, "Value too large for defined data type": probed on 6.18 with
+    # mask 6 on a 2-CPU host), and a mask with no online CPU is EINVAL. Either way the whole
+    # write fails and the IRQ keeps its affinity.
+    present = format_cpulist(list(range(width)))
+    none_left = len(absent) == len(use.cpus)
+    return Finding(
+        "irq.mask-names-absent-cpus", Severity.ERROR,
+        f"IRQ mask {use.mask} names CPUs {format_cpulist(absent)}, which this host does not "
+        f"have (CPUs {present})", use.where,
+        f"mask {use.mask} = CPUs {format_cpulist(use.cpus)}"
+        + ("" if none_left else f", of which {format_cpulist(absent)} do not exist")
+        + ": the kernel refuses the whole write to smp_affinity (Value too large for defined "
+        "data type) and the IRQs keep their affinity; a `2>/dev/null` or `> /dev/null 2>&1` "
+        "after it hides the error. A hex mask written for another machine (the seed's "
+        "f0000000 = CPUs 28-31 of a 32-CPU box) does not carry over.",
+        "profile key gpu_irq.cpus (a CPU list checked against this host's CPUs; hosttune "
+        "writes smp_affinity_list)")
+
+
 def check_irq_affinity(ctx: DoctorContext) -> Iterator[Finding]:
     host = ctx.host
     scripts, lives = irq_masks(ctx, shell_lines(ctx))
@@ -496,7 +521,14 @@ def check_irq_affinity(ctx: DoctorContext) -> Iterator[Finding]:
     containers = compose_cpusets(ctx)
     fix = ("profile key gpu_irq.cpus (hosttune writes smp_affinity_list, a CPU list, at every "
            "boot and keeps irqbalance off those IRQs)")
+    width = nr_cpu_ids(host)
+    for use in scripts:
+        absent = [c for c in use.cpus if c >= width]
+        if absent:
+            yield _absent_cpus_finding(use, absent, width)
     for use in scripts + lives:
+        if any(c >= width for c in use.cpus):
+            continue  # reported above: nothing to compare until the mask can be written
         want: list[int] | None = None
         basis = ""
         if profile_cpus is not None:
@@ -521,7 +553,7 @@ def check_irq_affinity(ctx: DoctorContext) -> Iterator[Finding]:
     # where GPU interrupts land inside containers' CPUs (or their SMT siblings)
     facts = host.facts
     for use in (lives or scripts):
-        if set(use.cpus) >= set(facts.cpu_ids):
+        if set(use.cpus) >= set(facts.cpu_ids) or any(c >= width for c in use.cpus):
             continue  # never pinned (the kernel's default): not a hand-made setting
         hits = []
         for name, (_p, cset) in sorted(containers.items()):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
+from hosttune.doctor import boot
 from hosttune.doctor.base import DoctorContext, Finding, Severity
 from hosttune.doctor.unitfile import EXEC_KEYS, SHELLS, parse_unit, split_exec
 
@@ -145,3 +146,30 @@ def check_units_verify(ctx: DoctorContext) -> Iterator[Finding]:
             f"{p.rsplit('/', 1)[-1]} fails systemd-analyze verify", p,
             f"systemd will not load it as written: {detail}",
             "fix the unit, or let hosttune manage the setting it was written for")
+
+
+_GENERIC = re.compile(r"^(Starting |Started |Stopped |Failed to start |Scheduled restart job"
+                      r"|Stopping )")
+
+
+def check_failed_units(ctx: DoctorContext) -> Iterator[Finding]:
+    """Units that failed at this boot (`systemctl --failed`), with the journal's reason."""
+    for fu in boot.failed_units(ctx):
+        reason = [s for s in fu.journal if not _GENERIC.match(s)] or list(fu.journal)
+        local = f"/etc/systemd/system/{fu.unit}"
+        has_file = ctx.host.exists(local)
+        looping = fu.state == "auto-restart"
+        yield Finding(
+            "systemd.unit-restart-loop" if looping else "systemd.unit-failed", Severity.ERROR,
+            f"{fu.unit} fails and is restarted again and again ({fu.restarts} restarts this "
+            "boot)" if looping else f"{fu.unit} failed at this boot",
+            f"live: systemctl list-units --state=auto-restart ({fu.unit})" if looping
+            else f"live: systemctl --failed ({fu.unit})",
+            (f"{fu.description}: " if fu.description else "")
+            + ("the journal says: " + " | ".join(reason[-4:]) if reason
+               else "no journal lines for it are readable (journalctl -b -u " + fu.unit + ")")
+            + ".",
+            (f"see the findings for {local}; " if has_file else "")
+            + "fix or disable the unit (systemctl disable " + fu.unit + "); hosttune manages "
+            "the settings such units are written for (cpu.governor, gpu.persistence, "
+            "gpu.locked_clocks, gpu.mps) with units that check their preconditions")

@@ -132,3 +132,85 @@ def commands(text: str) -> list[list[str]]:
         if argv:
             cleaned.append(argv)
     return cleaned
+
+
+HISTORY_FILES = ("/root/.bash_history",)
+
+
+def history_lines(ctx: DoctorContext) -> list[ShellLine]:
+    """Commands typed at a shell (root's and users' ~/.bash_history): the notes' one-off
+    commands (`sudo sed -i ...`) live there, not in a script."""
+    host = ctx.host
+    files = list(HISTORY_FILES) + [f"/home/{u}/.bash_history" for u in host.listdir("/home")]
+    out: list[ShellLine] = []
+    for p in files:
+        try:
+            text = host.read_text(p)
+        except PermissionError:
+            continue
+        if text:
+            out.extend(script_lines(p, text))
+    return out
+
+
+def bre_to_re(pattern: str) -> re.Pattern[str] | None:
+    """A POSIX basic regular expression (grep, sed) as Python sees it: GNU's \\| \\( \\) are
+    operators, bare | ( ) + ? { } are literal characters."""
+    rx = re.sub(r"\\([|()+?{}])|([|()+?{}])", lambda m: m.group(1) or "\\" + m.group(2),
+                pattern)
+    try:
+        return re.compile(rx)
+    except re.error:
+        return None
+
+
+@dataclass(frozen=True)
+class SedDelete:
+    """A `sed -i '/RE/d' FILE` edit: every line of FILE matching RE is deleted."""
+
+    where: str
+    command: str  # as written
+    regex: re.Pattern[str]
+    files: tuple[str, ...]
+    backup_suffix: str  # -i.bak keeps FILE.bak; "" when sed keeps no copy
+
+
+_SED_DELETE = re.compile(r"\s*(?:/((?:[^/\\]|\\.)*)/|\\(.)(.*?)\2)\s*d\s*;?\s*")
+
+
+def sed_deletions(lines: list[ShellLine]) -> list[SedDelete]:
+    out: list[SedDelete] = []
+    for sl in lines:
+        for argv in commands(sl.text):
+            if argv[0].rsplit("/", 1)[-1] != "sed":
+                continue
+            scripts: list[str] = []
+            files: list[str] = []
+            suffix = ""
+            inplace = False
+            args = iter(argv[1:])
+            for a in args:
+                if a in ("-e", "--expression"):
+                    scripts.append(next(args, ""))
+                elif a.startswith("--in-place"):
+                    inplace, suffix = True, a.partition("=")[2]
+                elif a.startswith("-") and not a.startswith("--") and len(a) > 1:
+                    if "i" in a[1:]:
+                        inplace = True
+                        suffix = a[a.index("i") + 1:]
+                    if "e" in a[1:] and a.endswith("e"):
+                        scripts.append(next(args, ""))
+                elif not scripts:
+                    scripts.append(a)
+                else:
+                    files.append(a)
+            if not inplace:
+                continue
+            for script in scripts:
+                m = _SED_DELETE.fullmatch(script)
+                if m is None:
+                    continue
+                rx = bre_to_re(m.group(1) if m.group(1) is not None else m.group(3))
+                if rx is not None:
+                    out.append(SedDelete(sl.where, sl.text.strip(), rx, tuple(files), suffix))
+    return out

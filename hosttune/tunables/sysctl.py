@@ -14,6 +14,7 @@ systemd >= 255 ships vm.max_map_count = 1048576 (50-default.conf); writing a sma
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -82,6 +83,60 @@ def boot_assignments(host: Host) -> list[SourcedAssignment]:
     return out
 
 
+# How the kernel reads what systemd-sysctl / `sysctl -p` write. sysctl.d(5) knows comment LINES
+# only: `vm.swappiness = 0   # off` writes "0   # off" to /proc/sys/vm/swappiness. Integer
+# handlers (__do_proc_dointvec, __do_proc_doulongvec_minmax in kernel/sysctl.c) read as many
+# numbers as the key holds, each followed by whitespace, and ignore the rest of the write: the
+# value takes (checked on a Debian 12 boot, kernel 6.1, and live on 6.18). A number glued to
+# the comment ("0#off") or fewer numbers than the key holds is EINVAL. proc_dostring keeps the
+# whole text, so a string key stores the comment; keys whose handler looks the word up reject it
+# (tcp_congestion_control, default_qdisc: ENOENT on 6.18).
+STRING_KEYS = frozenset({"kernel.core_pattern", "kernel.modprobe", "kernel.hostname",
+                         "kernel.domainname", "kernel.poweroff_cmd", "kernel.hotplug"})
+LOOKUP_KEYS = frozenset({"net.ipv4.tcp_congestion_control", "net.core.default_qdisc",
+                         "net.ipv4.tcp_allowed_congestion_control",
+                         "kernel.seccomp.actions_logged"})
+_INT = re.compile(r"-?\d+")
+_COMMENT = re.compile(r"\s[#;]")
+
+
+@dataclass(frozen=True)
+class KernelReading:
+    """What the kernel keeps of a value a sysctl file writes."""
+
+    kind: str  # "integer" | "string" | "unknown" (no live value to tell)
+    applied: str | None  # the value the kernel holds afterwards; None: the write is rejected
+    ignored: str  # text the kernel ignores (integer keys) or keeps by mistake (string keys)
+
+
+def kernel_reading(key: str, value: str, live: str | None) -> KernelReading:
+    """``live``: the key's current text in /proc/sys (how many numbers it holds), if readable."""
+    key = normalise_sysctl_key(key)
+    if key in STRING_KEYS or key in LOOKUP_KEYS:
+        m = _COMMENT.search(value)
+        extra = value[m.start():].strip() if m else ""
+        if key in LOOKUP_KEYS and extra:
+            return KernelReading("string", None, extra)
+        return KernelReading("string", value, extra)
+    words = live.split() if live else []
+    if not words or not all(_INT.fullmatch(w) for w in words):
+        return KernelReading("unknown", value, "")
+    toks = value.split()
+    nums = toks[:len(words)]
+    if len(nums) < len(words) and len(toks) == len(nums):
+        nums = toks  # fewer numbers and nothing else: the kernel sets the first ones
+    if not nums or not all(_INT.fullmatch(t) for t in nums):
+        return KernelReading("integer", None, value)
+    rest = value.split(None, len(nums))[len(nums):]
+    return KernelReading("integer", " ".join(nums), rest[0].strip() if rest else "")
+
+
+def effective_value(key: str, value: str, live: str | None) -> str:
+    """The value the kernel ends up with after writing ``value`` (itself when unknown)."""
+    r = kernel_reading(key, value, live)
+    return normalise_sysctl_value(r.applied if r.applied is not None else value)
+
+
 def parse_floor(value: str | int) -> int | None:
     s = str(value).strip()
     if s.startswith(">="):
@@ -123,7 +178,8 @@ class SysctlTunable(Tunable):
             # persistent value for the drop-in
             later = [s for s in others if s.a.key == key]
             if floor is not None:
-                eff = _int_or_none(later[-1].a.value) if later else None
+                eff = _int_or_none(effective_value(key, later[-1].a.value, current)) \
+                    if later else None
                 if eff is not None and eff >= floor:
                     lines.append(f"# {key} >= {floor}: already {eff} from {later[-1].file}\n")
                 else:
@@ -147,7 +203,8 @@ class SysctlTunable(Tunable):
             # conflicts: files applied after ours that set a different value
             after_ours = [s for s in assigns if s.a.key == key and _loads_after(
                 sysctl_files(host), s.file, sec.file)]
-            bad = [s for s in after_ours if not _satisfies(s.a.value, want, floor)]
+            bad = [s for s in after_ours
+                   if not _satisfies(effective_value(key, s.a.value, current), want, floor)]
             if bad:
                 s = bad[-1]
                 status = Status.CONFLICT if ok else Status.DRIFT
