@@ -102,4 +102,10 @@ def main() -> None:
         args = parse_args(argv[1:], os.environ)
         if args is not None:
             sys.exit(run_audit(**args))
+    if argv[:1] == ["models"] and argv[1:2] in (["load"], ["list"], ["verify"]):
+        from hosttune.cli.models_fast import main_models
+
+        code = main_models(argv[1:])
+        if code is not None:
+            sys.exit(code)
     build_app(_command_name(argv))()

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from hosttune.profile.sizes import parse_percent, parse_size, parse_watts
+from hosttune.profile.sizes import check_model_name, parse_percent, parse_size, parse_watts
 from hosttune.profile.view import gpu_mps_enabled
 
 
@@ -434,16 +434,6 @@ class KernelCmdlineSection(Section):
                 raise ValueError("use hugepages_1g: N for 1 GiB boot-time pages")
         return v
 # --- model store (hosttune models) ----------------------------------------------------------
-_MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
-
-
-def check_model_name(v: str) -> str:
-    if not _MODEL_NAME_RE.match(v):
-        raise ValueError(f"model name {v!r}: use letters, digits and ._+- (not starting with "
-                         "a dot or a dash, at most 200 characters)")
-    return v
-
-
 class DeclaredModel(Section):
     name: str = Field(description="file name in the store")
     file: str | None = Field(None, description="source file to load from")
