@@ -398,3 +398,67 @@ def test_progress_rate_never_exceeds_bytes_over_elapsed(hugestore, tmp_path):
     assert seen[-1][0].done == 120 * MiB and seen[-1][0].elapsed_s == res.copy_seconds
     store.unload_model(Host("/"), res.model)
     hugestore.assert_clean()
+
+
+# --- 1 GiB pages ------------------------------------------------------------------------------
+GIG = "/sys/kernel/mm/hugepages/hugepages-1048576kB"
+
+
+@pytest.fixture
+def gigstore(kernel_lock, tmp_path):
+    """A hugetlbfs mount with pagesize=1G over one 1 GiB page allocated at runtime (restored
+    afterwards). Skips (fails in CI) where the kernel cannot allocate one now: a guest booted
+    with hugepagesz=1G hugepages=1 on its command line can host the test."""
+    import subprocess
+    import time
+
+    from tests.conftest import need
+    from tests.test_models_fixtures import _read, _umount, _write
+
+    need(os.geteuid() == 0 and os.path.isdir(GIG), "needs root and 1 GiB huge pages")
+    orig = _read(f"{GIG}/nr_hugepages")
+    mnt = tmp_path / "gig"
+    mnt.mkdir()
+    mounted = False
+    try:
+        if _read(f"{GIG}/free_hugepages") - _read(f"{GIG}/resv_hugepages") < 1:
+            _write(f"{GIG}/nr_hugepages", orig + 1)
+            time.sleep(0.1)
+        need(_read(f"{GIG}/free_hugepages") - _read(f"{GIG}/resv_hugepages") >= 1,
+             "the kernel could not allocate a 1 GiB page at runtime (no contiguous GiB free)")
+        subprocess.run(["mount", "-t", "hugetlbfs", "-o", "pagesize=1G,size=1G", "none",
+                        str(mnt)], check=True, capture_output=True)
+        mounted = True
+        yield mnt
+    finally:
+        if mounted:
+            _umount(mnt)
+        _write(f"{GIG}/nr_hugepages", orig)
+
+
+def test_1g_page_store(gigstore, tmp_path, shim_so):
+    """load, list, verify, the shim and unload on a pagesize=1G mount."""
+    src = tmp_path / "m.gguf"
+    data = b"GGUF" + os.urandom(5 * MiB + 3)
+    src.write_bytes(data)
+    free0 = int(open(f"{GIG}/free_hugepages").read())
+    r = run_cli("models", "load", str(src), "--mount", str(gigstore), "--json")
+    assert r.returncode == 0, r.stderr
+    md = json.loads(r.stdout)["model"]
+    assert (md["page_size_bytes"], md["pages"], md["stored_size_bytes"]) == (1 << 30, 1, 1 << 30)
+    assert int(open(f"{GIG}/free_hugepages").read()) == free0 - 1
+    r = run_cli("models", "list", "--mount", str(gigstore), "--json")
+    (item,) = json.loads(r.stdout)["models"]
+    assert item["valid"] and item["true_size_bytes"] == len(data)
+    assert sum(item["pages_per_node"].values()) == 1
+    r = run_cli("models", "verify", "--mount", str(gigstore))
+    assert r.returncode == 0 and "checksum ok" in r.stdout, r.stdout + r.stderr
+    stored = gigstore / "m.gguf"
+    res = py(f"import os; print(os.stat({str(stored)!r}).st_size)", preload=shim_so)
+    assert res.returncode == 0 and res.stdout.split() == [str(len(data))], res.stderr
+    with open(stored, "rb") as fh:
+        assert fh.read(len(data)) == data
+    r = run_cli("models", "unload", "m.gguf", "--mount", str(gigstore))
+    assert r.returncode == 0 and "back in the pool" in r.stdout, r.stderr
+    assert int(open(f"{GIG}/free_hugepages").read()) == free0
+    assert os.listdir(gigstore) == []

@@ -59,6 +59,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "hugepages_free": ("gauge", "Free huge pages"),
     "hugepages_surplus": ("gauge", "Surplus (overcommitted) huge pages"),
     "hugepages_reserved": ("gauge", "Reserved, not yet faulted huge pages (system-wide only)"),
+    "hugetlb_vmemmap_saved_bytes": ("gauge", "Struct-page memory HugeTLB Vmemmap "
+                                    "Optimization frees on the huge-page pools"),
     "memlocked_bytes": ("gauge", "Mlocked memory (meminfo Mlocked)"),
     "model_store_used_bytes": ("gauge", "Huge-page memory held by files in a hugetlbfs mount"),
     "model_store_size_bytes": ("gauge", "size= limit of a hugetlbfs mount"),
@@ -145,6 +147,10 @@ def families(snap: Snapshot) -> list[Metric]:
             if p.reserved is not None:
                 resv.add_metric(lv, float(p.reserved))
         out += [tot, free, surp, resv]
+        if snap.hugepages.vmemmap_saved_bytes is not None:
+            hvo = _fam("hugetlb_vmemmap_saved_bytes", [])
+            hvo.add_metric([], float(snap.hugepages.vmemmap_saved_bytes))
+            out.append(hvo)
 
     if isinstance(snap.memlocked, MemLockedReading):
         ml = _fam("memlocked_bytes", [])
