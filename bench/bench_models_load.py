@@ -10,7 +10,8 @@ Per size, every round runs each arm once, in an order rotated each round (drift 
 machine hits every arm alike); one warm-up round first (the first touch of a freshly grown pool
 is slow in this VM). Reported per arm: median whole-process wall time, median in-process time
 (the ceiling's own copy time; load's own ``seconds`` from --json, the whole load_model call),
-and the ratios ceiling/load of both (1.0 = as fast as the ceiling).
+and the ratios ceiling/load of both (1.0 = as fast as the ceiling); also each process's CPU
+time (user + system, from wait4), the steadier measure when other jobs share the CPUs.
 
 hosttune is byte-compiled first (compileall, into the gitignored __pycache__): an installed
 package has its .pyc files, and this environment sets PYTHONDONTWRITEBYTECODE, which would
@@ -28,6 +29,7 @@ import fcntl
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -91,9 +93,14 @@ def machine() -> str:
             f"{mem / 2**30:.1f} GiB RAM, Python {platform.python_version()}")
 
 
-def run_arm(arm: str, src: str, mnt: str, env: dict[str, str]) -> tuple[float, float]:
-    """(whole-process seconds, in-process seconds) of one run; the stored file is removed
-    afterwards (outside the timing)."""
+def _child_cpu() -> float:
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def run_arm(arm: str, src: str, mnt: str, env: dict[str, str]) -> tuple[float, float, float]:
+    """(whole-process seconds, in-process seconds, CPU seconds of the process) of one run;
+    the stored file is removed afterwards (outside the timing)."""
     dst = os.path.join(mnt, "bench-" + arm.replace(" --", "-"))
     if arm == "ceiling":
         argv = [sys.executable, "-c", CEILING, src, dst]
@@ -102,9 +109,11 @@ def run_arm(arm: str, src: str, mnt: str, env: dict[str, str]) -> tuple[float, f
                 "--name", os.path.basename(dst), "--json"]
         if arm == "load --no-checksum":
             argv.append("--no-checksum")
+    c0 = _child_cpu()
     t0 = time.perf_counter()
     r = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
     whole = time.perf_counter() - t0
+    cpu = _child_cpu() - c0
     try:
         if r.returncode != 0:
             raise RuntimeError(f"{arm} failed ({r.returncode}): {r.stderr.strip()}")
@@ -112,7 +121,7 @@ def run_arm(arm: str, src: str, mnt: str, env: dict[str, str]) -> tuple[float, f
     finally:
         if os.path.exists(dst):
             os.unlink(dst)
-    return whole, inner
+    return whole, inner, cpu
 
 
 def bench_size(size: int, mnt: str, tmp: str, rounds: int, env: dict[str, str]) -> dict:
@@ -128,20 +137,20 @@ def bench_size(size: int, mnt: str, tmp: str, rounds: int, env: dict[str, str]) 
                 pass
         for arm in arms:  # warm-up: fresh pool pages, interpreter caches
             run_arm(arm, src, mnt, env)
-        t: dict[str, list[tuple[float, float]]] = {a: [] for a in arms}
+        t: dict[str, list[tuple[float, float, float]]] = {a: [] for a in arms}
         for r in range(rounds):
             for arm in arms[r % len(arms):] + arms[:r % len(arms)]:
                 t[arm].append(run_arm(arm, src, mnt, env))
     finally:
         os.unlink(src)
-    med = {a: (statistics.median(w for w, _ in v), statistics.median(i for _, i in v))
-           for a, v in t.items()}
-    cw, ci = med["ceiling"]
+    med = {a: tuple(statistics.median(x[k] for x in v) for k in range(3)) for a, v in t.items()}
+    cw, ci, cc = med["ceiling"]
     out: dict[str, object] = {"size_bytes": size, "rounds": rounds}
-    for a, (w, i) in med.items():
+    for a, (w, i, c) in med.items():
         out[a] = {"whole_s": round(w, 4), "inner_s": round(i, 4),
-                  "inner_gbps": round(size / i / 1e9, 2),
-                  "whole_ratio": round(cw / w, 3), "inner_ratio": round(ci / i, 3)}
+                  "inner_gbps": round(size / i / 1e9, 2), "cpu_s": round(c, 4),
+                  "whole_ratio": round(cw / w, 3), "inner_ratio": round(ci / i, 3),
+                  "cpu_ratio": round(cc / c, 3)}
     return out
 
 

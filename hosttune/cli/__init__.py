@@ -107,5 +107,9 @@ def main() -> None:
 
         code = main_models(argv[1:])
         if code is not None:
-            sys.exit(code)
+            # Everything is written and closed: skip the interpreter's teardown (module
+            # finalisation, ~10-20 ms here), a share of a load's whole-process time.
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
     build_app(_command_name(argv))()
