@@ -342,6 +342,13 @@ def test_hvo_without_the_sysctl(ryzen, tmp_path, config, cmdline, status):
         assert "CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP" in row.note
     if status == Status.DRIFT:
         assert "hugetlb_free_vmemmap=on" in row.note and row.needs == ("reboot",)
+        # with a kernel_cmdline section the drop-in carries the parameter
+        prof = load_profile(str(write_profile(tmp_path, HVO + "kernel_cmdline: {}\n", "k.yaml")))
+        rep = engine.audit(Host(ryzen), prof, only={"hugepages", "kernel_cmdline"})
+        (row,) = [r for r in rep.rows if r.key == "vm.hugetlb_optimize_vmemmap"]
+        assert row.status == Status.NEEDS_REBOOT
+        assert "hugetlb_free_vmemmap=on" in [r.key for r in rep.rows
+                                             if r.tunable == "kernel_cmdline"]
 
 
 # --- pools reserved at boot -----------------------------------------------------------------------
@@ -374,6 +381,15 @@ def test_boot_pool_goes_to_the_kernel_cmdline(ryzen, tmp_path):
     assert not [c for c in plan.changes if c.tunable == "hugepages"]  # nothing at runtime
     drop_in = [c for c in plan.changes if c.tunable == "kernel_cmdline" and c.kind == "file"]
     assert drop_in and "hugepagesz=1G hugepages=4" in (drop_in[0].value or "")
+    # the consumer: grub-mkconfig sources /etc/default/grub, then the drop-in, as sh
+    import subprocess
+
+    (tmp_path / "grub").write_text('GRUB_CMDLINE_LINUX_DEFAULT="quiet"\n')
+    (tmp_path / "90-hosttune.cfg").write_text(drop_in[0].value or "")
+    out = subprocess.run(["sh", "-c", '. "$1"; . "$2"; echo "$GRUB_CMDLINE_LINUX_DEFAULT"',
+                          "sh", str(tmp_path / "grub"), str(tmp_path / "90-hosttune.cfg")],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["quiet", "default_hugepagesz=1G", "hugepagesz=1G", "hugepages=4"]
     # booted with it: the pool is there, audit says so
     (ryzen / "proc/cmdline").write_text("ro default_hugepagesz=1G hugepagesz=1G hugepages=4\n")
     (ryzen / "sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages").write_text("4\n")

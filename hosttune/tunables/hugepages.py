@@ -17,8 +17,9 @@ Documentation/admin-guide/mm/hugetlbpage.rst, mm/hugetlb.c):
   in-use pages, and the read-back catches it if it happens anyway.
 - 1 GiB pages need 1 GiB of physically contiguous free memory: after boot that is often not
   available; reserving them on the kernel command line (hugepagesz=1G hugepages=N) is
-  reliable. The kernel command line belongs to the kernel-cmdline tunable: a 1G pool with
-  ``reserve: boot`` (or ``auto`` when the runtime pool falls short) is reserved there.
+  reliable. The kernel command line belongs to the kernel-cmdline tunable: a pool with
+  ``reserve: boot`` is reserved there (hugepagesz= hugepages=, boot_pools), and audit says
+  whether a pool is allocated at runtime or reserved at boot.
 - HugeTLB Vmemmap Optimization (HVO, Documentation/admin-guide/mm/vmemmap_dedup.rst,
   mm/hugetlb_vmemmap.c): every 4 KiB of RAM has a 64-byte struct page; with
   vm.hugetlb_optimize_vmemmap=1 the kernel frees the vmemmap pages of each huge page but one
@@ -59,6 +60,7 @@ NODE_DIR = "/sys/devices/system/node"
 GLOBAL_DIR = "/sys/kernel/mm/hugepages"
 THP_PATH = "/sys/kernel/mm/transparent_hugepage/enabled"
 HVO_PATH = "/proc/sys/vm/hugetlb_optimize_vmemmap"
+HVO_BOOT_WORD = "hugetlb_free_vmemmap=on"  # kernels with the option but without the sysctl
 HVO_CONFIGS = ("CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP", "CONFIG_HUGETLB_PAGE_FREE_VMEMMAP")
 BASE_PAGE = 4096
 STRUCT_PAGE = 64  # sizeof(struct page) on 64-bit builds without debug options
@@ -561,7 +563,8 @@ class HugePagesTunable(Tunable):
             self._thp(host, sec.thp, rows, changes)
         if sec.optimize_vmemmap is not None:
             # first: HVO only optimizes pages allocated after it is on
-            changes[:0] = self._hvo(host, sec.optimize_vmemmap, rows)
+            changes[:0] = self._hvo(host, sec.optimize_vmemmap, rows,
+                                    ctx.profile.kernel_cmdline is not None)
         return Evaluation(rows, changes)
 
     def _boot_row(self, host: Host, plan: PoolPlan, files: dict[str, int]) -> Row:
@@ -589,7 +592,10 @@ class HugePagesTunable(Tunable):
         return Row(self.name, f"{label} total (boot)", _pages_desc(have, pb),
                    _pages_desc(plan.pages, pb), st, note, needs=needs)
 
-    def _hvo(self, host: Host, want: bool, rows: list[Row]) -> list[Change]:
+    def _hvo(self, host: Host, want: bool, rows: list[Row], cmdline: bool) -> list[Change]:
+        """vm.hugetlb_optimize_vmemmap; on a kernel with only the boot parameter, the
+        kernel_cmdline drop-in carries hugetlb_free_vmemmap=on (``cmdline``: the profile has
+        that section)."""
         st = hvo_state(host)
         desired = "on" if want else "off"
         cur = "?" if st.enabled is None else "on" if st.enabled else "off"
@@ -601,10 +607,17 @@ class HugePagesTunable(Tunable):
             return []
         if st.mode == "boot":
             ok = st.enabled == want
-            rows.append(Row(self.name, key, cur, desired,
-                            Status.OK if ok else Status.DRIFT,
-                            st.note + ("" if ok else " - add it to kernel_cmdline.params "
-                                       "and reboot"), needs=() if ok else ("reboot",)))
+            if ok:
+                status, how = Status.OK, ""
+            elif want and cmdline:
+                status, how = Status.NEEDS_REBOOT, (f" - the kernel_cmdline drop-in carries "
+                                                    f"{HVO_BOOT_WORD}: active after a reboot")
+            else:
+                status = Status.DRIFT
+                how = (f" - add a kernel_cmdline section (it writes {HVO_BOOT_WORD}) and "
+                       "reboot" if want else " - remove it from the kernel command line")
+            rows.append(Row(self.name, key, cur, desired, status, st.note + how,
+                            needs=() if ok else ("reboot",)))
             return []
         ok = st.enabled == want
         saved = hvo_saved_bytes(host)

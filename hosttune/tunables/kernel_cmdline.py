@@ -53,6 +53,7 @@ KNOWN_PARAMS: dict[str, KnownParam] = {
     "hugepagesz": KnownParam(None, None, ""),
     "hugepages": KnownParam(None, None, ""),
     "default_hugepagesz": KnownParam(None, None, ""),
+    "hugetlb_free_vmemmap": KnownParam((5, 14), None, ""),
     "transparent_hugepage": KnownParam(None, None, ""),
     "isolcpus": KnownParam(None, None, ""),
     "nohz_full": KnownParam(None, None, ""),
@@ -135,9 +136,15 @@ def wanted_words(sec: KernelCmdlineSection,
 
 
 def _words(ctx: Context, sec: KernelCmdlineSection) -> list[str]:
-    from hosttune.tunables.hugepages import boot_pools
+    from hosttune.tunables.hugepages import HVO_BOOT_WORD, boot_pools, hvo_state
 
-    return wanted_words(sec, boot_pools(ctx))
+    words = wanted_words(sec, boot_pools(ctx))
+    hp = ctx.profile.hugepages
+    # HVO on a kernel that has only the boot parameter (no vm.hugetlb_optimize_vmemmap)
+    if hp is not None and hp.optimize_vmemmap and HVO_BOOT_WORD not in words \
+            and hvo_state(ctx.host).mode == "boot":
+        words.append(HVO_BOOT_WORD)
+    return words
 
 
 def render(words: list[str], profile: str) -> str:
