@@ -63,6 +63,8 @@ PROC_SYS_DEFAULTS = {
     "vm/vfs_cache_pressure": "100", "vm/dirty_ratio": "20", "vm/dirty_background_ratio": "10",
     "vm/max_map_count": "65530", "vm/nr_hugepages": "0", "vm/compact_memory": "",
     "vm/drop_caches": "", "kernel/numa_balancing": "0",
+    # Debian and Ubuntu x86_64 kernels build CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP (off by default)
+    "vm/hugetlb_optimize_vmemmap": "0",
 }
 
 LIMITS_TEMPLATE = (

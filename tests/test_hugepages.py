@@ -272,3 +272,138 @@ def test_audit_json_rows(ryzen, tmp_path):
     rows = {r["key"]: r for r in json.loads(p.stdout)["rows"]}
     assert rows["2M node0"]["desired"] == "4096 (8 GiB)"
     assert rows["thp"]["current"] == "always" and rows["thp"]["status"] == "drift"
+
+
+# --- HugeTLB Vmemmap Optimization ----------------------------------------------------------------
+def test_vmemmap_saved_per_page():
+    from hosttune.tunables.hugepages import vmemmap_saved_per_page
+
+    assert vmemmap_saved_per_page(MiB2) == 7 * 4096  # 8 vmemmap pages, one kept
+    assert vmemmap_saved_per_page(GiB) == 4095 * 4096
+    # llama.cpp PR 21821: ~1.75 GiB on a 128 GiB pool of 2 MiB pages
+    assert 128 * GiB // MiB2 * vmemmap_saved_per_page(MiB2) == int(1.75 * GiB)
+
+
+HVO = "name: t\nhugepages:\n  pools: []\n  thp: null\n  optimize_vmemmap: true\n"
+
+
+def test_hvo_sysctl_drift_apply_rollback(ryzen, tmp_path):
+    sysctl = ryzen / "proc/sys/vm/hugetlb_optimize_vmemmap"
+    sysctl.parent.mkdir(parents=True, exist_ok=True)
+    sysctl.write_text("0\n")
+    prof = load_profile(str(write_profile(tmp_path, HVO)))
+    host = Host(ryzen, state_dir=str(tmp_path / "state"))
+    rep = engine.audit(host, prof, only={"hugepages"})
+    (row,) = [r for r in rep.rows if r.key == "vm.hugetlb_optimize_vmemmap"]
+    assert (row.current, row.desired, row.status) == ("off", "on", Status.DRIFT)
+    ap = engine.apply(host, prof, runtime_only=True, only={"hugepages"})
+    assert ap.ok, ap.error
+    assert sysctl.read_text().strip() == "1"
+    assert not engine.audit(host, prof, only={"hugepages"}).drift
+    assert engine.rollback(Host(ryzen, state_dir=str(tmp_path / "state"))).ok
+    assert sysctl.read_text().strip() == "0"
+
+
+def test_hvo_saved_bytes_on_the_pools(ryzen):
+    from hosttune.tunables.hugepages import hvo_saved_bytes, vmemmap_saved_per_page
+
+    sysctl = ryzen / "proc/sys/vm/hugetlb_optimize_vmemmap"
+    sysctl.parent.mkdir(parents=True, exist_ok=True)
+    sysctl.write_text("1\n")
+    (ryzen / "sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages").write_text("100\n")
+    got = hvo_saved_bytes(Host(ryzen))
+    pages_1g = int((ryzen / "sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages")
+                   .read_text())
+    assert got == 100 * vmemmap_saved_per_page(MiB2) + pages_1g * vmemmap_saved_per_page(GiB)
+    sysctl.write_text("0\n")
+    assert hvo_saved_bytes(Host(ryzen)) == 0
+
+
+@pytest.mark.parametrize(("config", "cmdline", "status"), [
+    ("CONFIG_HUGETLB_PAGE=y\n# CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP is not set\n", "",
+     Status.UNSUPPORTED),
+    ("CONFIG_HUGETLB_PAGE_FREE_VMEMMAP=y\n", "ro quiet", Status.DRIFT),
+    ("CONFIG_HUGETLB_PAGE_FREE_VMEMMAP=y\n", "ro hugetlb_free_vmemmap=on", Status.OK),
+])
+def test_hvo_without_the_sysctl(ryzen, tmp_path, config, cmdline, status):
+    """Kernels before 5.19 have only the boot parameter; without the config option it is
+    unsupported."""
+    (ryzen / "proc/sys/vm/hugetlb_optimize_vmemmap").unlink(missing_ok=True)
+    rel = "6.1.0-test"
+    (ryzen / "proc/sys/kernel/osrelease").write_text(rel + "\n")
+    (ryzen / "boot").mkdir(exist_ok=True)
+    (ryzen / f"boot/config-{rel}").write_text(config)
+    (ryzen / "proc/cmdline").write_text(cmdline + "\n")
+    rep = engine.audit(Host(ryzen), load_profile(str(write_profile(tmp_path, HVO))),
+                       only={"hugepages"})
+    (row,) = [r for r in rep.rows if r.key == "vm.hugetlb_optimize_vmemmap"]
+    assert row.status == status, row
+    if status == Status.UNSUPPORTED:
+        assert "CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP" in row.note
+    if status == Status.DRIFT:
+        assert "hugetlb_free_vmemmap=on" in row.note and row.needs == ("reboot",)
+        # with a kernel_cmdline section the drop-in carries the parameter
+        prof = load_profile(str(write_profile(tmp_path, HVO + "kernel_cmdline: {}\n", "k.yaml")))
+        rep = engine.audit(Host(ryzen), prof, only={"hugepages", "kernel_cmdline"})
+        (row,) = [r for r in rep.rows if r.key == "vm.hugetlb_optimize_vmemmap"]
+        assert row.status == Status.NEEDS_REBOOT
+        assert "hugetlb_free_vmemmap=on" in [r.key for r in rep.rows
+                                             if r.tunable == "kernel_cmdline"]
+
+
+# --- pools reserved at boot -----------------------------------------------------------------------
+BOOT = """name: t
+hugepages:
+  pools:
+    - pagesize: 1G
+      size: 4GiB
+      nodes: any
+      reserve: boot
+  min_free_ram: 8GiB
+  thp: null
+kernel_cmdline:
+  default_hugepagesz: 1G
+"""
+
+
+def test_boot_pool_goes_to_the_kernel_cmdline(ryzen, tmp_path):
+    (ryzen / "proc/cmdline").write_text("ro quiet\n")
+    (ryzen / "sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages").write_text("0\n")
+    prof = load_profile(str(write_profile(tmp_path, BOOT)))
+    host = Host(ryzen)
+    rep = engine.audit(host, prof, only={"hugepages", "kernel_cmdline"})
+    (row,) = [r for r in rep.rows if r.tunable == "hugepages" and "1G" in r.key]
+    assert row.status == Status.NEEDS_REBOOT and "reserved at boot" in row.note
+    assert "hugepagesz=1G hugepages=4" in row.note
+    words = [r.key for r in rep.rows if r.tunable == "kernel_cmdline"]
+    assert words[-3:] == ["default_hugepagesz=1G", "hugepagesz=1G", "hugepages=4"]
+    plan = engine.plan(host, prof, only={"hugepages", "kernel_cmdline"})
+    assert not [c for c in plan.changes if c.tunable == "hugepages"]  # nothing at runtime
+    drop_in = [c for c in plan.changes if c.tunable == "kernel_cmdline" and c.kind == "file"]
+    assert drop_in and "hugepagesz=1G hugepages=4" in (drop_in[0].value or "")
+    # the consumer: grub-mkconfig sources /etc/default/grub, then the drop-in, as sh
+    import subprocess
+
+    (tmp_path / "grub").write_text('GRUB_CMDLINE_LINUX_DEFAULT="quiet"\n')
+    (tmp_path / "90-hosttune.cfg").write_text(drop_in[0].value or "")
+    out = subprocess.run(["sh", "-c", '. "$1"; . "$2"; echo "$GRUB_CMDLINE_LINUX_DEFAULT"',
+                          "sh", str(tmp_path / "grub"), str(tmp_path / "90-hosttune.cfg")],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["quiet", "default_hugepagesz=1G", "hugepagesz=1G", "hugepages=4"]
+    # booted with it: the pool is there, audit says so
+    (ryzen / "proc/cmdline").write_text("ro default_hugepagesz=1G hugepagesz=1G hugepages=4\n")
+    (ryzen / "sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages").write_text("4\n")
+    rep = engine.audit(host, prof, only={"hugepages"})
+    (row,) = [r for r in rep.rows if "1G" in r.key]
+    assert row.status == Status.OK
+
+
+def test_boot_pool_needs_the_kernel_cmdline_section(ryzen, tmp_path):
+    text = BOOT.split("kernel_cmdline:")[0]
+    with pytest.raises(ProfileError, match="kernel_cmdline section"):
+        engine.audit(Host(ryzen), load_profile(str(write_profile(tmp_path, text))),
+                     only={"hugepages"})
+    both = BOOT + "  hugepages_1g: 2\n"
+    with pytest.raises(ProfileError, match="keep one of them"):
+        engine.audit(Host(ryzen), load_profile(str(write_profile(tmp_path, both, "b.yaml"))),
+                     only={"kernel_cmdline"})

@@ -207,3 +207,60 @@ def test_hugetlbfs_mount_in_private_namespace(live_pool, tmp_path):
     # the host's own mount table never saw it
     assert str(mnt) not in Path("/proc/self/mountinfo").read_text()
     assert _read_pool() == live_pool
+
+
+HVO_PATH = Path("/proc/sys/vm/hugetlb_optimize_vmemmap")
+
+
+def test_live_hvo_audited_applied_and_back(live_pool, tmp_path):
+    """HVO on this kernel: the sysctl where CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP is built in
+    (else audit says unsupported); flipped through the engine, shown by status and the
+    exporter, rolled back."""
+    from hosttune.monitor.exporter import families
+    from hosttune.monitor.snapshot import HugePagesCollector
+    from hosttune.tunables.hugepages import hvo_state, kernel_config, vmemmap_saved_per_page
+
+    host = Host("/")
+    cfg = kernel_config(host)
+    st = hvo_state(host)
+    if cfg is not None and cfg.get("CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP") != "y":
+        assert st.mode in ("unsupported", "boot")
+    need(HVO_PATH.exists(), "kernel without vm.hugetlb_optimize_vmemmap")
+    assert st.mode == "sysctl"
+    orig = HVO_PATH.read_text().strip()
+    want = "off" if orig == "1" else "on"
+    p = tmp_path / "hvo.yaml"
+    p.write_text(f"name: hvo\nhugepages:\n  pools: []\n  thp: null\n"
+                 f"  optimize_vmemmap: {'true' if want == 'on' else 'false'}\n")
+    state = str(tmp_path / "state")
+    try:
+        loaded = load_profile(str(p))
+        rep = engine.audit(Host("/", state_dir=state), loaded, only={"hugepages"})
+        (row,) = [r for r in rep.rows if r.key == "vm.hugetlb_optimize_vmemmap"]
+        assert row.current == ("on" if orig == "1" else "off") and row.desired == want
+        ap = engine.apply(Host("/", state_dir=state), loaded, runtime_only=True,
+                          only={"hugepages"})
+        assert ap.ok, ap.error
+        assert HVO_PATH.read_text().strip() == ("1" if want == "on" else "0")
+        # pages allocated now carry (or not) the optimization; status/exporter report it
+        node = next(iter(live_pool))
+        Path(node_file(node, MiB2)).write_text(f"{live_pool[node] + 8}\n")
+        snap = HugePagesCollector().read(host)
+        assert snap.hvo == want
+        total = sum(p.total for p in snap.pools if p.node is None and p.page_size_bytes == MiB2)
+        gig = sum(p.total for p in snap.pools if p.node is None and p.page_size_bytes == 1 << 30)
+        expect = (total * vmemmap_saved_per_page(MiB2) + gig * vmemmap_saved_per_page(1 << 30)
+                  if want == "on" else 0)
+        assert snap.vmemmap_saved_bytes == expect
+        from types import SimpleNamespace
+
+        fams = families(SimpleNamespace(**{k: None for k in (
+            "cpu", "memory", "memlocked", "store", "containers", "gpu", "audit", "errors")},
+            hugepages=snap))
+        (fam,) = [f for f in fams if f.name == "hosttune_hugetlb_vmemmap_saved_bytes"]
+        assert fam.samples[0].value == expect and fam.documentation
+        _restore_pool(live_pool)
+        assert engine.rollback(Host("/", state_dir=state)).ok
+        assert HVO_PATH.read_text().strip() == orig
+    finally:
+        HVO_PATH.write_text(orig + "\n")

@@ -245,8 +245,8 @@ def test_source_changes_during_copy(hugestore, tmp_path, how):
     src = tmp_path / "m.bin"
     src.write_bytes(os.urandom(40 * MiB))
 
-    def progress(done: int, total: int) -> None:
-        if done == 0:  # the copy is about to start: the writer is still busy
+    def progress(p: store.LoadProgress) -> None:
+        if p.done == 0:  # the copy is about to start: the writer is still busy
             if how == "append":
                 with open(src, "ab") as fh:
                     fh.write(b"more")
@@ -275,7 +275,7 @@ def test_keyboard_interrupt(hugestore, tmp_path, sigint_default):
     src = tmp_path / "m.bin"
     src.write_bytes(os.urandom(40 * MiB))
 
-    def progress(done: int, total: int) -> None:
+    def progress(p: store.LoadProgress) -> None:
         os.kill(os.getpid(), signal.SIGINT)
 
     with pytest.raises(store.LoadInterrupted, match="interrupted"):
@@ -295,8 +295,8 @@ def test_keyboard_interrupt_cli(hugestore, tmp_path):
         "from hosttune.models import store\n"
         "real = store.load_model\n"
         "def load(*a, progress=None, **k):\n"
-        "    def p(done, total):\n"
-        "        progress(done, total)\n"
+        "    def p(report):\n"
+        "        progress(report)\n"
         "        os.kill(os.getpid(), signal.SIGINT)\n"
         "    return real(*a, progress=p, **k)\n"
         "store.load_model = load\n"
@@ -308,3 +308,157 @@ def test_keyboard_interrupt_cli(hugestore, tmp_path):
     assert r.returncode == 2, r.stderr
     assert "interrupted" in r.stderr and "was not stored" in r.stderr
     hugestore.assert_clean()
+
+
+def test_fused_checksum_is_the_tree_checksum(hugestore, tmp_path):
+    """The checksum computed piece by piece during the copy is the reference tree checksum
+    (what the two-pass copy of earlier versions recorded), with leaves and pieces cut short."""
+    from hosttune.models.checksum import LEAF_LOG2, checksum_bytes
+
+    data = os.urandom(40 * MiB + 12345)
+    src = tmp_path / "m.bin"
+    src.write_bytes(data)
+    for threads in (1, 2):
+        res = store.load_model(Host("/"), str(src), mount_of(hugestore), threads=threads,
+                               replace=True)
+        tr = res.model.trailer
+        assert tr is not None and tr.leaf_log2 == LEAF_LOG2
+        assert tr.checksum == checksum_bytes(data)
+        assert store.verify_model(Host("/"), res.model).ok
+    store.unload_model(Host("/"), res.model)
+    hugestore.assert_clean()
+
+
+def test_verify_finds_a_changed_byte_anywhere(hugestore, tmp_path):
+    """Piece and leaf edges, the last data byte, the padding and the trailer, on hugetlbfs."""
+    import mmap
+
+    from hosttune.models.checksum import LEAF_LOG2, PIECE
+
+    leaf = 1 << LEAF_LOG2
+    size = leaf + 3 * PIECE + 777
+    src = tmp_path / "m.bin"
+    src.write_bytes(os.urandom(size))
+    h = Host("/")
+    model = store.load_model(h, str(src), mount_of(hugestore)).model
+    positions = [0, PIECE - 1, PIECE, leaf - 1, leaf, leaf + PIECE, size - 1, size,
+                 model.stored_size - TRAILER_LEN - 1, model.stored_size - TRAILER_LEN,
+                 model.stored_size - 1]
+    fd = os.open(hugestore.mount / "m.bin", os.O_RDWR)
+    m = mmap.mmap(fd, model.stored_size)  # hugetlbfs has no write(2)
+    try:
+        for pos in positions:
+            m[pos] ^= 0x10
+            r = store.verify_model(h, store.find_model(h, [mount_of(hugestore)], "m.bin"))
+            assert not r.ok, pos
+            m[pos] ^= 0x10
+        assert store.verify_model(h, model).ok
+    finally:
+        m.close()
+        os.close(fd)
+    r = run_cli("models", "verify", "m.bin", "--mount", str(hugestore.mount))
+    assert r.returncode == 0 and "checksum ok" in r.stdout, r.stdout + r.stderr
+    store.unload_model(h, model)
+    hugestore.assert_clean()
+
+
+def test_progress_rate_never_exceeds_bytes_over_elapsed(hugestore, tmp_path):
+    """Every report's rate is bytes copied over the wall time since the copy began, checked
+    against our own clock: the copy began after load_model was called and before the first
+    report (done=0), and each report's byte count was read after the previous report
+    returned. So elapsed_s lies between those two clocks, and the rate is at most the bytes
+    over the time since the first report - a per-tick delta rate breaks these bounds."""
+    import time
+
+    src = tmp_path / "m.bin"
+    src.write_bytes(os.urandom(120 * MiB))
+    seen: list[tuple[store.LoadProgress, float, float]] = []  # report, since call, since 1st
+    t0 = time.monotonic()
+    first: list[float] = []
+    prev_return = [0.0]
+
+    def progress(p: store.LoadProgress) -> None:
+        now = time.monotonic()
+        if not first:
+            first.append(now)
+        seen.append((p, now - t0, prev_return[0] - first[0]))
+        prev_return[0] = time.monotonic()
+
+    res = store.load_model(Host("/"), str(src), mount_of(hugestore), progress=progress,
+                           threads=1)
+    assert len(seen) >= 3
+    assert seen[0][0].done == 0 and seen[0][0].rate_bytes_per_s == 0
+    for p, since_call, since_first in seen[1:]:
+        assert p.done <= p.total == 120 * MiB
+        assert since_first <= p.elapsed_s <= since_call
+        assert p.rate_bytes_per_s == p.done / p.elapsed_s
+        if since_first > 0:
+            assert p.rate_bytes_per_s <= p.done / since_first
+    assert [p.done for p, _, _ in seen] == sorted(p.done for p, _, _ in seen)
+    assert seen[-1][0].done == 120 * MiB and seen[-1][0].elapsed_s == res.copy_seconds
+    store.unload_model(Host("/"), res.model)
+    hugestore.assert_clean()
+
+
+# --- 1 GiB pages ------------------------------------------------------------------------------
+GIG = "/sys/kernel/mm/hugepages/hugepages-1048576kB"
+
+
+@pytest.fixture
+def gigstore(kernel_lock, tmp_path):
+    """A hugetlbfs mount with pagesize=1G over one 1 GiB page allocated at runtime (restored
+    afterwards). Skips (fails in CI) where the kernel cannot allocate one now: a guest booted
+    with hugepagesz=1G hugepages=1 on its command line can host the test."""
+    import subprocess
+    import time
+
+    from tests.conftest import need
+    from tests.test_models_fixtures import _read, _umount, _write
+
+    need(os.geteuid() == 0 and os.path.isdir(GIG), "needs root and 1 GiB huge pages")
+    orig = _read(f"{GIG}/nr_hugepages")
+    mnt = tmp_path / "gig"
+    mnt.mkdir()
+    mounted = False
+    try:
+        if _read(f"{GIG}/free_hugepages") - _read(f"{GIG}/resv_hugepages") < 1:
+            _write(f"{GIG}/nr_hugepages", orig + 1)
+            time.sleep(0.1)
+        need(_read(f"{GIG}/free_hugepages") - _read(f"{GIG}/resv_hugepages") >= 1,
+             "the kernel could not allocate a 1 GiB page at runtime (no contiguous GiB free)")
+        subprocess.run(["mount", "-t", "hugetlbfs", "-o", "pagesize=1G,size=1G", "none",
+                        str(mnt)], check=True, capture_output=True)
+        mounted = True
+        yield mnt
+    finally:
+        if mounted:
+            _umount(mnt)
+        _write(f"{GIG}/nr_hugepages", orig)
+
+
+def test_1g_page_store(gigstore, tmp_path, shim_so):
+    """load, list, verify, the shim and unload on a pagesize=1G mount."""
+    src = tmp_path / "m.gguf"
+    data = b"GGUF" + os.urandom(5 * MiB + 3)
+    src.write_bytes(data)
+    free0 = int(open(f"{GIG}/free_hugepages").read())
+    r = run_cli("models", "load", str(src), "--mount", str(gigstore), "--json")
+    assert r.returncode == 0, r.stderr
+    md = json.loads(r.stdout)["model"]
+    assert (md["page_size_bytes"], md["pages"], md["stored_size_bytes"]) == (1 << 30, 1, 1 << 30)
+    assert int(open(f"{GIG}/free_hugepages").read()) == free0 - 1
+    r = run_cli("models", "list", "--mount", str(gigstore), "--json")
+    (item,) = json.loads(r.stdout)["models"]
+    assert item["valid"] and item["true_size_bytes"] == len(data)
+    assert sum(item["pages_per_node"].values()) == 1
+    r = run_cli("models", "verify", "--mount", str(gigstore))
+    assert r.returncode == 0 and "checksum ok" in r.stdout, r.stdout + r.stderr
+    stored = gigstore / "m.gguf"
+    res = py(f"import os; print(os.stat({str(stored)!r}).st_size)", preload=shim_so)
+    assert res.returncode == 0 and res.stdout.split() == [str(len(data))], res.stderr
+    with open(stored, "rb") as fh:
+        assert fh.read(len(data)) == data
+    r = run_cli("models", "unload", "m.gguf", "--mount", str(gigstore))
+    assert r.returncode == 0 and "back in the pool" in r.stdout, r.stderr
+    assert int(open(f"{GIG}/free_hugepages").read()) == free0
+    assert os.listdir(gigstore) == []

@@ -7,7 +7,7 @@ import json
 import os
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hosttune.errors import ProfileError
@@ -212,3 +212,163 @@ def test_profile_models_section(tmp_path):
     p.write_text("name: t\nmodels:\n  declared:\n    - name: a.gguf\n      nod: 1\n")
     with pytest.raises(ProfileError):
         load_profile(str(p))
+
+
+# --- the fused checksum and the trailer across versions -----------------------------------------
+@given(st.integers(min_value=1, max_value=3 * 4096 + 999), st.integers(min_value=1, max_value=5000))
+def test_streamed_pieces_equal_one_shot_leaf(size, piece):
+    """What the copy threads compute (a leaf fed piece by piece to a streaming state) is the
+    one-shot digest of the leaf, so the tree checksum is the one earlier versions recorded."""
+    from hosttune.models.checksum import combine, leaf_digest, new_leaf
+
+    data = os.urandom(size)
+    leaf = 4096
+    digests = []
+    for off in range(0, size, leaf):
+        h = new_leaf()
+        for p in range(off, min(off + leaf, size), piece):
+            h.update(memoryview(data)[p:min(p + piece, off + leaf, size)])
+        digests.append(h.intdigest())
+    assert digests == [leaf_digest(data[i:i + leaf]) for i in range(0, size, leaf)]
+    assert combine(digests) == checksum_bytes(data, 12)
+
+
+# A trailer exactly as hosttune 0.1.0 wrote it (two-pass checksum over 32 MiB leaves): its
+# trailer bytes, pinned, so a format change cannot slip through as "both sides changed".
+V1_TRAILER_HEX = ("48544d4f44454c00010000004000000005003000000000000000200000000000"
+                  "01000000190000005a6a0f3bbcd8a7d1e803000000000000cd2122ff04f6b18d")
+
+
+def test_trailer_v1_bytes_still_read():
+    raw = bytes.fromhex(V1_TRAILER_HEX)
+    tr = parse_trailer(raw, file_size=stored_size(3 * MiB + 5, HP), page_size=HP)
+    assert tr is not None and tr.true_size == 3 * MiB + 5 and tr.algo == ALGO_XXH3_TREE
+    assert tr.leaf_log2 == 25 and tr.loaded_at == 1000
+    assert tr.pack() == raw  # and this version writes the same bytes
+
+
+def test_old_store_files_verify(ryzen):
+    """Files written with other leaf sizes (the trailer records leaf_log2) verify, and so do
+    files without a checksum."""
+    d = ryzen / "dev/hugepages"
+    d.mkdir(parents=True, exist_ok=True)
+    data = os.urandom(3 * MiB + 5)
+    for name, leaf_log2 in (("l25.bin", 25), ("l20.bin", 20), ("l12.bin", 12)):
+        total = stored_size(len(data), HP)
+        tr = Trailer(len(data), HP, ALGO_XXH3_TREE, leaf_log2, checksum_bytes(data, leaf_log2), 1)
+        (d / name).write_bytes(data + bytes(total - len(data) - TRAILER_LEN) + tr.pack())
+    _store_file(d / "none.bin", data, checksum=False)
+    h = Host(ryzen)
+    mounts = [store.resolve_mount(h, None, "/dev/hugepages")]
+    res = {m.name: store.verify_model(h, m) for m in store.list_models(h, mounts)}
+    assert set(res) == {"l25.bin", "l20.bin", "l12.bin", "none.bin"}
+    assert all(r.ok for r in res.values()), {k: r.problems for k, r in res.items()}
+    assert [r.checksum_checked for r in res.values()].count(True) == 3
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_verify_finds_any_changed_byte(tmp_path_factory, data):
+    """One flipped bit anywhere in a store file - data, padding or trailer - fails verify."""
+    tree = tmp_path_factory.mktemp("t")
+    d = tree / "dev/hugepages"
+    d.mkdir(parents=True)
+    body = bytes(range(256)) * (5 * 4096 + 3)  # ~5 MiB: several pieces, one 32 MiB leaf
+    _store_file(d / "m.bin", body)
+    raw = bytearray((d / "m.bin").read_bytes())
+    pos = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
+    raw[pos] ^= 1 << data.draw(st.integers(min_value=0, max_value=7))
+    (d / "m.bin").write_bytes(bytes(raw))
+    h = Host(tree)
+    (m,) = store.list_models(h, [store.StoreMount("/dev/hugepages", HP, True, False, None)])
+    r = store.verify_model(h, m)
+    assert not r.ok, pos
+    where = ("checksum mismatch" if pos < len(body) else
+             "not zero" if pos < len(raw) - TRAILER_LEN else "no valid hosttune trailer")
+    assert where in "; ".join(r.problems), (pos, r.problems)
+
+
+# --- progress -------------------------------------------------------------------------------
+@given(st.integers(min_value=0, max_value=1 << 40), st.integers(min_value=1, max_value=1 << 40),
+       st.floats(min_value=0, max_value=1e6, allow_nan=False))
+def test_progress_rate_is_bytes_over_elapsed(done, total, elapsed):
+    p = store.LoadProgress(min(done, total), total, elapsed)
+    assert p.rate_bytes_per_s == (p.done / elapsed if elapsed > 0 and p.done else 0.0)
+    if p.eta_s is not None:
+        assert p.eta_s >= 0
+
+
+def test_progress_line(capsys):
+    from hosttune.cli.models_fast import ProgressLine
+
+    class Tty:
+        def __init__(self):
+            self.out = []
+
+        def isatty(self):
+            return True
+
+        def write(self, s):
+            self.out.append(s)
+
+        def flush(self):
+            pass
+
+    t = Tty()
+    line = ProgressLine("m.gguf", stream=t)
+    line(store.LoadProgress(1 << 30, 2 << 30, 0.5))
+    line.close()
+    text = "".join(t.out)
+    assert "2.15 GB/s" in text and "ETA 0.5 s" in text and text.endswith("\n")
+    quiet = ProgressLine("m", enabled=False)
+    quiet(store.LoadProgress(1, 2, 1.0))
+    assert not quiet.drawn
+
+
+# --- the lean start ---------------------------------------------------------------------------
+def test_fast_parse_matches_the_typer_options():
+    from hosttune.cli.models_fast import parse_args
+
+    a = parse_args(["load", "/m.gguf", "-n", "x", "--mount=/mnt", "--node", "0", "--replace",
+                    "--no-checksum", "--threads", "3", "--json"], {})
+    assert a == {"command": "load", "file": "/m.gguf", "name": "x", "mount": "/mnt", "node": 0,
+                 "replace": True, "checksum": False, "threads": 3, "json_out": True,
+                 "profile": None, "root": None}
+    assert parse_args(["verify", "m", "-p", "x.yaml"], {})["profile"] == "x.yaml"
+    assert parse_args(["list"], {"HOSTTUNE_PROFILE": "p.yaml"})["profile"] == "p.yaml"
+    # everything that is not a plain form goes to typer (usage errors, --help)
+    for bad in (["load"], ["load", "a", "b"], ["load", "a", "--threads", "0"],
+                ["load", "a", "--node", "x"], ["list", "--help"], ["list", "extra"],
+                ["verify", "--mount"], ["load", "a", "--replace=1"], ["unload", "a"],
+                ["load", "a", "--bogus"]):
+        assert parse_args(bad, {}) is None, bad
+
+
+def test_lean_start_imports(tmp_path):
+    """models list/verify (and load, which takes the same path up to the copy) never import
+    typer, rich, pydantic or PyYAML on a cached profile."""
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    env = dict(os.environ, PYTHONPATH=str(REPO), XDG_CACHE_HOME=str(tmp_path / "cache"))
+
+    def run(*args: str):
+        r = subprocess.run([sys.executable, "-X", "importtime", "-m", "hosttune", "models",
+                            *args], capture_output=True, text=True, env=env, check=False)
+        mods = {line.rsplit("|", 1)[-1].strip() for line in r.stderr.splitlines()
+                if line.startswith("import time:")}
+        return r, {m.split(".")[0] for m in mods} | mods
+
+    heavy = {"typer", "click", "rich", "pydantic", "yaml"}
+    assert run("list", "--json")[0].returncode == 0  # caches the default profile
+    for args in (["list", "--json"], ["verify", "--json"]):
+        r, mods = run(*args)
+        assert r.returncode == 0, r.stderr
+        assert "hosttune.models.store" in mods and not mods & heavy, mods & heavy
+    # load stops at the mount check here (tmp_path is not hugetlbfs): up to there, lean too;
+    # rich comes in only to print the one error line
+    r, mods = run("load", str(tmp_path / "none.bin"), "--mount", str(tmp_path), "--json")
+    assert r.returncode == 2 and "not hugetlbfs" in r.stderr
+    assert not mods & (heavy - {"rich"})

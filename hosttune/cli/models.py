@@ -6,15 +6,6 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
-from rich.table import Table
 
 from hosttune.cli.common import (
     EXIT_FINDINGS,
@@ -24,7 +15,6 @@ from hosttune.cli.common import (
     RootOpt,
     console,
     emit_json,
-    err_console,
     fail,
     make_host,
     run_guarded,
@@ -54,12 +44,6 @@ def _fmt(n: int) -> str:
     return format_size(n)
 
 
-def _nodes(m) -> str:
-    if m.pages_per_node is None:
-        return "?"
-    return " ".join(f"N{k}={v}" for k, v in sorted(m.pages_per_node.items())) or "-"
-
-
 @app.command("load")
 def load_cmd(
     file: Annotated[str, typer.Argument(help="Model file to load (GGUF, safetensors, ...).")],
@@ -80,43 +64,10 @@ def load_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Copy a model into a hugetlbfs store (parallel reads, no partial file on failure)."""
-    from hosttune.models import store
+    from hosttune.cli.models_fast import run_load
 
-    host = make_host(root)
-    if host.offline:
-        fail("models load fills the live huge-page pool; it does not work with --root")
-    prof = _profile(profile)
-    # A model the profile declares brings its mount and node (the options still win).
-    target = name or file.rstrip("/").rsplit("/", 1)[-1]
-    decl = next((d for d in (prof.models.declared if prof.models else []) if d.name == target),
-                None)
-    if decl is not None:
-        mount = mount or decl.mount
-        node = node if node is not None else decl.node
-    m = run_guarded(store.resolve_mount, host, prof, mount)
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(),
-               DownloadColumn(binary_units=True), TransferSpeedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err_console, disable=json_out, transient=False) as bar:
-        task = bar.add_task(escape(name or file.rsplit("/", 1)[-1]), total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        try:
-            res = run_guarded(store.load_model, host, file, m, name=name, node=node,
-                              replace=replace, checksum=checksum, threads=threads,
-                              progress=progress)
-        except KeyboardInterrupt:
-            fail("interrupted: nothing was stored")
-    md = res.model
-    if json_out:
-        emit_json({"model": md.to_json(), "seconds": res.seconds, "threads": res.threads,
-                   "rate_bytes_per_s": res.rate_bytes_per_s, "replaced": res.replaced})
-        raise typer.Exit(EXIT_OK)
-    console.print(f"[green]stored[/] {escape(md.path)}: {_fmt(md.true_size)} in {md.pages} "
-                  f"pages of {_fmt(md.page_size)} ({_fmt(int(res.rate_bytes_per_s))}/s, "
-                  f"{res.seconds:.2f} s){' · replaced' if res.replaced else ''} · pages "
-                  f"{_nodes(md)}")
+    raise typer.Exit(run_load(file, name, mount, node, replace, checksum, threads, profile,
+                              root, json_out))
 
 
 def _mounts(host, profile, mount):
@@ -136,28 +87,9 @@ def list_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """List stored models: true size, pages, pages per NUMA node, checksum."""
-    from hosttune.models import store
+    from hosttune.cli.models_fast import run_list
 
-    host = make_host(root)
-    mounts = _mounts(host, profile, mount)
-    models = run_guarded(store.list_models, host, mounts)
-    if json_out:
-        emit_json({"mounts": [m.path for m in mounts], "models": [x.to_json() for x in models]})
-        raise typer.Exit(EXIT_OK)
-    t = Table(title="hosttune models" + (f" · root {host.root}" if host.offline else ""),
-              header_style="bold")
-    for col in ("name", "mount", "size", "pages", "per node", "checksum", "status"):
-        t.add_column(col, overflow="fold")
-    for x in models:
-        status = ("[yellow]partial load[/]" if x.partial else
-                  "[green]ok[/]" if x.trailer else "[red]not a store file[/]")
-        ck = "-" if x.trailer is None or x.trailer.algo == 0 else f"{x.trailer.checksum:016x}"
-        t.add_row(escape(x.name), escape(x.mount), _fmt(x.true_size),
-                  f"{x.pages} x {_fmt(x.page_size)}", _nodes(x), ck, status)
-    console.print(t)
-    if not models:
-        console.print("no models stored (mounts: "
-                      + escape(", ".join(m.path for m in mounts) or "none") + ")")
+    raise typer.Exit(run_list(mount, profile, root, json_out))
 
 
 @app.command("verify")
@@ -169,31 +101,9 @@ def verify_cmd(
     json_out: JsonOpt = False,
 ) -> None:
     """Check trailers, padding and checksums (exit 1 when a model fails)."""
-    from hosttune.models import store
+    from hosttune.cli.models_fast import run_verify
 
-    host = make_host(root)
-    mounts = _mounts(host, profile, mount)
-    if name is not None:
-        models = [run_guarded(store.find_model, host, mounts, name)]
-    else:
-        models = run_guarded(store.list_models, host, mounts, nodes=False)
-    results = [run_guarded(store.verify_model, host, x) for x in models]
-    bad = [r for r in results if not r.ok]
-    if json_out:
-        emit_json([{"name": r.model.name, "mount": r.model.mount, "ok": r.ok,
-                    "checksum_checked": r.checksum_checked, "problems": list(r.problems)}
-                   for r in results])
-    else:
-        for r in results:
-            if r.ok:
-                what = "checksum ok" if r.checksum_checked else "trailer ok (no checksum)"
-                console.print(f"[green]ok[/] {escape(r.model.path)}: {what}")
-            else:
-                console.print(f"[bold red]failed[/] {escape(r.model.path)}: "
-                              + escape("; ".join(r.problems)))
-        if not results:
-            console.print("no models to verify")
-    raise typer.Exit(EXIT_FINDINGS if bad else EXIT_OK)
+    raise typer.Exit(run_verify(name, mount, profile, root, json_out))
 
 
 @app.command("unload")
@@ -221,7 +131,7 @@ def unload_cmd(
     msg = f"[green]unloaded[/] {escape(model.path)}: {model.pages} pages"
     if res.in_use_by:
         msg += (" return to the pool when these processes exit: "
-                + escape(", ".join(map(str, res.in_use_by))))
+                + ", ".join(map(str, res.in_use_by)))
     else:
         msg += " back in the pool"
     console.print(msg)

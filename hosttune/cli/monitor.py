@@ -111,6 +111,9 @@ def render(snap, *, cpu_pct: dict[str, float] | None = None, width: int = 80):
                       str(p.total), str(p.free), "-" if p.reserved is None else str(p.reserved),
                       str(p.surplus), _fmt_bytes(p.total * p.page_size_bytes))
         parts.append(t)
+        saved = ("" if hp.vmemmap_saved_bytes is None or hp.hvo != "on" else
+                 f" · saves {_fmt_bytes(hp.vmemmap_saved_bytes)} of struct pages")
+        parts.append(Text.assemble(("HVO       ", "bold"), f"{hp.hvo}{saved}"))
 
     # store
     st = snap.store

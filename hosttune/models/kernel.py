@@ -5,7 +5,6 @@ copy in parallel."""
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 import platform
 
@@ -13,7 +12,9 @@ from hosttune.errors import HostError
 
 HUGETLBFS_MAGIC = 0x958458F6
 
-_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+# dlopen(NULL): the symbols the interpreter already has, libc's among them (glibc and musl).
+# ctypes.util.find_library would run `ldconfig -p` in a subprocess at every start (~2-8 ms).
+_libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
 _libc.fallocate.restype = ctypes.c_int
 _libc.statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 from hosttune.errors import HosttuneError
 from hosttune.host.parsers import parse_meminfo, parse_mountinfo
 from hosttune.models import kernel
-from hosttune.models.checksum import LEAF_LOG2, combine, leaf_digest
+from hosttune.models.checksum import LEAF_LOG2, PIECE, combine, leaf_digest, new_leaf
 from hosttune.models.trailer import (
     ALGO_NONE,
     ALGO_XXH3_TREE,
@@ -32,14 +32,40 @@ from hosttune.models.trailer import (
     parse_trailer,
     stored_size,
 )
-from hosttune.profile.schema import check_model_name
-from hosttune.profile.sizes import format_size, hugepage_size_label, parse_size
+from hosttune.profile.sizes import (
+    check_model_name,
+    format_size,
+    hugepage_size_label,
+    parse_size,
+)
 
 if TYPE_CHECKING:
     from hosttune.host import Host
     from hosttune.profile.schema import Profile
 
-Progress = Callable[[int, int], None]  # (bytes done, bytes total)
+
+
+@dataclass(frozen=True)
+class LoadProgress:
+    """How far a load's copy is: bytes copied of ``total`` after ``elapsed_s`` seconds of wall
+    time since the copy began. The rate is the average over the whole copy, never a per-tick
+    delta (two reports a few microseconds apart would divide by almost nothing)."""
+
+    done: int
+    total: int
+    elapsed_s: float
+
+    @property
+    def rate_bytes_per_s(self) -> float:
+        return self.done / self.elapsed_s if self.elapsed_s > 0 and self.done else 0.0
+
+    @property
+    def eta_s(self) -> float | None:
+        rate = self.rate_bytes_per_s
+        return (self.total - self.done) / rate if rate > 0 else None
+
+
+Progress = Callable[[LoadProgress], None]
 TEMP_MARK = ".hosttune-loading-"
 
 
@@ -349,22 +375,27 @@ def verify_model(host: Host, model: StoredModel) -> VerifyResult:
 
 
 def _checksum_file(fd: int, size: int, leaf_log2: int) -> int:
+    """The tree checksum of the first ``size`` bytes of ``fd``, hashed straight from a
+    read-only mapping (no copy into a buffer; on hugetlbfs the pages are already there)."""
+    if size <= 0:
+        return combine([leaf_digest(b"")])
+    length = os.fstat(fd).st_size
+    if length < size:
+        raise ModelStoreError("store file shorter than its trailer says")
     leaf = 1 << leaf_log2
-    digests: list[int] = []
-    buf = bytearray(min(leaf, max(size, 1)))
-    off = 0
-    while off < size:
-        n = min(leaf, size - off)
-        view = memoryview(buf)[:n]
-        got = 0
-        while got < n:
-            r = os.preadv(fd, [view[got:]], off + got)
-            if r <= 0:
-                raise ModelStoreError("store file shorter than its trailer says")
-            got += r
-        digests.append(leaf_digest(view))
-        view.release()
-        off += n
+    m = mmap.mmap(fd, length, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)
+    try:
+        view = memoryview(m)
+        try:
+            digests = []
+            for off in range(0, size, leaf):
+                part = view[off:min(off + leaf, size)]
+                digests.append(leaf_digest(part))
+                part.release()
+        finally:
+            view.release()
+    finally:
+        m.close()
     return combine(digests)
 
 
@@ -408,9 +439,10 @@ def unload_model(host: Host, model: StoredModel) -> UnloadResult:
 @dataclass(frozen=True)
 class LoadResult:
     model: StoredModel
-    seconds: float
+    seconds: float  # the whole load: checks, create, copy, trailer, placement, link
     replaced: bool
     threads: int
+    copy_seconds: float = 0.0  # the copy (and checksum) alone
 
     @property
     def rate_bytes_per_s(self) -> float:
@@ -482,22 +514,31 @@ class _Copy:
                     # Allocate the chunk's pages first (on the bound node): ENOMEM/ENOSPC
                     # here instead of SIGBUS on the first touch through the mapping.
                     kernel.fallocate(self.dst_fd, off, n)
-                part = self.view[off:off + n]
-                try:
-                    got = 0
-                    while got < n:
-                        r = os.preadv(self.src_fd, [part[got:]], off + got)
-                        if r == 0:
-                            raise ModelStoreError("the source file shrank during the copy")
-                        got += r
-                    if self.checksum:
-                        d = leaf_digest(part)
-                        with self.lock:
-                            self.digests[i] = d
-                finally:
-                    part.release()
-                with self.lock:
-                    self.done += n
+                h = new_leaf() if self.checksum else None
+                p = 0
+                while p < n:
+                    # one piece: read it into the mapping, hash it while it is in cache
+                    k = min(PIECE, n - p)
+                    part = self.view[off + p:off + p + k]
+                    try:
+                        got = 0
+                        while got < k:
+                            r = os.preadv(self.src_fd, [part[got:]], off + p + got)
+                            if r == 0:
+                                raise ModelStoreError("the source file shrank during the copy")
+                            got += r
+                        if h is not None:
+                            h.update(part)
+                    finally:
+                        part.release()
+                    p += k
+                    with self.lock:
+                        self.done += k
+                    if self.cancel.is_set():
+                        return
+                if h is not None:
+                    with self.lock:
+                        self.digests[i] = h.intdigest()
         except BaseException as err:  # reported by the main thread
             with self.lock:
                 self.errors.append(err)
@@ -597,15 +638,18 @@ def _load_fd(host: Host, source: str, src_fd: int, mount: StoreMount, mdir: str,
         workers = [threading.Thread(target=job.worker, name=f"hosttune-load-{i}", daemon=True)
                    for i in range(nthreads)]
         try:
+            t_copy = time.monotonic()
             for w in workers:
                 w.start()
             if progress is not None:
-                progress(0, st.st_size)
+                progress(LoadProgress(0, st.st_size, 0.0))
             while any(w.is_alive() for w in workers):
                 for w in workers:
                     w.join(0.1)
                 if progress is not None:
-                    progress(job.done, st.st_size)
+                    done = job.done  # read before the clock: the rate can only be lower
+                    progress(LoadProgress(done, st.st_size, time.monotonic() - t_copy))
+            copy_s = time.monotonic() - t_copy
         except KeyboardInterrupt as err:
             _stop(job, workers)
             raise LoadInterrupted(f"interrupted: {name} was not stored; its {need} huge pages "
@@ -675,10 +719,10 @@ def _load_fd(host: Host, source: str, src_fd: int, mount: StoreMount, mdir: str,
             os.close(dst_fd)
     seconds = time.monotonic() - t0
     if progress is not None:
-        progress(st.st_size, st.st_size)
+        progress(LoadProgress(st.st_size, st.st_size, copy_s))
     model = StoredModel(name, mount.path, st.st_size, total, page, tr,
                         pages_per_node=per_node)
-    return LoadResult(model, seconds, replaced, nthreads)
+    return LoadResult(model, seconds, replaced, nthreads, copy_s)
 
 
 def _stop(job: _Copy, workers: list[threading.Thread]) -> None:

@@ -65,6 +65,8 @@ METRICS: dict[str, tuple[str, str]] = {
     "hugepages_node_pool_pages": ("gauge", "Huge pages in a NUMA node's pool"),
     "hugepages_node_free_pages": ("gauge", "Free huge pages of a NUMA node"),
     "hugepages_node_surplus_pages": ("gauge", "Surplus huge pages of a NUMA node"),
+    "hugetlb_vmemmap_saved_bytes": ("gauge", "Struct-page memory HugeTLB Vmemmap "
+                                    "Optimization frees on the huge-page pools"),
     "memlocked_bytes": ("gauge", "Mlocked memory (meminfo Mlocked)"),
     "model_store_used_bytes": ("gauge", "Huge-page memory held by files in a hugetlbfs mount"),
     "model_store_size_bytes": ("gauge", "size= limit of a hugetlbfs mount"),
@@ -173,6 +175,10 @@ def families(snap: Snapshot) -> list[Metric]:
 
     if isinstance(snap.hugepages, HugePagesReading):
         out += _hugepage_families(snap.hugepages)
+        if snap.hugepages.vmemmap_saved_bytes is not None:
+            hvo = _fam("hugetlb_vmemmap_saved_bytes", [])
+            hvo.add_metric([], float(snap.hugepages.vmemmap_saved_bytes))
+            out.append(hvo)
 
     if isinstance(snap.memlocked, MemLockedReading):
         ml = _fam("memlocked_bytes", [])

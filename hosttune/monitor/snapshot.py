@@ -97,6 +97,10 @@ class HugePool:
 @dataclass(frozen=True)
 class HugePagesReading:
     pools: tuple[HugePool, ...]
+    # HugeTLB Vmemmap Optimization: "on" | "off" | "unsupported" | "unknown", and the
+    # struct-page memory it saves on the pools now (tunables/hugepages.py hvo_saved_bytes)
+    hvo: str = "unknown"
+    vmemmap_saved_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -343,7 +347,12 @@ class HugePagesCollector(Collector[HugePagesReading]):
                                   _int(host.read_value(f"{d}/free_hugepages")), resv,
                                   _int(host.read_value(f"{d}/surplus_hugepages"))))
         pools.sort(key=lambda p: (p.page_size_bytes, -1 if p.node is None else p.node))
-        return HugePagesReading(tuple(pools))
+        from hosttune.tunables.hugepages import hvo_saved_bytes, hvo_state
+
+        st = hvo_state(host)
+        hvo = (st.mode if st.mode in ("unsupported", "unknown") else
+               "on" if st.enabled else "off")
+        return HugePagesReading(tuple(pools), hvo, hvo_saved_bytes(host))
 
 
 class StoreCollector(Collector[StoreReading]):

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
-from hosttune.profile.sizes import parse_percent, parse_size, parse_watts
+from hosttune.profile.sizes import check_model_name, parse_percent, parse_size, parse_watts
 from hosttune.profile.view import gpu_mps_enabled
 
 
@@ -114,6 +114,11 @@ class HugePagePool(Section):
         description="'spread': split evenly over NUMA nodes with memory; 'any': the global "
         "counter; or {node: size} per node",
     )
+    reserve: Literal["runtime", "boot"] = Field(
+        "runtime", description="'runtime': allocate the pool now (sysfs; re-applied at boot "
+        "by the boot unit); 'boot': reserve it on the kernel command line (hugepagesz= "
+        "hugepages=, written by the kernel_cmdline section) - for 1G pools the kernel cannot "
+        "allocate once memory is fragmented")
 
     @field_validator("size")
     @classmethod
@@ -144,6 +149,9 @@ class HugePagesSection(Section):
     thp: Literal["always", "madvise", "never"] | None = Field(
         "madvise", description="transparent huge pages mode; null = leave alone"
     )
+    optimize_vmemmap: bool | None = Field(
+        None, description="HugeTLB Vmemmap Optimization (vm.hugetlb_optimize_vmemmap): free "
+        "the struct-page memory of huge pages (~1.4% of a 2M pool); null = leave alone")
 
     @field_validator("min_free_ram")
     @classmethod
@@ -421,6 +429,9 @@ class KernelCmdlineSection(Section):
     hugepages_1g: int | None = Field(
         None, ge=1, description="reserve N 1 GiB pages at boot (hugepagesz=1G hugepages=N): "
         "1 GiB pages rarely allocate at runtime once memory is fragmented")
+    default_hugepagesz: Literal["2M", "1G"] | None = Field(
+        None, description="default_hugepagesz= (the page size of vm.nr_hugepages, of "
+        "hugetlbfs mounts without pagesize= and of MAP_HUGETLB without a size flag)")
     file: str = "/etc/default/grub.d/90-hosttune.cfg"
 
     @field_validator("params")
@@ -430,20 +441,11 @@ class KernelCmdlineSection(Section):
             if not re.fullmatch(r"[A-Za-z0-9_.,:=/+@-]+", p):
                 raise ValueError(f"{p!r}: a kernel parameter is one word without quotes, "
                                  "spaces or shell characters")
-            if p.split("=", 1)[0] in ("hugepagesz", "hugepages"):
-                raise ValueError("use hugepages_1g: N for 1 GiB boot-time pages")
+            if p.split("=", 1)[0] in ("hugepagesz", "hugepages", "default_hugepagesz"):
+                raise ValueError("use hugepages_1g: N (or a hugepages pool with reserve: "
+                                 "boot) and default_hugepagesz for boot-time huge pages")
         return v
 # --- model store (hosttune models) ----------------------------------------------------------
-_MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
-
-
-def check_model_name(v: str) -> str:
-    if not _MODEL_NAME_RE.match(v):
-        raise ValueError(f"model name {v!r}: use letters, digits and ._+- (not starting with "
-                         "a dot or a dash, at most 200 characters)")
-    return v
-
-
 class DeclaredModel(Section):
     name: str = Field(description="file name in the store")
     file: str | None = Field(None, description="source file to load from")

@@ -17,7 +17,16 @@ Documentation/admin-guide/mm/hugetlbpage.rst, mm/hugetlb.c):
   in-use pages, and the read-back catches it if it happens anyway.
 - 1 GiB pages need 1 GiB of physically contiguous free memory: after boot that is often not
   available; reserving them on the kernel command line (hugepagesz=1G hugepages=N) is
-  reliable. The kernel command line belongs to the kernel-cmdline tunable; here we only say so.
+  reliable. The kernel command line belongs to the kernel-cmdline tunable: a pool with
+  ``reserve: boot`` is reserved there (hugepagesz= hugepages=, boot_pools), and audit says
+  whether a pool is allocated at runtime or reserved at boot.
+- HugeTLB Vmemmap Optimization (HVO, Documentation/admin-guide/mm/vmemmap_dedup.rst,
+  mm/hugetlb_vmemmap.c): every 4 KiB of RAM has a 64-byte struct page; with
+  vm.hugetlb_optimize_vmemmap=1 the kernel frees the vmemmap pages of each huge page but one
+  (7 of 8 for 2 MiB, 4095 of 4096 for 1 GiB) - 1.75 GiB on a 128 GiB pool of 2 MiB pages
+  [ggml-org/llama.cpp PR 21821]. Only pages allocated while it is on are optimized, so it is
+  set before the pools grow. The sysctl exists only with CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP
+  (5.19+); 5.14-5.18 had only the boot parameter hugetlb_free_vmemmap=on.
 """
 
 from __future__ import annotations
@@ -50,6 +59,11 @@ PAGE_BYTES = {"2M": 2 * 1024**2, "1G": 1024**3}
 NODE_DIR = "/sys/devices/system/node"
 GLOBAL_DIR = "/sys/kernel/mm/hugepages"
 THP_PATH = "/sys/kernel/mm/transparent_hugepage/enabled"
+HVO_PATH = "/proc/sys/vm/hugetlb_optimize_vmemmap"
+HVO_BOOT_WORD = "hugetlb_free_vmemmap=on"  # kernels with the option but without the sysctl
+HVO_CONFIGS = ("CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP", "CONFIG_HUGETLB_PAGE_FREE_VMEMMAP")
+BASE_PAGE = 4096
+STRUCT_PAGE = 64  # sizeof(struct page) on 64-bit builds without debug options
 COMPACT_PATH = "/proc/sys/vm/compact_memory"
 # Node meminfo may be much smaller than MemTotal when the hypervisor initialises memory lazily
 # (this VM: node0 shows ~3.8 GB of ~24 GB). Only trust per-node totals that add up.
@@ -239,6 +253,79 @@ def resolve(ctx: Context) -> Resolved:
     return Resolved(pools, plans)
 
 
+# --- HugeTLB Vmemmap Optimization -----------------------------------------------------------------
+def vmemmap_saved_per_page(page_bytes: int) -> int:
+    """Bytes of struct-page memory HVO frees per huge page: its vmemmap less the one base page
+    the kernel keeps mapped (HUGETLB_VMEMMAP_RESERVE_SIZE, mm/hugetlb_vmemmap.h)."""
+    vmemmap = page_bytes // BASE_PAGE * STRUCT_PAGE
+    return max(vmemmap - BASE_PAGE, 0)
+
+
+def kernel_config(host: Host) -> dict[str, str] | None:
+    """The running kernel's build options (/boot/config-RELEASE, else /proc/config.gz), or
+    None when neither is readable."""
+    import gzip
+
+    from hosttune.host.distro import kernel_release
+
+    rel = kernel_release(host)
+    text = host.read_text(f"/boot/config-{rel}") if rel else None
+    if text is None:
+        try:
+            with gzip.open(host.path("/proc/config.gz"), "rt", encoding="utf-8",
+                           errors="replace") as fh:
+                text = fh.read()
+        except OSError:
+            return None
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        k, eq, v = line.partition("=")
+        if eq and k.startswith("CONFIG_"):
+            out[k] = v
+    return out
+
+
+@dataclass(frozen=True)
+class HvoState:
+    mode: str  # "sysctl" | "boot" (only the boot parameter) | "unsupported" | "unknown"
+    enabled: bool | None
+    note: str = ""
+
+
+def hvo_state(host: Host) -> HvoState:
+    v = read_int(host, HVO_PATH)
+    if v is not None:
+        return HvoState("sysctl", v != 0)
+    cfg = kernel_config(host)
+    if cfg is None:
+        return HvoState("unknown", None, "no vm.hugetlb_optimize_vmemmap and the kernel "
+                        "config is unreadable (/boot/config-*, /proc/config.gz)")
+    if not any(cfg.get(k) == "y" for k in HVO_CONFIGS):
+        return HvoState("unsupported", False, "kernel built without "
+                        "CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP")
+    tokens = parse_cmdline(host.read_text("/proc/cmdline") or "")
+    on = any(t in ("hugetlb_free_vmemmap=on", "hugetlb_free_vmemmap=y") for t in tokens)
+    return HvoState("boot", on, "this kernel has no vm.hugetlb_optimize_vmemmap: only the "
+                    "boot parameter hugetlb_free_vmemmap=on")
+
+
+def hvo_saved_bytes(host: Host) -> int | None:
+    """Struct-page memory HVO saves on the pools now (None: HVO state unknown). An upper
+    bound when HVO was turned on after some pages were allocated: those keep their vmemmap."""
+    st = hvo_state(host)
+    if st.enabled is None:
+        return None
+    if not st.enabled:
+        return 0
+    total = 0
+    for d in host.listdir(GLOBAL_DIR):
+        if d.startswith("hugepages-") and d.endswith("kB") and d[10:-2].isdigit():
+            pb = int(d[10:-2]) * 1024
+            total += (read_int(host, f"{GLOBAL_DIR}/{d}/nr_hugepages") or 0) \
+                * vmemmap_saved_per_page(pb)
+    return total
+
+
 # --- the tunable ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class NodeState:
@@ -310,6 +397,28 @@ def _pages_desc(pages: int, page_bytes: int) -> str:
     return f"{pages} ({format_size(pages * page_bytes)})"
 
 
+def boot_words(label: str, pages: int) -> list[str]:
+    """Kernel parameters that reserve ``pages`` huge pages of ``label`` at boot. Order matters:
+    hugepages=N counts pages of the hugepagesz= given before it (kernel-parameters.txt)."""
+    return [f"hugepagesz={label}", f"hugepages={pages}"]
+
+
+def boot_pools(ctx: Context) -> list[tuple[str, int]]:
+    """(page size label, pages) of the profile's pools reserved at boot."""
+    if ctx.profile.hugepages is None:
+        return []
+    return [(p.pool.pagesize, p.pages) for p in sorted(resolve(ctx).pools.values(),
+                                                        key=lambda p: p.index)
+            if p.pool.reserve == "boot"]
+
+
+def _words_active(tokens: list[str], words: list[str]) -> bool:
+    """Is the pair hugepagesz=X hugepages=N on the running kernel's command line, in order?"""
+    low = [t.lower() for t in tokens]
+    size, count = (w.lower() for w in words)
+    return any(low[i] == size and low[i + 1] == count for i in range(len(low) - 1))
+
+
 class HugePagesTunable(Tunable):
     name = "hugepages"
     section = "hugepages"
@@ -319,6 +428,16 @@ class HugePagesTunable(Tunable):
         sec = ctx.profile.hugepages
         assert sec is not None
         res = resolve(ctx)
+        for plan in res.pools.values():
+            if plan.pool.reserve != "boot":
+                continue
+            if ctx.profile.kernel_cmdline is None:
+                raise ctx.error(f"{plan.key}.reserve", "reserve: boot puts the pool on the "
+                                "kernel command line: add a kernel_cmdline section (it writes "
+                                "the boot loader drop-in)")
+            if isinstance(plan.pool.nodes, dict):
+                raise ctx.error(f"{plan.key}.nodes", "a pool reserved at boot is spread over "
+                                "the nodes by the kernel: use nodes: spread or any")
         ram = ctx.facts.mem_total_bytes
         if ram <= 0:
             return  # MemTotal unreadable: nothing to compare with (audit reports the error)
@@ -394,6 +513,9 @@ class HugePagesTunable(Tunable):
                 notes.append(self._cmdline_note(host, plan))
             if sysctl_note and label == "2M":
                 notes.append(sysctl_note)
+            if plan.pool.reserve == "boot":
+                rows.append(self._boot_row(host, plan, files))
+                continue
             targets: dict[str, int] = {}
             ok_all = True
             if plan.mode == "global":
@@ -439,7 +561,74 @@ class HugePagesTunable(Tunable):
                     params={"page_bytes": pb, "targets": targets, "retries": sec.retries}))
         if sec.thp is not None:
             self._thp(host, sec.thp, rows, changes)
+        if sec.optimize_vmemmap is not None:
+            # first: HVO only optimizes pages allocated after it is on
+            changes[:0] = self._hvo(host, sec.optimize_vmemmap, rows,
+                                    ctx.profile.kernel_cmdline is not None)
         return Evaluation(rows, changes)
+
+    def _boot_row(self, host: Host, plan: PoolPlan, files: dict[str, int]) -> Row:
+        """A pool the kernel reserves at boot (kernel_cmdline writes hugepagesz= hugepages=):
+        nothing to write at runtime; audit says whether the running kernel has it."""
+        label, pb = plan.pool.pagesize, plan.page_bytes
+        have = current_pool_pages(host, pb)
+        tokens = parse_cmdline(host.read_text("/proc/cmdline") or "")
+        words = boot_words(label, plan.pages)
+        active = _words_active(tokens, words)
+        note = (f"reserved at boot: kernel command line '{' '.join(words)}' "
+                "(kernel_cmdline drop-in)")
+        if files:
+            note += "; held by hugetlbfs files: " + ", ".join(
+                f"{mp} {n} pages" for mp, n in sorted(files.items()))
+        needs: tuple[str, ...] = ()
+        if have == plan.pages:
+            st = Status.OK
+        elif active:
+            st = Status.DRIFT
+            note += ("; the running kernel was booted with it but holds "
+                     f"{have} pages (not enough contiguous memory at boot?)")
+        else:
+            st, needs = Status.NEEDS_REBOOT, ("reboot",)
+        return Row(self.name, f"{label} total (boot)", _pages_desc(have, pb),
+                   _pages_desc(plan.pages, pb), st, note, needs=needs)
+
+    def _hvo(self, host: Host, want: bool, rows: list[Row], cmdline: bool) -> list[Change]:
+        """vm.hugetlb_optimize_vmemmap; on a kernel with only the boot parameter, the
+        kernel_cmdline drop-in carries hugetlb_free_vmemmap=on (``cmdline``: the profile has
+        that section)."""
+        st = hvo_state(host)
+        desired = "on" if want else "off"
+        cur = "?" if st.enabled is None else "on" if st.enabled else "off"
+        key = "vm.hugetlb_optimize_vmemmap"
+        per = ", ".join(f"{format_size(vmemmap_saved_per_page(pb))} per {lab} page"
+                        for lab, pb in PAGE_BYTES.items())
+        if st.mode == "unsupported" or (st.mode == "unknown" and want):
+            rows.append(Row(self.name, key, "absent", desired, Status.UNSUPPORTED, st.note))
+            return []
+        if st.mode == "boot":
+            ok = st.enabled == want
+            if ok:
+                status, how = Status.OK, ""
+            elif want and cmdline:
+                status, how = Status.NEEDS_REBOOT, (f" - the kernel_cmdline drop-in carries "
+                                                    f"{HVO_BOOT_WORD}: active after a reboot")
+            else:
+                status = Status.DRIFT
+                how = (f" - add a kernel_cmdline section (it writes {HVO_BOOT_WORD}) and "
+                       "reboot" if want else " - remove it from the kernel command line")
+            rows.append(Row(self.name, key, cur, desired, status, st.note + how,
+                            needs=() if ok else ("reboot",)))
+            return []
+        ok = st.enabled == want
+        saved = hvo_saved_bytes(host)
+        note = (f"saves {per}; now {format_size(saved or 0)}; only pages allocated while it "
+                "is on are optimized (set before the pools grow)")
+        rows.append(Row(self.name, key, cur, desired, Status.OK if ok else Status.DRIFT, note))
+        if ok:
+            return []
+        return [Change(id="hugepages/hvo", tunable=self.name, kind="action", path=HVO_PATH,
+                       summary=f"{key}: {cur} -> {desired}", runtime=True,
+                       params={"value": "1" if want else "0"})]
 
     @staticmethod
     def _in_use_note(in_use: int, want: int, where: str) -> str:
@@ -451,10 +640,11 @@ class HugePagesTunable(Tunable):
     def _cmdline_note(host: Host, plan: PoolPlan) -> str:
         tokens = parse_cmdline(host.read_text("/proc/cmdline") or "")
         if any(t.lower() in ("hugepagesz=1g", "hugepagesz=1024m") for t in tokens):
-            return "1G pages are reserved on the kernel command line too"
-        return (f"1G pages are best reserved at boot: kernel command line 'hugepagesz=1G "
-                f"hugepages={plan.pages}' (kernel cmdline tunable); after boot 1 GiB of "
-                "contiguous memory is often not available")
+            return "allocated at runtime; 1G pages are reserved on the kernel command line too"
+        return ("allocated at runtime; if the kernel cannot find 1 GiB of contiguous memory "
+                f"(apply falls short), set {plan.key}.reserve: boot to reserve them on the "
+                f"kernel command line ('hugepagesz=1G hugepages={plan.pages}', written by the "
+                "kernel_cmdline section)")
 
     @staticmethod
     def _sysctl_note(host: Host) -> str:
@@ -493,6 +683,8 @@ class HugePagesTunable(Tunable):
 
     # -- actions ---------------------------------------------------------------------------------
     def capture_action(self, host: Host, change: Change) -> Any:
+        if change.id == "hugepages/hvo":
+            return {"value": host.read_value(HVO_PATH)}
         if change.id == "hugepages/thp":
             selected, choices = parse_bracketed_choice(host.read_value(THP_PATH) or "")
             return {"selected": selected, "choices": choices}
@@ -501,6 +693,9 @@ class HugePagesTunable(Tunable):
                             for k in change.params["targets"]}}
 
     def apply_action(self, host: Host, change: Change) -> None:
+        if change.id == "hugepages/hvo":
+            host.write_kernel(HVO_PATH, str(change.params["value"]))
+            return
         if change.id == "hugepages/thp":
             write_choice(host, THP_PATH, change.params["choice"])
             return
@@ -509,6 +704,10 @@ class HugePagesTunable(Tunable):
                  int(change.params.get("retries", 5)))
 
     def revert_action(self, host: Host, change: Change, original: Any) -> None:
+        if change.id == "hugepages/hvo":
+            if original.get("value") is not None:
+                host.write_kernel(HVO_PATH, str(original["value"]))
+            return
         if change.id == "hugepages/thp":
             if original.get("selected"):
                 write_choice(host, THP_PATH, original["selected"])

@@ -53,6 +53,7 @@ KNOWN_PARAMS: dict[str, KnownParam] = {
     "hugepagesz": KnownParam(None, None, ""),
     "hugepages": KnownParam(None, None, ""),
     "default_hugepagesz": KnownParam(None, None, ""),
+    "hugetlb_free_vmemmap": KnownParam((5, 14), None, ""),
     "transparent_hugepage": KnownParam(None, None, ""),
     "isolcpus": KnownParam(None, None, ""),
     "nohz_full": KnownParam(None, None, ""),
@@ -116,11 +117,33 @@ def active_value(tokens: list[str], word: str) -> bool:
     return bool(vals) and vals[-1] == word
 
 
-def wanted_words(sec: KernelCmdlineSection) -> list[str]:
+def wanted_words(sec: KernelCmdlineSection,
+                 boot_pools: list[tuple[str, int]] | None = None) -> list[str]:
+    """The words of the drop-in: params, default_hugepagesz, then one hugepagesz= hugepages=
+    pair per huge-page pool reserved at boot (hugepages_1g, and the hugepages pools with
+    ``reserve: boot``, see hugepages.boot_pools)."""
+    from hosttune.tunables.hugepages import boot_words
+
     words = list(sec.params)
+    if sec.default_hugepagesz:
+        words.append(f"default_hugepagesz={sec.default_hugepagesz}")
+    pools = list(boot_pools or [])
     if sec.hugepages_1g:
-        # order matters: hugepages=N counts pages of the hugepagesz= given before it
-        words += ["hugepagesz=1G", f"hugepages={sec.hugepages_1g}"]
+        pools.insert(0, ("1G", sec.hugepages_1g))
+    for label, pages in pools:
+        words += boot_words(label, pages)
+    return words
+
+
+def _words(ctx: Context, sec: KernelCmdlineSection) -> list[str]:
+    from hosttune.tunables.hugepages import HVO_BOOT_WORD, boot_pools, hvo_state
+
+    words = wanted_words(sec, boot_pools(ctx))
+    hp = ctx.profile.hugepages
+    # HVO on a kernel that has only the boot parameter (no vm.hugetlb_optimize_vmemmap)
+    if hp is not None and hp.optimize_vmemmap and HVO_BOOT_WORD not in words \
+            and hvo_state(ctx.host).mode == "boot":
+        words.append(HVO_BOOT_WORD)
     return words
 
 
@@ -167,8 +190,14 @@ class KernelCmdlineTunable(Tunable):
                 1024**3 not in ctx.facts.hugepage_sizes:
             raise ctx.error("kernel_cmdline.hugepages_1g", "this CPU/kernel offers no 1 GiB "
                             "huge pages (/sys/kernel/mm/hugepages has no hugepages-1048576kB)")
+        from hosttune.tunables.hugepages import boot_pools
+
+        pools = [label for label, _ in boot_pools(ctx)]
+        if sec.hugepages_1g and "1G" in pools:
+            raise ctx.error("kernel_cmdline.hugepages_1g", "the hugepages section reserves "
+                            "its 1G pool at boot (reserve: boot) too: keep one of them")
         seen: dict[str, str] = {}
-        for w in wanted_words(sec):
+        for w in _words(ctx, sec):
             n = param_name(w)
             if n in seen and n not in ("hugepagesz", "hugepages") and seen[n] != w:
                 raise ctx.error("kernel_cmdline.params", f"{seen[n]} and {w} contradict each "
@@ -178,7 +207,7 @@ class KernelCmdlineTunable(Tunable):
     def evaluate(self, ctx: Context) -> Evaluation:
         sec = self._sec(ctx)
         host = ctx.host
-        words = wanted_words(sec)
+        words = _words(ctx, sec)
         rows: list[Row] = []
         changes: list[Change] = []
         tokens = parse_cmdline(host.read_text("/proc/cmdline") or "")
