@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hosttune.errors import HostError, LockedError
-from hosttune.host import Host
+from hosttune.host import Host, fsops
 
 VERSION = 1
 
@@ -75,8 +75,7 @@ class Journal:
         hist = f"{self.host.state_dir}/history"
         self.host.makedirs(hist, 0o700)
         stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
-        os.replace(self.host.path(self.path),
-                   self.host.path(f"{hist}/journal-{stamp}-{os.getpid()}.json"))
+        self.host.rename(self.path, f"{hist}/journal-{stamp}-{os.getpid()}.json")
 
     @property
     def empty(self) -> bool:
@@ -84,29 +83,51 @@ class Journal:
 
 
 class Lock:
-    """An exclusive flock on <state_dir>/lock: two runs cannot interleave."""
+    """Two runs on one tree cannot interleave: an exclusive flock on the root directory of the
+    tree itself (so runs with different state dirs still exclude each other), plus the
+    historical <state_dir>/lock, which holds the pid of the run for the message."""
 
     def __init__(self, host: Host) -> None:
         self.host = host
-        self.fd: int | None = None
+        self.fds: list[int] = []
 
-    def __enter__(self) -> Lock:
-        self.host.makedirs(self.host.state_dir, 0o700)
-        p = self.host.path(f"{self.host.state_dir}/lock")
-        fd = os.open(p, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    def _take(self, fd: int, what: str, *, pid_file: bool) -> None:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as err:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            holder = "?"
+            if pid_file:
+                holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
             os.close(fd)
-            raise LockedError(f"another hosttune run (pid {holder}) holds {p}; "
+            self._release()
+            raise LockedError(f"another hosttune run (pid {holder}) holds {what}; "
                               "wait for it to finish") from err
+        self.fds.append(fd)
+
+    def __enter__(self) -> Lock:
+        host = self.host
+        root_fd = os.open(host.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        self._take(root_fd, f"the lock on {host.root}", pid_file=False)
+        try:
+            host.makedirs(host.state_dir, 0o700)
+            dfd, name, _ = fsops.parent_fd(host.root, f"{host.state_dir}/lock")
+            try:
+                fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                             dir_fd=dfd)
+            finally:
+                os.close(dfd)
+        except BaseException:
+            self._release()
+            raise
+        self._take(fd, host.shown(f"{host.state_dir}/lock"), pid_file=True)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self.fd = fd
         return self
 
+    def _release(self) -> None:
+        for fd in self.fds:
+            os.close(fd)  # closing releases the flock
+        self.fds = []
+
     def __exit__(self, *exc: object) -> None:
-        if self.fd is not None:
-            os.close(self.fd)  # closing releases the flock
-            self.fd = None
+        self._release()

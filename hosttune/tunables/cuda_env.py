@@ -15,12 +15,11 @@ must survive reboot and be writable only by its owner and group.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from typing import TYPE_CHECKING, Any
 
 from hosttune.errors import HostError
-from hosttune.host import Host, fsops
+from hosttune.host import Host
 from hosttune.profile.sizes import format_size, parse_size
 from hosttune.tunables.base import (
     Change,
@@ -120,9 +119,7 @@ def cache_path_problem(host: Host, path: str) -> str | None:
     cur = norm
     while True:
         try:
-            st = os.lstat(host.path(cur))
-        except FileNotFoundError:
-            st = None
+            st = host.lstat(cur)
         except PermissionError:
             st = None
         if st is not None:
@@ -252,10 +249,7 @@ class CudaEnvTunable(Tunable):
             return Row(self.name, f"cache dir {path}", "?", want, Status.ERROR,
                        f"no group {sec.cache_dir_group!r} in /etc/group: create it "
                        "(groupadd) or set cuda_env.cache_dir_group"), None
-        try:
-            st = os.lstat(host.path(path))
-        except FileNotFoundError:
-            st = None
+        st = host.lstat(path)
         key = f"cache dir {path}"
         if st is not None and not stat.S_ISDIR(st.st_mode):
             raise ctx.error("cuda_env.variables.CUDA_CACHE_PATH", f"{path} exists and is not "
@@ -277,9 +271,8 @@ class CudaEnvTunable(Tunable):
                 raise HostError(f"{change.path} is a symlink: refusing to edit through it")
             return {"exists": st.exists, "content": b64(st.content or b""), "mode": st.mode,
                     "uid": st.uid, "gid": st.gid}
-        try:
-            s = os.lstat(host.path(change.path))
-        except FileNotFoundError:
+        s = host.lstat(change.path)
+        if s is None:
             missing = []
             cur = change.path
             while cur != "/" and not host.exists(cur):
@@ -300,29 +293,20 @@ class CudaEnvTunable(Tunable):
             host.write_file(change.path, new.encode(), mode=st.mode or 0o644,
                             uid=st.uid, gid=st.gid)
             return
-        real = host.path(change.path)
         host.makedirs(os.path.dirname(change.path))
-        fsops._check_no_symlink(real, host.root)
-        if not os.path.lexists(real):
-            os.mkdir(real, 0o700)
-        os.chown(real, -1, int(change.params["gid"]), follow_symlinks=False)
-        os.chmod(real, change.mode, follow_symlinks=False)
+        host.set_dir(change.path, change.mode, gid=int(change.params["gid"]), create=True)
 
     def revert_action(self, host: Host, change: Change, original: Any) -> None:
         assert change.path is not None
         if change.params["op"] == "block":
             self._revert_block(host, change.path, original)
             return
-        real = host.path(change.path)
         if original["exists"]:
-            fsops._check_no_symlink(real, host.root)
-            os.chown(real, original["uid"], original["gid"], follow_symlinks=False)
-            os.chmod(real, original["mode"], follow_symlinks=False)
+            host.set_dir(change.path, original["mode"], uid=original["uid"],
+                         gid=original["gid"])
             return
-        if os.path.lexists(real):
-            fsops._check_no_symlink(real, host.root)
-            # the directory hosttune created holds only CUDA's JIT cache: drop it with it
-            shutil.rmtree(real)
+        # the directory hosttune created holds only CUDA's JIT cache: drop it with it
+        host.rmtree(change.path)
         for d in reversed(original.get("created", [])[:-1]):
             host.rmdir_if_empty(d)
 
