@@ -15,9 +15,11 @@ or was killed). A transaction left behind by a killed run is undone on the next 
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import json
 import os
+import stat
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,6 +28,143 @@ from hosttune.errors import HostError, LockedError
 from hosttune.host import Host, fsops
 
 VERSION = 1
+MAX_BYTES = 64 << 20
+
+
+class JournalWriteError(HostError):
+    """The journal could not be written (ENOSPC, EROFS, EIO)."""
+
+
+# --- validation: a journal is input too (a tampered or truncated file must not steer writes) ----
+_KINDS = ("file", "symlink", "kernel", "command", "action")
+_KERNEL_PREFIXES = ("/proc/sys/", "/sys/")
+
+
+def _path_problem(p: object) -> str | None:
+    if not isinstance(p, str) or not p.startswith("/"):
+        return f"{p!r} is not an absolute path"
+    if "/".join(["", *fsops.normalize(p)]) != p or p == "/":
+        return f"{p!r} is not a normalised path ('..', '.', '//' or a trailing '/')"
+    if any(not c.isprintable() for c in p):
+        return f"{p!r} has control characters"
+    return None
+
+
+def _change_problem(ch: object) -> str | None:
+    if not isinstance(ch, dict):
+        return "change is not a mapping"
+    for k in ("id", "tunable", "kind", "summary"):
+        if not isinstance(ch.get(k), str):
+            return f"change.{k} is missing or not a string"
+    if ch["kind"] not in _KINDS:
+        return f"change.kind {ch['kind']!r} is not one of {', '.join(_KINDS)}"
+    from hosttune.tunables import all_tunables
+
+    if ch["tunable"] not in {t.name for t in all_tunables()}:
+        return f"change.tunable {ch['tunable']!r} is not a hosttune family"
+    if ch["kind"] in ("file", "symlink", "kernel") or ch.get("path") is not None:
+        problem = _path_problem(ch.get("path"))
+        if problem:
+            return f"change.path: {problem}"
+    if ch["kind"] == "kernel" and not str(ch["path"]).startswith(_KERNEL_PREFIXES):
+        return f"change.path {ch['path']!r}: a kernel value lives under /proc/sys or /sys"
+    if ch.get("value") is not None and not isinstance(ch["value"], str):
+        return "change.value is not a string"
+    mode = ch.get("mode", 0o644)
+    if isinstance(mode, bool) or not isinstance(mode, int) or not 0 <= mode <= 0o7777:
+        return f"change.mode {mode!r} is not a file mode"
+    if not isinstance(ch.get("params", {}), dict) or not isinstance(ch.get("needs", []), list):
+        return "change.params / change.needs have the wrong type"
+    if ch["kind"] == "command":
+        for k in ("argv", "revert_argv"):
+            argv = ch.get("params", {}).get(k)
+            if argv is not None and (not isinstance(argv, list) or not all(
+                    isinstance(a, str) for a in argv)):
+                return f"change.params.{k} is not a list of strings"
+    return None
+
+
+def _original_problem(kind: str, path: str | None, orig: object) -> str | None:
+    if not isinstance(orig, dict):
+        return "is not a mapping"
+    if kind in ("file", "symlink"):
+        if not isinstance(orig.get("exists"), bool):
+            return "exists is missing or not a boolean"
+        for k in ("mode", "uid", "gid"):
+            v = orig.get(k)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+                return f"{k} {v!r} is not a number >= 0"
+        if orig["exists"] and orig.get("link") is None:
+            content = orig.get("content")
+            if not isinstance(content, str) or not isinstance(orig.get("mode"), int):
+                return "a file original needs content and mode"
+            try:
+                base64.b64decode(content.encode("ascii"), validate=True)
+            except (ValueError, UnicodeEncodeError):
+                return "content is not base64"
+        link = orig.get("link")
+        if link is not None and (not isinstance(link, str) or not link):
+            return "link is not a string"
+        dirs = orig.get("created_dirs", [])
+        if not isinstance(dirs, list):
+            return "created_dirs is not a list"
+        for d in dirs:
+            problem = _path_problem(d)
+            if problem:
+                return f"created_dirs: {problem}"
+            if path is None or not path.startswith(d + "/"):
+                return f"created_dirs: {d!r} is not a directory above {path!r}"
+    elif kind == "kernel":
+        v = orig.get("value")
+        if v is not None and not isinstance(v, str):
+            return "value is not a string"
+    return None
+
+
+def journal_problem(data: object) -> str | None:
+    """What is wrong with a parsed journal (None when it is well formed): the shape, the
+    change kinds and families, and every path (absolute, normalised: nothing above the root)."""
+    if not isinstance(data, dict):
+        return f"expected a JSON object, got {type(data).__name__}"
+    if data.get("version") != VERSION:
+        return f"unsupported journal version {data.get('version')!r}"
+    entries = data.get("entries")
+    if not isinstance(entries, list):
+        return "'entries' is missing or not a list"
+    for i, e in enumerate(entries):
+        where = f"entries[{i}]"
+        if not isinstance(e, dict) or not isinstance(e.get("id"), str) or not e["id"]:
+            return f"{where}: not an object with an id"
+        where = f"entries[{i}] ({e['id']})"
+        problem = _change_problem(e.get("change"))
+        if problem is None and e["change"]["id"] != e["id"]:
+            problem = f"change.id {e['change']['id']!r} differs from the entry id"
+        if problem is None:
+            p = _original_problem(e["change"]["kind"], e["change"].get("path"), e.get("original"))
+            problem = p and f"original: {p}"
+        if problem is None and not isinstance(e.get("txn"), str | None):
+            problem = "txn is not a string"
+        if problem:
+            return f"{where}: {problem}"
+    txn = data.get("transaction")
+    if txn is None:
+        return None
+    if not isinstance(txn, dict) or not isinstance(txn.get("id"), str) \
+            or not isinstance(txn.get("steps"), list):
+        return "transaction: not an object with an id and steps"
+    for i, step in enumerate(txn["steps"]):
+        where = f"transaction.steps[{i}]"
+        if not isinstance(step, dict) or step.get("status") not in ("pending", "done"):
+            return f"{where}: not an object with status pending/done"
+        problem = _change_problem(step.get("change"))
+        if problem is None:
+            p = _original_problem(step["change"]["kind"], step["change"].get("path"),
+                                  step.get("before"))
+            problem = p and f"before: {p}"
+        if problem:
+            ch = step.get("change")
+            return f"{where} ({ch.get('id', '?') if isinstance(ch, dict) else '?'}): {problem}"
+    return None
 
 
 @dataclass
@@ -41,32 +180,45 @@ class Journal:
     @classmethod
     def load(cls, host: Host) -> Journal:
         j = cls(host)
+        shown = host.shown(j.path)
+        st = host.lstat(j.path)
+        if st is not None and not stat.S_ISREG(st.st_mode):
+            raise HostError(f"the journal {shown} is not a regular file (a directory or a "
+                            "symlink): move it aside and look at what put it there")
         try:
-            text = host.read_text(j.path)
+            text = host.read_bytes(j.path, limit=MAX_BYTES)
         except PermissionError as err:
-            raise HostError(f"cannot read the journal {j.path}: permission denied") from err
+            raise HostError(f"cannot read the journal {shown}: permission denied") from err
         if text is None:
             return j
         try:
             data = json.loads(text)
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
             # Never silently drop originals: stop and let the operator look.
-            raise HostError(f"the journal {j.path} is corrupt ({err}); it holds the original "
+            raise HostError(f"the journal {shown} is corrupt ({err}); it holds the original "
                             "values - inspect it before removing it") from err
-        if data.get("version") != VERSION:
-            raise HostError(f"{j.path}: unsupported journal version {data.get('version')!r}")
-        j.entries = list(data.get("entries", []))
-        j.transaction = data.get("transaction")
+        problem = journal_problem(data)
+        if problem:
+            raise HostError(f"the journal {shown} is not valid: {problem}; it holds the "
+                            "original values - inspect it before removing it")
+        j.entries = list(data["entries"])
+        j.transaction = data["transaction"]
         return j
 
     def ids(self) -> set[str]:
         return {e["id"] for e in self.entries}
 
     def save(self) -> None:
-        self.host.makedirs(self.host.state_dir, 0o700)
+        """Write the journal atomically. A failure (disk full, read-only state dir) is a
+        JournalWriteError: the caller undoes what the run did."""
         data = {"version": VERSION, "entries": self.entries, "transaction": self.transaction}
-        self.host.write_file(self.path, json.dumps(data, indent=1, sort_keys=True).encode(),
-                             mode=0o600)
+        try:
+            self.host.makedirs(self.host.state_dir, 0o700)
+            self.host.write_file(self.path, json.dumps(data, indent=1, sort_keys=True).encode(),
+                                 mode=0o600)
+        except OSError as err:
+            raise JournalWriteError(f"cannot write the journal {self.host.shown(self.path)}: "
+                                    f"{err.strerror or err}") from err
 
     def archive(self) -> None:
         """Move a finished journal aside (history/), so rollback leaves no active journal."""

@@ -182,6 +182,21 @@ class Host:
     def remove(self, p: str) -> None:
         fsops.remove(self.root, self._check(p))
 
+    def remove_temp_files(self, p: str) -> list[str]:
+        """Remove the temp files hosttune's own writes of ``p`` leave when killed mid-write
+        (.NAME.hosttune-tmp-PID next to it); return the host paths removed."""
+        parts = fsops.normalize(self._check(p))
+        if not parts:
+            return []
+        parent = "/" + "/".join(parts[:-1])
+        prefix = f".{parts[-1]}{fsops.TMP_MARK}"
+        gone = []
+        for n in self.listdir(parent):
+            if n.startswith(prefix) and n[len(prefix):].isdigit():
+                self.remove(f"{parent.rstrip('/')}/{n}")
+                gone.append(f"{parent.rstrip('/')}/{n}")
+        return gone
+
     def rmdir_if_empty(self, p: str) -> bool:
         return fsops.rmdir(self.root, self._check(p))
 
