@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from hosttune.errors import HostError
 from hosttune.host import Host
+from hosttune.profile.paths import system_dir_problem
 from hosttune.profile.sizes import format_size, parse_size
 from hosttune.tunables.base import (
     Change,
@@ -110,6 +111,13 @@ def cache_path_problem(host: Host, path: str) -> str | None:
     if not path.startswith("/"):
         return f"{path!r} is not an absolute path"
     norm = os.path.normpath(path)
+    if norm != path.rstrip("/") or path.startswith("//"):
+        # '/var/cache/../..' is '/': hosttune would chmod/chgrp the root directory
+        return f"{path!r} is not a normalised path (no '..', '.' or '//')"
+    problem = system_dir_problem(norm)
+    if problem:
+        return (f"{problem}: hosttune would chmod and chgrp it for the JIT cache; use a "
+                "directory of its own such as /var/cache/cuda")
     for d in BOOT_WIPED:
         if norm == d or norm.startswith(d + "/"):
             return (f"{norm} is under {d}, which is wiped at boot (tmpfs or systemd-tmpfiles), "
