@@ -323,6 +323,9 @@ class GpuMps(Section):
         if v.startswith(("/tmp/", "/var/tmp/", "/dev/shm/")) or v in ("/tmp", "/var/tmp"):
             raise ValueError(f"{v} is under a world-writable directory: another user could "
                              "plant the MPS pipes or logs there; use a path under " + base)
+        if not re.fullmatch(r"[A-Za-z0-9._/-]+", v):
+            # written into a unit file: '%' is a specifier, spaces split words there
+            raise ValueError(f"a directory of letters, digits and ._-/ only, got {v!r}")
         if not v.startswith(base) or "/../" in v + "/" or len(v) <= len(base):
             raise ValueError(f"expected a directory under {base} (systemd creates it with the "
                              f"right owner and mode), got {v!r}")

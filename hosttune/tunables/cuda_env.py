@@ -29,6 +29,8 @@ from hosttune.tunables.base import (
     Row,
     Status,
     Tunable,
+    as_bytes,
+    as_text,
     b64,
     unb64,
     unified_diff,
@@ -296,9 +298,9 @@ class CudaEnvTunable(Tunable):
             st = host.file_state(change.path)
             if st.link_target is not None:
                 raise HostError(f"{change.path} is a symlink: refusing to edit through it")
-            text = (st.content or b"").decode("utf-8") if st.exists else ""
+            text = as_text(st.content or b"") if st.exists else ""
             new = set_block(text, list(change.params["body"]))
-            host.write_file(change.path, new.encode(), mode=st.mode or 0o644,
+            host.write_file(change.path, as_bytes(new), mode=st.mode or 0o644,
                             uid=st.uid, gid=st.gid)
             return
         host.makedirs(os.path.dirname(change.path))
@@ -320,8 +322,8 @@ class CudaEnvTunable(Tunable):
 
     def _revert_block(self, host: Host, path: str, original: dict[str, Any]) -> None:
         st = host.file_state(path)
-        orig = unb64(original["content"]).decode("utf-8") if original["exists"] else ""
-        cur = (st.content or b"").decode("utf-8") if st.exists else ""
+        orig = as_text(unb64(original["content"])) if original["exists"] else ""
+        cur = as_text(st.content or b"") if st.exists else ""
         stripped_cur = set_block(cur, None)
         if stripped_cur.rstrip("\n") == set_block(orig, None).rstrip("\n"):
             # nothing else changed since: restore the original bytes exactly
@@ -333,5 +335,6 @@ class CudaEnvTunable(Tunable):
             return
         # other lines changed since apply: remove only our block (restore the one we replaced)
         body = block_body(orig)
-        host.write_file(path, set_block(stripped_cur, body).encode(), mode=st.mode or 0o644,
+        host.write_file(path, as_bytes(set_block(stripped_cur, body)),
+                        mode=st.mode or 0o644,
                         uid=st.uid, gid=st.gid)

@@ -167,6 +167,12 @@ class KernelCmdlineTunable(Tunable):
                 1024**3 not in ctx.facts.hugepage_sizes:
             raise ctx.error("kernel_cmdline.hugepages_1g", "this CPU/kernel offers no 1 GiB "
                             "huge pages (/sys/kernel/mm/hugepages has no hugepages-1048576kB)")
+        ram = ctx.facts.mem_total_bytes
+        if sec.hugepages_1g and ram and sec.hugepages_1g * 1024**3 >= ram:
+            # the boot-time pool is taken before anything else runs: a pool of all the RAM
+            # (or more) leaves the kernel nothing and the host does not come up
+            raise ctx.error("kernel_cmdline.hugepages_1g", f"{sec.hugepages_1g} GiB of 1 GiB "
+                            f"pages is not less than this host's RAM ({ram / 1024**3:.1f} GiB)")
         seen: dict[str, str] = {}
         for w in wanted_words(sec):
             n = param_name(w)
