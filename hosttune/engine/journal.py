@@ -268,6 +268,10 @@ class Lock:
                              dir_fd=dfd)
             finally:
                 os.close(dfd)
+        except OSError as err:
+            self._release()
+            raise HostError(f"cannot open the lock {host.shown(host.state_dir + '/lock')}: "
+                            f"{err.strerror or err}") from err
         except BaseException:
             self._release()
             raise

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,8 @@ def _source(ref: str, base_dir: Path | None) -> tuple[str, Path]:
 
 
 def _read_source(ref: str, base_dir: Path | None,
-                 stamps: list[tuple[str, list[int] | None]]) -> tuple[str, str]:
+                 stamps: list[tuple[str, list[int] | None]],
+                 referrer: str | None = None) -> tuple[str, str]:
     """(display name, YAML text); appends the file's stat, taken before reading, to stamps."""
     from hosttune.profile.cache import stamp
 
@@ -55,8 +57,10 @@ def _read_source(ref: str, base_dir: Path | None,
     if not name.startswith("builtin:") and not path.name.endswith(PROFILE_SUFFIXES):
         # never parse (and quote in an error) a file that is not a profile: /etc/shadow,
         # /dev/zero
-        raise ProfileError("a profile file name ends in .yaml or .yml", file=name,
-                           key="extends" if stamps else None)
+        if referrer is not None:
+            raise ProfileError(f"{name}: a profile file name ends in .yaml or .yml",
+                               file=referrer, key="extends")
+        raise ProfileError("a profile file name ends in .yaml or .yml", file=name)
     stamps.append((str(path.absolute()), stamp(str(path))))
     return name, _read_text(name, path)
 
@@ -214,7 +218,7 @@ def load_raw(ref: str, base_dir: Path | None = None,
     cur: str | None = ref
     cur_base = base_dir
     while cur is not None:
-        name, text = _read_source(cur, cur_base, stamps)
+        name, text = _read_source(cur, cur_base, stamps, chain[-1][0] if chain else None)
         if name in seen:
             raise ProfileError(f"extends loop: {' -> '.join([n for n, _ in chain] + [name])}",
                                file=chain[0][0] if chain else name, key="extends")
@@ -259,8 +263,8 @@ def _string_problem(v: Any, key: str) -> tuple[str, str] | None:
     if isinstance(v, str):
         c = _control_char(v, key.rsplit(".", 1)[-1] in _MULTILINE_KEYS)
         if c is not None:
-            return key, (f"control character {c!r} in {v[:60]!r}: a value is written into "
-                         "configuration files and must stay on one line")
+            return key, (f"control character {c!r} at offset {v.index(c)}: a value is "
+                         "written into configuration files and must stay on one line")
     elif isinstance(v, dict):
         for k, sub in v.items():
             sk = f"{key}.{k}" if key else str(k)
@@ -277,14 +281,20 @@ def _string_problem(v: Any, key: str) -> tuple[str, str] | None:
     return None
 
 
+_KEY_RE = re.compile(r"[A-Za-z0-9_.@+-]{1,100}")
+
+
 def _loc_to_key(loc: tuple[Any, ...]) -> str:
+    """The dotted key of a pydantic error location. A key that is not a plain name is shown
+    as <...>: it may be a line of some other file given as a profile (a shadow entry parses
+    as a YAML key), and error messages never print another file's lines."""
     parts = []
     for p in loc:
         # pydantic puts union-member names (e.g. 'str', 'int', 'literal[...]') in loc; drop them
         if isinstance(p, str) and (p in {"str", "int", "float", "bool", "dict[int,union[str,int]]"}
                                    or p.startswith(("literal[", "function-", "dict["))):
             continue
-        parts.append(str(p))
+        parts.append(str(p) if _KEY_RE.fullmatch(str(p)) else "<a key that is not a name>")
     return ".".join(parts)
 
 
@@ -320,11 +330,12 @@ def load_profile(ref: str, base_dir: Path | None = None, *,
     except ValidationError as err:
         first = err.errors()[0]
         where = _loc_to_key(first["loc"])
-        msg = first["msg"]
+        msg = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             msg = "unknown key (not part of the profile schema)"
         got = first.get("input")
-        if first["type"] != "extra_forbidden" and not isinstance(got, dict | list):
+        if first["type"] != "extra_forbidden" and not isinstance(got, dict | list) \
+                and repr(got) not in msg:
             msg += f" (got {got!r})"
         more = len(err.errors()) - 1
         if more:
