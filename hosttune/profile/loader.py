@@ -156,7 +156,11 @@ def _loader_class() -> Any:
 def _parse_yaml(name: str, text: str) -> dict[str, Any]:
     import yaml  # here, not at the top: a cached profile is loaded without it
 
-    loader = _loader_class()(text)
+    try:
+        loader = _loader_class()(text)  # the reader refuses control characters already here
+    except yaml.reader.ReaderError as err:
+        raise ProfileError(f"invalid YAML: {err.reason} (character {err.character:#x} at "
+                           f"offset {err.position})", file=name) from err
     try:
         node = loader.get_single_node()
         if node is not None:
