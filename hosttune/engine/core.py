@@ -396,13 +396,18 @@ def apply(host: Host, loaded: LoadedProfile, *, runtime_only: bool = False,
             _maybe_crash(i, "after")
             journal.transaction["steps"][-1]["status"] = "done"
             steps.append(StepResult(ch, "applied", skipped_commands=new_skipped))
-        journal.transaction = None
+        txn, journal.transaction = journal.transaction, None
         try:
             journal.save()
         except JournalWriteError as err:
-            # every step is applied but the journal still holds the transaction: undo it
-            # (the journal on disk still lists every step, so a later run can finish that)
-            _undo_transaction(host, journal)
+            # every step is applied but the journal on disk still holds the transaction (and
+            # lists every step): undo the run now; if that cannot be recorded either, the
+            # next run finds the transaction and undoes it again (restores are idempotent)
+            journal.transaction = txn
+            try:
+                _undo_transaction(host, journal)
+            except ApplyError as again:
+                raise again from err
             raise ApplyError(f"{err}; the run was undone") from err
         ctx = Context(host, loaded, runtime_only=runtime_only)
         verify_rows, left = _evaluate(ctx, only)
