@@ -309,3 +309,28 @@ def test_journal_problem_names_nothing_for_a_real_journal(ryzen):
     data = json.loads((ryzen / "var/lib/hosttune/journal.json").read_text())
     assert data["transaction"] is not None and data["entries"]
     assert journal_problem(data) is None
+
+
+def test_journal_failure_after_the_last_step_undoes_the_run(ryzen, monkeypatch):
+    """The final save (transaction closed) fails: every step is undone, not left applied."""
+    from hosttune.engine import core
+    from hosttune.host import Host, fsops
+    from hosttune.profile import load_profile
+
+    loaded = load_profile("inference")
+    n = len(core.plan(Host(ryzen), loaded).changes)
+    original = snapshot(ryzen)
+    real = fsops.atomic_write
+    calls = {"n": 0}
+
+    def atomic_write(root, p, data, **kw):
+        if p.endswith("/journal.json"):
+            calls["n"] += 1
+            if calls["n"] == n + 2:  # 1 (open) + n steps, then the closing save
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real(root, p, data, **kw)
+
+    monkeypatch.setattr(fsops, "atomic_write", atomic_write)
+    with pytest.raises(ApplyError, match="the run was undone"):
+        core.apply(Host(ryzen), loaded)
+    assert snapshot(ryzen) == original
