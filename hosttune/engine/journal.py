@@ -37,7 +37,7 @@ class JournalWriteError(HostError):
 
 # --- validation: a journal is input too (a tampered or truncated file must not steer writes) ----
 _KINDS = ("file", "symlink", "kernel", "command", "action")
-_KERNEL_PREFIXES = ("/proc/sys/", "/sys/")
+_KERNEL_PREFIXES = ("/proc/", "/sys/")  # /proc/sys, /proc/irq/N/smp_affinity_list, /sys
 
 
 def _path_problem(p: object) -> str | None:
@@ -67,7 +67,7 @@ def _change_problem(ch: object) -> str | None:
         if problem:
             return f"change.path: {problem}"
     if ch["kind"] == "kernel" and not str(ch["path"]).startswith(_KERNEL_PREFIXES):
-        return f"change.path {ch['path']!r}: a kernel value lives under /proc/sys or /sys"
+        return f"change.path {ch['path']!r}: a kernel value lives under /proc or /sys"
     if ch.get("value") is not None and not isinstance(ch["value"], str):
         return "change.value is not a string"
     mode = ch.get("mode", 0o644)

@@ -119,7 +119,8 @@ class Host:
         """Contents of a regular file, or None if it does not exist (or is a directory).
         Anything else (a FIFO, a device) or a file over ``limit`` is a HostError.
         PermissionError propagates so callers can mark a reading as 'needs root'."""
-        return fsops.read_bytes(str(self.path(p)), limit, self.shown(p))
+        return fsops.read_bytes(str(self.path(p)), limit, self.shown(p),
+                                resolved=self._root_s != "/")
 
     def read_text(self, p: str, *, limit: int = MAX_READ) -> str | None:
         """:meth:`read_bytes` decoded as UTF-8 (undecodable bytes replaced)."""

@@ -323,13 +323,16 @@ def write_kernel_file(path: Path, value: str) -> None:
         os.close(fd)
 
 
-def read_bytes(path: str, limit: int, shown_as: str) -> bytes | None:
+def read_bytes(path: str, limit: int, shown_as: str, *, resolved: bool = True) -> bytes | None:
     """Contents of a regular file (None if absent or a directory), at most ``limit`` bytes.
 
     O_NONBLOCK keeps a FIFO from blocking the open; fstat then refuses anything that is not a
-    regular file (a FIFO, /dev/zero, a socket) before a byte is read."""
+    regular file (a FIFO, /dev/zero, a socket) before a byte is read. A ``resolved`` path
+    (resolve_in_root's result) has no symlink left: O_NOFOLLOW catches one swapped in since.
+    The live root's own links (/etc/os-release -> ../usr/lib/os-release) are followed."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_NOFOLLOW if resolved else 0)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        fd = os.open(path, flags)
     except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         return None
     except OSError as err:
