@@ -68,7 +68,8 @@ def test_failed_step_reverts_the_whole_run(ryzen):
     target = ryzen / "proc/sys/vm/vfs_cache_pressure"
     target.unlink()
     (ryzen / "planted").write_text("100\n")
-    target.symlink_to(ryzen / "planted")  # O_NOFOLLOW: the write fails with ELOOP
+    # relative: an absolute target would resolve inside the tree (--root is a chroot)
+    target.symlink_to("../../../planted")  # O_NOFOLLOW: the write fails with ELOOP
     original = snapshot(ryzen)
     p = run_cli("apply", "--root", str(ryzen), "--yes", "--json", "--only", "sysctl")
     assert p.returncode == 1, p.stdout + p.stderr

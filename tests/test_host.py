@@ -92,3 +92,89 @@ def test_facts_on_fake_trees(ryzen, epyc):
     assert [n.id for n in e.nodes] == [0, 1]
     assert len(e.l3_domains) == 16
     assert e.cpu(32).node == 1 and e.cpu(96).node == 1 and e.cpu(0).node == 0
+
+
+# --- confinement: nothing outside --root is read or written -------------------------------------
+def test_dotdot_stays_in_the_tree(tmp_path):
+    tree = tmp_path / "tree"
+    (tree / "etc").mkdir(parents=True)
+    h = Host(tree)
+    assert h.path("/../../../../tmp/x") == tree / "tmp/x"
+    assert h.path("/etc/../../etc/fstab") == tree / "etc/fstab"
+    h.write_file("/../../../../x", b"in\n")
+    assert (tree / "x").read_bytes() == b"in\n"
+    assert not (tmp_path / "x").exists()
+
+
+def test_symlinks_resolve_inside_the_root_for_reads(tmp_path):
+    tree, outside = tmp_path / "tree", tmp_path / "outside"
+    (tree / "proc/sys").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "swappiness").write_text("OUTSIDE\n")
+    (tree / "elsewhere").mkdir()
+    (tree / "elsewhere/swappiness").write_text("inside\n")
+    # an absolute target is a path of the tree (a chroot), not of the live system
+    (tree / "proc/sys/vm").symlink_to(outside)
+    h = Host(tree)
+    assert h.read_text("/proc/sys/vm/swappiness") is None
+    (tree / "proc/sys/vm").unlink()
+    (tree / "proc/sys/vm").symlink_to("/elsewhere")
+    assert h.read_value("/proc/sys/vm/swappiness") == "inside"
+    # relative targets that climb stop at the root
+    (tree / "proc/sys/vm").unlink()
+    (tree / "proc/sys/vm").symlink_to("../../../../../../../" + str(outside).lstrip("/"))
+    assert h.read_text("/proc/sys/vm/swappiness") is None
+    assert h.listdir("/proc/sys/vm") == []
+    assert h.glob("/proc/sys/vm/*") == []
+
+
+def test_symlink_loop_to_itself_is_an_error(tmp_path):
+    (tmp_path / "etc").symlink_to("/etc")  # TREE/etc -> /etc is TREE/etc itself: a loop
+    h = Host(tmp_path)
+    with pytest.raises(HostError, match="symbolic links"):
+        h.read_text("/etc/passwd")
+
+
+def test_writes_refuse_a_symlinked_directory_even_inside(tmp_path):
+    (tmp_path / "real").mkdir()
+    (tmp_path / "etc").symlink_to("real")
+    h = Host(tmp_path)
+    with pytest.raises(HostError, match="symlink /etc"):
+        h.write_file("/etc/x.conf", b"x\n")
+    with pytest.raises(HostError, match="symlink"):
+        h.makedirs("/etc/sysctl.d")
+    assert list((tmp_path / "real").iterdir()) == []
+
+
+def test_reading_a_fifo_or_device_is_refused_not_a_hang(tmp_path):
+    os.mkfifo(tmp_path / "fifo")
+    h = Host(tmp_path)
+    with pytest.raises(HostError, match="not a regular file"):
+        h.read_text("/fifo")
+    (tmp_path / "big").write_bytes(b"x" * 2048)
+    with pytest.raises(HostError, match="larger than"):
+        h.read_bytes("/big", limit=1024)
+
+
+def test_glob_matches_inside_the_root(tmp_path):
+    for n in ("cpu0", "cpu1", "cpufreq"):
+        (tmp_path / "sys/devices/system/cpu" / n).mkdir(parents=True)
+    h = Host(tmp_path)
+    assert h.glob("/sys/devices/system/cpu/cpu[0-9]") == ["/sys/devices/system/cpu/cpu0",
+                                                          "/sys/devices/system/cpu/cpu1"]
+
+
+def test_state_dirs_of_one_tree_share_the_lock(tmp_path, monkeypatch):
+    from hosttune.engine.journal import Lock
+    from hosttune.errors import LockedError
+
+    a = Host(tmp_path, state_dir="/var/lib/a")
+    b = Host(tmp_path, state_dir="/var/lib/b")
+    with Lock(a), pytest.raises(LockedError, match="holds"):
+        with Lock(b):
+            pass
+    with Lock(b):  # released
+        pass
+    assert Host(tmp_path, state_dir="/../../var/lib/x").state_dir == "/var/lib/x"
+    with pytest.raises(HostError, match="absolute"):
+        Host(tmp_path, state_dir="var/x")

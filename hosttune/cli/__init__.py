@@ -95,7 +95,29 @@ def _command_name(argv: list[str]) -> str | None:
 
 
 def main() -> None:
-    argv = sys.argv[1:]
+    # --debug (anywhere on the line) or HOSTTUNE_DEBUG=1: let an unexpected exception show
+    # its traceback; otherwise it is one line and exit 2, like every other runtime error
+    debug = "--debug" in sys.argv[1:] or bool(os.environ.get("HOSTTUNE_DEBUG"))
+    sys.argv[1:] = [a for a in sys.argv[1:] if a != "--debug"]
+    try:
+        _main(sys.argv[1:])
+    except (SystemExit, KeyboardInterrupt, BrokenPipeError):
+        raise
+    except Exception as err:
+        if debug:
+            raise
+        from hosttune.cli.audit_cmd import EXIT_ERROR, print_error
+        from hosttune.errors import HosttuneError
+
+        if isinstance(err, HosttuneError):  # a library error no command caught: its message
+            print_error(str(err))
+            sys.exit(EXIT_ERROR)
+        print_error(f"internal error: {type(err).__name__}: {err} (rerun with --debug for "
+                    "the traceback)")
+        sys.exit(EXIT_ERROR)
+
+
+def _main(argv: list[str]) -> None:
     if argv[:1] == ["audit"]:
         from hosttune.cli.audit_cmd import parse_args, run_audit
 

@@ -47,13 +47,19 @@ def emit_json(data: Any) -> None:
     write_stdout(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
+def one_line(message: str) -> str:
+    """A message on one line: control characters (a newline from a hostile value) shown
+    escaped, so an error never prints as several lines or as terminal escapes."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 def print_error(message: str) -> None:
     from rich.console import Console
     from rich.text import Text
 
-    # the message is data (paths, values): never markup or emoji codes
+    # the message is data (paths, values): never markup or emoji codes, and one line
     Console(stderr=True, highlight=False, emoji=False).print(
-        Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
+        Text.assemble(("error:", "bold red"), " ", one_line(message)), soft_wrap=True)
 
 
 def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> dict[str, Any] | None:

@@ -766,7 +766,7 @@ def _world_writable_in_chain(ctx: DoctorContext, path: str) -> bool:
     cur = os.path.normpath(path)
     while True:
         try:
-            st = os.lstat(ctx.host.path(cur))
+            st = os.lstat(ctx.host.lpath(cur))
             if stat.S_IMODE(st.st_mode) & 0o002 and not stat.S_ISLNK(st.st_mode):
                 return True
         except OSError:

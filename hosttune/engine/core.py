@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from hosttune.engine.journal import Journal, Lock
+from hosttune.engine.journal import Journal, JournalWriteError, Lock
 from hosttune.errors import ApplyError, HosttuneError, NeedsRootError, UsageError
 from hosttune.host import Host
 from hosttune.host.parsers import parse_bracketed_choice
@@ -224,7 +224,7 @@ def _restore_file(host: Host, path: str, orig: dict[str, Any]) -> None:
         if orig.get("link") is not None:
             host.symlink(orig["link"], path)
         else:
-            if host.path(path).is_symlink():
+            if host.lpath(path).is_symlink():
                 # apply replaced a file with a link (e.g. a unit masked to /dev/null); the
                 # atomic write refuses any symlink on the way, so drop our own link first.
                 host.remove(path)
@@ -262,6 +262,10 @@ def do_apply(host: Host, change: Change) -> None:
 
 
 def do_revert(host: Host, change: Change, orig: dict[str, Any]) -> None:
+    if change.path is not None:
+        # a write killed between its temp file and the rename leaves .NAME.hosttune-tmp-PID
+        # behind; it would also keep the directories the run created from being removed
+        host.remove_temp_files(change.path)
     if change.kind in ("file", "symlink"):
         assert change.path is not None
         _restore_file(host, change.path, orig)
@@ -342,7 +346,13 @@ def _undo_transaction(host: Host, journal: Journal) -> list[StepResult]:
     if not failed:
         journal.entries = [e for e in journal.entries if e.get("txn") != txn["id"]]
         journal.transaction = None
-    journal.save()
+    try:
+        journal.save()
+    except JournalWriteError as err:
+        # the host is restored; the journal on disk still holds the transaction, whose
+        # restores are idempotent: the next run undoes it again and clears it
+        raise ApplyError(f"{err}: the changes were undone, but the journal could not record "
+                         "it; free space and run `hosttune rollback`") from err
     if failed:
         raise ApplyError("could not undo the interrupted run: " + "; ".join(
             f"{r.change.id}: {r.error}" for r in results if r.status == "revert-failed"))
@@ -365,27 +375,37 @@ def apply(host: Host, loaded: LoadedProfile, *, runtime_only: bool = False,
         txn_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.urandom(4).hex()}"
         journal.transaction = {"id": txn_id, "pid": os.getpid(), "started": time.time(),
                                "profile": loaded.profile.name, "steps": []}
-        journal.save()
+        try:
+            journal.save()
+        except JournalWriteError:
+            journal.transaction = None
+            raise  # nothing changed yet: exit 2 with the journal's error
         known = journal.ids()
         steps: list[StepResult] = []
         skipped_all: list[tuple[str, ...]] = []
         for i, ch in enumerate(changes):
             if progress:
                 progress(i, len(changes), ch)
-            before = capture(host, ch)
-            journal.transaction["steps"].append(
-                {"change": ch.to_json(), "before": before, "status": "pending"})
-            if ch.id not in known:
-                journal.entries.append({"id": ch.id, "change": ch.to_json(), "original": before,
-                                        "txn": txn_id, "at": time.time()})
-                known.add(ch.id)
-            journal.save()  # the original is on disk before the change is made
-            _maybe_crash(i, "before")
             n_skipped = len(host.runner.skipped)
             try:
+                # capture and the journal write belong to the transaction: a step whose
+                # original cannot be recorded (disk full, read-only state dir) undoes the run
+                before = capture(host, ch)
+                journal.transaction["steps"].append(
+                    {"change": ch.to_json(), "before": before, "status": "pending"})
+                if ch.id not in known:
+                    journal.entries.append({"id": ch.id, "change": ch.to_json(),
+                                            "original": before, "txn": txn_id,
+                                            "at": time.time()})
+                    known.add(ch.id)
+                journal.save()  # the original is on disk before the change is made
+                _maybe_crash(i, "before")
                 do_apply(host, ch)
             except Exception as err:
                 undone = _undo_transaction(host, journal)
+                if isinstance(err, JournalWriteError):
+                    raise ApplyError(f"{err}; the {len(steps)} step(s) already applied were "
+                                     "undone") from err
                 msg = f"{ch.summary}: {err}"
                 failed = [*steps, StepResult(ch, "failed", str(err))]
                 return ApplyReport(False, failed + undone, [], recovered, error=msg,
@@ -395,8 +415,19 @@ def apply(host: Host, loaded: LoadedProfile, *, runtime_only: bool = False,
             _maybe_crash(i, "after")
             journal.transaction["steps"][-1]["status"] = "done"
             steps.append(StepResult(ch, "applied", skipped_commands=new_skipped))
-        journal.transaction = None
-        journal.save()
+        txn, journal.transaction = journal.transaction, None
+        try:
+            journal.save()
+        except JournalWriteError as err:
+            # every step is applied but the journal on disk still holds the transaction (and
+            # lists every step): undo the run now; if that cannot be recorded either, the
+            # next run finds the transaction and undoes it again (restores are idempotent)
+            journal.transaction = txn
+            try:
+                _undo_transaction(host, journal)
+            except ApplyError as again:
+                raise again from err
+            raise ApplyError(f"{err}; the run was undone") from err
         ctx = Context(host, loaded, runtime_only=runtime_only)
         verify_rows, left = _evaluate(ctx, only)
         if runtime_only:

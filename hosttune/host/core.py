@@ -7,6 +7,8 @@ recorded as skipped, never run against the live system, and nothing outside DIR 
 
 from __future__ import annotations
 
+import fnmatch
+import glob
 import os
 import stat
 from dataclasses import dataclass
@@ -20,6 +22,8 @@ from hosttune.host.runner import CommandResult, Runner
 
 if TYPE_CHECKING:
     from hosttune.host.gpu.nvml import Nvml
+
+MAX_READ = 64 << 20  # no file hosttune reads is near this; /dev/zero-sized inputs stop here
 
 
 @dataclass(frozen=True)
@@ -38,10 +42,15 @@ class Host:
     def __init__(self, root: str | Path = "/", *, state_dir: str | None = None,
                  nvml_backend: Any | None = None) -> None:
         self.root = Path(os.path.abspath(root))
+        self._root_s = str(self.root)
         self.offline = self.root != Path("/")
         self.runner = Runner(offline=self.offline)
         # Where the journal, lock and backups live (a path on the host, mapped under root).
-        self.state_dir = state_dir or os.environ.get("HOSTTUNE_STATE_DIR") or "/var/lib/hosttune"
+        sd = state_dir or os.environ.get("HOSTTUNE_STATE_DIR") or "/var/lib/hosttune"
+        if not sd.startswith("/"):
+            raise HostError(f"HOSTTUNE_STATE_DIR={sd}: not an absolute path")
+        # normalised: the state dir is always a directory of this tree, never above it
+        self.state_dir = "/" + "/".join(fsops.normalize(sd))
         self._nvml_backend = nvml_backend  # a pynvml-like object (tests inject a fake)
         self._nvml: Nvml | None = None
 
@@ -49,20 +58,37 @@ class Host:
         return f"Host(root={str(self.root)!r})"
 
     # -- paths -------------------------------------------------------------------------------
-    def path(self, p: str | Path) -> Path:
-        """Map an absolute host path under the root prefix."""
+    def _check(self, p: str | Path) -> str:
         s = str(p)
         if not s.startswith("/"):
             raise HostError(f"host paths must be absolute: {s!r}")
-        if self.root == Path("/"):
+        return s
+
+    def path(self, p: str | Path) -> Path:
+        """The real path of an absolute host path: under --root every component, the last one
+        included, is resolved inside the root (``..`` stops at it, an absolute symlink starts
+        again at it), so whatever the caller opens is inside the tree."""
+        s = self._check(p)
+        if self._root_s == "/":
             return Path(s)
-        return self.root / s.lstrip("/")
+        return Path(fsops.resolve_in_root(self._root_s, s))
+
+    def lpath(self, p: str | Path) -> Path:
+        """Like :meth:`path`, but the last component is not followed (lstat, readlink)."""
+        s = self._check(p)
+        if self._root_s == "/":
+            return Path(s)
+        return Path(fsops.resolve_in_root(self._root_s, s, follow_last=False))
 
     def unmap(self, real: Path) -> str:
         """Inverse of :meth:`path`: the host path of a real path under the root."""
         if self.root == Path("/"):
             return str(real)
         return "/" + str(Path(real).relative_to(self.root))
+
+    def shown(self, p: str) -> str:
+        """A host path for messages (with the tree it lives in, under --root)."""
+        return fsops.shown(self.root, fsops.normalize(p))
 
     @property
     def is_root(self) -> bool:
@@ -77,21 +103,29 @@ class Host:
 
     # -- reading -----------------------------------------------------------------------------
     def exists(self, p: str) -> bool:
-        return os.path.lexists(self.path(p))
+        return os.path.lexists(self.lpath(p))
 
     def is_dir(self, p: str) -> bool:
         return self.path(p).is_dir()
 
-    def read_text(self, p: str) -> str | None:
-        """Contents of a file, or None if it does not exist. PermissionError propagates so
-        callers can mark a reading as 'needs root'."""
+    def lstat(self, p: str) -> os.stat_result | None:
+        """lstat of a host path (the last component not followed), None when absent."""
         try:
-            with open(self.path(p), encoding="utf-8", errors="replace") as fh:
-                return fh.read()
+            return os.lstat(self.lpath(p))
         except (FileNotFoundError, NotADirectoryError):
             return None
-        except IsADirectoryError:
-            return None
+
+    def read_bytes(self, p: str, *, limit: int = MAX_READ) -> bytes | None:
+        """Contents of a regular file, or None if it does not exist (or is a directory).
+        Anything else (a FIFO, a device) or a file over ``limit`` is a HostError.
+        PermissionError propagates so callers can mark a reading as 'needs root'."""
+        return fsops.read_bytes(str(self.path(p)), limit, self.shown(p),
+                                resolved=self._root_s != "/")
+
+    def read_text(self, p: str, *, limit: int = MAX_READ) -> str | None:
+        """:meth:`read_bytes` decoded as UTF-8 (undecodable bytes replaced)."""
+        data = self.read_bytes(p, limit=limit)
+        return None if data is None else data.decode("utf-8", errors="replace")
 
     def read_value(self, p: str) -> str | None:
         """A one-line kernel value, stripped (sysfs/procfs)."""
@@ -105,76 +139,88 @@ class Host:
             return []
 
     def glob(self, pattern: str) -> list[str]:
-        """Glob a host path pattern; returns host paths (sorted)."""
-        base = self.path("/")
-        return sorted("/" + str(m.relative_to(base)) for m in base.glob(pattern.lstrip("/")))
+        """Glob a host path pattern (``*?[]`` within one component); returns host paths
+        (sorted). Every directory is listed through :meth:`listdir`, inside the root."""
+        if "**" in pattern:
+            raise HostError(f"glob {pattern!r}: '**' is not supported")
+        found = [""]
+        for comp in fsops.normalize(self._check(pattern)):
+            nxt: list[str] = []
+            for d in found:
+                if glob.has_magic(comp):
+                    nxt.extend(f"{d}/{n}" for n in fnmatch.filter(self.listdir(d or "/"), comp))
+                elif self.exists(f"{d}/{comp}"):
+                    nxt.append(f"{d}/{comp}")
+            found = nxt
+        return sorted(f for f in found if f)
 
     def file_state(self, p: str) -> FileState:
-        real = self.path(p)
+        real = self.lpath(p)
         try:
             st = os.lstat(real)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return FileState(exists=False)
         if stat.S_ISLNK(st.st_mode):
             return FileState(exists=True, link_target=os.readlink(real), mode=None)
         if not stat.S_ISREG(st.st_mode):
-            raise HostError(f"{p} is not a regular file")
-        with open(real, "rb") as fh:
-            data = fh.read()
+            raise HostError(f"{self.shown(p)} is not a regular file")
+        data = fsops.read_bytes(str(real), MAX_READ, self.shown(p))
+        if data is None:  # replaced by a directory since the lstat
+            raise HostError(f"{self.shown(p)} is not a regular file")
         return FileState(True, data, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid)
 
     # -- writing -----------------------------------------------------------------------------
+    # Every write walks the directories from a descriptor of the root with O_NOFOLLOW and acts
+    # on the last one's descriptor: no symlink on the way, none swapped in after the check.
     def write_file(self, p: str, data: bytes, *, mode: int = 0o644,
                    uid: int | None = None, gid: int | None = None) -> None:
-        real = self.path(p)
-        fsops.atomic_write(real, data, mode=mode, root=self.root, uid=uid, gid=gid)
+        fsops.atomic_write(self.root, self._check(p), data, mode=mode, uid=uid, gid=gid)
 
     def makedirs(self, p: str, mode: int = 0o755) -> list[str]:
         """Create missing directories; return the host paths created (outermost first)."""
-        created: list[str] = []
-        cur = p.rstrip("/") or "/"
-        missing: list[str] = []
-        while cur != "/" and not os.path.lexists(self.path(cur)):
-            missing.append(cur)
-            cur = os.path.dirname(cur)
-        for d in reversed(missing):
-            fsops._check_no_symlink(self.path(d), self.root)
-            os.mkdir(self.path(d), mode)
-            created.append(d)
-        return created
+        return fsops.makedirs(self.root, self._check(p), mode)
 
     def remove(self, p: str) -> None:
-        real = self.path(p)
-        fsops._check_no_symlink(real.parent, self.root)
-        try:
-            os.unlink(real)
-        except FileNotFoundError:
-            return
-        fsops.fsync_dir(real.parent)
+        fsops.remove(self.root, self._check(p))
+
+    def remove_temp_files(self, p: str) -> list[str]:
+        """Remove the temp files hosttune's own writes of ``p`` leave when killed mid-write
+        (.NAME.hosttune-tmp-PID next to it); return the host paths removed."""
+        parts = fsops.normalize(self._check(p))
+        if not parts:
+            return []
+        parent = "/" + "/".join(parts[:-1])
+        prefix = f".{parts[-1]}{fsops.TMP_MARK}"
+        gone = []
+        for n in self.listdir(parent):
+            if n.startswith(prefix) and n[len(prefix):].isdigit():
+                self.remove(f"{parent.rstrip('/')}/{n}")
+                gone.append(f"{parent.rstrip('/')}/{n}")
+        return gone
 
     def rmdir_if_empty(self, p: str) -> bool:
-        try:
-            os.rmdir(self.path(p))
-            return True
-        except OSError:
-            return False
+        return fsops.rmdir(self.root, self._check(p))
+
+    def rmtree(self, p: str) -> None:
+        fsops.rmtree(self.root, self._check(p))
+
+    def rename(self, src: str, dst: str) -> None:
+        fsops.rename(self.root, self._check(src), self._check(dst))
+
+    def set_dir(self, p: str, mode: int, *, uid: int = -1, gid: int = -1,
+                create: bool = False) -> None:
+        """chmod/chown directory ``p`` (creating it when ``create``), never via a symlink."""
+        fsops.set_dir(self.root, self._check(p), mode, uid, gid, create=create)
 
     def symlink(self, target: str, p: str) -> None:
-        real = self.path(p)
-        fsops._check_no_symlink(real.parent, self.root)
-        tmp = real.parent / f".{real.name}.hosttune-tmp-{os.getpid()}"
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        os.symlink(target, tmp)
-        os.replace(tmp, real)
-        fsops.fsync_dir(real.parent)
+        fsops.symlink(self.root, target, self._check(p))
 
     def write_kernel(self, p: str, value: str) -> None:
         """Write a runtime kernel value (/proc/sys, /sys) like ``echo value > file`` (newline
         included, which every kernel parser accepts). Under --root this writes the fixture."""
         if not value.endswith("\n"):
             value += "\n"
-        fsops.write_kernel_file(self.path(p), value, root=self.root)
+        fsops.write_kernel_file(self.lpath(p), value)
 
     # -- commands ----------------------------------------------------------------------------
     def run(self, argv: list[str], *, timeout_s: float = 60.0, input_text: str | None = None,

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from hosttune.errors import HostError
 from hosttune.host.parsers import parse_cpulist, parse_kb_dirname, parse_meminfo
 from hosttune.host.pci import PciGpu, read_gpus
 
@@ -69,6 +70,15 @@ class HostFacts:
         return any(len(c.siblings) > 1 for c in self.cpus)
 
 
+def read_cpulist(host: Host, path: str) -> list[int]:
+    """A sysfs CPU list file ('0-3,8'), [] when absent; garbage is a HostError naming it."""
+    text = host.read_value(path)
+    try:
+        return parse_cpulist(text or "")
+    except ValueError as err:
+        raise HostError(f"{host.shown(path)}: not a CPU list ({err})") from err
+
+
 def _int(text: str | None, default: int = 0) -> int:
     try:
         return int((text or "").strip())
@@ -78,7 +88,10 @@ def _int(text: str | None, default: int = 0) -> int:
 
 def read_facts(host: Host) -> HostFacts:
     meminfo = parse_meminfo(host.read_text("/proc/meminfo") or "")
-    online = parse_cpulist(host.read_value("/sys/devices/system/cpu/online") or "")
+    bad = sorted(k for k, v in meminfo.items() if v < 0)
+    if bad:
+        raise HostError(f"{host.shown('/proc/meminfo')}: negative {bad[0]}")
+    online = read_cpulist(host, "/sys/devices/system/cpu/online")
     if not online:
         online = sorted(
             int(d[3:]) for d in host.listdir("/sys/devices/system/cpu")
@@ -92,7 +105,7 @@ def read_facts(host: Host) -> HostFacts:
         if not (d.startswith("node") and d[4:].isdigit()):
             continue
         nid = int(d[4:])
-        cpus = parse_cpulist(host.read_value(f"/sys/devices/system/node/{d}/cpulist") or "")
+        cpus = read_cpulist(host, f"/sys/devices/system/node/{d}/cpulist")
         mem = parse_meminfo(host.read_text(f"/sys/devices/system/node/{d}/meminfo") or "")
         # node meminfo lines read 'Node 0 MemTotal:  123 kB'
         total = next((v for k, v in mem.items() if k.endswith("MemTotal")), 0)
@@ -109,16 +122,16 @@ def read_facts(host: Host) -> HostFacts:
         base = f"/sys/devices/system/cpu/cpu{cid}"
         pkg = _int(host.read_value(f"{base}/topology/physical_package_id"))
         core = _int(host.read_value(f"{base}/topology/core_id"), cid)
-        sib_text = (host.read_value(f"{base}/topology/thread_siblings_list")
-                    or host.read_value(f"{base}/topology/core_cpus_list") or str(cid))
-        sibs = tuple(parse_cpulist(sib_text))
+        sib_file = f"{base}/topology/thread_siblings_list"
+        if not host.read_value(sib_file):
+            sib_file = f"{base}/topology/core_cpus_list"
+        sibs = tuple(read_cpulist(host, sib_file)) or (cid,)
         l3: tuple[int, ...] | None = None
         for idx in host.listdir(f"{base}/cache"):
             if not idx.startswith("index"):
                 continue
             if host.read_value(f"{base}/cache/{idx}/level") == "3":
-                l3 = tuple(parse_cpulist(
-                    host.read_value(f"{base}/cache/{idx}/shared_cpu_list") or ""))
+                l3 = tuple(read_cpulist(host, f"{base}/cache/{idx}/shared_cpu_list"))
                 break
         if l3:
             l3_lists.setdefault(l3, None)
@@ -150,7 +163,7 @@ def read_facts(host: Host) -> HostFacts:
             model = v.strip()
         if vendor and model:
             break
-    isolated = tuple(parse_cpulist(host.read_value("/sys/devices/system/cpu/isolated") or ""))
+    isolated = tuple(read_cpulist(host, "/sys/devices/system/cpu/isolated"))
     return HostFacts(
         mem_total_bytes=meminfo.get("MemTotal", 0),
         cpus=cpu_objs,

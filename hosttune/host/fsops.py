@@ -1,4 +1,15 @@
-"""File operations that never follow symlinks planted in target paths.
+"""File operations confined to a root directory that never follow planted symlinks.
+
+Two rules, for two kinds of access:
+
+* Reads resolve a host path *inside* the root, component by component, the way
+  openat2(2) with RESOLVE_IN_ROOT does: ``..`` stops at the root and an absolute symlink target
+  starts again at the root, so ``TREE/etc -> /etc`` can never reach the live /etc
+  [openat2(2); fs/namei.c, nd_jump_root]. :func:`resolve_in_root` does that walk with lstat and
+  readlink (openat2 is not in Python's os module; a ctypes call would cost audit an import).
+* Writes walk the parent directories with ``O_NOFOLLOW | O_DIRECTORY`` from a descriptor of the
+  root and act on the last directory's descriptor (``*at`` calls): a symlink anywhere on the way
+  is refused, and nothing swapped in after the check can redirect the write.
 
 Atomic replace: write a temp file in the same directory, fsync it, rename over the target,
 fsync the directory. Kernel files (/proc, /sys) are written in place: they are not regular
@@ -9,66 +20,280 @@ from __future__ import annotations
 
 import errno
 import os
+import shutil
 import stat
 from pathlib import Path
 
 from hosttune.errors import HostError
 
+MAX_LINKS = 40  # MAXSYMLINKS in include/linux/namei.h: the kernel gives ELOOP after 40
+TMP_MARK = ".hosttune-tmp-"  # every temp file hosttune creates has this in its name
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
-def _check_no_symlink(path: Path, stop_at: Path) -> None:
-    """Refuse if any component of ``path`` below ``stop_at`` is a symlink.
 
-    Guards against a symlink planted in a target path redirecting a root-owned write
-    (e.g. /etc/sysctl.d/90-hosttune.conf -> /etc/shadow)."""
-    path = Path(os.path.abspath(path))
-    stop = Path(os.path.abspath(stop_at))
-    cur = path
-    while cur != stop and cur != cur.parent:
-        try:
-            st = os.lstat(cur)
-        except FileNotFoundError:
-            cur = cur.parent
+def normalize(p: str) -> list[str]:
+    """The components of an absolute host path, with '.' dropped and '..' clamped at the root
+    (as in a chroot: ``/../../tmp`` is ``/tmp``)."""
+    out: list[str] = []
+    for c in p.split("/"):
+        if c in ("", "."):
             continue
-        if stat.S_ISLNK(st.st_mode):
-            raise HostError(f"refusing to write through symlink {cur}")
-        cur = cur.parent
+        if c == "..":
+            if out:
+                out.pop()
+            continue
+        out.append(c)
+    return out
 
 
-def atomic_write(
-    path: Path,
-    data: bytes,
-    *,
-    mode: int = 0o644,
-    root: Path = Path("/"),
-    uid: int | None = None,
-    gid: int | None = None,
-) -> None:
-    """Replace ``path`` with ``data`` atomically (temp + fsync + rename + fsync dir)."""
-    _check_no_symlink(path, root)
-    parent = path.parent
-    tmp = parent / f".{path.name}.hosttune-tmp-{os.getpid()}"
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-    try:
-        fd = os.open(tmp, flags, mode & 0o7777)
-    except FileExistsError:
-        os.unlink(tmp)
-        fd = os.open(tmp, flags, mode & 0o7777)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fchmod(fh.fileno(), mode & 0o7777)  # umask must not narrow the mode
-            if uid is not None and gid is not None:
-                os.fchown(fh.fileno(), uid, gid)
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+def resolve_in_root(root: str, p: str, *, follow_last: bool = True) -> str:
+    """The real path of host path ``p`` under ``root``, every symlink resolved inside root.
+
+    Components that do not exist are kept as written (normalised), so the result names where
+    a new file would go. ``follow_last=False`` leaves the last component alone (for lstat,
+    readlink, unlink)."""
+    base = root.rstrip("/")
+    pending = p.split("/")
+    pending.reverse()
+    done: list[str] = []
+    cur = base  # base + "/" + "/".join(done), kept in step (audit resolves ~500 paths)
+    links = 0
+    lstat, is_link = os.lstat, stat.S_ISLNK
+    while pending:
+        c = pending.pop()
+        if c == "" or c == ".":
+            continue
+        if c == "..":
+            if done:
+                done.pop()
+                cur = cur[:cur.rindex("/")]
+            continue
+        cand = f"{cur}/{c}"
+        if not pending and not follow_last:
+            return cand
         try:
-            os.unlink(tmp)
+            st = lstat(cand)
+        except (FileNotFoundError, NotADirectoryError):
+            # the rest does not exist: lexical from here on (nothing left to follow)
+            pending.reverse()
+            rest = normalize("/".join([*done, c, *pending]))
+            return base + "/" + "/".join(rest) if rest else (base or "/")
+        if not is_link(st.st_mode):
+            done.append(c)
+            cur = cand
+            continue
+        links += 1
+        if links > MAX_LINKS:
+            raise HostError(f"{p}: too many levels of symbolic links (under {root})")
+        target = os.readlink(cand)
+        if target.startswith("/"):
+            done = []  # an absolute target starts again at the root, never at the live /
+            cur = base
+        parts = target.split("/")
+        parts.reverse()
+        pending.extend(parts)
+    return cur or "/"
+
+
+def shown(root: Path, parts: list[str]) -> str:
+    """A path for messages: the host path, plus the tree it lives in."""
+    hp = "/" + "/".join(parts)
+    return hp if str(root) == "/" else f"{hp} (under {root})"
+
+
+def open_dir(root: Path, parts: list[str], *, create: int | None = None,
+             created: list[str] | None = None) -> int:
+    """A descriptor of directory ``root/parts`` reached without following any symlink.
+
+    ``create`` (a mode) makes missing directories on the way; their host paths are appended to
+    ``created``. Raises HostError on a symlink, FileNotFoundError when a part is missing."""
+    fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for i, c in enumerate(parts):
+            try:
+                nfd = os.open(c, _DIR_FLAGS, dir_fd=fd)
+            except FileNotFoundError:
+                if create is None:
+                    raise
+                os.mkdir(c, create, dir_fd=fd)
+                if created is not None:
+                    created.append("/" + "/".join(parts[:i + 1]))
+                nfd = os.open(c, _DIR_FLAGS, dir_fd=fd)
+            except OSError as err:
+                if err.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                st = os.lstat(c, dir_fd=fd)
+                where = shown(root, parts[:i + 1])
+                if stat.S_ISLNK(st.st_mode):
+                    raise HostError(f"refusing to write through symlink {where}") from err
+                raise HostError(f"{where} is not a directory") from err
+            os.close(fd)
+            fd = nfd
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def parent_fd(root: Path, p: str, *, create: int | None = None,
+              created: list[str] | None = None) -> tuple[int, str, list[str]]:
+    """(descriptor of the parent directory, last component, all components) of host path p."""
+    parts = normalize(p)
+    if not parts:
+        raise HostError(f"{p}: refusing to change the root directory itself")
+    return open_dir(root, parts[:-1], create=create, created=created), parts[-1], parts
+
+
+def _refuse_link(dfd: int, name: str, root: Path, parts: list[str]) -> None:
+    try:
+        st = os.lstat(name, dir_fd=dfd)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise HostError(f"refusing to write through symlink {shown(root, parts)}")
+
+
+def atomic_write(root: Path, p: str, data: bytes, *, mode: int = 0o644,
+                 uid: int | None = None, gid: int | None = None) -> None:
+    """Replace host path ``p`` under ``root`` with ``data`` atomically (temp + fsync + rename
+    + fsync dir), never through a symlink."""
+    dfd, name, parts = parent_fd(root, p)
+    try:
+        _refuse_link(dfd, name, root, parts)
+        tmp = f".{name}{TMP_MARK}{os.getpid()}"
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+        try:
+            fd = os.open(tmp, flags, mode & 0o7777, dir_fd=dfd)
+        except FileExistsError:
+            os.unlink(tmp, dir_fd=dfd)
+            fd = os.open(tmp, flags, mode & 0o7777, dir_fd=dfd)
+        try:
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fchmod(fh.fileno(), mode & 0o7777)  # umask must not narrow the mode
+                if uid is not None and gid is not None:
+                    os.fchown(fh.fileno(), uid, gid)
+                os.fsync(fh.fileno())
+            os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        except BaseException:
+            try:
+                os.unlink(tmp, dir_fd=dfd)
+            except FileNotFoundError:
+                pass
+            raise
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def makedirs(root: Path, p: str, mode: int = 0o755) -> list[str]:
+    """Create the missing directories of host path ``p``; return those created (outermost
+    first). Refuses to pass through a symlink."""
+    created: list[str] = []
+    parts = normalize(p)
+    os.close(open_dir(root, parts, create=mode, created=created))
+    return created
+
+
+def remove(root: Path, p: str) -> None:
+    try:
+        dfd, name, _ = parent_fd(root, p)
+    except FileNotFoundError:
+        return
+    try:
+        try:
+            os.unlink(name, dir_fd=dfd)
+        except FileNotFoundError:
+            return
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def rmdir(root: Path, p: str) -> bool:
+    """Remove an empty directory (never a symlink); False when it is not there or not empty."""
+    try:
+        dfd, name, _ = parent_fd(root, p)
+    except (FileNotFoundError, HostError):
+        return False
+    try:
+        os.rmdir(name, dir_fd=dfd)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(dfd)
+
+
+def rmtree(root: Path, p: str) -> None:
+    """Remove a directory tree without following symlinks in it or on the way to it."""
+    try:
+        dfd, name, parts = parent_fd(root, p)
+    except FileNotFoundError:
+        return
+    try:
+        _refuse_link(dfd, name, root, parts)
+        shutil.rmtree(name, dir_fd=dfd)  # fd-based on Linux: safe against symlink races
+    except FileNotFoundError:
+        return
+    finally:
+        os.close(dfd)
+
+
+def symlink(root: Path, target: str, p: str) -> None:
+    dfd, name, _ = parent_fd(root, p)
+    try:
+        tmp = f".{name}{TMP_MARK}{os.getpid()}"
+        try:
+            os.unlink(tmp, dir_fd=dfd)
         except FileNotFoundError:
             pass
-        raise
-    fsync_dir(parent)
+        os.symlink(target, tmp, dir_fd=dfd)
+        os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def rename(root: Path, src: str, dst: str) -> None:
+    sfd, sname, _ = parent_fd(root, src)
+    try:
+        dfd, dname, _ = parent_fd(root, dst)
+        try:
+            os.replace(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd)
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+        os.fsync(sfd)
+    finally:
+        os.close(sfd)
+
+
+def set_dir(root: Path, p: str, mode: int, uid: int, gid: int, *, create: bool) -> None:
+    """chown/chmod directory ``p`` through a descriptor (never a symlink); create it first
+    (mode 0700) when ``create``."""
+    dfd, name, parts = parent_fd(root, p)
+    try:
+        if create:
+            try:
+                os.mkdir(name, 0o700, dir_fd=dfd)
+            except FileExistsError:
+                pass
+        try:
+            fd = os.open(name, _DIR_FLAGS, dir_fd=dfd)
+        except OSError as err:
+            if err.errno in (errno.ELOOP, errno.ENOTDIR):
+                raise HostError(f"{shown(root, parts)} is not a directory (or is a symlink)") \
+                    from err
+            raise
+        try:
+            os.fchown(fd, uid, gid)
+            os.fchmod(fd, mode & 0o7777)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dfd)
 
 
 def fsync_dir(path: Path) -> None:
@@ -79,9 +304,12 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_kernel_file(path: Path, value: str, *, root: Path = Path("/")) -> None:
-    """Write a /proc or /sys value in place (one write(2), like ``echo v > file``)."""
-    _check_no_symlink_kernel(path, root)
+def write_kernel_file(path: Path, value: str) -> None:
+    """Write a /proc or /sys value in place (one write(2), like ``echo v > file``).
+
+    ``path`` has its directories already resolved inside the root; sysfs itself is full of
+    symlinks (/sys/class/..., cpuN/cpufreq -> ../cpufreq/policyN), so only the last component
+    must not be one, which O_NOFOLLOW enforces."""
     try:
         fd = os.open(path, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_TRUNC)
     except OSError as err:
@@ -95,10 +323,43 @@ def write_kernel_file(path: Path, value: str, *, root: Path = Path("/")) -> None
         os.close(fd)
 
 
-def _check_no_symlink_kernel(path: Path, root: Path) -> None:
-    # sysfs itself is full of symlinks (/sys/class/..., node dirs); only the final component
-    # must not be one. O_NOFOLLOW enforces that; nothing else to check.
-    del path, root
+def read_bytes(path: str, limit: int, shown_as: str, *, resolved: bool = True) -> bytes | None:
+    """Contents of a regular file (None if absent or a directory), at most ``limit`` bytes.
+
+    O_NONBLOCK keeps a FIFO from blocking the open; fstat then refuses anything that is not a
+    regular file (a FIFO, /dev/zero, a socket) before a byte is read. A ``resolved`` path
+    (resolve_in_root's result) has no symlink left: O_NOFOLLOW catches one swapped in since.
+    The live root's own links (/etc/os-release -> ../usr/lib/os-release) are followed."""
+    flags = os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | (os.O_NOFOLLOW if resolved else 0)
+    try:
+        fd = os.open(path, flags)
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        return None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise HostError(f"{shown_as} is a symlink (it changed while being read)") from err
+        raise
+    try:
+        st = os.fstat(fd)
+        if stat.S_ISDIR(st.st_mode):
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            raise HostError(f"{shown_as} is not a regular file: refusing to read it")
+        chunks: list[bytes] = []
+        total = 0
+        while True:
+            # procfs and sysfs files report size 0: read until EOF, up to the limit
+            b = os.read(fd, min(1 << 20, limit + 1 - total))
+            if not b:
+                break
+            chunks.append(b)
+            total += len(b)
+            if total > limit:
+                raise HostError(f"{shown_as} is larger than {limit >> 20} MiB: refusing to "
+                                "read it")
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def is_ebusy(err: BaseException) -> bool:

@@ -16,7 +16,8 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from hosttune.host.parsers import format_cpulist, parse_cpulist
+from hosttune.host.facts import read_cpulist
+from hosttune.host.parsers import format_cpulist
 
 if TYPE_CHECKING:
     from hosttune.host.core import Host
@@ -75,7 +76,7 @@ def explain_mask(mask: str, intended: list[int] | None = None) -> str:
 
 def nr_cpu_ids(host: Host) -> int:
     """Number of possible CPU ids: the width of every kernel cpumask."""
-    possible = parse_cpulist(host.read_value("/sys/devices/system/cpu/possible") or "")
+    possible = read_cpulist(host, "/sys/devices/system/cpu/possible")
     if possible:
         return max(possible) + 1
     return max(host.facts.cpu_ids, default=0) + 1
@@ -158,7 +159,7 @@ def nvidia_gpus(host: Host) -> list[GpuDevice]:
             node = int(host.read_value(f"{base}/numa_node") or "-1")
         except ValueError:
             node = -1
-        local = parse_cpulist(host.read_value(f"{base}/local_cpulist") or "")
+        local = read_cpulist(host, f"{base}/local_cpulist")
         msi = sorted(int(n) for n in host.listdir(f"{base}/msi_irqs") if n.isdigit())
         legacy_s = host.read_value(f"{base}/irq") or ""
         legacy = int(legacy_s) if legacy_s.isdigit() and legacy_s != "0" else None

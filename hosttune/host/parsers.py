@@ -102,12 +102,29 @@ def parse_limits(text: str) -> dict[str, tuple[int | None, int | None]]:
 # --- CPU lists --------------------------------------------------------------------------------
 
 
+MAX_CPUS = 8192  # CONFIG_NR_CPUS is at most 8192 (arch/x86/Kconfig, MAXSMP)
+
+
+def _cpu_id(s: str, part: str) -> int:
+    if not s.strip().isdigit():  # also refuses '-1', '+3', '' and '1e9'
+        raise ValueError(f"bad CPU number in {part!r}")
+    n = int(s)
+    if n >= MAX_CPUS:
+        raise ValueError(f"CPU {n} in {part!r}: no kernel has more than {MAX_CPUS} CPUs")
+    return n
+
+
 def parse_cpulist(text: str) -> list[int]:
-    """'0-3,8,10-11' -> [0, 1, 2, 3, 8, 10, 11] (sysfs cpulist format; stride 'a-b:s/g' too)."""
+    """'0-3,8,10-11' -> [0, 1, 2, 3, 8, 10, 11] (sysfs cpulist format; stride 'a-b:s/g' too).
+
+    ValueError for anything else, and for CPU numbers no kernel has (a range such as
+    0-99999999999 would otherwise be built in memory)."""
     out: set[int] = set()
     text = text.strip()
     if not text:
         return []
+    if len(text) > 65536:
+        raise ValueError("a CPU list longer than 64 KiB")
     for part in text.split(","):
         part = part.strip()
         if not part:
@@ -115,18 +132,20 @@ def parse_cpulist(text: str) -> list[int]:
         if "-" in part:
             rng, _, stride = part.partition(":")
             a, b = rng.split("-", 1)
-            lo, hi = int(a), int(b)
+            lo, hi = _cpu_id(a, part), _cpu_id(b, part)
             if hi < lo:
                 raise ValueError(f"bad CPU range {part!r}")
             if stride:
                 used_s, _, group_s = stride.partition("/")
-                used, group = int(used_s), int(group_s)
+                used, group = _cpu_id(used_s, part), _cpu_id(group_s, part)
+                if group == 0:
+                    raise ValueError(f"bad CPU stride {part!r}")
                 for base in range(lo, hi + 1, group):
                     out.update(c for c in range(base, min(base + used, hi + 1)))
             else:
                 out.update(range(lo, hi + 1))
         else:
-            out.add(int(part))
+            out.add(_cpu_id(part, part))
     return sorted(out)
 
 

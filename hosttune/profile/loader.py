@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,10 @@ from hosttune.profile.loaded import LoadedProfile
 # and the profile cache stats these files on every load
 BUILTIN_DIR = Path(__file__).parent / "builtin"
 MAX_DEPTH = 10
+MAX_BYTES = 1 << 20  # the built-in profiles are ~4 KiB
+MAX_NODES = 20_000  # YAML nodes after alias expansion (a "billion laughs" has 10**9)
+MAX_NESTING = 32  # mappings/lists inside each other
+PROFILE_SUFFIXES = (".yaml", ".yml")
 
 
 def builtin_names() -> list[str]:
@@ -37,7 +43,8 @@ def _source(ref: str, base_dir: Path | None) -> tuple[str, Path]:
 
 
 def _read_source(ref: str, base_dir: Path | None,
-                 stamps: list[tuple[str, list[int] | None]]) -> tuple[str, str]:
+                 stamps: list[tuple[str, list[int] | None]],
+                 referrer: str | None = None) -> tuple[str, str]:
     """(display name, YAML text); appends the file's stat, taken before reading, to stamps."""
     from hosttune.profile.cache import stamp
 
@@ -47,25 +54,132 @@ def _read_source(ref: str, base_dir: Path | None,
             f"no built-in profile {ref!r} (built-in: {', '.join(builtin_names())}); "
             "give a path to use a file"
         )
+    if not name.startswith("builtin:") and not path.name.endswith(PROFILE_SUFFIXES):
+        # never parse (and quote in an error) a file that is not a profile: /etc/shadow,
+        # /dev/zero
+        if referrer is not None:
+            raise ProfileError(f"{name}: a profile file name ends in .yaml or .yml",
+                               file=referrer, key="extends")
+        raise ProfileError("a profile file name ends in .yaml or .yml", file=name)
     stamps.append((str(path.absolute()), stamp(str(path))))
+    return name, _read_text(name, path)
+
+
+def _read_text(name: str, path: Path) -> str:
+    """A profile's text: a regular file (a FIFO would block, /dev/urandom never ends) of at
+    most MAX_BYTES, in UTF-8."""
+    import stat
+
     try:
-        return name, path.read_text(encoding="utf-8")
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as err:
         raise ProfileError(f"cannot read profile: {err.strerror}", file=name) from err
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ProfileError("not a regular file", file=name)
+        data = os.read(fd, MAX_BYTES + 1)
+        while len(data) <= MAX_BYTES:
+            more = os.read(fd, MAX_BYTES + 1 - len(data))
+            if not more:
+                break
+            data += more
+    except OSError as err:
+        raise ProfileError(f"cannot read profile: {err.strerror}", file=name) from err
+    finally:
+        os.close(fd)
+    if len(data) > MAX_BYTES:
+        raise ProfileError(f"larger than {MAX_BYTES >> 10} KiB: not a profile", file=name)
+    if not data.strip():
+        raise ProfileError("the file is empty", file=name)
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ProfileError(f"not UTF-8 (byte {data[err.start]:#04x} at offset {err.start}); "
+                           "save the profile as UTF-8", file=name) from err
+    return text.removeprefix("\ufeff")
+
+
+def _node_count(node: Any, depth: int, memo: dict[int, int]) -> int:
+    """Nodes of the document once aliases are expanded (memoised per node: a shared node is
+    counted once per use without being walked again)."""
+    import yaml
+
+    if depth > MAX_NESTING:
+        raise _TooDeep
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    n = 1
+    if isinstance(node, yaml.SequenceNode):
+        n += sum(_node_count(c, depth + 1, memo) for c in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        n += sum(_node_count(k, depth + 1, memo) + _node_count(v, depth + 1, memo)
+                 for k, v in node.value)
+    memo[key] = n
+    if n > MAX_NODES:
+        raise _TooBig
+    return n
+
+
+class _TooDeep(Exception):
+    pass
+
+
+class _TooBig(Exception):
+    pass
+
+
+def _loader_class() -> Any:
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last
+        one silently: a typo'd override would go unnoticed)."""
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: dict[Any, Any] = {}
+            for k, _ in node.value:
+                if k.tag == "tag:yaml.org,2002:merge" or not isinstance(k, yaml.ScalarNode):
+                    continue
+                ident = (k.tag, k.value)
+                if ident in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {k.value!r} (first on line "
+                        f"{seen[ident].line + 1})", k.start_mark)
+                seen[ident] = k.start_mark
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
 
 
 def _parse_yaml(name: str, text: str) -> dict[str, Any]:
     import yaml  # here, not at the top: a cached profile is loaded without it
 
     try:
-        data = yaml.safe_load(text)
+        loader = _loader_class()(text)  # the reader refuses control characters already here
+    except yaml.reader.ReaderError as err:
+        raise ProfileError(f"invalid YAML: {err.reason} (character {err.character:#x} at "
+                           f"offset {err.position})", file=name) from err
+    try:
+        node = loader.get_single_node()
+        if node is not None:
+            _node_count(node, 0, {})
+        data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
-        problem = getattr(err, "problem", None) or str(err)
+        problem = getattr(err, "problem", None) or type(err).__name__
         raise ProfileError(f"invalid YAML{where}: {problem}", file=name) from err
+    except (_TooDeep, RecursionError) as err:
+        raise ProfileError(f"nested more than {MAX_NESTING} levels deep", file=name) from err
+    except _TooBig as err:
+        raise ProfileError(f"more than {MAX_NODES} YAML nodes once aliases are expanded "
+                           "(an alias bomb?)", file=name) from err
+    finally:
+        loader.dispose()
     if data is None:
-        data = {}
+        raise ProfileError("the profile is empty", file=name)
     if not isinstance(data, dict):
         raise ProfileError("a profile must be a YAML mapping", file=name)
     return data
@@ -108,7 +222,7 @@ def load_raw(ref: str, base_dir: Path | None = None,
     cur: str | None = ref
     cur_base = base_dir
     while cur is not None:
-        name, text = _read_source(cur, cur_base, stamps)
+        name, text = _read_source(cur, cur_base, stamps, chain[-1][0] if chain else None)
         if name in seen:
             raise ProfileError(f"extends loop: {' -> '.join([n for n, _ in chain] + [name])}",
                                file=chain[0][0] if chain else name, key="extends")
@@ -132,14 +246,59 @@ def load_raw(ref: str, base_dir: Path | None = None,
     return merged, [n for n, _ in chain], origin
 
 
+# Every profile string may end up in a generated file (the profile name in headers and in the
+# boot unit's Description=, values in sysctl.d, limits.d, modprobe.d, fstab, unit drop-ins):
+# a newline there would start a line of its own (`kernel.core_pattern = |...`, `ExecStartPre=`).
+# No control characters anywhere, then; `description` (never written but into the profile copy,
+# as YAML) may span lines.
+_MULTILINE_KEYS = frozenset({"description"})
+
+
+def _control_char(text: str, multiline: bool) -> str | None:
+    for c in text:
+        if (c in "\n\t" and multiline) or c.isprintable() or c == " ":
+            continue
+        return c
+    return None
+
+
+def _string_problem(v: Any, key: str) -> tuple[str, str] | None:
+    """(key, message) for the first string with a control character, or None."""
+    if isinstance(v, str):
+        c = _control_char(v, key.rsplit(".", 1)[-1] in _MULTILINE_KEYS)
+        if c is not None:
+            return key, (f"control character {c!r} at offset {v.index(c)}: a value is "
+                         "written into configuration files and must stay on one line")
+    elif isinstance(v, dict):
+        for k, sub in v.items():
+            sk = f"{key}.{k}" if key else str(k)
+            if isinstance(k, str) and _control_char(k, False) is not None:
+                return sk, "control character in a key"
+            found = _string_problem(sub, sk)
+            if found:
+                return found
+    elif isinstance(v, list):
+        for i, sub in enumerate(v):
+            found = _string_problem(sub, f"{key}.{i}")
+            if found:
+                return found
+    return None
+
+
+_KEY_RE = re.compile(r"[A-Za-z0-9_.@+-]{1,100}")
+
+
 def _loc_to_key(loc: tuple[Any, ...]) -> str:
+    """The dotted key of a pydantic error location. A key that is not a plain name is shown
+    as <...>: it may be a line of some other file given as a profile (a shadow entry parses
+    as a YAML key), and error messages never print another file's lines."""
     parts = []
     for p in loc:
         # pydantic puts union-member names (e.g. 'str', 'int', 'literal[...]') in loc; drop them
         if isinstance(p, str) and (p in {"str", "int", "float", "bool", "dict[int,union[str,int]]"}
                                    or p.startswith(("literal[", "function-", "dict["))):
             continue
-        parts.append(str(p))
+        parts.append(str(p) if _KEY_RE.fullmatch(str(p)) else "<a key that is not a name>")
     return ".".join(parts)
 
 
@@ -166,16 +325,21 @@ def load_profile(ref: str, base_dir: Path | None = None, *,
 
     from hosttune.profile.schema import Profile
 
+    bad = _string_problem(merged, "")
+    if bad:
+        lp = LoadedProfile(Profile.model_construct(name="?"), tuple(files), origin, merged)
+        raise lp.error(*bad)
     try:
         profile = Profile.model_validate(merged)
     except ValidationError as err:
         first = err.errors()[0]
         where = _loc_to_key(first["loc"])
-        msg = first["msg"]
+        msg = first["msg"].removeprefix("Value error, ")
         if first["type"] == "extra_forbidden":
             msg = "unknown key (not part of the profile schema)"
         got = first.get("input")
-        if first["type"] != "extra_forbidden" and not isinstance(got, dict | list):
+        if first["type"] != "extra_forbidden" and not isinstance(got, dict | list) \
+                and repr(got) not in msg:
             msg += f" (got {got!r})"
         more = len(err.errors()) - 1
         if more:

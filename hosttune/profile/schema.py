@@ -12,6 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from hosttune.profile.paths import system_dir_problem
 from hosttune.profile.sizes import check_model_name, parse_percent, parse_size, parse_watts
 from hosttune.profile.view import gpu_mps_enabled
 
@@ -20,6 +21,26 @@ class Section(BaseModel):
     # defer_build: validators are built on first validation, not at import, so a cached
     # profile (see loader) costs no schema build - audit must start in < 0.3 s.
     model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
+
+
+# --- where a profile may make hosttune write ----------------------------------------------------
+# A path key names a file hosttune owns and rewrites: each is confined to the one directory its
+# consumer reads, as a plain file name there (no '/', no '..', not hidden), with the suffix the
+# consumer requires (systemd-sysctl and pam_limits read *.conf only, update-grub's grub.d
+# *.cfg). Anything else (`sysctl.file: /etc/shadow`, `/../../tmp/x`) is refused here.
+_FILE_NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,127}")
+
+
+def confined_file(v: str, directory: str, suffixes: tuple[str, ...],
+                  exact: tuple[str, ...] = ()) -> str:
+    if v in exact:
+        return v
+    head, _, name = v.rpartition("/")
+    if head != directory or not _FILE_NAME_RE.fullmatch(name) or not name.endswith(suffixes):
+        also = f" (or {', '.join(exact)})" if exact else ""
+        raise ValueError(f"must be a plain file name in {directory}/ ending in "
+                         f"{' or '.join(suffixes)}{also}, got {v!r}")
+    return v
 
 
 SizeOrPercent = Annotated[str | int, Field(description="bytes ('90GiB') or percent of RAM")]
@@ -55,11 +76,27 @@ _FLOOR_RE = re.compile(r"^>=\s*(-?\d+)$")
 
 
 class SysctlSection(Section):
-    file: str = "/etc/sysctl.d/90-hosttune.conf"
+    file: str = Field("/etc/sysctl.d/90-hosttune.conf",
+                      description="a file name in /etc/sysctl.d/ (*.conf)")
     settings: dict[str, str | int] = Field(
         default_factory=dict,
         description="key -> value; '>= N' is a floor: ok when the kernel already has more",
     )
+
+    @field_validator("file")
+    @classmethod
+    def _file(cls, v: str) -> str:
+        return confined_file(v, "/etc/sysctl.d", (".conf",))
+
+    @field_validator("settings", mode="before")
+    @classmethod
+    def _no_bool(cls, v: object) -> object:
+        # before validation: `str | int` turns a YAML true into 1 (vm.swappiness: true -> 1)
+        if isinstance(v, dict):
+            for key, val in v.items():
+                if isinstance(val, bool):
+                    raise ValueError(f"{key}: expected a number or string, got a boolean")
+        return v
 
     @field_validator("settings")
     @classmethod
@@ -86,7 +123,8 @@ class MemlockSection(Section):
     limit: str | int = Field("unlimited", description="'unlimited' or a size ('64GiB')")
     scope: Literal["group", "everyone"] = "group"
     group: str = Field("inference", description="limits.d applies to @group (scope: group)")
-    limits_file: str = "/etc/security/limits.d/90-hosttune-memlock.conf"
+    limits_file: str = Field("/etc/security/limits.d/90-hosttune-memlock.conf",
+                             description="a file name in /etc/security/limits.d/ (*.conf)")
     services: list[str] = Field(
         default_factory=lambda: ["docker.service", "containerd.service"],
         description="systemd services that get LimitMEMLOCK drop-ins (container runtimes do "
@@ -99,6 +137,11 @@ class MemlockSection(Section):
         if v != "unlimited":
             parse_size(v)
         return v
+
+    @field_validator("limits_file")
+    @classmethod
+    def _file(cls, v: str) -> str:
+        return confined_file(v, "/etc/security/limits.d", (".conf",))
 
 
 # --- huge pages ----------------------------------------------------------------------------------
@@ -165,7 +208,7 @@ class HugetlbfsMount(Section):
     pagesize: Literal["2M", "1G"] = "2M"
     size: str | int = Field("auto", description="bytes, percent of RAM, or 'auto' = the pool")
     mode: str = Field("0770", pattern=r"^0?[0-7]{3,4}$")
-    uid: int = 0
+    uid: int = Field(0, ge=0, le=2**32 - 2)  # (uid_t)-1 means "no change" to chown(2)
     gid: int | str = Field(0, description="numeric gid or a group name")
     persist: Literal["fstab", "unit"] = "fstab"
     models: list[str] = Field(
@@ -180,10 +223,23 @@ class HugetlbfsMount(Section):
         if not v.startswith("/") or v.rstrip("/") in ("", "/tmp", "/dev", "/proc", "/sys"):
             raise ValueError(f"expected an absolute mount point of its own, got {v!r}")
         # fstab, mount options and unit files would each need their own escaping
-        if re.search(r"[\s,%\\]", v) or "/../" in v + "/" or "/./" in v + "/":
+        if re.search(r"[\s,%\\]", v) or "/../" in v + "/" or "/./" in v + "/" or "//" in v:
             raise ValueError(f"a mount point without spaces, commas, '%', '\\' or '..', "
                              f"got {v!r}")
+        problem = system_dir_problem(v.rstrip("/"))
+        if problem:
+            raise ValueError(f"{problem}: mounting hugetlbfs there would hide it; use a "
+                             "directory of its own such as /mnt/models")
         return v.rstrip("/")
+
+    @field_validator("gid")
+    @classmethod
+    def _gid(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and not 0 <= v <= 2**32 - 2:
+            raise ValueError(f"a gid is 0..{2**32 - 2}, got {v}")
+        if isinstance(v, str) and not re.fullmatch(r"[a-z_][a-z0-9_-]*\$?", v):
+            raise ValueError(f"{v!r} is not a group name")
+        return v
 
     @field_validator("size")
     @classmethod
@@ -199,9 +255,15 @@ class HugetlbfsSection(Section):
 class BootSection(Section):
     unit: bool = Field(True, description="install hosttune-boot.service (re-applies runtime "
                        "settings at boot, before docker.service)")
-    profile_path: str = "/etc/hosttune/profile.yaml"
+    profile_path: str = Field("/etc/hosttune/profile.yaml",
+                              description="a file name in /etc/hosttune/ (*.yaml)")
     exec: str | None = Field(None, description="hosttune command in ExecStart; default: the "
                              "running Python with -m hosttune")
+
+    @field_validator("profile_path")
+    @classmethod
+    def _path(cls, v: str) -> str:
+        return confined_file(v, "/etc/hosttune", (".yaml", ".yml"))
 
 
 # --- NVIDIA GPUs (NVML settings, persistence daemon, MPS) ---------------------------------------
@@ -269,6 +331,9 @@ class GpuMps(Section):
         if v.startswith(("/tmp/", "/var/tmp/", "/dev/shm/")) or v in ("/tmp", "/var/tmp"):
             raise ValueError(f"{v} is under a world-writable directory: another user could "
                              "plant the MPS pipes or logs there; use a path under " + base)
+        if not re.fullmatch(r"[A-Za-z0-9._/-]+", v):
+            # written into a unit file: '%' is a specifier, spaces split words there
+            raise ValueError(f"a directory of letters, digits and ._-/ only, got {v!r}")
         if not v.startswith(base) or "/../" in v + "/" or len(v) <= len(base):
             raise ValueError(f"expected a directory under {base} (systemd creates it with the "
                              f"right owner and mode), got {v!r}")
@@ -350,7 +415,8 @@ _MODPROBE_VALUE_RE = re.compile(r"^[A-Za-z0-9_./:;,=+@%-]*$")
 
 
 class NvidiaModulesSection(Section):
-    file: str = "/etc/modprobe.d/90-hosttune-nvidia.conf"
+    file: str = Field("/etc/modprobe.d/90-hosttune-nvidia.conf",
+                      description="a file name in /etc/modprobe.d/ (*.conf)")
     options: dict[str, dict[str, str | int]] = Field(
         default_factory=dict,
         description="module -> {parameter: value}, e.g. nvidia: {NVreg_EnableGpuFirmware: 1}; "
@@ -358,6 +424,22 @@ class NvidiaModulesSection(Section):
     )
     initramfs: bool = Field(True, description="regenerate the initramfs after a change "
                             "(update-initramfs -u / dracut -f)")
+
+    @field_validator("file")
+    @classmethod
+    def _file(cls, v: str) -> str:
+        return confined_file(v, "/etc/modprobe.d", (".conf",))
+
+    @field_validator("options", mode="before")
+    @classmethod
+    def _no_bool(cls, v: object) -> object:
+        if isinstance(v, dict):
+            for mod, params in v.items():
+                for name, val in (params.items() if isinstance(params, dict) else ()):
+                    if isinstance(val, bool):
+                        raise ValueError(f"{mod}.{name}: write 1/0 (or Y/N), not a YAML "
+                                         "boolean")
+        return v
 
     @field_validator("options")
     @classmethod
@@ -401,13 +483,28 @@ class GpuIrqSection(Section):
 
 
 class CudaEnvSection(Section):
-    file: str = "/etc/environment"
+    file: str = Field("/etc/environment", description="/etc/environment (pam_env) or a file "
+                      "name in /etc/environment.d/ (*.conf, systemd user sessions)")
     variables: dict[str, str | int] = Field(
         default_factory=dict, description="NAME -> value, written in a marked block")
     cache_dir_mode: str = Field("0770", pattern=r"^0?[0-7]{3,4}$",
                                 description="mode of the CUDA_CACHE_PATH directory")
     cache_dir_group: str | None = Field(
         "inference", description="group owning CUDA_CACHE_PATH (members share the JIT cache)")
+
+    @field_validator("file")
+    @classmethod
+    def _file(cls, v: str) -> str:
+        return confined_file(v, "/etc/environment.d", (".conf",), exact=("/etc/environment",))
+
+    @field_validator("variables", mode="before")
+    @classmethod
+    def _no_bool(cls, v: object) -> object:
+        if isinstance(v, dict):
+            for name, val in v.items():
+                if isinstance(val, bool):
+                    raise ValueError(f"{name}: write 0/1, not a YAML boolean")
+        return v
 
     @field_validator("variables")
     @classmethod
@@ -432,7 +529,13 @@ class KernelCmdlineSection(Section):
     default_hugepagesz: Literal["2M", "1G"] | None = Field(
         None, description="default_hugepagesz= (the page size of vm.nr_hugepages, of "
         "hugetlbfs mounts without pagesize= and of MAP_HUGETLB without a size flag)")
-    file: str = "/etc/default/grub.d/90-hosttune.cfg"
+    file: str = Field("/etc/default/grub.d/90-hosttune.cfg",
+                      description="a file name in /etc/default/grub.d/ (*.cfg)")
+
+    @field_validator("file")
+    @classmethod
+    def _file(cls, v: str) -> str:
+        return confined_file(v, "/etc/default/grub.d", (".cfg",))
 
     @field_validator("params")
     @classmethod

@@ -222,6 +222,16 @@ def file_change(
     return row, ch
 
 
+def as_text(data: bytes) -> str:
+    """Bytes of a shared file (/etc/fstab, /etc/environment) as text that encodes back to the
+    same bytes (:func:`as_bytes`): a Latin-1 comment or any non-UTF-8 byte survives the edit."""
+    return data.decode("utf-8", errors="surrogateescape")
+
+
+def as_bytes(text: str) -> bytes:
+    return text.encode("utf-8", errors="surrogateescape")
+
+
 def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 

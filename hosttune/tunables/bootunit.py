@@ -137,7 +137,9 @@ def unit_text(ctx: Context) -> str:
     return (
         f"{HEADER}"
         "[Unit]\n"
-        f"Description=hosttune: re-apply runtime tuning (profile {ctx.profile.name})\n"
+        # '%' starts a systemd specifier (systemd.unit(5)): doubled to stay literal
+        f"Description=hosttune: re-apply runtime tuning (profile "
+        f"{ctx.profile.name.replace('%', '%%')})\n"
         f"ConditionPathExists={boot.profile_path}\n"
         f"After={' '.join(AFTER)}\n"
         f"Before={' '.join(BEFORE)}\n"

@@ -15,12 +15,12 @@ must survive reboot and be writable only by its owner and group.
 from __future__ import annotations
 
 import os
-import shutil
 import stat
 from typing import TYPE_CHECKING, Any
 
 from hosttune.errors import HostError
-from hosttune.host import Host, fsops
+from hosttune.host import Host
+from hosttune.profile.paths import system_dir_problem
 from hosttune.profile.sizes import format_size, parse_size
 from hosttune.tunables.base import (
     Change,
@@ -29,6 +29,8 @@ from hosttune.tunables.base import (
     Row,
     Status,
     Tunable,
+    as_bytes,
+    as_text,
     b64,
     unb64,
     unified_diff,
@@ -111,6 +113,13 @@ def cache_path_problem(host: Host, path: str) -> str | None:
     if not path.startswith("/"):
         return f"{path!r} is not an absolute path"
     norm = os.path.normpath(path)
+    if norm != path.rstrip("/") or path.startswith("//"):
+        # '/var/cache/../..' is '/': hosttune would chmod/chgrp the root directory
+        return f"{path!r} is not a normalised path (no '..', '.' or '//')"
+    problem = system_dir_problem(norm)
+    if problem:
+        return (f"{problem}: hosttune would chmod and chgrp it for the JIT cache; use a "
+                "directory of its own such as /var/cache/cuda")
     for d in BOOT_WIPED:
         if norm == d or norm.startswith(d + "/"):
             return (f"{norm} is under {d}, which is wiped at boot (tmpfs or systemd-tmpfiles), "
@@ -120,9 +129,7 @@ def cache_path_problem(host: Host, path: str) -> str | None:
     cur = norm
     while True:
         try:
-            st = os.lstat(host.path(cur))
-        except FileNotFoundError:
-            st = None
+            st = host.lstat(cur)
         except PermissionError:
             st = None
         if st is not None:
@@ -252,10 +259,7 @@ class CudaEnvTunable(Tunable):
             return Row(self.name, f"cache dir {path}", "?", want, Status.ERROR,
                        f"no group {sec.cache_dir_group!r} in /etc/group: create it "
                        "(groupadd) or set cuda_env.cache_dir_group"), None
-        try:
-            st = os.lstat(host.path(path))
-        except FileNotFoundError:
-            st = None
+        st = host.lstat(path)
         key = f"cache dir {path}"
         if st is not None and not stat.S_ISDIR(st.st_mode):
             raise ctx.error("cuda_env.variables.CUDA_CACHE_PATH", f"{path} exists and is not "
@@ -277,9 +281,8 @@ class CudaEnvTunable(Tunable):
                 raise HostError(f"{change.path} is a symlink: refusing to edit through it")
             return {"exists": st.exists, "content": b64(st.content or b""), "mode": st.mode,
                     "uid": st.uid, "gid": st.gid}
-        try:
-            s = os.lstat(host.path(change.path))
-        except FileNotFoundError:
+        s = host.lstat(change.path)
+        if s is None:
             missing = []
             cur = change.path
             while cur != "/" and not host.exists(cur):
@@ -295,41 +298,32 @@ class CudaEnvTunable(Tunable):
             st = host.file_state(change.path)
             if st.link_target is not None:
                 raise HostError(f"{change.path} is a symlink: refusing to edit through it")
-            text = (st.content or b"").decode("utf-8") if st.exists else ""
+            text = as_text(st.content or b"") if st.exists else ""
             new = set_block(text, list(change.params["body"]))
-            host.write_file(change.path, new.encode(), mode=st.mode or 0o644,
+            host.write_file(change.path, as_bytes(new), mode=st.mode or 0o644,
                             uid=st.uid, gid=st.gid)
             return
-        real = host.path(change.path)
         host.makedirs(os.path.dirname(change.path))
-        fsops._check_no_symlink(real, host.root)
-        if not os.path.lexists(real):
-            os.mkdir(real, 0o700)
-        os.chown(real, -1, int(change.params["gid"]), follow_symlinks=False)
-        os.chmod(real, change.mode, follow_symlinks=False)
+        host.set_dir(change.path, change.mode, gid=int(change.params["gid"]), create=True)
 
     def revert_action(self, host: Host, change: Change, original: Any) -> None:
         assert change.path is not None
         if change.params["op"] == "block":
             self._revert_block(host, change.path, original)
             return
-        real = host.path(change.path)
         if original["exists"]:
-            fsops._check_no_symlink(real, host.root)
-            os.chown(real, original["uid"], original["gid"], follow_symlinks=False)
-            os.chmod(real, original["mode"], follow_symlinks=False)
+            host.set_dir(change.path, original["mode"], uid=original["uid"],
+                         gid=original["gid"])
             return
-        if os.path.lexists(real):
-            fsops._check_no_symlink(real, host.root)
-            # the directory hosttune created holds only CUDA's JIT cache: drop it with it
-            shutil.rmtree(real)
+        # the directory hosttune created holds only CUDA's JIT cache: drop it with it
+        host.rmtree(change.path)
         for d in reversed(original.get("created", [])[:-1]):
             host.rmdir_if_empty(d)
 
     def _revert_block(self, host: Host, path: str, original: dict[str, Any]) -> None:
         st = host.file_state(path)
-        orig = unb64(original["content"]).decode("utf-8") if original["exists"] else ""
-        cur = (st.content or b"").decode("utf-8") if st.exists else ""
+        orig = as_text(unb64(original["content"])) if original["exists"] else ""
+        cur = as_text(st.content or b"") if st.exists else ""
         stripped_cur = set_block(cur, None)
         if stripped_cur.rstrip("\n") == set_block(orig, None).rstrip("\n"):
             # nothing else changed since: restore the original bytes exactly
@@ -341,5 +335,6 @@ class CudaEnvTunable(Tunable):
             return
         # other lines changed since apply: remove only our block (restore the one we replaced)
         body = block_body(orig)
-        host.write_file(path, set_block(stripped_cur, body).encode(), mode=st.mode or 0o644,
+        host.write_file(path, as_bytes(set_block(stripped_cur, body)),
+                        mode=st.mode or 0o644,
                         uid=st.uid, gid=st.gid)

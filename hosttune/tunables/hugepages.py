@@ -38,10 +38,10 @@ from typing import TYPE_CHECKING, Any
 
 from hosttune.errors import ApplyError, HostError
 from hosttune.host import Host
+from hosttune.host.facts import read_cpulist
 from hosttune.host.parsers import (
     parse_bracketed_choice,
     parse_cmdline,
-    parse_cpulist,
     parse_mountinfo,
 )
 from hosttune.profile.sizes import (
@@ -92,8 +92,7 @@ def read_int(host: Host, path: str) -> int | None:
 
 def memory_nodes(host: Host) -> list[int]:
     """NUMA nodes with memory (has_memory), else every node in the facts."""
-    text = host.read_value(f"{NODE_DIR}/has_memory")
-    nodes = parse_cpulist(text) if text else []
+    nodes = read_cpulist(host, f"{NODE_DIR}/has_memory")
     return nodes or [n.id for n in host.facts.nodes]
 
 

@@ -31,6 +31,8 @@ from hosttune.tunables.base import (
     Row,
     Status,
     Tunable,
+    as_bytes,
+    as_text,
     b64,
     file_change,
     unb64,
@@ -372,9 +374,9 @@ class HugetlbfsTunable(Tunable):
                 raise ApplyError(f"{change.path} is not in /proc/self/mountinfo after mount")
             return
         st = host.file_state(FSTAB)
-        text = st.content.decode() if st.content is not None else ""
+        text = as_text(st.content) if st.content is not None else ""
         new = fstab_set(text, change.params["mount"], change.params["line"])
-        host.write_file(FSTAB, new.encode(), mode=st.mode if st.mode is not None else 0o644,
+        host.write_file(FSTAB, as_bytes(new), mode=st.mode if st.mode is not None else 0o644,
                         uid=st.uid, gid=st.gid)
 
     def revert_action(self, host: Host, change: Change, original: Any) -> None:
@@ -391,9 +393,9 @@ class HugetlbfsTunable(Tunable):
                 host.rmdir_if_empty(d)
             return
         st = host.file_state(FSTAB)
-        cur = st.content.decode() if st.content is not None else ""
+        cur = as_text(st.content) if st.content is not None else ""
         orig_bytes = unb64(original["content"]) if original.get("content") is not None else b""
-        ours = fstab_set(orig_bytes.decode(), change.params["mount"], change.params["line"])
+        ours = fstab_set(as_text(orig_bytes), change.params["mount"], change.params["line"])
         if cur == ours:
             # nobody else touched the file since: restore it byte for byte
             if original["exists"]:
@@ -404,7 +406,7 @@ class HugetlbfsTunable(Tunable):
             return
         # the file changed after us (another tunable's marked lines): undo only our lines
         restored = fstab_set(cur, change.params["mount"], None)
-        host.write_file(FSTAB, restored.encode(), mode=st.mode or 0o644, uid=st.uid,
+        host.write_file(FSTAB, as_bytes(restored), mode=st.mode or 0o644, uid=st.uid,
                         gid=st.gid)
 
 

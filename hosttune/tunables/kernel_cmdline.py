@@ -196,6 +196,12 @@ class KernelCmdlineTunable(Tunable):
         if sec.hugepages_1g and "1G" in pools:
             raise ctx.error("kernel_cmdline.hugepages_1g", "the hugepages section reserves "
                             "its 1G pool at boot (reserve: boot) too: keep one of them")
+        ram = ctx.facts.mem_total_bytes
+        if sec.hugepages_1g and ram and sec.hugepages_1g * 1024**3 >= ram:
+            # the boot-time pool is taken before anything else runs: a pool of all the RAM
+            # (or more) leaves the kernel nothing and the host does not come up
+            raise ctx.error("kernel_cmdline.hugepages_1g", f"{sec.hugepages_1g} GiB of 1 GiB "
+                            f"pages is not less than this host's RAM ({ram / 1024**3:.1f} GiB)")
         seen: dict[str, str] = {}
         for w in _words(ctx, sec):
             n = param_name(w)

@@ -116,7 +116,7 @@ def swap_units(host: Host, active: list[SwapDevice] | None = None) -> list[SwapU
             names.setdefault(unit_name(d.path), f"{conf} (zram-generator)")
     out = []
     for n, src in sorted(names.items()):
-        real = host.path(f"{UNIT_DIR}/{n}")
+        real = host.lpath(f"{UNIT_DIR}/{n}")
         masked = real.is_symlink() and os.readlink(real) == "/dev/null"
         out.append(SwapUnit(n, src, masked))
     return out
@@ -363,7 +363,7 @@ def _simulate_proc_swaps(host: Host, edit: Any) -> None:
     """Under --root the command only was recorded; keep a fixture's /proc/swaps in step with
     what the kernel would show (like Host.write_kernel writes a fixture's /proc/sys). A real
     procfs mounted in the tree reports size 0 and is left alone."""
-    real = host.path("/proc/swaps")
+    real = host.lpath("/proc/swaps")
     try:
         if not real.is_file() or real.is_symlink() or real.stat().st_size == 0:
             return

@@ -60,7 +60,7 @@ def sysctl_files(host: Host) -> list[str]:
     ordered = []
     for n in sorted(by_name):
         p = by_name[n]
-        real = host.path(p)
+        real = host.lpath(p)
         if real.is_symlink():  # report the file a link points to (Debian's 99-sysctl.conf)
             p = os.path.normpath(os.path.join(os.path.dirname(p), os.readlink(real)))
         ordered.append(p)
