@@ -19,14 +19,6 @@ from tests.conftest import need
 from tests.vm import guest as g
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for it in items:
-        if Path(str(it.fspath)).is_relative_to(here):
-            it.add_marker(pytest.mark.vm)
-            it.add_marker(pytest.mark.timeout(5400))
-
-
 @dataclass
 class VmEnv:
     base: Path          # the cached rootfs tarball

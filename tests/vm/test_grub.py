@@ -5,8 +5,12 @@ its MBR gap by the guest itself, booted by SeaBIOS -> GRUB (no -kernel). apply -
 
 from __future__ import annotations
 
+import pytest
+
 from tests.vm import checks
 from tests.vm.conftest import VmEnv, stage_ok
+
+pytestmark = [pytest.mark.vm, pytest.mark.timeout(5400)]
 
 PROFILE = """name: grubtest
 kernel_cmdline:
