@@ -167,6 +167,7 @@ def wheelhouse(dest: Path) -> Path:
 
 
 # --- a rootfs tree ------------------------------------------------------------------------------
+SETTLE_S = 300  # how long the runner waits for multi-user.target before it runs the stage
 STAGE_RUNNER = f"""#!/bin/bash
 # ht-stage: run the stage attached as /dev/vdb (a tar archive), then power off.
 mkdir -p /run/ht /ht
@@ -174,6 +175,8 @@ rm -rf /ht/out && mkdir -p /ht/out
 # results: a tar archive on the raw third disk, durable once written (a power cut may follow)
 ht_flush() {{ tar -cf /dev/vdc -C /ht/out . && sync; }}
 export -f ht_flush
+for _ in $(seq {SETTLE_S}); do systemctl is-active -q multi-user.target && break; sleep 1; done
+systemctl is-active -q multi-user.target || echo "HT-WARN multi-user.target not reached"
 echo "{PROBE}"
 if tar -xf /dev/vdb -C /run/ht 2>/ht/out/untar.err; then
   cd /run/ht && PATH={GUEST_VENV}/bin:$PATH bash ./stage.sh > >(tee /ht/out/stage.log) 2>&1
@@ -187,10 +190,12 @@ echo "HT-STAGE-DONE rc=$rc"
 systemctl poweroff --no-block
 """
 
+# The stage is started by its own job (a trigger queued from multi-user.target), not as part
+# of the boot transaction: a unit in a restart loop keeps multi-user.target from ever being
+# reached, and a stage ordered after it would never run (the runner waits a bounded time).
 STAGE_UNIT = """[Unit]
 Description=hosttune VM test stage
-After=multi-user.target docker.service containerd.service hosttune-boot.service
-ConditionPathExists=/dev/vdb
+After=basic.target docker.service containerd.service hosttune-boot.service
 
 [Service]
 Type=oneshot
@@ -198,6 +203,15 @@ ExecStart=/usr/local/sbin/ht-stage
 StandardOutput=journal+console
 StandardError=journal+console
 TimeoutStartSec=infinity
+"""
+
+TRIGGER_UNIT = """[Unit]
+Description=hosttune VM test stage trigger
+ConditionPathExists=/dev/vdb
+
+[Service]
+Type=oneshot
+ExecStart=/bin/systemctl start --no-block ht-stage.service
 
 [Install]
 WantedBy=multi-user.target
@@ -227,12 +241,12 @@ class Tree:
         sbin.mkdir(parents=True, exist_ok=True)
         (sbin / "ht-stage").write_text(STAGE_RUNNER)
         (sbin / "ht-stage").chmod(0o755)
-        unit = self.path / "etc/systemd/system/ht-stage.service"
-        unit.write_text(STAGE_UNIT)
-        wants = self.path / "etc/systemd/system/multi-user.target.wants/ht-stage.service"
+        self.write("/etc/systemd/system/ht-stage.service", STAGE_UNIT)
+        self.write("/etc/systemd/system/ht-stage-trigger.service", TRIGGER_UNIT)
+        wants = self.path / "etc/systemd/system/multi-user.target.wants/ht-stage-trigger.service"
         wants.parent.mkdir(parents=True, exist_ok=True)
         if not wants.is_symlink():
-            wants.symlink_to("/etc/systemd/system/ht-stage.service")
+            wants.symlink_to("/etc/systemd/system/ht-stage-trigger.service")
 
     def install_hosttune(self, wheels: Path) -> str:
         """python3 -m venv + pip install --no-index from ``wheels``, run by the guest's own
