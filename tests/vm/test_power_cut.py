@@ -44,9 +44,10 @@ cut_run() { # cut_run apply|rollback FRACTION: announce the point, then run with
   local n p
   n=$(steps "$1")
   p=$(python3 -c "print(min(int($2 * $n), $n - 1))")
+  local point="$((p / 2)):$([ $((p % 2)) = 0 ] && echo before || echo after)"
   # straight to the console, like the step marks (the unit's own output goes via journald)
-  echo "HT-CUT-AT $1 $((p / 2)):$([ $((p % 2)) = 0 ] && echo before || echo after) of $n" \
-    > /dev/console
+  echo "HT-CUT-AT $1 $point of $n" > /dev/console
+  export HOSTTUNE_TEST_PAUSE="$1 $point"  # hosttune holds there until the cut lands
   if [ "$1" = apply ]; then
     HOSTTUNE_TEST_MARK=/dev/console hosttune apply -p inference --yes --json > /dev/null 2>&1
   else
@@ -62,6 +63,9 @@ for c in dockerd containerd; do
   p=$(pidof -s $c) && grep 'Max locked memory' /proc/$p/limits > $o/limits-$c
 done
 run recover.json hosttune rollback --yes --json
+# what rollback said to do: restart the daemons it named (then the audit must be pristine)
+grep -q 'still runs with the tuned memlock' $o/recover.json && \
+  systemctl restart containerd.service docker.service
 snap_etc etc-recovered.tar
 find /etc /var/lib/hosttune -xdev -type f \\( -size 0 -o -name '*tmp*' -o -name '*.new' \\) \\
   > $o/suspicious 2>/dev/null || true
