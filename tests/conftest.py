@@ -1,11 +1,31 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from tests import fakehost
+
+# The suite's own profile cache (hosttune caches validated profiles under
+# $XDG_CACHE_HOME/hosttune/profiles): every test tree and profile file makes new entries, which
+# must not pile up in the user's ~/.cache. Subprocesses (run_cli, ansible) inherit it; removed at
+# the end of the session. USER_CACHE is the user's own, for what is meant to persist.
+USER_CACHE = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+_SUITE_CACHE = tempfile.mkdtemp(prefix="hosttune-test-cache-")
+os.environ["XDG_CACHE_HOME"] = _SUITE_CACHE
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    shutil.rmtree(_SUITE_CACHE, ignore_errors=True)
+    dockerd = sys.modules.get("tests.dockerd")
+    if dockerd is not None:  # only if a test asked for dockerd
+        note = dockerd.stop_started_dockerd()
+        if note:
+            session.config.get_terminal_writer().line(f"note: {note}")
 
 # In CI (.ci/run sets HOSTTUNE_CI_STRICT=1) a test that needs root, hugetlbfs or dockerd must
 # run: its skip becomes a failure.

@@ -1,4 +1,7 @@
-"""Start Debian's dockerd for tests when none answers, and leave it running for the next test.
+"""Start Debian's dockerd for tests when none answers; it stays up for the next test and is
+stopped at the end of the session (conftest.pytest_sessionfinish) by the session that started
+it, with the firewall rules and the docker0 bridge it created removed and the images the tests
+built deleted - unless another test session still uses it (then it says so and leaves it).
 
 Defaults only (data-root /var/lib/docker, exec-root /var/run/docker, /var/run/docker.sock): the
 same daemon `docker` and docker-compose talk to. dockerd inherits this process's memlock limit
@@ -17,6 +20,14 @@ from typing import Any
 SOCKET = "/var/run/docker.sock"
 LOG = "/tmp/hosttune-test-dockerd.log"
 LOCK = "/tmp/hosttune-dockerd.lock"
+# held shared by every test session that uses the daemon (whoever started it)
+USERS = "/tmp/hosttune-dockerd.users"
+IMAGE_PREFIX = "hosttune-e2e"  # images the tests build (tests/test_containers_e2e.py)
+
+_started: subprocess.Popen[bytes] | None = None
+_users_fd: int | None = None
+_firewall_before: bytes | None = None
+_bridge_before = True
 
 
 def _client() -> Any:
@@ -47,14 +58,20 @@ def ensure_dockerd(timeout_s: float = 90) -> str | None:
                                           if os.path.exists("/usr/sbin/dockerd") else None)
     if dockerd is None:
         return "dockerd is not installed (apt-get install docker.io)"
+    global _started, _users_fd, _firewall_before, _bridge_before
     fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        if _users_fd is None:
+            _users_fd = os.open(USERS, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(_users_fd, fcntl.LOCK_SH)
         if _answers():
             return None
+        _firewall_before = _iptables_save()
+        _bridge_before = os.path.exists("/sys/class/net/docker0")
         with open(LOG, "ab") as log:
-            subprocess.Popen([dockerd], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                             start_new_session=True, close_fds=True)
+            _started = subprocess.Popen([dockerd], stdin=subprocess.DEVNULL, stdout=log,
+                                        stderr=log, start_new_session=True, close_fds=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if _answers():
@@ -69,3 +86,59 @@ def ensure_dockerd(timeout_s: float = 90) -> str | None:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+def _iptables_save() -> bytes | None:
+    exe = shutil.which("iptables-save")
+    if exe is None:
+        return None
+    r = subprocess.run([exe], capture_output=True, timeout=60, check=False)
+    return r.stdout if r.returncode == 0 else None
+
+
+def stop_started_dockerd() -> str | None:
+    """End of session: stop the dockerd this session started and undo what it left (its
+    iptables chains, the docker0 bridge, the test images). Returns a note when something
+    stays: another session still uses the daemon, or a step failed."""
+    global _started, _users_fd
+    if _users_fd is None:
+        return None
+    try:
+        if _started is None:
+            return None
+        try:  # shared -> exclusive: no other test session holds the daemon
+            fcntl.flock(_users_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return f"dockerd (pid {_started.pid}) left running: another test session uses it"
+        notes: list[str] = []
+        try:
+            c = _client()
+            try:
+                for img in c.images.list():
+                    if any(t.startswith(IMAGE_PREFIX) for t in img.tags):
+                        c.images.remove(img.id, force=True)
+                c.images.prune(filters={"dangling": True})
+            finally:
+                c.close()
+        except Exception as err:
+            notes.append(f"test images not removed: {err}")
+        _started.terminate()
+        try:
+            _started.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            _started.kill()
+            _started.wait(timeout=30)
+        if _firewall_before is not None and shutil.which("iptables-restore"):
+            r = subprocess.run(["iptables-restore"], input=_firewall_before,
+                               capture_output=True, timeout=60, check=False)
+            if r.returncode != 0:
+                notes.append(f"iptables not restored: {r.stderr.decode(errors='replace')}")
+        if not _bridge_before and os.path.exists("/sys/class/net/docker0"):
+            subprocess.run(["ip", "link", "delete", "docker0"], capture_output=True,
+                           timeout=30, check=False)
+        _started = None
+        return "; ".join(notes) or None
+    finally:
+        fcntl.flock(_users_fd, fcntl.LOCK_UN)
+        os.close(_users_fd)
+        _users_fd = None

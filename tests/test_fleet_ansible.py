@@ -19,7 +19,7 @@ import pytest
 import yaml
 
 from tests import fakehost
-from tests.conftest import REPO, need
+from tests.conftest import REPO, USER_CACHE, need
 from tests.test_contracts import snapshot
 
 COLLECTIONS = REPO / "fleet" / "ansible"
@@ -310,3 +310,116 @@ def test_role_defaults_match_argument_specs() -> None:
     assert set(defaults) == set(opts)
     for k, v in defaults.items():
         assert opts[k]["default"] == v, k
+
+
+def _checkout_hosttune(tmp_path: Path) -> Path:
+    """A hosttune executable that runs this checkout (the module only needs the CLI)."""
+    exe = tmp_path / "bin" / "hosttune"
+    exe.parent.mkdir(parents=True, exist_ok=True)
+    exe.write_text(f"#!/bin/sh\nPYTHONPATH={REPO} exec {sys.executable} -m hosttune \"$@\"\n")
+    exe.chmod(0o755)
+    return exe
+
+
+def test_failed_verification_reports_the_changes_that_stayed(tmp_path: Path) -> None:
+    """An apply whose verification fails after writing (a hand-made sysctl.d file overrides the
+    profile at boot) keeps its changes: the task fails, is changed, lists what stayed applied
+    and what still drifts, and says how to undo it; the tree really holds the changes. In
+    check and diff mode the same task writes nothing."""
+    ans = Ansible(tmp_path)
+    exe = _checkout_hosttune(tmp_path)
+    tree = fakehost.ryzen_9950x(tmp_path / "tree")
+    fakehost.w(tree, "/etc/sysctl.d/99-zz-local.conf", "vm.swappiness = 60\n")
+    res = tmp_path / "result.json"
+    task = {"hosttune.tune.hosttune": {"profile": "inference", "root": str(tree),
+                                       "executable": str(exe)},
+            "ignore_errors": True}
+    play = [{"hosts": "all", "gather_facts": False, "tasks": [
+        {"name": "apply (check)", **task, "check_mode": True, "register": "check"},
+        {"name": "apply", **task, "register": "run"},
+        {"name": "save", "ansible.builtin.copy": {
+            "content": "{{ {'check': check, 'run': run} | to_json }}", "dest": str(res)},
+         "check_mode": False, "changed_when": False},
+    ]}]
+    before = full_snapshot(tree)
+    pb = tmp_path / "failing.yml"
+    pb.write_text(yaml.safe_dump(play, sort_keys=False))
+    r = subprocess.run([ans.exe, "-i", "localhost,", "-c", "local", str(pb), "--diff",
+                        "-e", f"ansible_python_interpreter={sys.executable}"],
+                       capture_output=True, text=True, env=ans.env, timeout=300, check=False)
+    assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]  # ignore_errors
+    out = json.loads(res.read_text())
+    check, run = out["check"], out["run"]
+    assert check["changed"] is True and not check.get("failed")
+    assert "+vm.swappiness = 0" in r.stdout  # --diff shows the drop-in
+    assert run["failed"] is True and run["changed"] is True
+    assert "stay applied" in run["msg"] and "state: rolled_back" in run["msg"]
+    assert "reverted" not in run["msg"] and "undone" not in run["msg"]
+    assert any("vm.swappiness" in d and "99-zz-local.conf" in d for d in run["drifting"])
+    assert "vm.swappiness" in run["msg"]
+    assert run["applied"] and run["reverted"] == []
+    assert len(run["applied"]) == len(run["apply"]["steps"])
+    # what the module says stayed is what the tree holds
+    assert "vm.swappiness = 0" in (tree / "etc/sysctl.d/90-hosttune.conf").read_text()
+    assert (tree / "proc/sys/vm/swappiness").read_text().strip() == "0"
+    assert full_snapshot(tree) != before
+    assert re.search(r"localhost\s*:\s*ok=\d+\s+changed=\d+\s+unreachable=0\s+failed=0\s+"
+                     r"skipped=0\s+rescued=0\s+ignored=1", r.stdout), r.stdout[-2000:]
+
+
+def _load_module():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("hosttune_module", MODULE)
+    assert spec and spec.loader
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_failed_step_is_reported_as_undone(tmp_path: Path, monkeypatch) -> None:
+    """A step that fails makes the engine undo the run: the module then says nothing changed
+    and every change was undone (the engine's own report, a failure injected at step 3)."""
+    from hosttune import engine
+    from hosttune.engine import core
+    from hosttune.host import Host
+    from hosttune.profile import load_profile
+
+    tree = fakehost.ryzen_9950x(tmp_path / "tree")
+    before = snapshot(tree)
+    real, calls = core.do_apply, []
+
+    def flaky(host, ch):
+        calls.append(ch.id)
+        if len(calls) == 3:
+            raise OSError(5, "Input/output error")
+        return real(host, ch)
+
+    monkeypatch.setattr(core, "do_apply", flaky)
+    rep = engine.apply(Host(tree), load_profile("inference")).to_json()
+    assert rep["ok"] is False and snapshot(tree) == before
+    out = _load_module()._apply_outcome(rep)
+    assert out["changed"] is False and out["applied"] == []
+    assert len(out["reverted"]) == len(calls) == 3  # the failed step too: restored
+    assert "Every change of this run was undone" in out["msg"]
+    assert "Input/output error" in out["msg"]
+    # and the verification failure keeps them (same report shape as the playbook test)
+    fakehost.w(tree, "/etc/sysctl.d/99-zz-local.conf", "vm.swappiness = 60\n")
+    monkeypatch.setattr(core, "do_apply", real)
+    rep = engine.apply(Host(tree), load_profile("inference")).to_json()
+    out = _load_module()._apply_outcome(rep)
+    assert out["changed"] is True and len(out["applied"]) == len(rep["steps"])
+
+
+def test_ansible_test_sanity_passes(tmp_path: Path) -> None:
+    """ansible-test sanity (every test: validate-modules, pylint, ansible-doc, yamllint, ...) for
+    the collection, through .ci/ansible-sanity (no download from ansible-test's own host)."""
+    _ansible("ansible-test")
+    r = subprocess.run([str(REPO / ".ci" / "ansible-sanity")], capture_output=True, text=True,
+                       timeout=1200, check=False,
+                       env=dict(os.environ, PYTHON=sys.executable,
+                                HOSTTUNE_ANSIBLE_TEST_HOME=os.path.join(
+                                    USER_CACHE, "hosttune", "ansible-test")))
+    assert r.returncode == 0, r.stdout[-6000:] + r.stderr[-3000:]
+    assert r.stdout.count('Running sanity test "') >= 20, r.stdout
+    assert 'Running sanity test "validate-modules"' in r.stdout

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import configparser
 import json
+import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -16,10 +18,11 @@ from hosttune.host import Host
 from hosttune.profile import LoadedProfile, Profile, builtin_names, load_profile
 from hosttune.profile.schema import Section
 from tests import fakehost
-from tests.conftest import run_cli
+from tests.conftest import need, run_cli
 
 # the plugin sections this exporter may write (tuned/plugins/plugin_<name>.py + main/variables)
-TUNED_SECTIONS = {"main", "variables", "cpu", "vm", "sysctl", "sysfs", "bootloader", "irqbalance"}
+TUNED_SECTIONS = {"main", "variables", "cpu", "vm", "sysctl", "sysfs", "bootloader", "irqbalance",
+                  "modules"}
 VAR_RE = re.compile(r"(?<!\\)\$\{(\w+)\}")  # tuned/profiles/variables.py
 
 
@@ -215,3 +218,88 @@ def test_cli_export(tmp_path: Path, epyc: Path):
     assert r.returncode == 2 and "no built-in profile" in r.stderr
     r = run_cli("export", "tuned", "--root", str(tmp_path / "missing"))
     assert r.returncode == 2
+
+
+# --- tuned's own loader -----------------------------------------------------------------------
+# Debian's tuned package (python3-tuned for /usr/bin/python3): load the exported profile with
+# tuned.profiles.Loader exactly as tuned-adm/tuned do (locator over a profile directory,
+# merger, variables), and print each unit's type and options.
+_TUNED_LOAD = r"""
+import json, sys
+from tuned.profiles.factory import Factory
+from tuned.profiles.loader import Loader
+from tuned.profiles.locator import Locator
+from tuned.profiles.merger import Merger
+from tuned.profiles.variables import Variables
+loader = Loader(Locator([sys.argv[1]]), Factory(), Merger(), None, Variables())
+p = loader.load([sys.argv[2]])
+print(json.dumps({"name": p.name, "units": {n: {"type": u.type, "options": dict(u.options)}
+                                            for n, u in p.units.items()}}))
+"""
+TUNED_PYTHON = "/usr/bin/python3"
+
+
+def tuned_load(tmp_path: Path, name: str, text: str) -> dict:
+    ok = os.path.exists(TUNED_PYTHON) and subprocess.run(
+        [TUNED_PYTHON, "-c", "import tuned.profiles.loader"], capture_output=True,
+        check=False).returncode == 0
+    need(ok, "tuned (Debian package) is not installed")
+    d = tmp_path / "tuned-profiles" / name
+    d.mkdir(parents=True)
+    (d / "tuned.conf").write_text(text)
+    r = subprocess.run([TUNED_PYTHON, "-c", _TUNED_LOAD, str(d.parent), name],
+                       capture_output=True, text=True, timeout=60, check=False,
+                       env={"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8"})
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+@pytest.mark.parametrize("name", builtin_names())
+@pytest.mark.parametrize("tree", [None, "ryzen", "epyc"])
+def test_tuned_loads_every_export(tmp_path, name, tree):
+    """tuned's own loader reads each export, and gets every option as written (the plugin
+    sections are tuned plugin names: the loader makes a unit of each)."""
+    root = None
+    if tree:
+        root = {"ryzen": fakehost.ryzen_9950x, "epyc": fakehost.epyc_2s}[tree](tmp_path / tree)
+    exp = export_tuned(load_profile(name), Host(root) if root else None)
+    loaded = tuned_load(tmp_path, exp.name, exp.render())
+    assert loaded["name"] == exp.name
+    units = loaded["units"]
+    for sec, _ in exp.sections:
+        if sec in ("main", "variables"):
+            continue  # not units: the loader consumes them
+        assert units[sec]["type"] == sec
+        want = exp.section(sec)
+        if sec == "irqbalance":  # ${variable} references, expanded by the loader
+            variables = exp.section("variables")
+            want = {k: VAR_RE.sub(lambda m: variables[m.group(1)], v) for k, v in want.items()}
+        assert units[sec]["options"] == want, sec
+
+
+def test_tuned_loader_catches_mistakes(tmp_path):
+    """The loader check is real: a profile it cannot read fails."""
+    d = tmp_path / "x"
+    with pytest.raises(AssertionError):
+        tuned_load(d, "hosttune-bad", "[main]\nsummary=x\n[sysctl\nvm.swappiness=0\n")
+
+
+def test_nvidia_module_options_export_to_tuned_modules(tmp_path):
+    """nvidia_modules options become tuned [modules] options, the exact words hosttune writes
+    to its modprobe.d drop-in, and are no longer listed as inexpressible."""
+    from hosttune.tunables.nvidia_modprobe import render
+
+    lp = load_profile("ryzen9950x-rtx5090")
+    exp = export_tuned(lp)
+    mods = tuned_parse(exp.render())["modules"]
+    ours = render(lp.profile.nvidia_modules, lp.profile.name)
+    assert mods and {f"options {m} {v}" for m, v in mods.items()} == {
+        ln for ln in ours.splitlines() if ln.startswith("options ")}
+    skipped = {u.setting for u in exp.unexpressed}
+    assert "nvidia_modules" not in skipped
+    assert "nvidia_modules.initramfs" in skipped  # the part tuned really cannot do
+    head = exp.render().split("[main]")[0]
+    assert "#   - nvidia_modules: NVIDIA" not in head and "no tuned plugin" not in head
+    # and tuned's loader gives the modules plugin the same options
+    units = tuned_load(tmp_path, exp.name, exp.render())["units"]
+    assert units["modules"] == {"type": "modules", "options": mods}

@@ -20,6 +20,7 @@ from hosttune.monitor.parsers import (
     parse_status_vmlck,
 )
 from hosttune.monitor.snapshot import (
+    AuditSummary,
     ContainersReading,
     CpuReading,
     GpusReading,
@@ -414,10 +415,17 @@ def test_gpu_offline_is_unavailable(vm: Path, monkeypatch: pytest.MonkeyPatch) -
 
 
 # --- caching ------------------------------------------------------------------------------------
-def test_monitor_caches_audit_and_static_layout(tmp_path: Path) -> None:
+@pytest.mark.parametrize("uptime_s", [5.0, 10 * 86400.0])
+def test_monitor_caches_audit_and_static_layout(tmp_path: Path, monkeypatch, uptime_s) -> None:
+    """The first snapshot audits whatever the host's uptime (time.monotonic() counts from boot:
+    a host up 5 s must not read as 'audited 5 s ago')."""
+    from hosttune.monitor import snapshot as snapshot_mod
+
+    monkeypatch.setattr(snapshot_mod.time, "monotonic", lambda: uptime_s)
     root = full_ryzen(tmp_path)
     mon = Monitor(Host(root), "inference", audit_interval_s=3600)
     s1 = mon.snapshot()
+    assert isinstance(s1.audit, AuditSummary), s1.audit
     (root / "sys/kernel/mm/hugepages/hugepages-2048kB/free_hugepages").write_text("39\n")
     s2 = mon.snapshot()
     assert mon.audit is not None and mon.audit.runs == 1  # not re-run every refresh

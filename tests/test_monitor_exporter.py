@@ -69,12 +69,15 @@ def test_exporter_metrics_match_the_tree(tmp_path: Path) -> None:
     assert abs(one(ss, p + "audit_last_timestamp_seconds") - time.time()) < 60
     assert one(ss, p + "audit_up") == 1.0
 
-    # huge pages per node and size
-    assert one(ss, p + "hugepages_total", node="all", page_size_bytes=str(2 * MiB)) == 100
-    assert one(ss, p + "hugepages_free", node="0", page_size_bytes=str(2 * MiB)) == 40
-    assert one(ss, p + "hugepages_surplus", node="0", page_size_bytes=str(2 * MiB)) == 2
-    assert one(ss, p + "hugepages_reserved", node="all", page_size_bytes=str(2 * MiB)) == 10
-    assert not [lab for lab, _ in ss[p + "hugepages_reserved"] if lab["node"] != "all"]
+    # huge pages: system-wide and per node in separate metrics (no node="all" rollup)
+    two_mib = str(2 * MiB)
+    assert one(ss, p + "hugepages_pool_pages", page_size_bytes=two_mib) == 100
+    assert one(ss, p + "hugepages_reserved_pages", page_size_bytes=two_mib) == 10
+    assert one(ss, p + "hugepages_node_free_pages", node="0", page_size_bytes=two_mib) == 40
+    assert one(ss, p + "hugepages_node_surplus_pages", node="0", page_size_bytes=two_mib) == 2
+    for name in ("pool", "free", "surplus", "reserved"):
+        assert all("node" not in lab for lab, _ in ss[f"{p}hugepages_{name}_pages"]), name
+    assert all(lab["node"].isdigit() for lab, _ in ss[p + "hugepages_node_pool_pages"])
 
     assert one(ss, p + "memlocked_bytes") == 123 * MiB
     assert one(ss, p + "model_store_used_bytes", mount="/srv/hosttune/models") == 6 * MiB
@@ -93,7 +96,7 @@ def test_exporter_metrics_match_the_tree(tmp_path: Path) -> None:
     assert one(ss, p + "cpu_frequency_hertz", cpu="3", source="cpufreq") == 4003000 * 1000
     assert one(ss, p + "cpu_frequency_hertz", cpu="3", source="cpuinfo") == \
         pytest.approx(3031.5e6)
-    assert one(ss, p + "cpu_governor", cpu="3", governor="performance") == 1
+    assert one(ss, p + "cpu_governor_info", cpu="3", governor="performance") == 1
 
     # GPU: power/clock/compute mode; NOT_SUPPORTED power is absent, not a fake zero
     assert one(ss, p + "gpu_power_watts", gpu="0") == 312.5
@@ -105,6 +108,73 @@ def test_exporter_metrics_match_the_tree(tmp_path: Path) -> None:
     assert one(ss, p + "gpu_persistence_mode", gpu="1") == 0
     for c in ("cpu", "memory", "hugepages", "memlocked", "store", "containers", "gpu", "audit"):
         assert one(ss, p + "collector_up", collector=c) == 1, c
+
+
+def _trees(tmp_path: Path) -> dict[str, tuple[Host, str]]:
+    """Every fixture tree, and one whose audit reports two findings on one file:line."""
+    from tests import fakehost
+    from tests.fake_nvidia import add_nvidia
+    from tests.seed_tree import seed_nvml, seed_tree
+
+    dup = full_ryzen(tmp_path / "dup")
+    add_nvidia(dup, ["rtx5090"])
+    fakehost.w(dup, "/etc/modprobe.d/zz-local.conf",
+               "options nvidia NVreg_Bogus=1 NVreg_Other=2\n")
+    return {
+        "ryzen": (Host(full_ryzen(tmp_path / "r"), nvml_backend=two_gpus()), "inference"),
+        "epyc": (Host(fakehost.epyc_2s(tmp_path / "epyc")), "inference"),
+        "vm": (Host(fakehost.this_vm(tmp_path / "vm")), "inference"),
+        "seed": (Host(seed_tree(tmp_path / "seed"), nvml_backend=seed_nvml()), "inference"),
+        "two-findings-one-line": (Host(dup), "ryzen9950x-rtx5090"),
+    }
+
+
+def _repeated_series(text: str) -> list[str]:
+    seen: set[tuple[str, tuple[tuple[str, str], ...]]] = set()
+    dup = []
+    for fam in text_string_to_metric_families(text):
+        for smp in fam.samples:
+            k = (smp.name, tuple(sorted(smp.labels.items())))
+            if k in seen:
+                dup.append(f"{smp.name}{dict(k[1])}")
+            seen.add(k)
+    return dup
+
+
+def test_no_series_repeats_on_any_tree(tmp_path: Path) -> None:
+    for name, (host, profile) in _trees(tmp_path).items():
+        text = scrape_text(Monitor(host, profile))
+        assert _repeated_series(text) == [], name
+    # the tree really has two findings on one key: the exporter folds them into one series
+    host, profile = _trees(tmp_path / "again")["two-findings-one-line"]
+    ss = samples(scrape_text(Monitor(host, profile)))
+    assert one(ss, "hosttune_setting_compliant", tunable="nvidia_modules",
+               key="/etc/modprobe.d/zz-local.conf:1") == 0.0
+
+
+def _promtool() -> str:
+    exe = shutil.which("promtool")
+    need(exe is not None, "promtool (Debian package prometheus) is not installed")
+    assert exe is not None
+    return exe
+
+
+def _promtool_check(text: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([_promtool(), "check", "metrics"], input=text, capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+def test_promtool_accepts_the_exposition_of_every_tree(tmp_path: Path) -> None:
+    for name, (host, profile) in _trees(tmp_path).items():
+        r = _promtool_check(scrape_text(Monitor(host, profile)))
+        assert r.returncode == 0, (name, r.stdout + r.stderr)
+
+
+def test_promtool_catches_naming_mistakes() -> None:
+    """The check is real: a gauge named like a counter is rejected."""
+    bad = "# HELP x_total x\n# TYPE x_total gauge\nx_total 1\n"
+    r = _promtool_check(bad)
+    assert r.returncode != 0 and "_total" in r.stdout + r.stderr
 
 
 def test_unavailable_subsystems_are_marked_down(vm: Path) -> None:
@@ -192,6 +262,29 @@ def test_real_scrape_live_host_is_fast() -> None:
         times.sort()
         assert times[len(times) // 2] < 0.050, times
         assert "hosttune_memlocked_bytes" in body
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_promtool_accepts_a_live_scrape() -> None:
+    """What Prometheus scrapes over HTTP from this live host (audit included) passes
+    Prometheus's own linter, and no series repeats."""
+    _promtool()
+    proc, port = _start_exporter("--listen", "127.0.0.1:0")
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+        deadline = time.time() + 60
+        body = ""
+        while time.time() < deadline:  # the first audit runs on a background thread
+            body = urllib.request.urlopen(url, timeout=10).read().decode()
+            if "hosttune_audit_up 1.0" in body:
+                break
+            time.sleep(0.2)
+        assert "hosttune_audit_up 1.0" in body, body[-2000:]
+        r = _promtool_check(body)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert _repeated_series(body) == []
     finally:
         proc.terminate()
         proc.wait(timeout=10)

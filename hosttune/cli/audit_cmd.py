@@ -29,15 +29,31 @@ STATUS_STYLE = {
 }
 
 
+def write_stdout(text: str) -> None:
+    """Write to stdout. A reader that went away (`hosttune audit | head -3`) is not an error:
+    stdout is pointed at /dev/null so that neither the next write nor the interpreter's final
+    flush raises BrokenPipeError again (the recipe of Python's signal docs, "Note on
+    SIGPIPE"); the command ends with its usual exit code."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+
+
 def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    write_stdout(json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
 
 
 def print_error(message: str) -> None:
     from rich.console import Console
+    from rich.text import Text
 
-    Console(stderr=True, highlight=False).print(f"[bold red]error:[/] {message}", markup=True,
-                                                soft_wrap=True)
+    # the message is data (paths, values): never markup or emoji codes
+    Console(stderr=True, highlight=False, emoji=False).print(
+        Text.assemble(("error:", "bold red"), " ", message), soft_wrap=True)
 
 
 def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> dict[str, Any] | None:
@@ -189,7 +205,7 @@ def run_audit(profile: str | None, root: Path | None, json_out: bool,
         title = f"hosttune audit · profile {loaded.profile.name}"
         if host.offline:
             title += f" · root {host.root}"
-        sys.stdout.write(render_rows(report.rows, title=title, **term_options()))
         hint = "  → hosttune plan  to see the changes" if report.drift else ""
-        sys.stdout.write(summary(report) + hint + "\n")
+        write_stdout(render_rows(report.rows, title=title, **term_options())
+                     + summary(report) + hint + "\n")
     return EXIT_FINDINGS if report.drift else EXIT_OK

@@ -22,8 +22,10 @@ from hosttune.errors import HosttuneError
 
 __all__ = ["EXIT_ERROR", "EXIT_FINDINGS", "EXIT_OK", "emit_json"]
 
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+# emoji=False: rich's emoji codes would turn data into pictures (a PCI address 0000:ab:00.0
+# prints as 0000🆎00.0). Markup stays for hosttune's own styles; data is escape()d or Text.
+console = Console(highlight=False, emoji=False)
+err_console = Console(stderr=True, highlight=False, emoji=False)
 
 RootOpt = Annotated[
     Path | None,

@@ -133,7 +133,7 @@ def compose_cmd(
         os.replace(tmp, out)
     except OSError as err:
         fail(f"{output}: {err.strerror}")
-    err_console.print(f"wrote {output} ({len(plan.workers)} service(s))")
+    err_console.print(f"wrote {escape(str(output))} ({len(plan.workers)} service(s))")
 
 
 @app.command("verify")

@@ -123,7 +123,9 @@ def apply(
             fail("apply needs --yes when not run interactively")
         _print_plan(p)
         if not typer.confirm(f"Apply {len(p.changes)} change(s)?"):
-            fail("aborted; nothing was changed")
+            # the user's answer, not an error: nothing changed, the plan above still stands
+            console.print("Not applied: nothing was changed.")
+            raise typer.Exit(EXIT_OK)
     from rich.progress import Progress
 
     if json_out or not is_tty():
@@ -133,7 +135,7 @@ def apply(
             task = bar.add_task("applying", total=None)
 
             def prog(i, n, ch):
-                bar.update(task, total=n, completed=i, description=ch.summary[:60])
+                bar.update(task, total=n, completed=i, description=escape(ch.summary[:60]))
 
             report = run_guarded(engine.apply, host, loaded, runtime_only=runtime_only,
                                  only=only_set, progress=prog)
@@ -163,12 +165,21 @@ def _print_apply(report) -> None:
         console.print(f"[bold red]apply failed:[/] {escape(report.error)}")
         if any(s.status == "reverted" for s in report.steps):
             console.print("[yellow]every change of this run was reverted[/]")
+        elif report.changed:
+            # verification failed after every step was written: the engine keeps them
+            console.print("[yellow]the changes above stay applied[/]; `hosttune rollback` "
+                          "restores the originals")
     bad = [r for r in report.verify if r.status.is_drift]
     if bad:
         console.file.flush()
         sys.stdout.write(render_rows(bad, title="verify: still drifting", **term_options()))
     if report.needs:
         console.print("[cyan]still needed:[/] " + escape(", ".join(report.needs)))
+
+
+def _shown(host, path: str) -> str:
+    """A host path as the user finds it: under --root DIR, the file inside DIR."""
+    return str(host.path(path)) if host.offline else path
 
 
 def rollback(
@@ -188,8 +199,14 @@ def rollback(
         pending = bool(st["entries"] or st["interrupted"])
         if json_out:
             emit_json({"ok": True, "dry_run": True, **st})
+        elif not st["exists"]:
+            # no journal yet: name the directory where it would be, not a file that is not there
+            where = escape(_shown(host, host.state_dir))
+            console.print(f"Nothing to roll back: no journal in {where} (nothing has been "
+                          "applied here).")
         else:
-            console.print(f"{st['entries']} recorded original(s) in {st['path']}"
+            console.print(f"{st['entries']} recorded original(s) in "
+                          f"{escape(_shown(host, st['path']))}"
                           + (" · an interrupted run to undo" if st["interrupted"] else ""))
         raise typer.Exit(EXIT_FINDINGS if pending else EXIT_OK)
     if not host.can_write:
@@ -202,9 +219,11 @@ def rollback(
             console.print("Nothing to roll back: the journal is empty.")
         raise typer.Exit(EXIT_OK)
     if not yes and is_tty() and not json_out:
-        console.print(f"{st['entries']} recorded original(s) in {st['path']}")
+        console.print(f"{st['entries']} recorded original(s) in "
+                      f"{escape(_shown(host, st['path']))}")
         if not typer.confirm("Restore them?"):
-            fail("aborted; nothing was changed")
+            console.print("Not restored: nothing was changed.")
+            raise typer.Exit(EXIT_OK)
     report = run_guarded(engine.rollback, host)
     if json_out:
         emit_json(report.to_json())

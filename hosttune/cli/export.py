@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from hosttune.cli.common import (
     EXIT_OK,
@@ -61,6 +62,6 @@ def tuned(
     elif output is None:
         typer.echo(text, nl=False)
     else:
-        console.print(f"wrote {output} (tuned profile '{exp.name}'; "
+        console.print(f"wrote {escape(str(output))} (tuned profile '{escape(exp.name)}'; "
                       f"{len(exp.unexpressed)} setting(s) not expressible, listed at the top)")
     raise typer.Exit(EXIT_OK)

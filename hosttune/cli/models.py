@@ -157,7 +157,7 @@ def list_cmd(
     console.print(t)
     if not models:
         console.print("no models stored (mounts: "
-                      + (", ".join(m.path for m in mounts) or "none") + ")")
+                      + escape(", ".join(m.path for m in mounts) or "none") + ")")
 
 
 @app.command("verify")
@@ -221,7 +221,7 @@ def unload_cmd(
     msg = f"[green]unloaded[/] {escape(model.path)}: {model.pages} pages"
     if res.in_use_by:
         msg += (" return to the pool when these processes exit: "
-                + ", ".join(map(str, res.in_use_by)))
+                + escape(", ".join(map(str, res.in_use_by))))
     else:
         msg += " back in the pool"
     console.print(msg)

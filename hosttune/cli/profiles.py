@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
+from hosttune.cli.audit_cmd import write_stdout
 from hosttune.cli.common import JsonOpt, console, emit_json, run_guarded
 
 app = typer.Typer(help="Built-in and custom profiles.", no_args_is_help=True)
@@ -28,7 +30,7 @@ def list_(json_out: JsonOpt = False) -> None:
     t.add_column("extends")
     t.add_column("description", overflow="fold")
     for it in items:
-        t.add_row(it["name"], it["extends"] or "", it["description"])
+        t.add_row(escape(it["name"]), escape(it["extends"] or ""), escape(it["description"]))
     console.print(t)
 
 
@@ -47,6 +49,8 @@ def show(
     if json_out:
         emit_json({"profile": data, "files": list(lp.files)})
         return
-    console.print(f"# {profile} (from {' <- '.join(lp.files)})")
-    console.print(yaml.safe_dump(data, sort_keys=False, default_flow_style=False), end="",
-                  markup=False)
+    # meant to be saved (`profiles show P > mine.yaml` starts a custom profile): plain bytes,
+    # never wrapped to a terminal width, no markup or emoji codes applied to the data
+    write_stdout(f"# {profile} (from {' <- '.join(lp.files)})\n"
+                 + yaml.safe_dump(data, sort_keys=False, default_flow_style=False,
+                                  width=float("inf")))

@@ -55,10 +55,12 @@ def gpu(root: RootOpt = None, json_out: JsonOpt = False) -> None:
                           f"{escape(g.data.get('pci_bus_id', ''))}")
         raise typer.Exit(EXIT_OK)
     d = snap.to_json()["driver"]
-    console.print(f"driver {d.get('driver_version', '?')} · NVML {d.get('nvml_version', '?')}")
+    console.print(f"driver {escape(str(d.get('driver_version', '?')))} · NVML "
+                  f"{escape(str(d.get('nvml_version', '?')))}")
     for g in snap.gpus:
         x = g.data
-        t = Table(title=f"gpu{x['index']} · {x['name']} · {x['pci_bus_id']}", show_header=False)
+        t = Table(title=escape(f"gpu{x['index']} · {x['name']} · {x['pci_bus_id']}"),
+                  show_header=False)
         t.add_column("field", style="bold")
         t.add_column("value", overflow="fold")
         p, c, link, mem = x["power"], x["clocks"], x["pcie"], x["memory"]
@@ -72,18 +74,19 @@ def gpu(root: RootOpt = None, json_out: JsonOpt = False) -> None:
                   f"{_mhz(c['max_memory_mhz'])})")
         t.add_row("locked by hosttune", f"graphics {_mhz(c['locked_graphics_mhz'])}, memory "
                   f"{_mhz(c['locked_memory_mhz'])}")
-        t.add_row("compute mode", x["compute_mode"] or "—")
+        t.add_row("compute mode", escape(x["compute_mode"] or "—"))
         if link:
             flag = " [bold red]down-trained[/]" if link["downtrained"] else ""
             t.add_row("PCIe", f"gen {link['gen']}/{link['max_gen']} x{link['width']}/"
-                      f"x{link['max_width']}{flag}" + (f" [dim]({link['note']})[/]"
+                      f"x{link['max_width']}{flag}" + (f" [dim]({escape(link['note'])})[/]"
                                                        if link.get("note") else ""))
         if mem:
             t.add_row("memory", f"{_gib(mem['used_bytes'])} used, {_gib(mem['free_bytes'])} "
                       f"free of {_gib(mem['total_bytes'])}")
         temp = x["temperature_c"]
         t.add_row("temperature", "—" if temp is None else f"{temp} °C")
-        t.add_row("clock event reasons", ", ".join(x["clock_event_reasons"] or []) or "none")
+        t.add_row("clock event reasons",
+                  escape(", ".join(x["clock_event_reasons"] or []) or "none"))
         for k, why in x["unavailable"].items():
             t.add_row(f"[dim]{escape(k)}[/]", f"[dim]{escape(why)}[/]")
         console.print(t)

@@ -38,14 +38,14 @@ def topology(root: RootOpt = None, json_out: JsonOpt = False) -> None:
                 console.print(f"    {label:<8} CPUs {format_cpulist(d.cpus):<16} cores {cores}",
                               soft_wrap=True)
             for g in n.gpus:
-                console.print(f"    GPU {g}")
+                console.print(f"    GPU {escape(str(g))}")
     console.print("isolated CPUs: " + (format_cpulist(view.isolated_cpus) + " (marked *)"
                                        if iso else "none"))
     if view.gpus:
         for i, g in enumerate(view.gpus):
             node = g["numa_node"]
             where = f"node {node}" if node >= 0 else "no NUMA node reported"
-            console.print(f"GPU {i}: {g['address']} ({g['device']}), {where}, local CPUs "
-                          f"{g['local_cpus'] or '?'}")
+            console.print(f"GPU {i}: {escape(g['address'])} ({escape(g['device'])}), {where}, "
+                          f"local CPUs {escape(g['local_cpus'] or '?')}")
     else:
         console.print("GPUs: none (no NVIDIA device in /sys/bus/pci/devices)")

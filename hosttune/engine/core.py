@@ -464,6 +464,6 @@ def _still_running(host: Host, reverted: list[Change]) -> list[str]:
 
 def journal_status(host: Host) -> dict[str, Any]:
     j = Journal.load(host)
-    return {"path": j.path, "entries": len(j.entries),
+    return {"path": j.path, "exists": host.exists(j.path), "entries": len(j.entries),
             "interrupted": j.transaction is not None,
             "ids": [e["id"] for e in j.entries]}

@@ -46,7 +46,7 @@ _REASONS: dict[str, str] = {
     "hugetlbfs": "hugetlbfs mounts (fstab entries / mount units): tuned has no mount plugin",
     "gpu": "NVIDIA settings through NVML (persistence, power limit, locked clocks, compute "
            "mode): tuned has no NVML plugin, and none of them survives a driver reload",
-    "nvidia": "NVIDIA driver module options (modprobe.d) and daemons",
+    "nvidia": "NVIDIA driver daemons",
     "driver": "driver module options (modprobe.d)",
     "mps": "the CUDA MPS control daemon",
     "cuda": "CUDA environment variables (marked lines in /etc/environment)",
@@ -61,6 +61,8 @@ _REASONS: dict[str, str] = {
     "irq": "IRQ affinity of specific devices (GPU interrupts): tuned's irqbalance plugin can "
            "only ban CPUs from irqbalance, not pin an IRQ",
     "monitor": "monitoring (status, exporter)",
+    "gpu_irq": "pinning the GPUs' interrupts to CPUs (smp_affinity_list): tuned's irqbalance "
+               "plugin can only ban CPUs from irqbalance, not pin an IRQ",
 }
 _DEFAULT_REASON = "no tuned plugin for this section"
 
@@ -193,7 +195,7 @@ def export_tuned(loaded: LoadedProfile, host: Host | None = None) -> TunedExport
     b.add("main", "summary", summary or p.name)
 
     handled = {"swap", "cpu", "sysctl", "memlock", "hugepages", "hugetlbfs", "boot",
-               "kernel", "cmdline", "kernel_cmdline", "irq"}
+               "kernel", "cmdline", "kernel_cmdline", "irq", "nvidia_modules"}
     for fname in type(p).model_fields:
         if fname in _META or fname in handled:
             continue
@@ -206,13 +208,15 @@ def export_tuned(loaded: LoadedProfile, host: Host | None = None) -> TunedExport
     _hugepages(p, b, loaded, host)
     _kernel(p, b)
     _irq(p, b)
+    _modules(p, b)
     for fname in ("swap", "memlock", "hugetlbfs"):
         if getattr(p, fname, None) is not None:
             b.skip(fname, _REASONS[fname])
     if getattr(p, "boot", None) is not None:
         b.notes.append("boot: tuned.service re-applies this profile at every boot, so "
                        "hosttune-boot.service is not needed for the settings above")
-    order = ["main", "variables", "cpu", "vm", "sysctl", "sysfs", "bootloader", "irqbalance"]
+    order = ["main", "variables", "cpu", "vm", "sysctl", "sysfs", "bootloader", "irqbalance",
+             "modules"]
     sections = tuple((s, tuple(b.sections[s])) for s in order if s in b.sections)
     return TunedExport(_tuned_name(p.name), p.name, sections, tuple(b.unexpressed),
                        tuple(b.notes))
@@ -269,6 +273,34 @@ def _sysctl(p: Any, b: _Builder) -> None:
         b.notes.append("sysctl: tuned re-applies /etc/sysctl.d/*.conf and /etc/sysctl.conf "
                        "after its [sysctl] section (reapply_sysctl=1 in tuned-main.conf), so "
                        "a key also set there wins over this profile")
+
+
+def _modules(p: Any, b: _Builder) -> None:
+    """nvidia_modules -> tuned's [modules] plugin (tuned/plugins/plugin_modules.py): one
+    ``module=opt=value opt=value`` option per module, which tuned writes as ``options module
+    ...`` lines to /etc/modprobe.d/tuned.conf. Without the ``+r`` prefix tuned does not reload
+    the module: like hosttune, the options take effect when the module next loads (reboot)."""
+    sec = getattr(p, "nvidia_modules", None)
+    if sec is None:
+        return
+    from hosttune.host.nvidia_driver import module_key
+
+    for mod in sorted(sec.options, key=module_key):
+        params = sec.options[mod]
+        if not params:
+            continue
+        words = " ".join(f"{k}={params[k]}" for k in sorted(params))
+        b.add("modules", module_key(mod), words,
+              "written by tuned to /etc/modprobe.d/tuned.conf; effective at the next module "
+              "load (reboot)", setting=f"nvidia_modules.options.{mod}")
+    if sec.options:
+        b.notes.append("nvidia_modules: tuned.conf sorts after hosttune's "
+                       f"{sec.file.rsplit('/', 1)[-1]}, so for an option set in both, tuned's "
+                       "value wins (modprobe.d: the last assignment wins)")
+        if sec.initramfs:
+            b.skip("nvidia_modules.initramfs", "regenerating the initramfs (update-initramfs "
+                   "-u / dracut -f) so a driver loaded from it sees the options: tuned's "
+                   "modules plugin only writes modprobe.d")
 
 
 def _page_bytes(label: str) -> int:

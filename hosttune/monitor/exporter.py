@@ -50,15 +50,21 @@ METRICS: dict[str, tuple[str, str]] = {
     "audit_duration_seconds": ("gauge", "How long the last audit took"),
     "audit_up": ("gauge", "1 if the last audit ran, else 0"),
     "cpu_frequency_hertz": ("gauge", "Current CPU frequency (cpufreq, else /proc/cpuinfo)"),
-    "cpu_governor": ("gauge", "1 for the active cpufreq governor of a CPU"),
+    "cpu_governor_info": ("gauge", "The active cpufreq governor of a CPU (always 1)"),
     "memory_total_bytes": ("gauge", "MemTotal"),
     "memory_available_bytes": ("gauge", "MemAvailable"),
     "swap_total_bytes": ("gauge", "SwapTotal"),
     "swap_free_bytes": ("gauge", "SwapFree"),
-    "hugepages_total": ("gauge", "Huge pages in the pool (node=all: system-wide)"),
-    "hugepages_free": ("gauge", "Free huge pages"),
-    "hugepages_surplus": ("gauge", "Surplus (overcommitted) huge pages"),
-    "hugepages_reserved": ("gauge", "Reserved, not yet faulted huge pages (system-wide only)"),
+    # Pages are the unit (the kernel counts pools in pages of page_size_bytes). System-wide
+    # and per-node pools are separate metrics: one metric holding both (node="all" next to
+    # node="0") makes every sum() count each page twice. No _total suffix: these are gauges.
+    "hugepages_pool_pages": ("gauge", "Huge pages in the system-wide pool (nr_hugepages)"),
+    "hugepages_free_pages": ("gauge", "Free huge pages, system-wide"),
+    "hugepages_surplus_pages": ("gauge", "Surplus (overcommitted) huge pages, system-wide"),
+    "hugepages_reserved_pages": ("gauge", "Reserved, not yet faulted huge pages, system-wide"),
+    "hugepages_node_pool_pages": ("gauge", "Huge pages in a NUMA node's pool"),
+    "hugepages_node_free_pages": ("gauge", "Free huge pages of a NUMA node"),
+    "hugepages_node_surplus_pages": ("gauge", "Surplus huge pages of a NUMA node"),
     "memlocked_bytes": ("gauge", "Mlocked memory (meminfo Mlocked)"),
     "model_store_used_bytes": ("gauge", "Huge-page memory held by files in a hugetlbfs mount"),
     "model_store_size_bytes": ("gauge", "size= limit of a hugetlbfs mount"),
@@ -82,6 +88,39 @@ def _fam(name: str, labels: list[str]) -> GaugeMetricFamily | CounterMetricFamil
     return GaugeMetricFamily(P + name, doc, labels=labels)
 
 
+def _compliance(aud: AuditSummary) -> dict[tuple[str, str], bool]:
+    """One value per (tunable, key): an audit may report several findings for one key (two
+    errors on one file:line), and a repeated series is an invalid exposition. The key is
+    compliant only if every finding on it is."""
+    out: dict[tuple[str, str], bool] = {}
+    for r in aud.rows:
+        out[(r.tunable, r.key)] = out.get((r.tunable, r.key), True) and r.compliant
+    return out
+
+
+def _hugepage_families(hp: HugePagesReading) -> list[Metric]:
+    sys_labels, node_labels = ["page_size_bytes"], ["node", "page_size_bytes"]
+    pool, free, surp, resv = (_fam(n, sys_labels) for n in (
+        "hugepages_pool_pages", "hugepages_free_pages", "hugepages_surplus_pages",
+        "hugepages_reserved_pages"))
+    npool, nfree, nsurp = (_fam(n, node_labels) for n in (
+        "hugepages_node_pool_pages", "hugepages_node_free_pages", "hugepages_node_surplus_pages"))
+    for p in hp.pools:
+        size = str(p.page_size_bytes)
+        if p.node is None:
+            pool.add_metric([size], float(p.total))
+            free.add_metric([size], float(p.free))
+            surp.add_metric([size], float(p.surplus))
+            if p.reserved is not None:
+                resv.add_metric([size], float(p.reserved))
+        else:
+            lv = [str(p.node), size]
+            npool.add_metric(lv, float(p.total))
+            nfree.add_metric(lv, float(p.free))
+            nsurp.add_metric(lv, float(p.surplus))
+    return [pool, free, surp, resv, npool, nfree, nsurp]
+
+
 def families(snap: Snapshot) -> list[Metric]:
     """Prometheus metric families for a snapshot (pure: testable without a server)."""
     out: list[Metric] = []
@@ -100,8 +139,8 @@ def families(snap: Snapshot) -> list[Metric]:
     if isinstance(aud, AuditSummary):
         # No status label: a label that changes with the value would start a new series.
         comp = _fam("setting_compliant", ["tunable", "key", "profile"])
-        for r in aud.rows:
-            comp.add_metric([r.tunable, r.key, aud.profile], 1.0 if r.compliant else 0.0)
+        for (tunable, key), ok in _compliance(aud).items():
+            comp.add_metric([tunable, key, aud.profile], 1.0 if ok else 0.0)
         drift = _fam("drift_settings", ["profile"])
         drift.add_metric([aud.profile], float(aud.drift))
         ts = _fam("audit_last_timestamp_seconds", ["profile"])
@@ -112,7 +151,7 @@ def families(snap: Snapshot) -> list[Metric]:
 
     if isinstance(snap.cpu, CpuReading):
         f = _fam("cpu_frequency_hertz", ["cpu", "source"])
-        g = _fam("cpu_governor", ["cpu", "governor"])
+        g = _fam("cpu_governor_info", ["cpu", "governor"])
         for core in snap.cpu.cores:
             if core.cur_freq_hz is not None:
                 f.add_metric([str(core.cpu), "cpufreq"], float(core.cur_freq_hz))
@@ -133,18 +172,7 @@ def families(snap: Snapshot) -> list[Metric]:
             out.append(fam)
 
     if isinstance(snap.hugepages, HugePagesReading):
-        labels = ["node", "page_size_bytes"]
-        tot, free, surp = (_fam(n, labels) for n in
-                           ("hugepages_total", "hugepages_free", "hugepages_surplus"))
-        resv = _fam("hugepages_reserved", labels)
-        for p in snap.hugepages.pools:
-            lv = ["all" if p.node is None else str(p.node), str(p.page_size_bytes)]
-            tot.add_metric(lv, float(p.total))
-            free.add_metric(lv, float(p.free))
-            surp.add_metric(lv, float(p.surplus))
-            if p.reserved is not None:
-                resv.add_metric(lv, float(p.reserved))
-        out += [tot, free, surp, resv]
+        out += _hugepage_families(snap.hugepages)
 
     if isinstance(snap.memlocked, MemLockedReading):
         ml = _fam("memlocked_bytes", [])

@@ -558,7 +558,9 @@ class AuditCache:
         self.profile = profile
         self.interval_s = interval_s
         self._value: AuditSummary | Unavailable = Unavailable("audit not run yet")
-        self._at = 0.0
+        # None until the first run: time.monotonic() counts from boot, so a 0.0 start would
+        # read as "fresh" for the first interval after boot and skip the audit.
+        self._at: float | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -576,7 +578,8 @@ class AuditCache:
 
     def get(self) -> AuditSummary | Unavailable:
         """Current value; refreshes synchronously only when no background thread runs."""
-        if self._thread is None and time.monotonic() - self._at >= self.interval_s:
+        if self._thread is None and (self._at is None
+                                     or time.monotonic() - self._at >= self.interval_s):
             return self.refresh()
         with self._lock:
             return self._value

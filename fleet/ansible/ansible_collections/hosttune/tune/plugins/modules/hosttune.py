@@ -1,7 +1,8 @@
 #!/usr/bin/python
 # -*- coding: utf-8 -*-
 # Copyright: hosttune contributors
-# Apache License 2.0 (see LICENSE in the hosttune repository)
+# Apache License 2.0 (see LICENSE in this collection)
+# SPDX-License-Identifier: Apache-2.0
 
 from __future__ import absolute_import, division, print_function
 
@@ -75,10 +76,14 @@ attributes:
     support: full
 notes:
   - Changes on the live system need root (O(root) trees need only write access to the tree).
+  - A failed apply is reported as the engine left it. When a step fails, the engine undoes the
+    whole run (C(changed=false), C(reverted) lists what was undone). When verification fails
+    after every step was written, the changes stay (C(changed=true), C(applied) lists them,
+    C(drifting) says what still drifts); restore them with O(state=rolled_back).
   - C(reboot_required) is true when the applied changes (for example kernel command-line
     parameters) only take effect after a reboot; the module never reboots.
 author:
-  - hosttune contributors
+  - hosttune contributors (!UNKNOWN)
 """
 
 EXAMPLES = r"""
@@ -127,6 +132,21 @@ rollback:
   description: The rollback report (C(ok), C(steps)); in check mode the journal status.
   returned: state is rolled_back
   type: dict
+applied:
+  description: Summaries of the changes that stay applied after this run (also when it failed).
+  returned: state is applied and hosttune apply ran
+  type: list
+  elements: str
+reverted:
+  description: Summaries of the changes the engine undid because a step failed.
+  returned: state is applied and hosttune apply ran
+  type: list
+  elements: str
+drifting:
+  description: Settings still drifting after the apply (why a verification failed).
+  returned: state is applied and hosttune apply ran
+  type: list
+  elements: str
 audit:
   description: The audit report (C(rows), C(counts), C(drift)).
   returned: when a profile is known
@@ -225,6 +245,49 @@ def _needs_of(audit, extra=()):
     return _unique(needs)
 
 
+DRIFTING = ("drift", "conflict", "error")
+
+
+def _apply_outcome(rep):
+    """What the engine did, from its report: the changes that stay applied, those it undid, the
+    settings still drifting, whether the host changed, and a message saying what to do.
+
+    A step that failed makes the engine undo the whole run (its steps then show up again as
+    reverted); a verification that fails after every step keeps the changes."""
+    steps = rep.get("steps") or []
+    undone = set(s.get("id") for s in steps if s.get("status") == "reverted")
+    applied = [s.get("summary") for s in steps
+               if s.get("status") == "applied" and s.get("id") not in undone]
+    reverted = [s.get("summary") for s in steps
+                if s.get("status") == "reverted" and s.get("error") != "unchanged"]
+    stuck = [s.get("summary") for s in steps if s.get("status") == "revert-failed"]
+    failed = [s for s in steps if s.get("status") == "failed"]
+    drifting = ["%s %s: %s (want %s)%s" % (r.get("tunable"), r.get("key"), r.get("current"),
+                                           r.get("desired"),
+                                           " - " + r["note"] if r.get("note") else "")
+                for r in rep.get("verify") or [] if r.get("status") in DRIFTING]
+    out = dict(applied=applied, reverted=reverted, drifting=drifting,
+               changed=bool(applied or stuck), msg="")
+    if rep.get("ok"):
+        out["changed"] = bool(rep.get("changed"))
+        return out
+    error = rep.get("error") or "unknown error"
+    if failed:
+        out["msg"] = "hosttune apply failed: %s. " % error
+        if stuck:
+            out["msg"] += ("These changes could not be undone and are still applied: %s; "
+                           "run hosttune rollback (state: rolled_back)." % "; ".join(stuck))
+        else:
+            out["msg"] += ("Every change of this run was undone (%d); the host is as before."
+                           % len(reverted))
+    else:
+        out["msg"] = ("hosttune applied %d change(s), and they stay applied, but %s: %s. Fix "
+                      "the host or the profile and run again, or restore the originals with "
+                      "state: rolled_back." % (len(applied), error,
+                                               "; ".join(drifting) or "see apply.verify"))
+    return out
+
+
 def _diff(changes):
     out = []
     runtime = []
@@ -286,7 +349,7 @@ def main():
 
     if state == "applied":
         extra = ["--runtime-only"] if p["runtime_only"] else []
-        _, plan = run.json(["plan", "--profile", profile] + sel + extra)
+        plan = run.json(["plan", "--profile", profile] + sel + extra)[1]
         changes = plan.get("changes", [])
         result["changes"] = changes
         if module._diff and changes:
@@ -296,19 +359,19 @@ def main():
             audit = _audit_part(plan)
             needs = plan.get("needs", []) if module.check_mode else []
         else:
-            _, rep = run.json(["apply", "--yes", "--profile", profile] + sel + extra)
+            rep = run.json(["apply", "--yes", "--profile", profile] + sel + extra)[1]
             result["apply"] = rep
+            outcome = _apply_outcome(rep)
+            result.update(changed=outcome["changed"], applied=outcome["applied"],
+                          reverted=outcome["reverted"], drifting=outcome["drifting"])
             if not rep.get("ok"):
-                module.fail_json(msg="hosttune apply failed, every change of this run was "
-                                 "reverted: %s" % rep.get("error", ""), apply=rep,
-                                 commands=run.commands)
-            result["changed"] = bool(rep.get("changed"))
+                module.fail_json(msg=outcome["msg"], commands=run.commands, **result)
             needs = rep.get("needs", [])
-            _, audit = run.json(["audit", "--profile", profile] + sel)
+            audit = run.json(["audit", "--profile", profile] + sel)[1]
     elif state == "audited":
-        _, audit = run.json(["audit", "--profile", profile] + sel)
+        audit = run.json(["audit", "--profile", profile] + sel)[1]
     else:
-        _, st = run.json(["rollback", "--dry-run"])
+        st = run.json(["rollback", "--dry-run"])[1]
         pending = bool(st.get("entries") or st.get("interrupted"))
         if module._diff and pending:
             result["diff"] = [{"prepared": "".join("revert: %s\n" % i for i in st.get("ids", []))
@@ -317,14 +380,14 @@ def main():
             result["rollback"] = st
             result["changed"] = pending
         else:
-            _, rb = run.json(["rollback", "--yes"])
+            rb = run.json(["rollback", "--yes"])[1]
             result["rollback"] = rb
             if not rb.get("ok"):
                 module.fail_json(msg="hosttune rollback could not restore every original",
                                  rollback=rb, commands=run.commands)
             result["changed"] = bool(rb.get("steps") or rb.get("recovered"))
         if profile:
-            _, audit = run.json(["audit", "--profile", profile] + sel)
+            audit = run.json(["audit", "--profile", profile] + sel)[1]
 
     needs = _needs_of(audit, needs)
     facts = dict(

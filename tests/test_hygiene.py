@@ -1,0 +1,31 @@
+"""What a test run leaves on the machine: its own profile cache (removed at the end), the
+temporary trees of failed tests only, of the last run only."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from hosttune.profile import cache
+from tests import fakehost
+from tests.conftest import USER_CACHE, run_cli
+
+
+def test_suite_uses_its_own_profile_cache(tmp_path: Path) -> None:
+    d = cache.cache_dir()
+    assert d is not None
+    assert not str(d).startswith(os.path.join(USER_CACHE, "")), d
+    user = Path(USER_CACHE) / "hosttune" / "profiles"
+    before = sorted(os.listdir(user)) if user.is_dir() else []
+    prof = tmp_path / "p.yaml"
+    prof.write_text("name: hygiene\nextends: inference\n")
+    r = run_cli("audit", "-p", str(prof), "--root", str(fakehost.this_vm(tmp_path / "vm")),
+                env={"HOSTTUNE_NO_CACHE": ""})
+    assert r.returncode in (0, 1), r.stderr
+    assert (sorted(os.listdir(user)) if user.is_dir() else []) == before
+    assert d.is_dir() and os.listdir(d)  # the run cached its profile, in the suite's cache
+
+
+def test_only_failed_tests_keep_their_trees(pytestconfig) -> None:
+    assert pytestconfig.getini("tmp_path_retention_policy") == "failed"
+    assert int(pytestconfig.getini("tmp_path_retention_count")) == 1
