@@ -64,6 +64,17 @@ def vm_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmEnv]:
             shutil.rmtree(work, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _one_scenario_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A scenario holds the VM lock across its boots (its disk's state between two boots is
+    part of what it checks, and another engineer's guest must not slow it down midway)."""
+    if "vm_env" not in request.fixturenames:
+        yield
+        return
+    with g.vm_lock():
+        yield
+
+
 StageCheck = Callable[[g.BootResult], None]
 
 

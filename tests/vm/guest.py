@@ -70,13 +70,28 @@ class GuestError(RuntimeError):
     """A boot or an image step failed; the message carries the console tail / tool output."""
 
 
+_held = 0  # nesting depth of vm_lock in this process (flock on a second fd would block)
+
+
 @contextlib.contextmanager
 def vm_lock() -> Iterator[None]:
+    """One guest (or image build) at a time on this machine; re-entrant in one process, so a
+    scenario can hold it across all its boots and nobody else's boot lands between them."""
+    global _held
+    if _held:
+        _held += 1
+        try:
+            yield
+        finally:
+            _held -= 1
+        return
     fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        _held = 1
         yield
     finally:
+        _held = 0
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
