@@ -80,3 +80,23 @@ def test_failed_step_reverts_the_whole_run(ryzen):
     assert snapshot(ryzen) == original
     j = json.loads((ryzen / "var/lib/hosttune/journal.json").read_text())
     assert j["entries"] == [] and j["transaction"] is None
+
+
+def test_rollback_killed_midway_keeps_only_what_is_left(ryzen):
+    """Each reverted step leaves the journal before the next one starts: a rollback killed
+    after step k repeats at most the step in flight, and the next rollback finishes."""
+    from hosttune import engine
+    from hosttune.host import Host
+    from hosttune.profile import load_profile
+
+    before = snapshot(ryzen)
+    assert engine.apply(Host(ryzen), load_profile("inference")).ok
+    journal = ryzen / "var/lib/hosttune/journal.json"
+    n = len(json.loads(journal.read_text())["entries"])
+    r = run_cli("rollback", "--root", str(ryzen), "--yes",
+                env={"HOSTTUNE_TEST_CRASH": "rollback 3:after"})
+    assert r.returncode == -9
+    assert len(json.loads(journal.read_text())["entries"]) == n - 4
+    r = run_cli("rollback", "--root", str(ryzen), "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert snapshot(ryzen) == before

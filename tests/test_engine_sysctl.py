@@ -102,3 +102,17 @@ def test_only_with_an_unknown_family_is_a_usage_error(cli, ryzen):
     p = run_cli("audit", "--root", str(ryzen), "--only", "swapp", "--json")
     assert p.returncode == 2 and "no such family" in p.stderr and p.stdout == ""
     assert snapshot(ryzen) == before
+
+
+def test_the_drop_in_comes_after_every_live_value(ryzen):
+    """Once the drop-in is on disk the next boot applies it; a power cut right after it must
+    find every live original in the journal already (seen on a real boot: rollback kept the
+    tuned values a boot had read from the file it removed)."""
+    from hosttune import engine
+    from hosttune.host import Host
+    from hosttune.profile import load_profile
+
+    p = engine.plan(Host(ryzen), load_profile("inference"), only={"sysctl"})
+    kinds = [c.kind for c in p.changes]
+    assert kinds.count("file") == 1 and kinds.count("kernel") >= 1
+    assert kinds[-1] == "file", kinds

@@ -394,3 +394,19 @@ def test_rollback_names_daemons_that_still_carry_the_tuned_limit(ryzen):
     (ryzen / f"proc/{pids[0]}/limits").write_text(limits_text(8 * MiB, 8 * MiB))
     assert MemlockTunable().still_running(live, dropins) == []
     assert MemlockTunable().still_running(Host(ryzen), dropins) == []  # a tree runs nothing
+
+
+def test_group_revert_is_a_no_op_when_the_group_is_already_gone(ryzen):
+    """Seen on a real power cut during rollback: groupdel had run, the journal still listed
+    the step, and the next rollback failed on 'groupdel: group inference does not exist'."""
+    need(shutil.which("systemd-sysusers") is not None and shutil.which("groupdel") is not None,
+         "systemd-sysusers and groupdel (systemd, passwd)")
+    need(os.geteuid() == 0, "systemd-sysusers writes /etc/group as root")
+    (ryzen / "etc/group").write_text("root:x:0:\ndocker:x:998:\n")
+    before = snapshot(ryzen)
+    assert engine.apply(Host(ryzen), load_profile("inference"), only={"memlock"}).ok
+    subprocess.run(["groupdel", "--prefix", str(ryzen), "inference"], check=True)
+    rep = engine.rollback(Host(ryzen))
+    assert rep.ok, [(s.change.id, s.error) for s in rep.steps if s.error]
+    after = snapshot(ryzen)
+    assert {k: v for k, v in after.items() if k not in set(after) - set(before)} == before

@@ -257,6 +257,8 @@ def do_apply(host: Host, change: Change) -> None:
         if not res.ok:
             raise ApplyError(f"{' '.join(res.argv)} failed (exit {res.returncode}): "
                              f"{res.stderr.strip()}")
+        if not res.skipped:
+            host.sync()
     else:
         get_tunable(change.tunable).apply_action(host, change)
 
@@ -281,6 +283,8 @@ def do_revert(host: Host, change: Change, orig: dict[str, Any]) -> None:
             if not res.ok:
                 raise ApplyError(f"{' '.join(res.argv)} failed (exit {res.returncode}): "
                                  f"{res.stderr.strip()}")
+            if not res.skipped:
+                host.sync()
     else:
         get_tunable(change.tunable).revert_action(host, change, orig["action"])
 
@@ -290,16 +294,21 @@ _CRASH_ENV = "HOSTTUNE_TEST_CRASH"  # "<step>:<before|after>" - used by the cras
 
 
 _MARK_ENV = "HOSTTUNE_TEST_MARK"  # a file (the guest's /dev/console): one line per step point
+_PAUSE_ENV = "HOSTTUNE_TEST_PAUSE"  # "<phase> <step>:<when>": hold there after the mark
 
 
 def _maybe_crash(step: int, when: str, phase: str = "apply") -> None:
     mark = os.environ.get(_MARK_ENV)
     if mark:
-        # the real-boot power-cut tests cut the guest's power when this line shows
+        # the real-boot power-cut tests cut the guest's power when this line shows; the pause
+        # keeps the run at that point until the cut lands (the console is polled)
+        point = f"{phase} {step}:{when}"
         with open(mark, "a", encoding="utf-8") as fh:
-            fh.write(f"HOSTTUNE-STEP {phase} {step}:{when}\n")
+            fh.write(f"HOSTTUNE-STEP {point}\n")
+        if os.environ.get(_PAUSE_ENV) == point:
+            time.sleep(5)
     spec = os.environ.get(_CRASH_ENV)
-    if spec and spec == f"{step}:{when}" and phase == "apply":
+    if spec and spec == (f"{step}:{when}" if phase == "apply" else f"{phase} {step}:{when}"):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -448,7 +457,6 @@ def rollback(host: Host, *, progress: ProgressFn | None = None) -> RollbackRepor
         journal = Journal.load(host)
         recovered = _undo_transaction(host, journal) if journal.transaction else []
         results: list[StepResult] = []
-        remaining: list[dict[str, Any]] = []
         entries = list(journal.entries)
         n0 = len(host.runner.skipped)
         pairs = [(Change.from_json(e["change"]), e) for e in entries]
@@ -459,15 +467,16 @@ def rollback(host: Host, *, progress: ProgressFn | None = None) -> RollbackRepor
             try:
                 do_revert(host, ch, entry["original"])
                 results.append(StepResult(ch, "reverted"))
+                # done is on disk before the next step: after a power cut or a kill, the next
+                # rollback repeats at most the step that was in flight
+                journal.entries = [e for e in journal.entries if e is not entry]
+                journal.save()
             except Exception as err:
                 results.append(StepResult(ch, "revert-failed", str(err)))
-                remaining.insert(0, entry)
             _maybe_crash(i, "after", "rollback")
-        journal.entries = remaining
-        if remaining:
-            journal.save()
-        else:
-            journal.save()
+        remaining = journal.entries
+        journal.save()
+        if not remaining:
             journal.archive()
         reverted = [r.change for r in [*recovered, *results] if r.status == "reverted"]
         return RollbackReport(not remaining, results, recovered,

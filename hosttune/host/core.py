@@ -230,6 +230,11 @@ class Host:
         return self.runner.run(argv, timeout_s=timeout_s, input_text=input_text, check=check,
                                confined=confined)
 
+    def sync(self) -> None:
+        """Flush what an external command wrote (groupadd, update-grub do not fsync): a step
+        is recorded as done only once its effect would survive a power cut."""
+        os.sync()
+
     def which(self, name: str) -> str | None:
         """Find a program in the standard locations of the (mapped) root."""
         for d in ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"):

@@ -20,8 +20,9 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+from hosttune.errors import ApplyError
 from hosttune.host import Host
 from hosttune.host.parsers import parse_limits, parse_mountinfo
 from hosttune.profile.sizes import format_size, parse_size
@@ -319,22 +320,49 @@ class MemlockTunable(Tunable):
         host = ctx.host
         if not host.offline:
             return [Change(
-                id=f"memlock/group:{group}", tunable=self.name, kind="command",
+                id=f"memlock/group:{group}", tunable=self.name, kind="action",
                 summary=f"groupadd --system {group}", runtime=False,
                 params={"argv": ["groupadd", "--system", group],
-                        "revert_argv": ["groupdel", group]})]
+                        "revert_argv": ["groupdel", group], "group": group})]
         root = str(host.root)
         text = (f"{HEADER}# profile: {ctx.profile.name}\n# the group {limits_file} names\n"
                 f"g {group} -\n")
         _, file_ch = file_change(ctx, self.name, SYSUSERS_FILE, text,
                                  key=f"sysusers.d {SYSUSERS_FILE}")
         cmd = Change(
-            id=f"memlock/group:{group}", tunable=self.name, kind="command",
+            id=f"memlock/group:{group}", tunable=self.name, kind="action",
             summary=f"systemd-sysusers --root {root} {SYSUSERS_FILE}", runtime=False,
             params={"argv": ["systemd-sysusers", f"--root={root}",
                              str(host.path(SYSUSERS_FILE))],
-                    "revert_argv": ["groupdel", "--prefix", root, group], "confined": True})
+                    "revert_argv": ["groupdel", "--prefix", root, group], "confined": True,
+                    "group": group})
         return [c for c in (file_ch, cmd) if c]
+
+    # -- the group: created by a command, removed only while it is there -------------------
+    @staticmethod
+    def _group_exists(host: Host, group: str) -> bool:
+        return group in parse_group_names(host.read_text("/etc/group") or "")
+
+    def capture_action(self, host: Host, change: Change) -> Any:
+        return {"existed": self._group_exists(host, change.params["group"])}
+
+    def _run(self, host: Host, change: Change, argv: list[str]) -> None:
+        res = host.run(argv, timeout_s=120, confined=change.params.get("confined", False))
+        if not res.ok:
+            raise ApplyError(f"{' '.join(res.argv)} failed (exit {res.returncode}): "
+                             f"{res.stderr.strip()}")
+        if not res.skipped:
+            host.sync()  # groupadd/groupdel do not fsync /etc/group: a cut could undo them
+
+    def apply_action(self, host: Host, change: Change) -> None:
+        self._run(host, change, change.params["argv"])
+
+    def revert_action(self, host: Host, change: Change, original: Any) -> None:
+        # A rollback repeated after a power cut (or a groupadd the cut undid) finds the group
+        # gone already: groupdel would fail ("does not exist") and the rollback with it.
+        if original.get("existed") or not self._group_exists(host, change.params["group"]):
+            return
+        self._run(host, change, change.params["revert_argv"])
 
     def still_running(self, host: Host, reverted: list[Change]) -> list[str]:
         """Daemons whose LimitMEMLOCK drop-in rollback removed and that still run with the

@@ -219,7 +219,11 @@ class SysctlTunable(Tunable):
         row, ch = file_change(ctx, self.name, sec.file, "".join(lines))
         rows.append(row)
         if ch:
-            changes.insert(0, ch)
+            # The drop-in goes last: once it is on disk, the next boot applies it
+            # (systemd-sysctl), so after a power cut there the journal must already hold the
+            # original of every live value - seen on a real power cut, where the recovered
+            # host kept the tuned values the boot had read from a file rollback removed.
+            changes.append(ch)
         return Evaluation(rows, changes)
 
 

@@ -19,14 +19,6 @@ from tests.conftest import need
 from tests.vm import guest as g
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    here = Path(__file__).parent
-    for it in items:
-        if Path(str(it.fspath)).is_relative_to(here):
-            it.add_marker(pytest.mark.vm)
-            it.add_marker(pytest.mark.timeout(5400))
-
-
 @dataclass
 class VmEnv:
     base: Path          # the cached rootfs tarball
@@ -70,6 +62,17 @@ def vm_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmEnv]:
     finally:
         if os.environ.get("HOSTTUNE_VM_KEEP") != "1":
             shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _one_scenario_at_a_time(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A scenario holds the VM lock across its boots (its disk's state between two boots is
+    part of what it checks, and another engineer's guest must not slow it down midway)."""
+    if "vm_env" not in request.fixturenames:
+        yield
+        return
+    with g.vm_lock():
+        yield
 
 
 StageCheck = Callable[[g.BootResult], None]

@@ -17,7 +17,10 @@ How a stage gets in and results get out, without loop mounts: the stage (a bash 
 any files) is a tar archive attached as a second, read-only virtio disk; the image's
 ht-stage.service (installed by Tree.prepare) untars /dev/vdb, runs ./stage.sh after
 multi-user.target with its output on the console and in /ht/out/stage.log, writes /ht/out/rc,
-syncs and powers off. After QEMU exits, debugfs reads /ht/out back from the disk image.
+writes /ht/out as a tar archive onto a third, raw disk (/dev/vdc; a stage calls ``ht_flush``
+to do the same before a power cut: a cut file system's journal is not replayed by debugfs),
+and powers off. Files of the guest's own disk are read back with debugfs (``Guest.read``,
+``Disk.rdump``) after a clean power-off.
 
 Clear failures: every boot's console goes to a log file kept under the log directory; a boot
 that does not print the stage probe within ``boot_timeout_s`` or does not power off within
@@ -39,7 +42,7 @@ import shutil
 import subprocess
 import tarfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,19 +63,35 @@ PROBE = "HT-PROBE stage starting"
 DONE_RE = re.compile(r"HT-STAGE-DONE rc=(\d+)")
 GUEST_VENV = "/opt/hosttune"
 MEM_MB = int(os.environ.get("HOSTTUNE_VM_MEM_MB", "3072"))
+RESULTS_MB = 64  # the results disk (/dev/vdc): a tar of /ht/out
 
 
 class GuestError(RuntimeError):
     """A boot or an image step failed; the message carries the console tail / tool output."""
 
 
+_held = 0  # nesting depth of vm_lock in this process (flock on a second fd would block)
+
+
 @contextlib.contextmanager
 def vm_lock() -> Iterator[None]:
+    """One guest (or image build) at a time on this machine; re-entrant in one process, so a
+    scenario can hold it across all its boots and nobody else's boot lands between them."""
+    global _held
+    if _held:
+        _held += 1
+        try:
+            yield
+        finally:
+            _held -= 1
+        return
     fd = os.open(LOCK, os.O_RDWR | os.O_CREAT, 0o666)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
+        _held = 1
         yield
     finally:
+        _held = 0
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
 
@@ -163,10 +182,16 @@ def wheelhouse(dest: Path) -> Path:
 
 
 # --- a rootfs tree ------------------------------------------------------------------------------
+SETTLE_S = 300  # how long the runner waits for multi-user.target before it runs the stage
 STAGE_RUNNER = f"""#!/bin/bash
 # ht-stage: run the stage attached as /dev/vdb (a tar archive), then power off.
 mkdir -p /run/ht /ht
 rm -rf /ht/out && mkdir -p /ht/out
+# results: a tar archive on the raw third disk, durable once written (a power cut may follow)
+ht_flush() {{ tar -cf /dev/vdc -C /ht/out . && sync; }}
+export -f ht_flush
+for _ in $(seq {SETTLE_S}); do systemctl is-active -q multi-user.target && break; sleep 1; done
+systemctl is-active -q multi-user.target || echo "HT-WARN multi-user.target not reached"
 echo "{PROBE}"
 if tar -xf /dev/vdb -C /run/ht 2>/ht/out/untar.err; then
   cd /run/ht && PATH={GUEST_VENV}/bin:$PATH bash ./stage.sh > >(tee /ht/out/stage.log) 2>&1
@@ -175,15 +200,17 @@ else
   rc=125
 fi
 echo "$rc" > /ht/out/rc
-sync
+ht_flush
 echo "HT-STAGE-DONE rc=$rc"
 systemctl poweroff --no-block
 """
 
+# The stage is started by its own job (a trigger queued from multi-user.target), not as part
+# of the boot transaction: a unit in a restart loop keeps multi-user.target from ever being
+# reached, and a stage ordered after it would never run (the runner waits a bounded time).
 STAGE_UNIT = """[Unit]
 Description=hosttune VM test stage
-After=multi-user.target docker.service containerd.service hosttune-boot.service
-ConditionPathExists=/dev/vdb
+After=basic.target docker.service containerd.service hosttune-boot.service
 
 [Service]
 Type=oneshot
@@ -191,6 +218,15 @@ ExecStart=/usr/local/sbin/ht-stage
 StandardOutput=journal+console
 StandardError=journal+console
 TimeoutStartSec=infinity
+"""
+
+TRIGGER_UNIT = """[Unit]
+Description=hosttune VM test stage trigger
+ConditionPathExists=/dev/vdb
+
+[Service]
+Type=oneshot
+ExecStart=/bin/systemctl start --no-block ht-stage.service
 
 [Install]
 WantedBy=multi-user.target
@@ -220,12 +256,12 @@ class Tree:
         sbin.mkdir(parents=True, exist_ok=True)
         (sbin / "ht-stage").write_text(STAGE_RUNNER)
         (sbin / "ht-stage").chmod(0o755)
-        unit = self.path / "etc/systemd/system/ht-stage.service"
-        unit.write_text(STAGE_UNIT)
-        wants = self.path / "etc/systemd/system/multi-user.target.wants/ht-stage.service"
+        self.write("/etc/systemd/system/ht-stage.service", STAGE_UNIT)
+        self.write("/etc/systemd/system/ht-stage-trigger.service", TRIGGER_UNIT)
+        wants = self.path / "etc/systemd/system/multi-user.target.wants/ht-stage-trigger.service"
         wants.parent.mkdir(parents=True, exist_ok=True)
         if not wants.is_symlink():
-            wants.symlink_to("/etc/systemd/system/ht-stage.service")
+            wants.symlink_to("/etc/systemd/system/ht-stage-trigger.service")
 
     def install_hosttune(self, wheels: Path) -> str:
         """python3 -m venv + pip install --no-index from ``wheels``, run by the guest's own
@@ -389,11 +425,12 @@ class Guest:
         self.boots = 0
         logs.mkdir(parents=True, exist_ok=True)
 
-    def _argv(self, stage_img: Path) -> list[str]:
+    def _argv(self, stage_img: Path, results_img: Path) -> list[str]:
         argv = ["qemu-system-x86_64", *_accel(), "-m", str(MEM_MB), "-smp", "2",
                 "-display", "none", "-monitor", "none", "-no-reboot",
                 "-drive", f"file={self.disk.path},format=raw,if=virtio",
                 "-drive", f"file={stage_img},format=raw,if=virtio,readonly=on",
+                "-drive", f"file={results_img},format=raw,if=virtio",
                 "-nic", "none"]
         if not self.grub:
             root = "/dev/vda1" if self.disk.fs_offset else "/dev/vda"
@@ -403,48 +440,66 @@ class Guest:
 
     def boot(self, script: str, *, files: dict[str, str | bytes] | None = None,
              label: str = "", boot_timeout_s: float = 900, stage_timeout_s: float = 1800,
-             cut_at: str | None = None, cut_delay_s: float = 0.0) -> BootResult:
+             cut_at: str | Callable[[str], bool] | None = None,
+             cut_delay_s: float = 0.0) -> BootResult:
         """Boot, run ``script`` as the stage, wait for power-off, read /ht/out back.
-        ``cut_at``: a regular expression; when a console line matches it QEMU is killed with
-        SIGKILL after ``cut_delay_s`` (the guest loses what it had not written to its disk)."""
+        ``cut_at``: a regular expression (or a test of the whole console text); when a console
+        line matches it QEMU is killed with SIGKILL after ``cut_delay_s`` (the guest loses what
+        it had not written to its disk). A cut boot's results are what the stage flushed
+        (``ht_flush``) before the cut."""
         self.boots += 1
         tag = f"{self.name}-{self.boots:02d}{'-' + label if label else ''}"
         log = self.logs / f"{tag}.console.log"
         stage_img = self.logs / f"{tag}.stage.tar"
         stage_img.write_bytes(stage_tar(script, files))
+        results_img = self.logs / f"{tag}.results.img"
+        with open(results_img, "wb") as fh:
+            fh.truncate(RESULTS_MB << 20)
         with vm_lock():
-            res = self._run_qemu(log, stage_img, boot_timeout_s, stage_timeout_s, cut_at,
-                                 cut_delay_s)
+            res = self._run_qemu(log, stage_img, results_img, boot_timeout_s,
+                                 stage_timeout_s, cut_at, cut_delay_s)
         stage_img.unlink()
-        if res.cut:
-            return res
-        m = DONE_RE.search(res.console)
-        if m is None:
-            raise GuestError(f"{tag}: the guest powered off before the stage finished "
-                             f"(console {log}):\n{res.tail()}")
-        res.rc = int(m.group(1))
         out_dir = self.logs / f"{tag}.out"
         shutil.rmtree(out_dir, ignore_errors=True)
-        got = self.disk.rdump("/ht/out", self.logs / f"{tag}.dump")
-        got.rename(out_dir)
-        shutil.rmtree(self.logs / f"{tag}.dump", ignore_errors=True)
+        out_dir.mkdir()
+        with open(results_img, "rb") as fh:
+            head = fh.read(512)
+        if head.strip(b"\0"):  # the stage (or ht_flush before a cut) wrote its tar
+            with tarfile.open(results_img) as tf:
+                tf.extractall(out_dir, filter="data")
+        results_img.unlink()
         res.out_dir = out_dir
+        if not res.cut:
+            m = DONE_RE.search(res.console)
+            if m is None:
+                raise GuestError(f"{tag}: the guest powered off before the stage finished "
+                                 f"(console {log}):\n{res.tail()}")
+            res.rc = int(m.group(1))
         res.out = {p.name: p.read_text(errors="replace") for p in out_dir.iterdir()
                    if p.is_file() and not p.name.endswith(".tar")}
+        if not res.cut and "rc" not in res.out:
+            raise GuestError(f"{tag}: no results came back (console {log}):\n{res.tail()}")
         return res
 
-    def _run_qemu(self, log: Path, stage_img: Path, boot_timeout_s: float,
-                  stage_timeout_s: float, cut_at: str | None, cut_delay_s: float) -> BootResult:
-        argv = self._argv(stage_img) + ["-serial", f"file:{log}"]
+    def _run_qemu(self, log: Path, stage_img: Path, results_img: Path, boot_timeout_s: float,
+                  stage_timeout_s: float, cut_at: str | Callable[[str], bool] | None,
+                  cut_delay_s: float) -> BootResult:
+        argv = self._argv(stage_img, results_img) + ["-serial", f"file:{log}"]
         t0 = time.monotonic()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
-        cut_re = re.compile(cut_at) if cut_at else None
+        if isinstance(cut_at, str):
+            cut_re = re.compile(cut_at)
+
+            def should_cut(text: str) -> bool:
+                return any(cut_re.search(ln) for ln in text.splitlines())
+        else:
+            should_cut = cut_at or (lambda text: False)
         probed = False
         cut = False
         try:
             while proc.poll() is None:
-                time.sleep(0.5)
+                time.sleep(0.1 if cut_at else 0.5)
                 text = log.read_text(errors="replace") if log.exists() else ""
                 now = time.monotonic() - t0
                 if not probed:
@@ -455,7 +510,7 @@ class Guest:
                 elif now > boot_timeout_s + stage_timeout_s:
                     raise GuestError(self._fail(log, "the stage did not power off within "
                                                 f"{stage_timeout_s:.0f} s"))
-                if cut_re and any(cut_re.search(ln) for ln in text.splitlines()):
+                if probed and should_cut(text):
                     if cut_delay_s:
                         time.sleep(cut_delay_s)
                     proc.kill()  # SIGKILL: a power cut for the guest

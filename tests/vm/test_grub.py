@@ -5,8 +5,12 @@ its MBR gap by the guest itself, booted by SeaBIOS -> GRUB (no -kernel). apply -
 
 from __future__ import annotations
 
+import pytest
+
 from tests.vm import checks
 from tests.vm.conftest import VmEnv, stage_ok
+
+pytestmark = [pytest.mark.vm, pytest.mark.timeout(5400)]
 
 PROFILE = """name: grubtest
 kernel_cmdline:
@@ -76,6 +80,8 @@ def test_kernel_cmdline_through_grub(vm_env: VmEnv) -> None:
     stage_ok(b2)
     applied = b2.out["cmdline-applied"].split()
     assert set(WORDS) <= set(applied), applied
+    # the kernel acted on them: one 1 GiB page reserved at boot (-cpu max has pdpe1gb)
+    assert b2.out["1g-pages"].strip() == "1", b2.out["1g-pages"]
     rows = checks.audit_rows(b2.out["audit-applied.json"])
     assert checks.not_ok(rows) == [], "no 'needs reboot' after the reboot"
     assert b2.out["audit-applied.json.rc"].strip() == "0"

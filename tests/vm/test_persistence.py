@@ -8,8 +8,12 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.vm import checks
 from tests.vm.conftest import VmEnv, stage_ok
+
+pytestmark = [pytest.mark.vm, pytest.mark.timeout(5400)]
 
 SWAP = "/swapfile"
 

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import run_cli
 from tests.vm import checks
 from tests.vm.conftest import VmEnv, stage_ok
 from tests.vm.guest import GUEST_VENV
+
+pytestmark = [pytest.mark.vm, pytest.mark.timeout(5400)]
 
 BOOT = checks.PRELUDE + """
 systemctl show hosttune-boot.service -p ActiveState -p Result -p ExecMainStatus > $o/bootunit
