@@ -408,6 +408,12 @@ def test_boot_unit_in_tree_without_hosttune_is_refused(ryzen, tmp_path):
     # unit: false needs no hosttune in the tree
     p.write_text("name: b\nboot:\n  unit: false\n")
     engine.plan(Host(ryzen), load_profile(str(p)))
+    # audit and the boot-time (runtime-only) apply write no unit: they do not refuse
+    os.unlink(ryzen / "usr/local/bin/hosttune")
+    rows = {r.key: r for r in engine.audit(Host(ryzen), load_profile("inference"),
+                                           only={"bootunit"}).rows}
+    assert "no hosttune installed in this tree" in rows["unit hosttune-boot.service"].note
+    engine.plan(Host(ryzen), load_profile("inference"), runtime_only=True)
 
 
 @pytest.mark.parametrize(("exe", "warned"), [

@@ -169,7 +169,7 @@ def validate(ctx: Context, only: set[str] | None = None) -> None:
 
 
 def audit(host: Host, loaded: LoadedProfile, *, only: set[str] | None = None) -> AuditReport:
-    ctx = Context(host, loaded)
+    ctx = Context(host, loaded, audit_only=True)
     validate(ctx, only)
     rows, _ = _evaluate(ctx, only)
     return AuditReport(loaded.profile.name, str(host.root), rows, host.offline)

@@ -103,6 +103,7 @@ class Context:
     host: Host
     loaded: LoadedProfile
     runtime_only: bool = False  # boot-time re-apply: no persistent files
+    audit_only: bool = False  # a read-only audit: nothing will be written (no refusals)
 
     @property
     def profile(self) -> Profile:

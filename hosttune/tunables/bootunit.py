@@ -172,10 +172,12 @@ class BootUnitTunable(Tunable):
             if not argv or not argv[0].startswith("/"):
                 raise ctx.error("boot.exec", "the command must start with an absolute path "
                                 f"(systemd runs it without a shell), got {boot.exec!r}")
-            if ctx.host.offline and boot.unit and not tree_executable(ctx.host, argv[0]):
+            if (ctx.host.offline and boot.unit and not ctx.runtime_only
+                    and not ctx.audit_only and not tree_executable(ctx.host, argv[0])):
                 raise ctx.error("boot.exec", f"{argv[0]} is not an executable inside "
                                 f"{ctx.host.root}: hosttune-boot.service would fail at boot")
-        elif ctx.host.offline and boot.unit and tree_hosttune(ctx.host) is None:
+        elif (ctx.host.offline and boot.unit and not ctx.runtime_only and not ctx.audit_only
+              and tree_hosttune(ctx.host) is None):
             raise ctx.error("boot.exec", f"no hosttune installed in {ctx.host.root} (looked "
                             f"for {', '.join(TREE_CANDIDATES)}): hosttune-boot.service would "
                             "run the interpreter of this machine, which the image lacks - "
@@ -196,6 +198,9 @@ class BootUnitTunable(Tunable):
                     f"{next(p for p in FRAGILE_PREFIXES if exe.startswith(p))}, which may be "
                     "gone or not mounted at boot: install hosttune system-wide or set "
                     "boot.exec"))
+            elif ctx.host.offline and boot.exec is None and tree_hosttune(ctx.host) is None:
+                unit_row = replace(unit_row, note="no hosttune installed in this tree: apply "
+                                   "refuses to write a unit that would not run (set boot.exec)")
             elif ctx.host.offline:
                 unit_row = replace(unit_row, note=f"ExecStart runs {exe} (inside the tree)")
             items = [
