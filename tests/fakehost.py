@@ -98,6 +98,9 @@ class TreeBuilder:
         self.write("/etc/group", "root:x:0:\ndocker:x:998:\ninference:x:997:\n")
         self.write("/etc/passwd", "root:x:0:0:root:/root:/bin/bash\n")
         self.write("/etc/os-release", 'ID=debian\nVERSION_ID="12"\nPRETTY_NAME="Debian 12"\n')
+        # hosttune installed in the tree (pip's console script): what the boot unit runs
+        self.write("/usr/local/bin/hosttune", "#!/usr/bin/python3\nimport sys\n"
+                   "from hosttune.cli import main\nsys.exit(main())\n", 0o755)
         (self.root / "etc/systemd/system").mkdir(parents=True, exist_ok=True)
         (self.root / "var/lib").mkdir(parents=True, exist_ok=True)
 

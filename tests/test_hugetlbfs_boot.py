@@ -54,12 +54,31 @@ def mount_profile(tmp: Path, pool: str = "auto", size: str = "20GiB", gid: str =
     return p
 
 
-def verify_unit(path: Path) -> None:
+def verify_unit(path: Path, root: Path | None = None) -> None:
+    """systemd-analyze verify; with ``root`` (a tree the unit belongs to) its commands are
+    looked up inside that tree (--root), beside this machine's own system units (a fake tree
+    has no sysinit.target)."""
     sa = shutil.which("systemd-analyze")
     need(sa is not None, "systemd-analyze (package systemd) is not installed")
     assert sa is not None
-    p = subprocess.run([sa, "verify", str(path)], capture_output=True, text=True, timeout=60,
-                       check=False)
+    argv = [sa, "verify", str(path)]
+    if root is not None:
+        import tempfile
+
+        vroot = Path(tempfile.mkdtemp(prefix="verify-root-"))
+        shutil.copytree("/usr/lib/systemd/system", vroot / "usr/lib/systemd/system",
+                        symlinks=True)
+        rel = path.relative_to(root)
+        (vroot / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(path, vroot / rel)
+        for line in path.read_text().splitlines():
+            if line.startswith("ExecStart="):
+                exe = line.split("=", 1)[1].split()[0]
+                if (root / exe.lstrip("/")).exists():
+                    (vroot / exe.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy2(root / exe.lstrip("/"), vroot / exe.lstrip("/"))
+        argv = [sa, "verify", f"--root={vroot}", str(vroot / rel)]
+    p = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "Refusing" not in p.stderr and "not executable" not in p.stderr, p.stderr
 
@@ -257,12 +276,11 @@ def test_boot_unit_profile_copy_and_verify(ryzen, tmp_path):
     assert "Wants=" not in text and "Requires=" not in text
     assert "Type=oneshot\nRemainAfterExit=yes\n" in text
     assert "WantedBy=multi-user.target\n" in text
-    import sys
-
-    assert (f"ExecStart={sys.executable} -m hosttune apply --runtime-only --yes --profile "
+    # a tree: the hosttune installed in it, never this machine's interpreter
+    assert ("ExecStart=/usr/local/bin/hosttune apply --runtime-only --yes --profile "
             "/etc/hosttune/profile.yaml\n") in text
     assert os.readlink(ryzen / WANTS_PATH.lstrip("/")) == UNIT_PATH
-    verify_unit(unit)
+    verify_unit(unit, root=ryzen)  # ExecStart resolved inside the tree
     # the copy is a complete profile: applying it changes nothing (same rows, same bytes)
     copy = ryzen / "etc/hosttune/profile.yaml"
     loaded_copy = load_profile(str(copy))
@@ -336,3 +354,91 @@ def test_fstab_entry_passes_findmnt_verify(ryzen, tmp_path):
                        text=True, timeout=60, check=False)
     assert p.returncode == 0, p.stdout + p.stderr
     assert "no errors or warnings" in p.stdout, p.stdout
+
+
+# --- the boot unit's command in a tree (an image) and live -------------------------------------
+def _unit_text(root: Path, loaded) -> str:
+    ev = BootUnitTunable().evaluate(Context(Host(root), loaded))
+    (unit,) = [c for c in ev.changes if c.path == UNIT_PATH]
+    return unit.value or ""
+
+
+def test_boot_unit_in_tree_runs_the_trees_hosttune(ryzen):
+    """Before: ExecStart named the interpreter of whoever ran apply --root (a venv on the build
+    machine), which the image does not have: the unit failed at the image's first boot."""
+    loaded = load_profile("inference")
+    os.unlink(ryzen / "usr/local/bin/hosttune")
+    venv = ryzen / "opt/hosttune/bin"
+    venv.mkdir(parents=True)
+    (venv / "python3").symlink_to("/usr/bin/python3")  # resolved inside the tree
+    (ryzen / "usr/bin").mkdir(parents=True, exist_ok=True)
+    (ryzen / "usr/bin/python3").write_text("")
+    (ryzen / "usr/bin/python3").chmod(0o755)
+    (venv / "hosttune").write_text("#!/opt/hosttune/bin/python3\n")
+    (venv / "hosttune").chmod(0o755)
+    text = _unit_text(ryzen, loaded)
+    assert "ExecStart=/opt/hosttune/bin/hosttune apply --runtime-only --yes --profile " in text
+    # a console script linked into /usr/local/bin (absolute link, resolved inside the tree)
+    (ryzen / "usr/local/bin/hosttune").symlink_to("/opt/hosttune/bin/hosttune")
+    assert "ExecStart=/usr/local/bin/hosttune apply " in _unit_text(ryzen, loaded)
+
+
+def test_boot_unit_in_tree_without_hosttune_is_refused(ryzen, tmp_path):
+    os.unlink(ryzen / "usr/local/bin/hosttune")
+    before = snapshot(ryzen)
+    with pytest.raises(ProfileError) as ei:
+        engine.apply(Host(ryzen), load_profile("inference"))
+    assert ei.value.key == "boot.exec"
+    assert "no hosttune installed in" in str(ei.value) and "/opt/hosttune/bin/hosttune" in \
+        str(ei.value)
+    assert snapshot(ryzen) == before
+    r = run_cli("apply", "--root", str(ryzen), "-p", "inference", "--yes")
+    assert r.returncode == 2 and "boot.exec" in r.stderr + r.stdout
+    assert "Traceback" not in r.stderr
+    # a link that leaves the tree's hosttune dangling inside the tree is no hosttune either
+    (ryzen / "usr/local/bin/hosttune").symlink_to("/opt/nowhere/hosttune")
+    with pytest.raises(ProfileError):
+        engine.plan(Host(ryzen), load_profile("inference"))
+    # boot.exec naming a program the tree lacks
+    p = tmp_path / "b.yaml"
+    p.write_text("name: b\nboot:\n  exec: /usr/bin/hosttune-missing\n")
+    with pytest.raises(ProfileError) as ei:
+        engine.plan(Host(ryzen), load_profile(str(p)))
+    assert ei.value.key == "boot.exec" and "not an executable inside" in str(ei.value)
+    # unit: false needs no hosttune in the tree
+    p.write_text("name: b\nboot:\n  unit: false\n")
+    engine.plan(Host(ryzen), load_profile(str(p)))
+
+
+@pytest.mark.parametrize(("exe", "warned"), [
+    ("/tmp/venv/bin/python3", True), ("/home/ann/.venv/bin/python3", True),
+    ("/root/.pyenv/versions/3.11.7/bin/python3", True), ("/usr/bin/python3", False),
+    ("/opt/hosttune/bin/python3", False)])
+def test_live_plan_warns_about_a_fragile_interpreter(monkeypatch, exe, warned):
+    """Live, the unit runs this interpreter: under /tmp or a home it may be gone at boot."""
+    import sys
+
+    monkeypatch.setattr(sys, "executable", exe)
+    p = engine.plan(Host("/"), load_profile("inference"), only={"bootunit"})
+    got = [w for w in p.warnings if "ExecStart runs" in w]
+    assert bool(got) == warned, p.warnings
+    if warned:
+        assert exe in got[0] and "boot.exec" in got[0]
+        assert p.to_json()["warnings"] == p.warnings
+
+
+def test_unit_written_in_a_tree_is_ok_on_its_first_live_audit(ryzen):
+    """Seen on a real boot: apply --root wrote ExecStart=/opt/hosttune/bin/hosttune; the live
+    audit in the booted image computed `<its python> -m hosttune` and called the unit
+    'differs'. A unit of ours that runs an existing hosttune is kept."""
+    assert engine.apply(Host(ryzen), load_profile("inference"), only={"bootunit"}).ok
+    live = Host(ryzen)
+    live.offline = False  # the booted image: same files, audited live
+    rows = {r.key: r for r in engine.audit(live, load_profile("inference"),
+                                           only={"bootunit"}).rows}
+    assert rows["unit hosttune-boot.service"].status == Status.OK
+    # ours but its program is gone: rewritten with this interpreter
+    os.unlink(ryzen / "usr/local/bin/hosttune")
+    rows = {r.key: r for r in engine.audit(live, load_profile("inference"),
+                                           only={"bootunit"}).rows}
+    assert rows["unit hosttune-boot.service"].status == Status.DRIFT

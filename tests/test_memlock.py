@@ -25,7 +25,7 @@ from hosttune.tunables.memlock import (
     memlock_settings,
     unit_dropin,
 )
-from tests.conftest import need
+from tests.conftest import need, run_cli
 from tests.dockerd import ensure_dockerd
 from tests.fakehost import limits_text
 from tests.test_contracts import snapshot
@@ -132,10 +132,22 @@ def test_missing_group_is_created_by_groupadd(ryzen, tmp_path):
     (ryzen / "etc/group").write_text("root:x:0:\n")
     rows = _rows(ryzen)
     assert rows["group inference"].status == Status.DRIFT
+    # in a tree: systemd-sysusers --root (confined: it runs under --root)
     p = engine.plan(Host(ryzen), load_profile("inference"), only={"memlock"})
+    (g,) = [c for c in p.changes if c.id == "memlock/group:inference"]
+    assert g.params["argv"] == ["systemd-sysusers", f"--root={ryzen}",
+                                f"{ryzen}/etc/sysusers.d/90-hosttune-memlock.conf"]
+    assert g.params["revert_argv"] == ["groupdel", "--prefix", str(ryzen), "inference"]
+    assert g.params["confined"] is True
+    # live: groupadd --system, never confined to anything
+    live = Host(ryzen)
+    live.offline = False
+    p = engine.plan(live, load_profile("inference"), only={"memlock"})
     (g,) = [c for c in p.changes if c.id == "memlock/group:inference"]
     assert g.params["argv"] == ["groupadd", "--system", "inference"]
     assert g.params["revert_argv"] == ["groupdel", "inference"]
+    assert not g.params.get("confined")
+    assert not any(c.path and "sysusers.d" in c.path for c in p.changes)
     # scope everyone: no group needed
     p = engine.plan(Host(ryzen), _profile(tmp_path, "{scope: everyone}"), only={"memlock"})
     assert not any(c.kind == "command" for c in p.changes)
@@ -332,3 +344,53 @@ def test_seed_wildcard_memlock_in_limits_conf_is_flagged(ryzen):
     p.write_text("name: t\nmemlock: {scope: everyone}\n")
     rows = _rows(ryzen, load_profile(str(p)))
     assert not any(r.key.startswith("limits /etc") for r in rows.values())
+
+
+def test_root_apply_on_a_fresh_tree_creates_the_group_in_the_tree(ryzen):
+    """Before: groupadd was skipped under --root, verify failed (exit 1) and the tree kept a
+    limits.d rule for a group it lacked. Now a sysusers.d line declares it and
+    systemd-sysusers --root creates it inside the tree; rollback's groupdel --prefix undoes it."""
+    need(shutil.which("systemd-sysusers") is not None and shutil.which("groupdel") is not None,
+         "systemd-sysusers and groupdel (systemd, passwd)")
+    need(os.geteuid() == 0, "systemd-sysusers writes /etc/group as root")
+    (ryzen / "etc/group").write_text("root:x:0:\ndocker:x:998:\n")
+    (ryzen / "etc/gshadow").write_text("root:*::\ndocker:!::\n")
+    (ryzen / "etc/gshadow").chmod(0o640)
+    before = snapshot(ryzen)
+    host = Host(ryzen)
+    rep = engine.apply(host, load_profile("inference"))
+    assert rep.ok, rep.error
+    assert host.runner.ran and host.runner.ran[0][0] == "systemd-sysusers"
+    assert all(a[0] in ("systemd-sysusers",) for a in host.runner.ran)  # nothing else ran
+    assert "inference:x:" in (ryzen / "etc/group").read_text()
+    assert "g inference -\n" in (ryzen / "etc/sysusers.d/90-hosttune-memlock.conf").read_text()
+    assert _rows(ryzen)["group inference"].status == Status.OK
+    r = run_cli("audit", "--root", str(ryzen), "-p", "inference", "--only", "memlock")
+    assert r.returncode == 0, r.stdout
+    assert engine.rollback(Host(ryzen)).ok
+    after = snapshot(ryzen)
+    # shadow's backups and lock file: written by the tools, byte-exact originals restored
+    extra = {k for k in set(after) - set(before)}
+    assert extra <= {"etc/group-", "etc/gshadow-", "etc/.pwd.lock"}, extra
+    assert {k: v for k, v in after.items() if k not in extra} == before
+
+
+def test_rollback_names_daemons_that_still_carry_the_tuned_limit(ryzen):
+    from hosttune.tunables.memlock import MemlockTunable
+
+    p = engine.plan(Host(ryzen), load_profile("inference"), only={"memlock"})
+    dropins = [c for c in p.changes if c.path and c.path.endswith("/90-hosttune-memlock.conf")
+               and ".service.d/" in c.path]
+    assert len(dropins) == 2
+    live = Host(ryzen)
+    live.offline = False
+    pids = find_pids(live, "dockerd")
+    assert pids
+    (ryzen / f"proc/{pids[0]}/limits").write_text(limits_text(None, None))
+    notes = MemlockTunable().still_running(live, dropins)
+    assert notes == [f"dockerd (pid {pids[0]}) still runs with the tuned memlock limit "
+                     "unlimited until docker.service restarts"]
+    # restarted with systemd's default: nothing to say
+    (ryzen / f"proc/{pids[0]}/limits").write_text(limits_text(8 * MiB, 8 * MiB))
+    assert MemlockTunable().still_running(live, dropins) == []
+    assert MemlockTunable().still_running(Host(ryzen), dropins) == []  # a tree runs nothing

@@ -67,6 +67,8 @@ def plan(
 
 def _print_plan(p) -> None:
     """Changes grouped by family, in apply order; each file change's diff right under it."""
+    for w in p.warnings:
+        console.print(f"[bold yellow]warning:[/] {escape(w)}", soft_wrap=True)
     if not p.changes:
         console.print("[green]Nothing to change[/]: the host matches the profile.")
         return
@@ -234,4 +236,6 @@ def rollback(
                           + (f" [red]({escape(s.error)})[/]" if s.error else ""))
         for argv in report.skipped_commands:
             console.print(f"[dim]skipped (--root): {escape(' '.join(argv))}[/]")
+        for line in report.still_running:
+            console.print(f"[yellow]until restarted:[/] {escape(line)}", soft_wrap=True)
     raise typer.Exit(EXIT_OK if report.ok else EXIT_FINDINGS)

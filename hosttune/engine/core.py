@@ -60,9 +60,16 @@ class PlanReport:
                 seen.setdefault(n, None)
         return list(seen)
 
+    @property
+    def warnings(self) -> list[str]:
+        """Row notes that flag a risk in what apply would write (e.g. a boot unit running an
+        interpreter under /tmp)."""
+        return [f"{r.tunable} {r.key}: {r.note.removeprefix('warning: ')}" for r in
+                self.audit.rows if r.note.startswith("warning:")]
+
     def to_json(self) -> dict[str, Any]:
         return {**self.audit.to_json(), "changes": [c.to_json() for c in self.changes],
-                "needs": self.needs}
+                "needs": self.needs, "warnings": self.warnings}
 
 
 @dataclass(frozen=True)
@@ -106,11 +113,13 @@ class RollbackReport:
     steps: list[StepResult]
     recovered: list[StepResult] = field(default_factory=list)
     skipped_commands: list[tuple[str, ...]] = field(default_factory=list)
+    still_running: list[str] = field(default_factory=list)  # restart these to finish
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "steps": [s.to_json() for s in self.steps],
                 "recovered": [s.to_json() for s in self.recovered],
-                "skipped_commands": [list(c) for c in self.skipped_commands]}
+                "skipped_commands": [list(c) for c in self.skipped_commands],
+                "still_running": self.still_running}
 
 
 # --- evaluation ---------------------------------------------------------------------------------
@@ -243,7 +252,8 @@ def do_apply(host: Host, change: Change) -> None:
         assert change.path is not None and change.value is not None
         host.write_kernel(change.path, change.value)
     elif change.kind == "command":
-        res = host.run(change.params["argv"], timeout_s=change.params.get("timeout_s", 120))
+        res = host.run(change.params["argv"], timeout_s=change.params.get("timeout_s", 120),
+                       confined=change.params.get("confined", False))
         if not res.ok:
             raise ApplyError(f"{' '.join(res.argv)} failed (exit {res.returncode}): "
                              f"{res.stderr.strip()}")
@@ -262,7 +272,8 @@ def do_revert(host: Host, change: Change, orig: dict[str, Any]) -> None:
     elif change.kind == "command":
         argv = change.params.get("revert_argv")
         if argv:
-            res = host.run(argv, timeout_s=change.params.get("timeout_s", 120))
+            res = host.run(argv, timeout_s=change.params.get("timeout_s", 120),
+                           confined=change.params.get("confined", False))
             if not res.ok:
                 raise ApplyError(f"{' '.join(res.argv)} failed (exit {res.returncode}): "
                                  f"{res.stderr.strip()}")
@@ -274,9 +285,17 @@ def do_revert(host: Host, change: Change, orig: dict[str, Any]) -> None:
 _CRASH_ENV = "HOSTTUNE_TEST_CRASH"  # "<step>:<before|after>" - used by the crash tests only
 
 
-def _maybe_crash(step: int, when: str) -> None:
+_MARK_ENV = "HOSTTUNE_TEST_MARK"  # a file (the guest's /dev/console): one line per step point
+
+
+def _maybe_crash(step: int, when: str, phase: str = "apply") -> None:
+    mark = os.environ.get(_MARK_ENV)
+    if mark:
+        # the real-boot power-cut tests cut the guest's power when this line shows
+        with open(mark, "a", encoding="utf-8") as fh:
+            fh.write(f"HOSTTUNE-STEP {phase} {step}:{when}\n")
     spec = os.environ.get(_CRASH_ENV)
-    if spec and spec == f"{step}:{when}":
+    if spec and spec == f"{step}:{when}" and phase == "apply":
         os.kill(os.getpid(), signal.SIGKILL)
 
 
@@ -405,20 +424,33 @@ def rollback(host: Host, *, progress: ProgressFn | None = None) -> RollbackRepor
         for i, (ch, entry) in enumerate(revert_order(pairs)):
             if progress:
                 progress(i, len(entries), ch)
+            _maybe_crash(i, "before", "rollback")
             try:
                 do_revert(host, ch, entry["original"])
                 results.append(StepResult(ch, "reverted"))
             except Exception as err:
                 results.append(StepResult(ch, "revert-failed", str(err)))
                 remaining.insert(0, entry)
+            _maybe_crash(i, "after", "rollback")
         journal.entries = remaining
         if remaining:
             journal.save()
         else:
             journal.save()
             journal.archive()
+        reverted = [r.change for r in [*recovered, *results] if r.status == "reverted"]
         return RollbackReport(not remaining, results, recovered,
-                              list(host.runner.skipped[n0:]))
+                              list(host.runner.skipped[n0:]), _still_running(host, reverted))
+
+
+def _still_running(host: Host, reverted: list[Change]) -> list[str]:
+    """Running processes that keep a value rollback restored on disk until they restart
+    (a daemon's memlock limit), one line each, from the families that know."""
+    notes: list[str] = []
+    for name in dict.fromkeys(c.tunable for c in reverted):
+        notes.extend(get_tunable(name).still_running(host, [c for c in reverted
+                                                             if c.tunable == name]))
+    return notes
 
 
 def journal_status(host: Host) -> dict[str, Any]:

@@ -178,8 +178,11 @@ class Host:
 
     # -- commands ----------------------------------------------------------------------------
     def run(self, argv: list[str], *, timeout_s: float = 60.0, input_text: str | None = None,
-            check: bool = False) -> CommandResult:
-        return self.runner.run(argv, timeout_s=timeout_s, input_text=input_text, check=check)
+            check: bool = False, confined: bool = False) -> CommandResult:
+        """``confined``: the command is pointed at the root by its own argument (``--root``,
+        ``--prefix``), so it runs under --root too; every other command is only recorded."""
+        return self.runner.run(argv, timeout_s=timeout_s, input_text=input_text, check=check,
+                               confined=confined)
 
     def which(self, name: str) -> str | None:
         """Find a program in the standard locations of the (mapped) root."""

@@ -26,7 +26,9 @@ class CommandResult:
 @dataclass
 class Runner:
     """Runs external commands. With ``offline=True`` (``--root DIR``) nothing is ever executed:
-    each call is recorded in ``skipped`` and answered with a skipped result."""
+    each call is recorded in ``skipped`` and answered with a skipped result - except a
+    ``confined`` command, one that names the tree itself and touches nothing outside it
+    (``systemd-sysusers --root=DIR``, ``groupdel --prefix DIR``)."""
 
     offline: bool = False
     skipped: list[tuple[str, ...]] = field(default_factory=list)
@@ -39,11 +41,12 @@ class Runner:
         timeout_s: float = DEFAULT_TIMEOUT_S,
         input_text: str | None = None,
         check: bool = False,
+        confined: bool = False,
     ) -> CommandResult:
         args = tuple(str(a) for a in argv)
         if not args:
             raise HostError("empty command")
-        if self.offline:
+        if self.offline and not confined:
             self.skipped.append(args)
             return CommandResult(args, 0, skipped=True)
         self.ran.append(args)

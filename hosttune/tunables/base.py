@@ -130,6 +130,11 @@ class Tunable(ABC):
         """Check the profile against the host before anything is written; raise
         ProfileError naming the key."""
 
+    def still_running(self, host: Host, reverted: list[Change]) -> list[str]:
+        """After rollback restored ``reverted``: running processes that keep the tuned value
+        until they restart (one line each)."""
+        return []
+
     @abstractmethod
     def evaluate(self, ctx: Context) -> Evaluation:
         """Read the host, compare with the profile. Never writes."""

@@ -13,11 +13,13 @@ argv, quoted the systemd way, and ``systemd-analyze verify`` passes on what we w
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 from dataclasses import replace
 from typing import Any
 
+from hosttune.host import Host
 from hosttune.tunables._systemd import UNIT_DIR, daemon_reload, symlink_change
 from hosttune.tunables.base import HEADER, Change, Context, Evaluation, Row, Tunable, file_change
 
@@ -60,10 +62,71 @@ def _systemd_quote(arg: str) -> str:
     return '"' + arg.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+# Where an image carries hosttune: a console script on PATH, or a venv at /opt/hosttune.
+TREE_CANDIDATES = ("/usr/local/bin/hosttune", "/usr/bin/hosttune", "/opt/hosttune/bin/hosttune")
+# Interpreters that may be gone (or not yet mounted) at boot: tmp is wiped, homes can be on
+# their own (encrypted, automounted) file system.
+FRAGILE_PREFIXES = ("/tmp/", "/var/tmp/", "/home/", "/root/", "/run/user/")
+
+
+def tree_executable(host: Host, path: str) -> bool:
+    """Is ``path`` an executable file inside the root? Symlinks (a venv's python, a console
+    script linked into /usr/local/bin) are followed inside the root, never on the machine
+    running hosttune."""
+    for _ in range(40):  # the kernel's own limit on nested symlinks (MAXSYMLINKS)
+        real = host.path(path)
+        if real.is_symlink():
+            target = os.readlink(real)
+            path = os.path.normpath(os.path.join(os.path.dirname(path), target))
+            continue
+        return real.is_file() and os.access(real, os.X_OK)
+    return False
+
+
+def tree_hosttune(host: Host) -> str | None:
+    return next((c for c in TREE_CANDIDATES if tree_executable(host, c)), None)
+
+
+def installed_base(host: Host) -> list[str] | None:
+    """The hosttune command of the unit already installed, when it is ours and its program
+    exists on that system: an image built with ``apply --root`` runs its own hosttune, and the
+    live audit after its first boot must not call that unit 'differs' only because the
+    interpreter running the audit is named otherwise."""
+    text = host.read_text(UNIT_PATH)
+    if not text or not text.startswith(HEADER):
+        return None
+    for line in text.splitlines():
+        if line.startswith("ExecStart="):
+            try:
+                argv = shlex.split(line.split("=", 1)[1].replace("%%", "%").replace("$$", "$"))
+            except ValueError:
+                return None
+            if "apply" not in argv:
+                return None
+            base = argv[:argv.index("apply")]
+            script = len(base) == 1 and base[0].endswith("/hosttune")
+            module = len(base) == 3 and base[1:] == ["-m", "hosttune"]
+            ok = script or module
+            return base if ok and tree_executable(host, base[0]) else None
+    return None
+
+
 def exec_argv(ctx: Context) -> list[str]:
+    """The unit's command. Live: this interpreter (-m hosttune). In a tree: the hosttune
+    installed in that tree - the build machine's interpreter does not exist in the image.
+    Either way, a unit we installed before that runs an existing hosttune is kept as it is."""
     boot = ctx.profile.boot
     assert boot is not None
-    base = shlex.split(boot.exec) if boot.exec else [sys.executable, "-m", "hosttune"]
+    kept = None if boot.exec else installed_base(ctx.host)
+    if boot.exec:
+        base = shlex.split(boot.exec)
+    elif kept:
+        base = kept
+    elif ctx.host.offline:
+        found = tree_hosttune(ctx.host)
+        base = [found] if found else [TREE_CANDIDATES[0]]  # validate() refused the latter
+    else:
+        base = [sys.executable, "-m", "hosttune"]
     return [*base, "apply", "--runtime-only", "--yes", "--profile", boot.profile_path]
 
 
@@ -107,6 +170,14 @@ class BootUnitTunable(Tunable):
             if not argv or not argv[0].startswith("/"):
                 raise ctx.error("boot.exec", "the command must start with an absolute path "
                                 f"(systemd runs it without a shell), got {boot.exec!r}")
+            if ctx.host.offline and boot.unit and not tree_executable(ctx.host, argv[0]):
+                raise ctx.error("boot.exec", f"{argv[0]} is not an executable inside "
+                                f"{ctx.host.root}: hosttune-boot.service would fail at boot")
+        elif ctx.host.offline and boot.unit and tree_hosttune(ctx.host) is None:
+            raise ctx.error("boot.exec", f"no hosttune installed in {ctx.host.root} (looked "
+                            f"for {', '.join(TREE_CANDIDATES)}): hosttune-boot.service would "
+                            "run the interpreter of this machine, which the image lacks - "
+                            "install hosttune in the tree, or set boot.exec to its path there")
 
     def evaluate(self, ctx: Context) -> Evaluation:
         boot = ctx.profile.boot
@@ -116,10 +187,15 @@ class BootUnitTunable(Tunable):
         if boot.unit:
             unit_row, unit_ch = file_change(ctx, self.name, UNIT_PATH, unit_text(ctx),
                                             key=f"unit {UNIT_NAME}")
-            if ctx.host.offline and boot.exec is None:
-                # an image's Python may live elsewhere than the one running hosttune now
-                unit_row = replace(unit_row, note=f"ExecStart runs {sys.executable}; set "
-                                   "boot.exec if hosttune is installed elsewhere on that system")
+            exe = exec_argv(ctx)[0]
+            if not ctx.host.offline and boot.exec is None and exe.startswith(FRAGILE_PREFIXES):
+                unit_row = replace(unit_row, note=(
+                    f"warning: ExecStart runs {exe}, under "
+                    f"{next(p for p in FRAGILE_PREFIXES if exe.startswith(p))}, which may be "
+                    "gone or not mounted at boot: install hosttune system-wide or set "
+                    "boot.exec"))
+            elif ctx.host.offline:
+                unit_row = replace(unit_row, note=f"ExecStart runs {exe} (inside the tree)")
             items = [
                 (unit_row, unit_ch),
                 symlink_change(ctx, self.name, WANTS_PATH, UNIT_PATH,

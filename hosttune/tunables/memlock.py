@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from hosttune.profile.schema import MemlockSection
 
 DROPIN_NAME = "90-hosttune-memlock.conf"
+SYSUSERS_FILE = "/etc/sysusers.d/90-hosttune-memlock.conf"
 UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
              "/usr/lib/systemd/system", "/lib/systemd/system")
 CAP_SYS_RESOURCE = 24  # linux/capability.h
@@ -258,11 +259,7 @@ class MemlockTunable(Tunable):
                 rows.append(Row(self.name, key, "absent", "exists", Status.DRIFT,
                                 "the limits.d line names this group"))
                 if not ctx.runtime_only:
-                    changes.append(Change(
-                        id=f"memlock/group:{sec.group}", tunable=self.name, kind="command",
-                        summary=f"groupadd --system {sec.group}", runtime=False,
-                        params={"argv": ["groupadd", "--system", sec.group],
-                                "revert_argv": ["groupdel", sec.group]}))
+                    changes.extend(self._group_changes(ctx, sec.group, sec.limits_file))
         row, ch = file_change(ctx, self.name, sec.limits_file,
                               limits_dropin(sec, want, profile),
                               key=f"limits.d {sec.limits_file}")
@@ -313,6 +310,58 @@ class MemlockTunable(Tunable):
                 params={"argv": ["systemctl", "daemon-reload"],
                         "revert_argv": ["systemctl", "daemon-reload"], "post": True}))
         return Evaluation(rows, changes)
+
+    def _group_changes(self, ctx: Context, group: str, limits_file: str) -> list[Change]:
+        """Live: groupadd --system. In a tree (--root, an image before its first boot) a
+        skipped groupadd would leave the limits.d rule naming a group the image lacks: write
+        the sysusers.d(5) line that declares it, and let systemd-sysusers create it inside the
+        tree now (--root: it reads and writes only there); groupdel --prefix undoes it."""
+        host = ctx.host
+        if not host.offline:
+            return [Change(
+                id=f"memlock/group:{group}", tunable=self.name, kind="command",
+                summary=f"groupadd --system {group}", runtime=False,
+                params={"argv": ["groupadd", "--system", group],
+                        "revert_argv": ["groupdel", group]})]
+        root = str(host.root)
+        text = (f"{HEADER}# profile: {ctx.profile.name}\n# the group {limits_file} names\n"
+                f"g {group} -\n")
+        _, file_ch = file_change(ctx, self.name, SYSUSERS_FILE, text,
+                                 key=f"sysusers.d {SYSUSERS_FILE}")
+        cmd = Change(
+            id=f"memlock/group:{group}", tunable=self.name, kind="command",
+            summary=f"systemd-sysusers --root {root} {SYSUSERS_FILE}", runtime=False,
+            params={"argv": ["systemd-sysusers", f"--root={root}",
+                             str(host.path(SYSUSERS_FILE))],
+                    "revert_argv": ["groupdel", "--prefix", root, group], "confined": True})
+        return [c for c in (file_ch, cmd) if c]
+
+    def still_running(self, host: Host, reverted: list[Change]) -> list[str]:
+        """Daemons whose LimitMEMLOCK drop-in rollback removed and that still run with the
+        tuned limit: systemd sets rlimits at exec, a running process keeps its own until it is
+        restarted."""
+        if host.offline:
+            return []
+        tuned: dict[str, int | None] = {}
+        for c in reverted:
+            m = re.search(r"^LimitMEMLOCK=(\S+)$", c.value or "", re.M)
+            if c.path and c.path.endswith("/" + DROPIN_NAME) and m:
+                v = m.group(1)
+                tuned[c.path.split("/")[-2].removesuffix(".d")] = (
+                    None if v == "infinity" else int(v))
+        pids = scan_comms(host, {service_comm(s) for s in tuned})
+        out = []
+        for svc, want in tuned.items():
+            for pid in pids.get(service_comm(svc), []):
+                try:
+                    lim = parse_limits(host.read_text(f"/proc/{pid}/limits") or "")
+                except OSError:
+                    continue
+                soft, hard = lim.get("Max locked memory", (0, 0))
+                if soft == want and hard == want:
+                    out.append(f"{service_comm(svc)} (pid {pid}) still runs with the tuned "
+                               f"memlock limit {fmt(want)} until {svc} restarts")
+        return out
 
     def _wildcard_rows(self, host: Host, sec: MemlockSection) -> list[Row]:
         """'*' memlock lines elsewhere (the seed notes appended them to limits.conf) give
