@@ -398,6 +398,7 @@ def test_failed_step_is_reported_as_undone(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(core, "do_apply", flaky)
     rep = engine.apply(Host(tree), load_profile("inference")).to_json()
     assert rep["ok"] is False and snapshot(tree) == before
+    assert rep["changed"] is False  # the engine's own report: nothing stayed applied
     out = _load_module()._apply_outcome(rep)
     assert out["changed"] is False and out["applied"] == []
     assert len(out["reverted"]) == len(calls) == 3  # the failed step too: restored
@@ -407,6 +408,7 @@ def test_failed_step_is_reported_as_undone(tmp_path: Path, monkeypatch) -> None:
     fakehost.w(tree, "/etc/sysctl.d/99-zz-local.conf", "vm.swappiness = 60\n")
     monkeypatch.setattr(core, "do_apply", real)
     rep = engine.apply(Host(tree), load_profile("inference")).to_json()
+    assert rep["changed"] is True
     out = _load_module()._apply_outcome(rep)
     assert out["changed"] is True and len(out["applied"]) == len(rep["steps"])
 
