@@ -206,6 +206,24 @@ def test_role_apply_idempotent_check_and_rollback(tmp_path: Path, src_copy: Path
     assert snap_before_check != full_snapshot(tree)  # the real rollback did write
     assert snapshot(tree) == before  # byte-identical (hosttune's own journal aside)
 
+    # 5. the same through the role (hosttune_state: rolled_back): apply, then roll back
+    installed = {**role_vars, "hosttune_install": False, "hosttune_executable": exe}
+    r, changed = ans.play("apply-role", _role_play(res), installed)
+    assert changed >= 1 and snapshot(tree) == applied, r.stdout
+    rb_play = [{"name": "roll back", "hosts": "all", "gather_facts": False,
+                "roles": [{"role": "hosttune.tune.hosttune"}],
+                "post_tasks": [{"name": "save", "ansible.builtin.copy": {
+                    "content": "{{ hosttune_rollback | to_json }}", "dest": str(res)},
+                    "changed_when": False}]}]
+    r, changed = ans.play("rollback-role", rb_play, {**installed,
+                                                     "hosttune_state": "rolled_back"})
+    assert changed == 1, r.stdout
+    assert json.loads(res.read_text())["rollback"]["ok"] is True
+    assert snapshot(tree) == before
+    r, changed = ans.play("rollback-role-again", rb_play, {**installed,
+                                                           "hosttune_state": "rolled_back"})
+    assert changed == 0, r.stdout
+
 
 FAKE_HOSTTUNE = r'''#!{python}
 """A stand-in hosttune CLI whose plan needs a reboot (no real tunable does yet in a tree)."""
