@@ -562,13 +562,14 @@ class Guest:
                                                 f"{boot_timeout_s:.0f} s"))
                 time.sleep(2)
             yield log
+            try:
+                proc.wait(timeout=180)  # the caller powered it off
+            except subprocess.TimeoutExpired:
+                pass
         finally:
-            if proc.poll() is None:
-                try:
-                    proc.wait(timeout=180)  # the caller powered it off
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+            if proc.poll() is None:  # a failed scenario: no clean power-off to wait for
+                proc.kill()
+                proc.wait()
 
     @staticmethod
     def _fail(log: Path, why: str) -> str:

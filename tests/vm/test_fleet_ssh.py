@@ -116,7 +116,7 @@ def _probe(dest: Path, *, compare: bool) -> list:
              "register": "fleetwide"},
             {"name": "report a host that differs from the fleet", "ansible.builtin.debug":
              {"msg": "{{ inventory_hostname }} differs from the fleet profile: "
-                     "{{ fleetwide.drifting | default(fleetwide.drift) }}"},
+                     "{{ fleetwide.drift }} setting(s)"},
              "when": "fleetwide.drift | int > 0"}]
     content = ("{{ {'swappiness': swp.stdout, 'own': own | default({}), "
                "'fleetwide': fleetwide | default({})} | to_json }}")
@@ -185,7 +185,10 @@ def test_fleet_over_ssh(vm_env: VmEnv) -> None:
             {"fleet1": "1", "fleet2": "1", "fleet3": "10"}
         assert all(v["own"]["drift"] == 0 for v in res.values()), res
         assert {h: v["fleetwide"]["drift"] for h, v in res.items()} == \
-            {"fleet1": 0, "fleet2": 0, "fleet3": 1}
+            {"fleet1": 0, "fleet2": 0, "fleet3": 2}
+        odd = {r["key"] for r in res["fleet3"]["fleetwide"]["audit"]["rows"]
+               if r["status"] == "drift"}
+        assert odd == {"vm.swappiness", "file /etc/sysctl.d/90-hosttune.conf"}, odd
         assert "fleet3 differs from the fleet profile" in \
             (vm_env.logs / "fleet/play-audit.log").read_text()
         # 6. rollback through the role: the originals are back everywhere
