@@ -23,6 +23,8 @@ LOCK = "/tmp/hosttune-dockerd.lock"
 # held shared by every test session that uses the daemon (whoever started it)
 USERS = "/tmp/hosttune-dockerd.users"
 IMAGE_PREFIX = "hosttune-e2e"  # images the tests build (tests/test_containers_e2e.py)
+# extra dockerd arguments (tests/test_dockerd_cleanup.py: its own socket, data-root, exec-root)
+EXTRA_ARGS: list[str] = []
 
 _started: subprocess.Popen[bytes] | None = None
 _users_fd: int | None = None
@@ -68,10 +70,11 @@ def ensure_dockerd(timeout_s: float = 90) -> str | None:
         if _answers():
             return None
         _firewall_before = _iptables_save()
-        _bridge_before = os.path.exists("/sys/class/net/docker0")
+        _bridge_before = has_bridge()
         with open(LOG, "ab") as log:
-            _started = subprocess.Popen([dockerd], stdin=subprocess.DEVNULL, stdout=log,
-                                        stderr=log, start_new_session=True, close_fds=True)
+            _started = subprocess.Popen([dockerd, *EXTRA_ARGS], stdin=subprocess.DEVNULL,
+                                        stdout=log, stderr=log, start_new_session=True,
+                                        close_fds=True)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if _answers():
@@ -88,12 +91,33 @@ def ensure_dockerd(timeout_s: float = 90) -> str | None:
         os.close(fd)
 
 
+def has_bridge() -> bool:
+    """docker0 in this process's network namespace (ip asks the kernel over netlink;
+    /sys/class/net shows the namespace /sys was mounted in, which may be another one)."""
+    r = subprocess.run(["ip", "-o", "link", "show", "dev", "docker0"], capture_output=True,
+                       timeout=30, check=False)
+    return r.returncode == 0
+
+
 def _iptables_save() -> bytes | None:
     exe = shutil.which("iptables-save")
     if exe is None:
         return None
     r = subprocess.run([exe], capture_output=True, timeout=60, check=False)
     return r.stdout if r.returncode == 0 else None
+
+
+def _tables(save: bytes) -> list[bytes]:
+    return [ln[1:].strip() for ln in save.splitlines() if ln.startswith(b"*")]
+
+
+def restore_input(before: bytes, now: bytes | None) -> bytes:
+    """What iptables-restore needs to bring the firewall back to ``before``: the saved tables,
+    plus an empty section for each table dockerd created (iptables-save lists only tables that
+    exist, and iptables-restore flushes only the tables it is given; without this the nat and
+    filter DOCKER chains of a daemon started on a firewall-less host would stay)."""
+    new = [t for t in _tables(now or b"") if t not in _tables(before)]
+    return before + b"".join(b"*" + t + b"\nCOMMIT\n" for t in new)
 
 
 def stop_started_dockerd() -> str | None:
@@ -129,13 +153,16 @@ def stop_started_dockerd() -> str | None:
             _started.kill()
             _started.wait(timeout=30)
         if _firewall_before is not None and shutil.which("iptables-restore"):
-            r = subprocess.run(["iptables-restore"], input=_firewall_before,
+            r = subprocess.run(["iptables-restore"],
+                               input=restore_input(_firewall_before, _iptables_save()),
                                capture_output=True, timeout=60, check=False)
             if r.returncode != 0:
                 notes.append(f"iptables not restored: {r.stderr.decode(errors='replace')}")
-        if not _bridge_before and os.path.exists("/sys/class/net/docker0"):
-            subprocess.run(["ip", "link", "delete", "docker0"], capture_output=True,
-                           timeout=30, check=False)
+        if not _bridge_before and has_bridge():
+            r = subprocess.run(["ip", "link", "delete", "docker0"], capture_output=True,
+                               timeout=30, check=False)
+            if r.returncode != 0:
+                notes.append(f"docker0 not removed: {r.stderr.decode(errors='replace')}")
         _started = None
         return "; ".join(notes) or None
     finally:

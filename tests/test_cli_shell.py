@@ -3,6 +3,7 @@ characters rich would interpret, a declined prompt, a dry run, the README's inst
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -185,3 +186,30 @@ def test_a_failed_verification_says_the_changes_stayed(tmp_path: Path) -> None:
     assert r.returncode == 1, r.stderr
     assert "the changes above stay applied" in r.stdout and "reverted" not in r.stdout
     assert "vm.swappiness = 0" in (root / "etc/sysctl.d/90-hosttune.conf").read_text()
+
+
+def test_a_failed_step_says_everything_was_undone(tmp_path: Path) -> None:
+    """A step that fails (a sysfs file the confined writer refuses: a symlink out of the tree)
+    makes the engine undo the run: --json says changed false, the text output says reverted,
+    and the tree is as before."""
+    root = fakehost.ryzen_9950x(tmp_path / "t")
+    gov = root / "sys/devices/system/cpu/cpufreq/policy3/scaling_governor"
+    gov.unlink()
+    gov.symlink_to("/nonexistent/scaling_governor")
+    def files() -> dict[Path, bytes]:  # the engine's own state (journal, lock) aside
+        state = root / "var/lib/hosttune"
+        return {p: p.read_bytes() for p in root.rglob("*")
+                if p.is_file() and state not in p.parents}
+
+    before = files()
+    r = run_cli("apply", "--yes", "--json", "--root", str(root))
+    assert r.returncode == 1, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["ok"] is False and rep["changed"] is False
+    assert "failed" in [s["status"] for s in rep["steps"]]
+    assert "applied" in [s["status"] for s in rep["steps"]]  # steps ran, then were undone
+    r = run_cli("apply", "--yes", "--root", str(root))
+    assert r.returncode == 1, r.stderr
+    assert "every change of this run was reverted" in r.stdout
+    assert "stay applied" not in r.stdout
+    assert files() == before

@@ -206,6 +206,24 @@ def test_role_apply_idempotent_check_and_rollback(tmp_path: Path, src_copy: Path
     assert snap_before_check != full_snapshot(tree)  # the real rollback did write
     assert snapshot(tree) == before  # byte-identical (hosttune's own journal aside)
 
+    # 5. the same through the role (hosttune_state: rolled_back): apply, then roll back
+    installed = {**role_vars, "hosttune_install": False, "hosttune_executable": exe}
+    r, changed = ans.play("apply-role", _role_play(res), installed)
+    assert changed >= 1 and snapshot(tree) == applied, r.stdout
+    rb_play = [{"name": "roll back", "hosts": "all", "gather_facts": False,
+                "roles": [{"role": "hosttune.tune.hosttune"}],
+                "post_tasks": [{"name": "save", "ansible.builtin.copy": {
+                    "content": "{{ hosttune_rollback | to_json }}", "dest": str(res)},
+                    "changed_when": False}]}]
+    r, changed = ans.play("rollback-role", rb_play, {**installed,
+                                                     "hosttune_state": "rolled_back"})
+    assert changed == 1, r.stdout
+    assert json.loads(res.read_text())["rollback"]["ok"] is True
+    assert snapshot(tree) == before
+    r, changed = ans.play("rollback-role-again", rb_play, {**installed,
+                                                           "hosttune_state": "rolled_back"})
+    assert changed == 0, r.stdout
+
 
 FAKE_HOSTTUNE = r'''#!{python}
 """A stand-in hosttune CLI whose plan needs a reboot (no real tunable does yet in a tree)."""
@@ -398,6 +416,7 @@ def test_failed_step_is_reported_as_undone(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setattr(core, "do_apply", flaky)
     rep = engine.apply(Host(tree), load_profile("inference")).to_json()
     assert rep["ok"] is False and snapshot(tree) == before
+    assert rep["changed"] is False  # the engine's own report: nothing stayed applied
     out = _load_module()._apply_outcome(rep)
     assert out["changed"] is False and out["applied"] == []
     assert len(out["reverted"]) == len(calls) == 3  # the failed step too: restored
@@ -407,6 +426,7 @@ def test_failed_step_is_reported_as_undone(tmp_path: Path, monkeypatch) -> None:
     fakehost.w(tree, "/etc/sysctl.d/99-zz-local.conf", "vm.swappiness = 60\n")
     monkeypatch.setattr(core, "do_apply", real)
     rep = engine.apply(Host(tree), load_profile("inference")).to_json()
+    assert rep["changed"] is True
     out = _load_module()._apply_outcome(rep)
     assert out["changed"] is True and len(out["applied"]) == len(rep["steps"])
 

@@ -163,12 +163,13 @@ def _print_apply(report) -> None:
             console.print(f"          [dim]skipped (--root): {escape(' '.join(argv))}[/]")
     if not report.ok and report.error:
         console.print(f"[bold red]apply failed:[/] {escape(report.error)}")
-        if any(s.status == "reverted" for s in report.steps):
-            console.print("[yellow]every change of this run was reverted[/]")
-        elif report.changed:
+        if report.changed:
             # verification failed after every step was written: the engine keeps them
             console.print("[yellow]the changes above stay applied[/]; `hosttune rollback` "
                           "restores the originals")
+        else:
+            console.print("[yellow]every change of this run was reverted[/]: the host is as "
+                          "before")
     bad = [r for r in report.verify if r.status.is_drift]
     if bad:
         console.file.flush()

@@ -97,7 +97,12 @@ class ApplyReport:
 
     @property
     def changed(self) -> bool:
-        return any(s.status == "applied" for s in self.steps)
+        """Whether anything of this run stayed applied: after a failed step the engine undoes
+        every step (they come back as "reverted"), and then the host is as before."""
+        undone = {s.change.id for s in self.steps if s.status == "reverted"}
+        return any(s.status == "revert-failed" or (s.status == "applied"
+                                                   and s.change.id not in undone)
+                   for s in self.steps)
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "changed": self.changed, "error": self.error,

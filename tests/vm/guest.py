@@ -57,6 +57,8 @@ RELEASE = "bookworm"
 PACKAGES = ("systemd", "systemd-sysv", "udev", "dbus", "linux-image-cloud-amd64",
             "python3-venv", "docker.io", "busybox-static", "grub-pc", "passwd", "procps",
             "kmod", "e2fsprogs", "util-linux")
+# The fleet scenario's guests also run sshd (Ansible over SSH): a second image, its own key.
+SSH_PACKAGES = (*PACKAGES, "openssh-server")
 # Bump when the build recipe below changes (part of the cache key with the packages/release).
 RECIPE = "1"
 PROBE = "HT-PROBE stage starting"
@@ -122,15 +124,15 @@ def _tool(name: str) -> str:
 
 
 # --- the cached base image ---------------------------------------------------------------------
-def image_key() -> str:
-    h = hashlib.sha256(f"{RELEASE}|{','.join(sorted(PACKAGES))}|{RECIPE}".encode())
+def image_key(packages: tuple[str, ...] = PACKAGES) -> str:
+    h = hashlib.sha256(f"{RELEASE}|{','.join(sorted(packages))}|{RECIPE}".encode())
     return f"{RELEASE}-{h.hexdigest()[:12]}"
 
 
-def base_rootfs(timeout_s: float = 1800) -> Path:
-    """The Debian rootfs tarball for this key, built with mmdebstrap once and cached under
-    CACHE (outside the repository). Concurrent callers wait on the VM lock."""
-    d = CACHE / image_key()
+def base_rootfs(timeout_s: float = 1800, packages: tuple[str, ...] = PACKAGES) -> Path:
+    """The Debian rootfs tarball for this package list, built with mmdebstrap once and cached
+    under CACHE (outside the repository). Concurrent callers wait on the VM lock."""
+    d = CACHE / image_key(packages)
     tar = d / "rootfs.tar"
     if tar.exists():
         return tar
@@ -147,10 +149,10 @@ def base_rootfs(timeout_s: float = 1800) -> Path:
             "getty@tty1.service",
         ]
         _run([_tool("mmdebstrap"), "--quiet", "--variant=minbase", "--format=tar",
-              f"--include={','.join(PACKAGES)}", *hooks, RELEASE, str(tmp)],
+              f"--include={','.join(packages)}", *hooks, RELEASE, str(tmp)],
              timeout=timeout_s)
         os.replace(tmp, tar)
-        (d / "packages.txt").write_text("\n".join(PACKAGES) + "\n")
+        (d / "packages.txt").write_text("\n".join(packages) + "\n")
     return tar
 
 
@@ -277,6 +279,23 @@ class Tree:
               "hosttune"], env=env, timeout=900)
         shutil.rmtree(inbox)
         return f"{GUEST_VENV}/bin/hosttune"
+
+    def ssh_host(self, hostname: str, authorized_key: str) -> None:
+        """A host reachable over SSH as root with ``authorized_key``: its own hostname and
+        host keys (the cached image's keys would be shared by every guest made from it)."""
+        self.write("/etc/hostname", hostname + "\n")
+        for k in (self.path / "etc/ssh").glob("ssh_host_*"):
+            k.unlink()
+        _run(["ssh-keygen", "-A", "-f", str(self.path)])
+        self.write("/root/.ssh/authorized_keys", authorized_key, 0o600)
+        (self.path / "root/.ssh").chmod(0o700)
+        # minbase has no network configuration: QEMU's user-mode network forwards to
+        # 10.0.2.15, so give the NIC that address statically (systemd-networkd, no DHCP)
+        self.write("/etc/systemd/network/10-ht.network",
+                   "[Match]\nName=en*\n\n[Network]\nAddress=10.0.2.15/24\n"
+                   "Gateway=10.0.2.2\n")
+        _run(["chroot", str(self.path), "systemctl", "enable", "systemd-networkd.service"],
+             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
 
     def write(self, guest_path: str, text: str | bytes, mode: int = 0o644) -> None:
         p = self.path / guest_path.lstrip("/")
@@ -527,6 +546,46 @@ class Guest:
             raise GuestError(self._fail(log, f"qemu exited {proc.returncode}: {qemu_out}"))
         return BootResult(console, log, None, cut=cut, seconds=time.monotonic() - t0)
 
+    @contextlib.contextmanager
+    def serve(self, ssh_port: int, *, boot_timeout_s: float = 900,
+              mem_mb: int = 1024) -> Iterator[Path]:
+        """Boot and keep the guest up, its sshd on 127.0.0.1:``ssh_port`` (user-mode network,
+        restrict=on: the guest reaches nothing, only the forwarded port reaches it); yields the
+        console log once sshd answers. Reboots stay inside the same QEMU (no -no-reboot). At the
+        end: a clean power-off over SSH when possible, else QEMU is killed. The caller holds
+        vm_lock() for as long as its guests run (several guests: one lock for all)."""
+        self.boots += 1
+        log = self.logs / f"{self.name}-{self.boots:02d}-serve.console.log"
+        root = "/dev/vda1" if self.disk.fs_offset else "/dev/vda"
+        argv = ["qemu-system-x86_64", *_accel(), "-m", str(mem_mb), "-smp", "1",
+                "-display", "none", "-monitor", "none",
+                "-drive", f"file={self.disk.path},format=raw,if=virtio",
+                "-nic", f"user,model=virtio-net-pci,restrict=on,"
+                        f"hostfwd=tcp:127.0.0.1:{ssh_port}-:22",
+                "-kernel", str(self.disk.kernel), "-initrd", str(self.disk.initrd),
+                "-append", f"root={root} rw console=ttyS0 panic=-1 {self.cmdline}".strip(),
+                "-serial", f"file:{log}"]
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL, start_new_session=True)
+        try:
+            deadline = time.monotonic() + boot_timeout_s
+            while not ssh_banner(ssh_port):
+                if proc.poll() is not None:
+                    raise GuestError(self._fail(log, f"qemu exited {proc.returncode}"))
+                if time.monotonic() > deadline:
+                    raise GuestError(self._fail(log, f"no sshd on 127.0.0.1:{ssh_port} within "
+                                                f"{boot_timeout_s:.0f} s"))
+                time.sleep(2)
+            yield log
+            try:
+                proc.wait(timeout=180)  # the caller powered it off
+            except subprocess.TimeoutExpired:
+                pass
+        finally:
+            if proc.poll() is None:  # a failed scenario: no clean power-off to wait for
+                proc.kill()
+                proc.wait()
+
     @staticmethod
     def _fail(log: Path, why: str) -> str:
         text = log.read_text(errors="replace") if log.exists() else ""
@@ -535,3 +594,16 @@ class Guest:
 
     def read(self, guest_path: str) -> bytes | None:
         return self.disk.read(guest_path)
+
+
+def ssh_banner(port: int) -> bool:
+    """sshd answers on 127.0.0.1:port (QEMU's forwarder accepts connections before the
+    guest listens, so a connect alone proves nothing: wait for the banner)."""
+    import socket
+
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.settimeout(10)
+            return s.recv(64).startswith(b"SSH-")
+    except OSError:
+        return False

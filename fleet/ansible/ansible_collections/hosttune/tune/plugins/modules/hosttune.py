@@ -253,7 +253,8 @@ def _apply_outcome(rep):
     settings still drifting, whether the host changed, and a message saying what to do.
 
     A step that failed makes the engine undo the whole run (its steps then show up again as
-    reverted); a verification that fails after every step keeps the changes."""
+    reverted, and the report's changed is false); a verification that fails after every step
+    keeps the changes (changed is true)."""
     steps = rep.get("steps") or []
     undone = set(s.get("id") for s in steps if s.get("status") == "reverted")
     applied = [s.get("summary") for s in steps
@@ -267,9 +268,8 @@ def _apply_outcome(rep):
                                            " - " + r["note"] if r.get("note") else "")
                 for r in rep.get("verify") or [] if r.get("status") in DRIFTING]
     out = dict(applied=applied, reverted=reverted, drifting=drifting,
-               changed=bool(applied or stuck), msg="")
+               changed=bool(rep.get("changed")), msg="")
     if rep.get("ok"):
-        out["changed"] = bool(rep.get("changed"))
         return out
     error = rep.get("error") or "unknown error"
     if failed:
