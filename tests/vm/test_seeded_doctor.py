@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import pytest
+
 from tests.vm import checks, seed_commands
 from tests.vm.conftest import VmEnv, stage_ok
 
@@ -29,6 +31,8 @@ LABEL=htroot    /               ext4    errors=remount-ro 0       1
 # scratch for the swapspace daemon's staging files
 tmpfs           /var/cache/swapspace tmpfs size=16M,mode=0755 0 0
 """
+
+pytestmark = [pytest.mark.vm, pytest.mark.timeout(5400)]
 
 GUEST_POOL = 512  # 2 MiB pages: 1 GiB of the guest's 3 GiB (see seed_commands.for_guest)
 
