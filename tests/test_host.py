@@ -178,3 +178,16 @@ def test_state_dirs_of_one_tree_share_the_lock(tmp_path, monkeypatch):
     assert Host(tmp_path, state_dir="/../../var/lib/x").state_dir == "/var/lib/x"
     with pytest.raises(HostError, match="absolute"):
         Host(tmp_path, state_dir="var/x")
+
+
+def test_a_masked_unit_reads_as_empty_on_the_live_root(tmp_path):
+    """systemctl mask links a unit to /dev/null: it reads as an empty file (found on a real
+    boot: the doctor refused the masked getty@tty1.service and exited 2)."""
+    unit = tmp_path / "getty@tty1.service"
+    unit.symlink_to("/dev/null")
+    assert Host("/").read_bytes(str(unit)) == b""
+    # other devices stay refused
+    zero = tmp_path / "zero.service"
+    zero.symlink_to("/dev/zero")
+    with pytest.raises(HostError, match="not a regular file"):
+        Host("/").read_bytes(str(zero))

@@ -323,6 +323,9 @@ def write_kernel_file(path: Path, value: str) -> None:
         os.close(fd)
 
 
+NULL_DEVICE = os.makedev(1, 3)  # /dev/null (Documentation/admin-guide/devices.txt)
+
+
 def read_bytes(path: str, limit: int, shown_as: str, *, resolved: bool = True) -> bytes | None:
     """Contents of a regular file (None if absent or a directory), at most ``limit`` bytes.
 
@@ -343,6 +346,10 @@ def read_bytes(path: str, limit: int, shown_as: str, *, resolved: bool = True) -
         st = os.fstat(fd)
         if stat.S_ISDIR(st.st_mode):
             return None
+        if stat.S_ISCHR(st.st_mode) and st.st_rdev == NULL_DEVICE:
+            # A symlink to /dev/null is how systemd masks a unit (systemctl mask): an empty
+            # file, neither endless nor blocking, so it reads as empty like systemd reads it.
+            return b""
         if not stat.S_ISREG(st.st_mode):
             raise HostError(f"{shown_as} is not a regular file: refusing to read it")
         chunks: list[bytes] = []
