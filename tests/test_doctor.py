@@ -447,24 +447,38 @@ def test_failed_units_with_the_journals_reason(tmp_path):
     assert any(c[:2] == ("systemctl", "list-units") for c in rep.skipped_commands)
 
 
-def test_unit_in_a_restart_loop(tmp_path):
+RESTART_JOURNAL = (
+    "nvidia-persistenced.service: Failed to locate executable "
+    "/usr/bin/nvidia-persistenced: No such file or directory\n"
+    "nvidia-persistenced.service: Failed at step EXEC spawning "
+    "/usr/bin/nvidia-persistenced: No such file or directory\n")
+
+
+@pytest.mark.parametrize("sub", ["auto-restart", "start", "auto-restart-queued"])
+def test_unit_in_a_restart_loop(tmp_path, sub):
     # the seed's nvidia-persistenced unit without the binary: Restart=on-failure every 5 s,
-    # never "failed" (2 starts per 10 s stay under the start limit)
+    # never "failed" (2 starts per 10 s stay under the start limit). The query may land
+    # between two tries (auto-restart) or during one (start, NRestarts > 0).
     b = minimal(tmp_path)
     h = booted(b.root, {
-        ("systemctl", "list-units", "--state=auto-restart"):
-            "nvidia-persistenced.service loaded activating auto-restart NVIDIA Persistence "
-            "Daemon\n",
-        ("systemctl", "show", "NRestarts"): "41\n",
-        ("journalctl", "-u", "nvidia-persistenced.service"):
-            "nvidia-persistenced.service: Failed to locate executable "
-            "/usr/bin/nvidia-persistenced: No such file or directory\n"
-            "nvidia-persistenced.service: Failed at step EXEC spawning "
-            "/usr/bin/nvidia-persistenced: No such file or directory\n",
+        ("systemctl", "list-units", "--state=activating"):
+            f"nvidia-persistenced.service loaded activating {sub} NVIDIA Persistence Daemon\n",
+        ("systemctl", "show", "NRestarts"): f"SubState={sub}\nNRestarts=41\n",
+        ("journalctl", "-u", "nvidia-persistenced.service"): RESTART_JOURNAL,
     })
     (f,) = [f for f in doctor.run(h).findings if f.check.startswith("systemd.unit")]
     assert (f.check, f.severity) == ("systemd.unit-restart-loop", Severity.ERROR)
-    assert "41 restarts" in f.title and "Failed at step EXEC" in f.why
+    assert "restarted 41 times" in f.title and "Failed at step EXEC" in f.why
+
+
+def test_unit_starting_for_the_first_time_is_not_a_loop(tmp_path):
+    b = minimal(tmp_path)
+    h = booted(b.root, {
+        ("systemctl", "list-units", "--state=activating"):
+            "slow.service loaded activating start A slow start\n",
+        ("systemctl", "show", "NRestarts"): "SubState=start\nNRestarts=0\n",
+    })
+    assert not [f for f in doctor.run(h).findings if f.check.startswith("systemd.unit")]
 
 
 def test_fstab_line_lost_seen_in_the_previous_boots_journal(tmp_path):

@@ -43,21 +43,37 @@ def _units(ctx: DoctorContext, state: str) -> list[tuple[str, str]]:
     return units
 
 
+def _show(ctx: DoctorContext, unit: str) -> dict[str, str]:
+    out = _run(ctx, ["systemctl", "show", "-p", "SubState", "-p", "NRestarts", unit]) or ""
+    return dict(ln.partition("=")[::2] for ln in out.splitlines() if "=" in ln)
+
+
+def _looping(props: dict[str, str]) -> bool:
+    """A unit Restart= keeps starting: between two tries it waits in "auto-restart" (systemd
+    >= 254 also "auto-restart-queued"), and during a try it is "start"/"start-pre" with
+    NRestarts >= 1. Asking only for auto-restart misses it whenever the query lands during
+    a try - often on a slow host (seen under TCG while CI ran beside the guest)."""
+    sub = props.get("SubState", "")
+    restarts = props.get("NRestarts", "0")
+    return sub.startswith("auto-restart") or (restarts.isdigit() and int(restarts) > 0)
+
+
 def failed_units(ctx: DoctorContext) -> list[FailedUnit]:
     """`systemctl --failed`, and units a Restart= setting keeps starting again after each
-    failure (state activating/auto-restart: never listed as failed, as with the seed's
-    nvidia-persistenced unit, Restart=on-failure every 5 s), with their journal lines."""
+    failure (activating, never listed as failed, as with the seed's nvidia-persistenced
+    unit, Restart=on-failure every 5 s), with their journal lines."""
     found: list[FailedUnit] = []
-    for state in ("failed", "auto-restart"):
+    for state in ("failed", "activating"):
         for unit, desc in _units(ctx, state):
+            props = _show(ctx, unit)
+            if state == "activating" and not _looping(props):
+                continue  # starting for the first time: nothing has failed yet
             log = _run(ctx, ["journalctl", "--no-pager", "-q", "-b", "-o", "cat", "-n", "8",
                              "-u", unit]) or ""
-            restarts = 0
-            shown = _run(ctx, ["systemctl", "show", "-p", "NRestarts", "--value", unit])
-            if shown and shown.strip().isdigit():
-                restarts = int(shown.strip())
+            restarts = props.get("NRestarts", "0")
             found.append(FailedUnit(unit, desc, tuple(s for s in log.splitlines() if s.strip()),
-                                    state, restarts))
+                                    "failed" if state == "failed" else "auto-restart",
+                                    int(restarts) if restarts.isdigit() else 0))
     return found
 
 

@@ -161,9 +161,9 @@ def check_failed_units(ctx: DoctorContext) -> Iterator[Finding]:
         looping = fu.state == "auto-restart"
         yield Finding(
             "systemd.unit-restart-loop" if looping else "systemd.unit-failed", Severity.ERROR,
-            f"{fu.unit} fails and is restarted again and again ({fu.restarts} restarts this "
-            "boot)" if looping else f"{fu.unit} failed at this boot",
-            f"live: systemctl list-units --state=auto-restart ({fu.unit})" if looping
+            f"{fu.unit} fails and is restarted again and again (restarted {fu.restarts} "
+            f"time{'s' if fu.restarts != 1 else ''} this boot)" if looping else f"{fu.unit} failed at this boot",
+            f"live: systemctl list-units --state=activating ({fu.unit})" if looping
             else f"live: systemctl --failed ({fu.unit})",
             (f"{fu.description}: " if fu.description else "")
             + ("the journal says: " + " | ".join(reason[-4:]) if reason
