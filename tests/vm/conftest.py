@@ -50,7 +50,8 @@ def vm_env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[VmEnv]:
     missing = g.missing_tools()
     need(not missing, f"missing {', '.join(missing)} "
          "(apt-get install qemu-system-x86 mmdebstrap e2fsprogs)")
-    stamp = time.strftime("%Y%m%dT%H%M%S")
+    # the pid too: two lanes started in the same second must not share (and remove) a dir
+    stamp = f"{time.strftime('%Y%m%dT%H%M%S')}-{os.getpid()}"
     logs = Path(os.environ.get("HOSTTUNE_VM_LOGS") or f"/var/tmp/hosttune-vm-logs/{stamp}")
     work = Path(os.environ.get("HOSTTUNE_VM_WORK") or f"/var/tmp/hosttune-vm-work/{stamp}")
     logs.mkdir(parents=True, exist_ok=True)

@@ -26,8 +26,10 @@ Clear failures: every boot's console goes to a log file kept under the log direc
 that does not print the stage probe within ``boot_timeout_s`` or does not power off within
 ``stage_timeout_s`` is killed and raises GuestError with the console's last lines.
 
-Serialisation: take /tmp/ht-vm.lock around every QEMU run and image build (one guest at a time
-on this machine); ``Guest.boot`` and ``base_rootfs`` do it themselves.
+Serialisation: ``Guest.boot`` takes the VM lock (HOSTTUNE_VM_LOCK, default /tmp/ht-vm.lock)
+around every QEMU run: one guest at a time per lock. CI runs two lanes of scenarios, each with
+its own lock, so two guests run at once there (one per host core). Image builds take the
+cache's own build lock (``base_rootfs``), shared by every lane.
 """
 
 from __future__ import annotations
@@ -98,6 +100,17 @@ def vm_lock() -> Iterator[None]:
         os.close(fd)
 
 
+@contextlib.contextmanager
+def _flocked(path: Path) -> Iterator[None]:
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
 def _run(argv: list[str], *, timeout: float = 600, cwd: str | Path | None = None,
          env: dict[str, str] | None = None) -> str:
     try:
@@ -131,12 +144,14 @@ def image_key(packages: tuple[str, ...] = PACKAGES) -> str:
 
 def base_rootfs(timeout_s: float = 1800, packages: tuple[str, ...] = PACKAGES) -> Path:
     """The Debian rootfs tarball for this package list, built with mmdebstrap once and cached
-    under CACHE (outside the repository). Concurrent callers wait on the VM lock."""
+    under CACHE (outside the repository). Concurrent callers (two CI lanes) wait on the cache's
+    build lock, which is not the VM lock: lanes hold different VM locks."""
     d = CACHE / image_key(packages)
     tar = d / "rootfs.tar"
     if tar.exists():
         return tar
-    with vm_lock():
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with _flocked(CACHE / ".build.lock"):  # one build per cache, whatever the lane
         if tar.exists():
             return tar
         d.mkdir(parents=True, exist_ok=True)
