@@ -159,10 +159,11 @@ def check_failed_units(ctx: DoctorContext) -> Iterator[Finding]:
         local = f"/etc/systemd/system/{fu.unit}"
         has_file = ctx.host.exists(local)
         looping = fu.state == "auto-restart"
+        times = f"{fu.restarts} time{'s' if fu.restarts != 1 else ''}"
         yield Finding(
             "systemd.unit-restart-loop" if looping else "systemd.unit-failed", Severity.ERROR,
-            f"{fu.unit} fails and is restarted again and again (restarted {fu.restarts} "
-            f"time{'s' if fu.restarts != 1 else ''} this boot)" if looping else f"{fu.unit} failed at this boot",
+            f"{fu.unit} fails and is restarted again and again (restarted {times} this boot)"
+            if looping else f"{fu.unit} failed at this boot",
             f"live: systemctl list-units --state=activating ({fu.unit})" if looping
             else f"live: systemctl --failed ({fu.unit})",
             (f"{fu.description}: " if fu.description else "")
