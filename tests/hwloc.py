@@ -1,5 +1,6 @@
 """hwloc as the second opinion on topology: `lstopo --of xml` (Debian package hwloc) read
-into the same shape as `hosttune topology --json`, and the two compared item by item.
+into the same shape as `hosttune topology --json`, and the two compared item by item; the
+kernel's own files (sysfs, as `grep -H` lists them) are a third view of the same shape.
 
 hwloc reads a fake tree through HWLOC_FSROOT (its Linux backend opens every sysfs and procfs
 path relative to that root); the x86 backend is switched off then (HWLOC_COMPONENTS=-x86),
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -93,6 +95,67 @@ def hosttune_view(data: dict) -> Topo:
                 frozenset(cores), frozenset(l3))
 
 
+# The sysfs files the kernel view reads; a real-boot stage lists them with `grep -H . FILES`
+# ("path:value" lines), which works on sysfs where a copy with cp/tar does not (st_size 4096).
+SYSFS_GLOBS = ("/sys/devices/system/cpu/online",
+               "/sys/devices/system/cpu/cpu[0-9]*/topology/physical_package_id",
+               "/sys/devices/system/cpu/cpu[0-9]*/topology/thread_siblings_list",
+               "/sys/devices/system/cpu/cpu[0-9]*/cache/index[0-9]*/level",
+               "/sys/devices/system/cpu/cpu[0-9]*/cache/index[0-9]*/type",
+               "/sys/devices/system/cpu/cpu[0-9]*/cache/index[0-9]*/shared_cpu_list",
+               "/sys/devices/system/node/node[0-9]*/cpulist")
+
+
+def parse_grep_h(text: str) -> dict[str, str]:
+    """`grep -H . FILES` output -> {path: value} (a value may itself contain ':')."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        path, sep, value = line.partition(":")
+        if sep:
+            out[path] = value.strip()
+    return out
+
+
+def read_sysfs(root: Path = Path("/")) -> dict[str, str]:
+    """The SYSFS_GLOBS files under ``root`` (a fake tree or /), keyed by their path on the
+    machine they describe: what `grep -H` lists on a booted guest."""
+    out: dict[str, str] = {}
+    for pattern in SYSFS_GLOBS:
+        for p in sorted(root.glob(pattern.lstrip("/"))):
+            out["/" + str(p.relative_to(root))] = p.read_text().strip()
+    return out
+
+
+def kernel_view(files: dict[str, str]) -> Topo:
+    """The topology as the kernel's sysfs files state it (drivers/base/topology.c,
+    cacheinfo.c, node.c): CPU -> physical_package_id, SMT siblings (thread_siblings_list),
+    the shared_cpu_list of every unified level-3 cache index, and each node's cpulist."""
+    cpu_re = re.compile(r"^/sys/devices/system/cpu/cpu(\d+)/(.*)$")
+    per_cpu: dict[int, dict[str, str]] = {}
+    for path, value in files.items():
+        m = cpu_re.match(path)
+        if m:
+            per_cpu.setdefault(int(m.group(1)), {})[m.group(2)] = value
+    online = frozenset(parse_cpulist(files["/sys/devices/system/cpu/online"]))
+    packages: dict[int, set[int]] = {}
+    cores: set[CpuSet] = set()
+    l3: set[CpuSet] = set()
+    for cpu in sorted(online):
+        f = per_cpu.get(cpu, {})
+        packages.setdefault(int(f["topology/physical_package_id"]), set()).add(cpu)
+        cores.add(frozenset(parse_cpulist(f["topology/thread_siblings_list"])))
+        for key, level in f.items():
+            idx = key[:-len("/level")]
+            if (key.startswith("cache/index") and key.endswith("/level") and level == "3"
+                    and f.get(f"{idx}/type") == "Unified"):
+                l3.add(frozenset(parse_cpulist(f[f"{idx}/shared_cpu_list"])))
+    node_re = re.compile(r"^/sys/devices/system/node/node(\d+)/cpulist$")
+    nodes = {int(m.group(1)): frozenset(parse_cpulist(v)) for p, v in files.items()
+             if (m := node_re.match(p)) and v}
+    return Topo(online, {k: frozenset(v) for k, v in packages.items()}, nodes,
+                frozenset(cores), frozenset(l3))
+
+
 def hosttune_json(root: Path | None = None) -> dict:
     argv = [sys.executable, "-m", "hosttune", "topology", "--json"]
     if root is not None:
@@ -124,11 +187,12 @@ def agreement(ours: Topo, theirs: Topo) -> list[tuple[str, str, str, bool]]:
     ]
 
 
-def markdown(rows: list[tuple[str, str, str, bool]], width: int = 70) -> str:
+def markdown(rows: list[tuple[str, str, str, bool]], width: int = 70,
+             theirs: str = "lstopo --of xml") -> str:
     def cut(s: str) -> str:
         return s if len(s) <= width else s[:width - 1] + "…"
 
-    out = ["| item | hosttune topology --json | lstopo --of xml | agree |",
+    out = [f"| item | hosttune topology --json | {theirs} | agree |",
            "|---|---|---|---|"]
     out += [f"| {i} | {cut(a)} | {cut(b)} | {'yes' if ok else '**NO**'} |"
             for i, a, b, ok in rows]

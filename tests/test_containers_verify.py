@@ -14,6 +14,7 @@ from hosttune.containers.verify import (
     LiveContainer,
     check_daemons,
     check_others,
+    check_workers,
     compare,
     read_live,
 )
@@ -188,6 +189,21 @@ def test_other_containers_on_worker_cores(ryzen: Path) -> None:
     lines = [c.line() for c in check_others(facts, idle, [other("sibling", (16,), "16")])]
     assert lines == ["sibling: cpuset.cpus is 16, plan says no CPU of hosttune-cpu-0 (not in "
                      "the plan; shares SMT siblings of 0,16)"]
+
+
+def test_workers_sharing_smt_cores_are_reported(ryzen: Path) -> None:
+    # each worker can match its own plan and still share cores with another: the seed's
+    # 0-7 / 16-23 pinning on the 9950X (CPU N+16 is the sibling of CPU N)
+    facts = Host(ryzen).facts
+    assert [c.line() for c in check_workers(facts, {"a": (0, 1, 16, 17), "b": (8, 9, 24, 25)})
+            ] == ["workers: shared CPUs or SMT cores is none, plan says none"]
+    bad = check_workers(facts, {"a": tuple(range(8)), "b": tuple(range(16, 24))})
+    assert [(c.subject, c.check, c.actual, c.ok) for c in bad] == [
+        ("a", "shared SMT cores", "0-7,16-23", False)]
+    assert "share 8 physical core(s) through SMT siblings" in bad[0].note
+    over = check_workers(facts, {"a": (0, 1, 16, 17), "b": (1, 17)})
+    assert [(c.check, c.actual) for c in over] == [("shared CPUs", "1,17")]
+    assert check_workers(facts, {"a": (0, 16)}) == []
 
 
 # --- CLI ------------------------------------------------------------------------------------

@@ -17,8 +17,11 @@ from tests.hwloc import (
     hosttune_json,
     hosttune_view,
     hwloc_view,
+    kernel_view,
     lstopo_xml,
+    parse_grep_h,
     parse_hwloc_cpuset,
+    read_sysfs,
 )
 
 TREES = {
@@ -41,6 +44,34 @@ def test_hosttune_agrees_with_hwloc_on_fake_trees(tmp_path, name):
     need(have_lstopo(), "lstopo (Debian package hwloc)")
     root = TREES[name](tmp_path / name)
     assert _disagreements(root) == []
+
+
+@pytest.mark.parametrize("name", sorted(TREES))
+def test_hosttune_agrees_with_the_kernel_files_on_fake_trees(tmp_path, name):
+    # the third view the real-boot scenario uses: sysfs as the kernel writes it
+    root = TREES[name](tmp_path / name)
+    rows = agreement(hosttune_view(hosttune_json(root)), kernel_view(read_sysfs(root)))
+    assert [r for r in rows if not r[3]] == []
+
+
+def test_kernel_view_reads_grep_output():
+    # `grep -H . FILES` as a guest stage runs it: CPUs 0-3, siblings (0,1) (2,3), one L3
+    # shared by all, and an L2 per core that must not count as an L3 domain
+    lines = ["/sys/devices/system/cpu/online:0-3"]
+    for cpu in range(4):
+        b = f"/sys/devices/system/cpu/cpu{cpu}"
+        sib = "0-1" if cpu < 2 else "2-3"
+        lines += [f"{b}/topology/physical_package_id:0", f"{b}/topology/thread_siblings_list:{sib}",
+                  f"{b}/cache/index2/level:2", f"{b}/cache/index2/type:Unified",
+                  f"{b}/cache/index2/shared_cpu_list:{sib}", f"{b}/cache/index3/level:3",
+                  f"{b}/cache/index3/type:Unified", f"{b}/cache/index3/shared_cpu_list:0-3"]
+    lines += ["/sys/devices/system/node/node0/cpulist:0-1",
+              "/sys/devices/system/node/node1/cpulist:2-3"]
+    view = kernel_view(parse_grep_h("\n".join(lines)))
+    assert view.pus == set(range(4)) and view.packages == {0: frozenset(range(4))}
+    assert view.cores == {frozenset({0, 1}), frozenset({2, 3})}
+    assert view.l3 == {frozenset(range(4))}
+    assert view.nodes == {0: frozenset({0, 1}), 1: frozenset({2, 3})}
 
 
 def test_hwloc_reads_the_tree_not_the_machine(tmp_path):

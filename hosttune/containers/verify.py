@@ -339,6 +339,25 @@ def check_daemons(host: Host, plan: ContainerPlan) -> list[Check]:
     return out
 
 
+def check_workers(facts: HostFacts, live_cpus: dict[str, tuple[int, ...]]) -> list[Check]:
+    """The planned workers' live cpusets against each other on this topology: no CPU and no
+    physical core (through its SMT siblings) in two workers. Comparing each worker with its
+    plan does not show this: a plan made on other facts, hand-made ``cpusets`` or a CPU
+    numbering mistake (the seed's N / N+16) would match itself and still share cores."""
+    findings = []
+    pairs: set[tuple[str, ...]] = set()
+    for f in check_cpusets(facts, live_cpus):  # per pair, an overlap before its siblings
+        if f.kind in ("overlap", "sibling-sharing") and f.names not in pairs:
+            pairs.add(f.names)
+            findings.append(f)
+    if not findings:
+        return [Check("workers", "shared CPUs or SMT cores", "none", "none",
+                      True)] if len(live_cpus) > 1 else []
+    return [Check(f.names[0], "shared CPUs" if f.kind == "overlap" else "shared SMT cores",
+                  f"none with {f.names[1]}", format_cpulist(f.cpus), False, f.message)
+            for f in findings]
+
+
 def check_others(facts: HostFacts, plan: ContainerPlan, others: list[LiveContainer]
                  ) -> list[Check]:
     """Containers outside the plan that run on a worker's CPUs or its SMT siblings."""
@@ -403,6 +422,7 @@ def verify(host: Host, plan: ContainerPlan, client: Any) -> VerifyReport:
         live = read_live(host, c.attrs, probes)
         seen.add(live.id)
         by_worker.setdefault(live.labels.get(LABEL_WORKER, ""), []).append(live)
+    live_cpus: dict[str, tuple[int, ...]] = {}
     for w in plan.workers:
         lives = by_worker.pop(w.name, [])
         if not lives:
@@ -417,6 +437,9 @@ def verify(host: Host, plan: ContainerPlan, client: Any) -> VerifyReport:
                                 "several running containers for one worker"))
         for live in run:
             checks.extend(compare(plan, w, live))
+            if live.running and live.cpus is not None:
+                live_cpus[live.name or w.container] = live.cpus
+    checks.extend(check_workers(host.facts, live_cpus))
     for stale, lives in by_worker.items():
         for live in lives:
             if live.running:

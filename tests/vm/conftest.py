@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -35,11 +36,12 @@ class VmEnv:
         return t
 
     def guest(self, name: str, tree: g.Tree, *, partitioned: bool = False,
-              grub: bool = False, drop_tree: bool = True) -> g.Guest:
+              grub: bool = False, drop_tree: bool = True, **qemu: Any) -> g.Guest:
+        """``qemu``: Guest's machine settings (smp, mem_mb, machine_args, cpu, cmdline)."""
         disk = tree.make_disk(self.work / name / "disk.img", partitioned=partitioned)
         if drop_tree:
             shutil.rmtree(tree.path, ignore_errors=True)
-        return g.Guest(disk, self.logs / name, name=name, grub=grub)
+        return g.Guest(disk, self.logs / name, name=name, grub=grub, **qemu)
 
 
 @pytest.fixture(scope="session")

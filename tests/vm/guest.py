@@ -55,10 +55,12 @@ RELEASE = "bookworm"
 # What the guest needs: systemd as PID 1 (+ dbus for systemctl, udev for devices), the cloud
 # kernel and its initrd (virtio built for direct kernel boot), Python for hosttune, the container
 # runtimes whose LimitMEMLOCK hosttune sets, grub-pc for the GRUB scenario, and the tools a stage
-# uses (procps: sysctl/ps, kmod, e2fsprogs, passwd: groupadd/getent).
+# uses (procps: sysctl/ps, kmod, e2fsprogs, passwd: groupadd/getent), hwloc's lstopo (the
+# -nox build: the same XML without cairo and X11) and docker-compose (the consumer of
+# `hosttune containers compose`) for the topology scenario.
 PACKAGES = ("systemd", "systemd-sysv", "udev", "dbus", "linux-image-cloud-amd64",
             "python3-venv", "docker.io", "busybox-static", "grub-pc", "passwd", "procps",
-            "kmod", "e2fsprogs", "util-linux")
+            "kmod", "e2fsprogs", "util-linux", "hwloc-nox", "docker-compose")
 # The fleet scenario's guests also run sshd (Ansible over SSH): a second image, its own key.
 SSH_PACKAGES = (*PACKAGES, "openssh-server")
 # Bump when the build recipe below changes (part of the cache key with the packages/release).
@@ -433,6 +435,19 @@ def _accel() -> list[str]:
     return ["-accel", "tcg", "-cpu", "max"]
 
 
+def numa_args(mem_mb: int, node_cpus: list[str]) -> tuple[str, ...]:
+    """QEMU arguments for NUMA nodes: one RAM backend per node (``mem_mb`` split evenly; QEMU
+    wants the nodes' sizes to add up to -m) and ``-numa node`` with that node's CPUs (a cpulist,
+    "0-3"), so the guest kernel sees /sys/devices/system/node/node<i>."""
+    if mem_mb % len(node_cpus):
+        raise ValueError(f"{mem_mb} MiB does not split evenly over {len(node_cpus)} nodes")
+    out: list[str] = []
+    for i, cpus in enumerate(node_cpus):
+        out += ["-object", f"memory-backend-ram,id=ram{i},size={mem_mb // len(node_cpus)}M",
+                "-numa", f"node,nodeid={i},memdev=ram{i},cpus={cpus}"]
+    return tuple(out)
+
+
 def stage_tar(script: str, files: dict[str, str | bytes] | None = None) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tf:
@@ -450,8 +465,14 @@ class Guest:
     """One persistent disk; each ``boot`` is one QEMU run."""
 
     def __init__(self, disk: Disk, logs: Path, *, name: str = "guest",
-                 cmdline: str = "", grub: bool = False) -> None:
+                 cmdline: str = "", grub: bool = False, smp: str = "2",
+                 mem_mb: int = MEM_MB, machine_args: tuple[str, ...] = (),
+                 cpu: str | None = None) -> None:
         self.disk = disk
+        self.cpu = cpu  # QEMU -cpu model and properties (default: _accel()'s)
+        self.smp = smp  # QEMU -smp: CPU count and topology (sockets, cores, threads)
+        self.mem_mb = mem_mb
+        self.machine_args = machine_args  # more QEMU arguments (NUMA nodes: numa_args())
         self.logs = logs
         self.name = name
         self.cmdline = cmdline
@@ -460,8 +481,11 @@ class Guest:
         logs.mkdir(parents=True, exist_ok=True)
 
     def _argv(self, stage_img: Path, results_img: Path) -> list[str]:
-        argv = ["qemu-system-x86_64", *_accel(), "-m", str(MEM_MB), "-smp", "2",
-                "-display", "none", "-monitor", "none", "-no-reboot",
+        accel = _accel()
+        if self.cpu:
+            accel[accel.index("-cpu") + 1] = self.cpu
+        argv = ["qemu-system-x86_64", *accel, "-m", str(self.mem_mb), "-smp", self.smp,
+                *self.machine_args, "-display", "none", "-monitor", "none", "-no-reboot",
                 "-drive", f"file={self.disk.path},format=raw,if=virtio",
                 "-drive", f"file={stage_img},format=raw,if=virtio,readonly=on",
                 "-drive", f"file={results_img},format=raw,if=virtio",
