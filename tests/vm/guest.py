@@ -60,11 +60,12 @@ RELEASE = "bookworm"
 # `hosttune containers compose`) for the topology scenario.
 PACKAGES = ("systemd", "systemd-sysv", "udev", "dbus", "linux-image-cloud-amd64",
             "python3-venv", "docker.io", "busybox-static", "grub-pc", "passwd", "procps",
-            "kmod", "e2fsprogs", "util-linux", "hwloc-nox", "docker-compose")
-# The fleet scenario's guests also run sshd (Ansible over SSH): a second image, its own key.
-SSH_PACKAGES = (*PACKAGES, "openssh-server")
+            "kmod", "e2fsprogs", "util-linux", "hwloc-nox", "docker-compose",
+            "openssh-server")
+# openssh-server is for the fleet scenario (Ansible over SSH): in the one image every scenario
+# shares (a second image cost CI a second mmdebstrap run), disabled; Tree.ssh_host enables it.
 # Bump when the build recipe below changes (part of the cache key with the packages/release).
-RECIPE = "1"
+RECIPE = "2"
 PROBE = "HT-PROBE stage starting"
 DONE_RE = re.compile(r"HT-STAGE-DONE rc=(\d+)")
 GUEST_VENV = "/opt/hosttune"
@@ -164,6 +165,7 @@ def base_rootfs(timeout_s: float = 1800, packages: tuple[str, ...] = PACKAGES) -
             '--customize-hook=rm -f "$1"/etc/systemd/system/timers.target.wants/*',
             '--customize-hook=chroot "$1" systemctl mask serial-getty@ttyS0.service '
             "getty@tty1.service",
+            '--customize-hook=chroot "$1" systemctl disable ssh.service',
         ]
         _run([_tool("mmdebstrap"), "--quiet", "--variant=minbase", "--format=tar",
               f"--include={','.join(packages)}", *hooks, RELEASE, str(tmp)],
@@ -311,8 +313,8 @@ class Tree:
         self.write("/etc/systemd/network/10-ht.network",
                    "[Match]\nName=en*\n\n[Network]\nAddress=10.0.2.15/24\n"
                    "Gateway=10.0.2.2\n")
-        _run(["chroot", str(self.path), "systemctl", "enable", "systemd-networkd.service"],
-             env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
+        _run(["chroot", str(self.path), "systemctl", "enable", "systemd-networkd.service",
+              "ssh.service"], env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin"})
 
     def write(self, guest_path: str, text: str | bytes, mode: int = 0o644) -> None:
         p = self.path / guest_path.lstrip("/")

@@ -134,7 +134,7 @@ def _read(d: Path) -> dict[str, dict]:
 
 def test_fleet_over_ssh(vm_env: VmEnv) -> None:
     need(shutil.which("ssh") is not None, "ssh (openssh-client) is not installed")
-    base = g.base_rootfs(packages=g.SSH_PACKAGES)
+    base = vm_env.base  # the shared image: sshd is in it, enabled by Tree.ssh_host
     work = vm_env.work / "fleet"
     work.mkdir(parents=True, exist_ok=True)
     key = work / "id_ed25519"
