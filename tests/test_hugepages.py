@@ -407,3 +407,106 @@ def test_boot_pool_needs_the_kernel_cmdline_section(ryzen, tmp_path):
     with pytest.raises(ProfileError, match="keep one of them"):
         engine.audit(Host(ryzen), load_profile(str(write_profile(tmp_path, both, "b.yaml"))),
                      only={"kernel_cmdline"})
+
+
+# --- reserve: auto - runtime first, the boot reservation when the kernel falls short ----------
+AUTO = """name: t
+hugepages:
+  pools:
+    - {pagesize: 1G, size: 4}
+  min_free_ram: 8GiB
+  thp: null
+kernel_cmdline: {}
+"""
+
+
+class Fragmented(Host):
+    """A kernel that finds only ``cap`` contiguous GiB: the write succeeds, nr_hugepages reads
+    back fewer (mm/hugetlb.c set_max_huge_pages stops at the first failed allocation); the
+    global counter follows the node's as in sysfs."""
+
+    def __init__(self, root: Path, cap: int) -> None:
+        super().__init__(root, state_dir=str(root / "var/lib/hosttune-state"))
+        self.offline = False  # behave like the live system (retries + compaction)
+        self.runner.offline = True  # but run no boot loader tool
+        self.cap = cap
+
+    def write_kernel(self, p: str, value: str) -> None:
+        if p.endswith("nr_hugepages") and "1048576kB" in p:
+            value = str(min(int(value), self.cap))
+            super().write_kernel(GIG_GLOBAL, value)
+        super().write_kernel(p, value)
+
+
+GIG_GLOBAL = "/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages"
+
+
+def _gig_row(rep) -> object:
+    (row,) = [r for r in rep.rows if r.tunable == "hugepages" and r.key.startswith("1G")]
+    return row
+
+
+def test_auto_1g_pool_falls_back_to_a_boot_reservation(ryzen, tmp_path):
+    (ryzen / "proc/cmdline").write_text("ro quiet\n")
+    for f in (GIG_GLOBAL, "/sys/devices/system/node/node0/hugepages/hugepages-1048576kB/"
+              "nr_hugepages"):
+        (ryzen / f.lstrip("/")).write_text("0\n")
+    prof = load_profile(str(write_profile(tmp_path, AUTO)))
+    h = Fragmented(ryzen, cap=1)
+    row = _gig_row(engine.audit(h, prof))
+    assert row.status == Status.DRIFT and "reserve: auto" in row.note  # runtime first
+    plan = engine.plan(h, prof)
+    (ch,) = [c for c in plan.changes if c.id == "hugepages/1G"]
+    assert ch.params["fallback"] == "boot"
+    assert "hugepages=4" not in " ".join(c.value or "" for c in plan.changes)  # not yet
+
+    rep = engine.apply(h, prof)
+    assert rep.ok, rep.error
+    ids = [s.change.id for s in rep.steps]
+    # the drop-in comes from the second plan, after the pool fell short
+    assert ids == ["hugepages/1G", "kernel_cmdline//etc/default/grub.d/90-hosttune.cfg"]
+    assert nr(ryzen, 0, 1048576) == 1  # kept what the kernel gave
+    drop_in = (ryzen / "etc/default/grub.d/90-hosttune.cfg").read_text()
+    assert "hugepagesz=1G hugepages=4" in drop_in
+    assert "reboot" in rep.needs
+    audit = engine.audit(h, prof)
+    row = _gig_row(audit)
+    assert row.key == "1G total (boot)" and row.status == Status.NEEDS_REBOOT
+    assert row.note.startswith("boot reservation pending reboot")
+    assert "allocated 1 of 4 pages at runtime" in row.note
+    assert not audit.drift
+    assert not engine.plan(h, prof).changes  # idempotent: the fallback is remembered
+
+    # booted with the drop-in: the kernel reserved the pool
+    (ryzen / "proc/cmdline").write_text("ro quiet hugepagesz=1G hugepages=4\n")
+    (ryzen / GIG_GLOBAL.lstrip("/")).write_text("4\n")
+    row = _gig_row(engine.audit(h, prof))
+    assert row.status == Status.OK and row.note.startswith("boot reservation active")
+
+    # rollback: drop-in gone, the pool as before, the fallback forgotten (runtime again)
+    (ryzen / "proc/cmdline").write_text("ro quiet\n")
+    assert engine.rollback(h).ok
+    assert not (ryzen / "etc/default/grub.d/90-hosttune.cfg").exists()
+    assert nr(ryzen, 0, 1048576) == 0
+    row = _gig_row(engine.audit(h, prof))
+    assert row.key == "1G node0" and row.status == Status.DRIFT
+
+
+def test_auto_1g_pool_allocated_at_runtime_stays_runtime(ryzen, tmp_path):
+    (ryzen / "proc/cmdline").write_text("ro quiet\n")
+    prof = load_profile(str(write_profile(tmp_path, AUTO)))
+    h = Fragmented(ryzen, cap=64)
+    rep = engine.apply(h, prof)
+    assert rep.ok, rep.error
+    assert nr(ryzen, 0, 1048576) == 4
+    assert "hugepages=4" not in (ryzen / "etc/default/grub.d/90-hosttune.cfg").read_text() \
+        if (ryzen / "etc/default/grub.d/90-hosttune.cfg").exists() else True
+    assert _gig_row(engine.audit(h, prof)).status == Status.OK
+
+
+def test_auto_without_kernel_cmdline_fails_as_runtime(ryzen, tmp_path):
+    prof = load_profile(str(write_profile(tmp_path, AUTO.replace("kernel_cmdline: {}\n", ""))))
+    h = Fragmented(ryzen, cap=1)
+    rep = engine.apply(h, prof)
+    assert not rep.ok and "asked 4, got 1" in rep.error
+    assert nr(ryzen, 0, 1048576) == 0

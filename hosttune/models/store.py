@@ -297,13 +297,19 @@ def _pages_per_node(fd: int, size: int, path: str) -> dict[int, int] | None:
     except OSError:
         return None
     try:
+        return _mapped_pages_per_node(fd, path)
+    finally:
+        m.close()
+
+
+def _mapped_pages_per_node(fd: int, path: str) -> dict[int, int] | None:
+    """Pages per node of ``path`` as our own mappings of it show them (every page faulted)."""
+    try:
         with open("/proc/self/numa_maps", encoding="utf-8") as fh:
             text = fh.read()
         return parse_numa_maps(text, path, os.fstat(fd).st_blksize)
     except OSError:
         return None
-    finally:
-        m.close()
 
 
 def list_models(host: Host, mounts: list[StoreMount], *, nodes: bool = True) -> list[StoredModel]:
@@ -684,11 +690,14 @@ def _load_fd(host: Host, source: str, src_fd: int, mount: StoreMount, mdir: str,
         tr = Trailer(st.st_size, page, ALGO_XXH3_TREE if checksum else ALGO_NONE,
                      LEAF_LOG2 if checksum else 0, digest, int(time.time()))
         view[total - TRAILER_LEN:total] = tr.pack()
+        # every page is faulted in this mapping now (the data reaches the last page but one
+        # at least, the trailer is in the last): numa_maps counts them all without mapping
+        # the file a second time
+        per_node = _mapped_pages_per_node(dst_fd, tmp)
         view.release()
         view = None
         mm.close()
         mm = None
-        per_node = _pages_per_node(dst_fd, total, tmp)
         if node is not None and per_node and set(per_node) - {node}:
             raise ModelStoreError(f"pages of {name} landed outside node {node}: {per_node}")
         replaced = os.path.lexists(f"{mdir}/{name}")

@@ -157,11 +157,13 @@ class HugePagePool(Section):
         description="'spread': split evenly over NUMA nodes with memory; 'any': the global "
         "counter; or {node: size} per node",
     )
-    reserve: Literal["runtime", "boot"] = Field(
-        "runtime", description="'runtime': allocate the pool now (sysfs; re-applied at boot "
+    reserve: Literal["auto", "runtime", "boot"] = Field(
+        "auto", description="'runtime': allocate the pool now (sysfs; re-applied at boot "
         "by the boot unit); 'boot': reserve it on the kernel command line (hugepagesz= "
         "hugepages=, written by the kernel_cmdline section) - for 1G pools the kernel cannot "
-        "allocate once memory is fragmented")
+        "allocate once memory is fragmented; 'auto': runtime, and a 1G pool the kernel "
+        "allocates only in part at apply keeps what it got and is reserved on the kernel "
+        "command line from then on (needs a kernel_cmdline section; 2M pools: runtime)")
 
     @field_validator("size")
     @classmethod

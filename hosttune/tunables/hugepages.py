@@ -19,7 +19,11 @@ Documentation/admin-guide/mm/hugetlbpage.rst, mm/hugetlb.c):
   available; reserving them on the kernel command line (hugepagesz=1G hugepages=N) is
   reliable. The kernel command line belongs to the kernel-cmdline tunable: a pool with
   ``reserve: boot`` is reserved there (hugepagesz= hugepages=, boot_pools), and audit says
-  whether a pool is allocated at runtime or reserved at boot.
+  whether a pool is allocated at runtime or reserved at boot. With ``reserve: auto`` (the
+  default) a 1G pool is tried at runtime first; when the kernel gives fewer pages than asked
+  at apply, the pool keeps what it got and falls back to the boot reservation: the fallback
+  is recorded in the state dir (FALLBACK_FILE, journaled and undone by rollback) and the
+  engine plans again, so the kernel_cmdline drop-in carries the pool from the same run.
 - HugeTLB Vmemmap Optimization (HVO, Documentation/admin-guide/mm/vmemmap_dedup.rst,
   mm/hugetlb_vmemmap.c): every 4 KiB of RAM has a 64-byte struct page; with
   vm.hugetlb_optimize_vmemmap=1 the kernel frees the vmemmap pages of each huge page but one
@@ -31,8 +35,10 @@ Documentation/admin-guide/mm/hugetlbpage.rst, mm/hugetlb.c):
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -65,6 +71,7 @@ HVO_CONFIGS = ("CONFIG_HUGETLB_PAGE_OPTIMIZE_VMEMMAP", "CONFIG_HUGETLB_PAGE_FREE
 BASE_PAGE = 4096
 STRUCT_PAGE = 64  # sizeof(struct page) on 64-bit builds without debug options
 COMPACT_PATH = "/proc/sys/vm/compact_memory"
+FALLBACK_FILE = "hugepages-boot.json"  # in the state dir: pools that fell back to the boot
 # Node meminfo may be much smaller than MemTotal when the hypervisor initialises memory lazily
 # (this VM: node0 shows ~3.8 GB of ~24 GB). Only trust per-node totals that add up.
 NODE_TOTALS_TRUSTED = 0.9
@@ -403,12 +410,67 @@ def boot_words(label: str, pages: int) -> list[str]:
 
 
 def boot_pools(ctx: Context) -> list[tuple[str, int]]:
-    """(page size label, pages) of the profile's pools reserved at boot."""
+    """(page size label, pages) of the profile's pools reserved at boot: ``reserve: boot``,
+    and ``reserve: auto`` pools that fell back to it."""
     if ctx.profile.hugepages is None:
         return []
     return [(p.pool.pagesize, p.pages) for p in sorted(resolve(ctx).pools.values(),
                                                         key=lambda p: p.index)
-            if p.pool.reserve == "boot"]
+            if reserve_mode(ctx, p) != "runtime"]
+
+
+# --- reserve: auto - the runtime pool, or the boot reservation when the kernel falls short ------
+def fallback_path(host: Host) -> str:
+    return f"{host.state_dir}/{FALLBACK_FILE}"
+
+
+def read_fallbacks(host: Host) -> dict[str, dict[str, Any]]:
+    """{page size label: {"pages": asked, "got": allocated, "at": epoch}} of the pools whose
+    runtime allocation fell short at an apply. Unreadable (audit without root: the state dir
+    is 0700) or damaged reads as none."""
+    try:
+        text = host.read_text(fallback_path(host))
+        data = json.loads(text) if text else {}
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(v, dict)} \
+        if isinstance(data, dict) else {}
+
+
+def can_fall_back(ctx: Context, plan: PoolPlan) -> bool:
+    """A ``reserve: auto`` 1G pool whose runtime shortfall can move to the kernel command line:
+    the profile has a kernel_cmdline section that does not reserve 1G pages itself
+    (hugepages_1g), the kernel spreads the pool (no per-node sizes) and this is a full apply
+    (the boot unit's runtime-only re-apply writes no drop-in)."""
+    sec = ctx.profile.kernel_cmdline
+    return (plan.pool.reserve == "auto" and plan.pool.pagesize == "1G" and sec is not None
+            and not sec.hugepages_1g and not isinstance(plan.pool.nodes, dict))
+
+
+def reserve_mode(ctx: Context, plan: PoolPlan) -> str:
+    """"runtime", "boot" (reserve: boot) or "fallback" (reserve: auto that fell back)."""
+    if plan.pool.reserve == "boot":
+        return "boot"
+    if can_fall_back(ctx, plan) and plan.pool.pagesize in read_fallbacks(ctx.host):
+        return "fallback"
+    return "runtime"
+
+
+def record_fallback(host: Host, label: str, asked: int, got: int) -> None:
+    data = read_fallbacks(host)
+    data[label] = {"pages": asked, "got": got, "at": int(time.time())}
+    host.makedirs(host.state_dir, 0o700)
+    host.write_file(fallback_path(host), (json.dumps(data, sort_keys=True) + "\n").encode(),
+                    mode=0o600)
+
+
+def restore_fallbacks(host: Host, text: str | None) -> None:
+    """Put the fallback record back as it was before a change (None: there was none)."""
+    if text is None:
+        if host.exists(fallback_path(host)):
+            host.remove(fallback_path(host))
+    else:
+        host.write_file(fallback_path(host), text.encode(), mode=0o600)
 
 
 def _words_active(tokens: list[str], words: list[str]) -> bool:
@@ -509,12 +571,14 @@ class HugePagesTunable(Tunable):
                 notes.append("held by hugetlbfs files: " + ", ".join(
                     f"{mp} {n} pages" for mp, n in sorted(files.items())))
             if label == "1G":
-                notes.append(self._cmdline_note(host, plan))
+                notes.append(self._cmdline_note(host, plan, can_fall_back(ctx, plan)))
             if sysctl_note and label == "2M":
                 notes.append(sysctl_note)
-            if plan.pool.reserve == "boot":
-                rows.append(self._boot_row(host, plan, files))
+            mode = reserve_mode(ctx, plan)
+            if mode != "runtime":
+                rows.append(self._boot_row(host, plan, files, mode))
                 continue
+            fallback = can_fall_back(ctx, plan) and not ctx.runtime_only
             targets: dict[str, int] = {}
             ok_all = True
             if plan.mode == "global":
@@ -554,10 +618,17 @@ class HugePagesTunable(Tunable):
             if not ok_all and targets:
                 desc = ", ".join(f"{'total' if k == 'any' else 'node' + k} "
                                  f"{current.get(k, '?')} -> {v}" for k, v in targets.items())
+                params: dict[str, Any] = {"page_bytes": pb, "targets": targets,
+                                          "retries": sec.retries}
+                if fallback:
+                    # the engine plans again after this step: a shortfall moves the pool to
+                    # the kernel_cmdline drop-in in the same run
+                    params.update(fallback="boot", label=label, pages=plan.pages, replan=True)
                 changes.append(Change(
                     id=f"hugepages/{label}", tunable=self.name, kind="action",
-                    summary=f"huge pages {label}: {desc} pages", runtime=True,
-                    params={"page_bytes": pb, "targets": targets, "retries": sec.retries}))
+                    summary=f"huge pages {label}: {desc} pages"
+                    + (" (boot reservation if the kernel falls short)" if fallback else ""),
+                    runtime=True, params=params))
         if sec.thp is not None:
             self._thp(host, sec.thp, rows, changes)
         if sec.optimize_vmemmap is not None:
@@ -566,16 +637,23 @@ class HugePagesTunable(Tunable):
                                     ctx.profile.kernel_cmdline is not None)
         return Evaluation(rows, changes)
 
-    def _boot_row(self, host: Host, plan: PoolPlan, files: dict[str, int]) -> Row:
+    def _boot_row(self, host: Host, plan: PoolPlan, files: dict[str, int],
+                  mode: str = "boot") -> Row:
         """A pool the kernel reserves at boot (kernel_cmdline writes hugepagesz= hugepages=):
-        nothing to write at runtime; audit says whether the running kernel has it."""
+        nothing to write at runtime; audit says whether the running kernel has it (boot
+        reservation active) or not yet (pending reboot), and for ``reserve: auto`` why."""
         label, pb = plan.pool.pagesize, plan.page_bytes
         have = current_pool_pages(host, pb)
         tokens = parse_cmdline(host.read_text("/proc/cmdline") or "")
         words = boot_words(label, plan.pages)
         active = _words_active(tokens, words)
-        note = (f"reserved at boot: kernel command line '{' '.join(words)}' "
-                "(kernel_cmdline drop-in)")
+        note = (f"boot reservation {'active' if active else 'pending reboot'}: reserved at "
+                f"boot: kernel command line '{' '.join(words)}' (kernel_cmdline drop-in)")
+        if mode == "fallback":
+            fb = read_fallbacks(host).get(label, {})
+            when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(fb.get("at", 0)))
+            note += (f"; reserve: auto fell back to it: the kernel allocated {fb.get('got', '?')}"
+                     f" of {fb.get('pages', '?')} pages at runtime ({when})")
         if files:
             note += "; held by hugetlbfs files: " + ", ".join(
                 f"{mp} {n} pages" for mp, n in sorted(files.items()))
@@ -636,10 +714,15 @@ class HugePagesTunable(Tunable):
                 "delete the files first")
 
     @staticmethod
-    def _cmdline_note(host: Host, plan: PoolPlan) -> str:
+    def _cmdline_note(host: Host, plan: PoolPlan, fallback: bool) -> str:
         tokens = parse_cmdline(host.read_text("/proc/cmdline") or "")
         if any(t.lower() in ("hugepagesz=1g", "hugepagesz=1024m") for t in tokens):
             return "allocated at runtime; 1G pages are reserved on the kernel command line too"
+        if fallback:
+            return ("allocated at runtime (reserve: auto): if the kernel cannot find 1 GiB of "
+                    "contiguous memory, apply keeps what it got and reserves the pool on the "
+                    f"kernel command line ('hugepagesz=1G hugepages={plan.pages}', "
+                    "kernel_cmdline drop-in; active after a reboot)")
         return ("allocated at runtime; if the kernel cannot find 1 GiB of contiguous memory "
                 f"(apply falls short), set {plan.key}.reserve: boot to reserve them on the "
                 f"kernel command line ('hugepagesz=1G hugepages={plan.pages}', written by the "
@@ -688,8 +771,11 @@ class HugePagesTunable(Tunable):
             selected, choices = parse_bracketed_choice(host.read_value(THP_PATH) or "")
             return {"selected": selected, "choices": choices}
         pb = int(change.params["page_bytes"])
-        return {"targets": {k: read_int(host, _target_path(k, pb)) or 0
-                            for k in change.params["targets"]}}
+        out: dict[str, Any] = {"targets": {k: read_int(host, _target_path(k, pb)) or 0
+                                           for k in change.params["targets"]}}
+        if change.params.get("fallback"):
+            out["fallback_record"] = host.read_text(fallback_path(host))
+        return out
 
     def apply_action(self, host: Host, change: Change) -> None:
         if change.id == "hugepages/hvo":
@@ -698,9 +784,17 @@ class HugePagesTunable(Tunable):
         if change.id == "hugepages/thp":
             write_choice(host, THP_PATH, change.params["choice"])
             return
-        allocate(host, int(change.params["page_bytes"]),
-                 {k: int(v) for k, v in change.params["targets"].items()},
-                 int(change.params.get("retries", 5)))
+        try:
+            allocate(host, int(change.params["page_bytes"]),
+                     {k: int(v) for k, v in change.params["targets"].items()},
+                     int(change.params.get("retries", 5)))
+        except ShortAllocation as err:
+            if change.params.get("fallback") != "boot" or err.in_use:
+                raise
+            # reserve: auto - keep the pages the kernel gave (the store can use them now) and
+            # reserve the pool at boot: the engine's second plan writes the drop-in
+            record_fallback(host, str(change.params["label"]), int(change.params["pages"]),
+                            sum(err.got.values()))
 
     def revert_action(self, host: Host, change: Change, original: Any) -> None:
         if change.id == "hugepages/hvo":
@@ -714,6 +808,8 @@ class HugePagesTunable(Tunable):
         allocate(host, int(change.params["page_bytes"]),
                  {k: int(v) for k, v in original["targets"].items()},
                  int(change.params.get("retries", 5)))
+        if "fallback_record" in original:
+            restore_fallbacks(host, original["fallback_record"])
 
 
 def _target_path(key: str, page_bytes: int) -> str:
@@ -729,6 +825,15 @@ def write_choice(host: Host, path: str, choice: str) -> None:
         host.write_kernel(path, " ".join(f"[{c}]" if c == choice else c for c in choices))
     else:
         host.write_kernel(path, choice)
+
+
+class ShortAllocation(ApplyError):
+    """The kernel allocated fewer (or freed fewer) pages than asked; ``got`` per target."""
+
+    def __init__(self, msg: str, got: dict[str, int], in_use: bool) -> None:
+        super().__init__(msg)
+        self.got = got
+        self.in_use = in_use
 
 
 def allocate(host: Host, page_bytes: int, targets: dict[str, int], retries: int) -> None:
@@ -758,8 +863,9 @@ def allocate(host: Host, page_bytes: int, targets: dict[str, int], retries: int)
     detail = ", ".join(
         f"{'total' if k == 'any' else 'node' + k}: asked {targets[k]}, got {got.get(k, '?')}"
         for k in sorted(targets))
-    why = ("pages in use cannot be freed" if any(got.get(k, 0) > v for k, v in targets.items())
-           else "not enough free contiguous memory")
-    raise ApplyError(f"huge pages {format_size(page_bytes)}: allocation fell short after "
-                     f"{tries} tr{'y' if tries == 1 else 'ies'} ({why}) - {detail}")
+    in_use = any(got.get(k, 0) > v for k, v in targets.items())
+    why = "pages in use cannot be freed" if in_use else "not enough free contiguous memory"
+    raise ShortAllocation(f"huge pages {format_size(page_bytes)}: allocation fell short after "
+                          f"{tries} tr{'y' if tries == 1 else 'ies'} ({why}) - {detail}",
+                          got, in_use)
 
