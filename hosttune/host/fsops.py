@@ -187,6 +187,31 @@ def atomic_write(root: Path, p: str, data: bytes, *, mode: int = 0o644,
         os.close(dfd)
 
 
+def open_at(root: Path, p: str, flags: int, mode: int = 0o644) -> int:
+    """os.open of host path ``p`` from a descriptor of its directory, reached without
+    following any symlink (for files created by streaming writers, such as the model store's
+    temp file); ``flags`` should carry O_NOFOLLOW."""
+    dfd, name, _ = parent_fd(root, p)
+    try:
+        return os.open(name, flags, mode, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
+def link(root: Path, src: str, dst: str) -> None:
+    """link(2) ``dst`` to ``src`` (both host paths), never through a symlinked directory;
+    FileExistsError when ``dst`` exists (link never overwrites)."""
+    sfd, sname, _ = parent_fd(root, src)
+    try:
+        dfd, dname, _ = parent_fd(root, dst)
+        try:
+            os.link(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+        finally:
+            os.close(dfd)
+    finally:
+        os.close(sfd)
+
+
 def makedirs(root: Path, p: str, mode: int = 0o755) -> list[str]:
     """Create the missing directories of host path ``p``; return those created (outermost
     first). Refuses to pass through a symlink."""
