@@ -142,6 +142,12 @@ class Host:
         st = self.lstat(p)
         return st is not None and stat.S_ISLNK(st.st_mode)
 
+    def realpath(self, p: str) -> str:
+        """The host path ``p`` names once every symlink is resolved (inside the root)."""
+        if self._root_s == "/":
+            return os.path.realpath(self._check(p))
+        return self.unmap(self.path(p))
+
     def readlink(self, p: str) -> str | None:
         """The target of a symlink, as stored (never resolved); None when ``p`` is absent or
         not a symlink."""
@@ -193,8 +199,8 @@ class Host:
         else:
             if flags & os.O_ACCMODE == os.O_RDONLY:
                 flags |= os.O_NONBLOCK
-            if self._root_s != "/":
-                flags |= os.O_NOFOLLOW
+            if self._root_s != "/" and fsops.normalize(s):
+                flags |= os.O_NOFOLLOW  # (the root itself is the caller's, a link or not)
             try:
                 fd = os.open(self.path(s), flags)
             except OSError as err:
@@ -381,6 +387,10 @@ class Host:
 
     def rename(self, src: str, dst: str) -> None:
         fsops.rename(self.root, self._check(src), self._check(dst))
+
+    def chmod(self, p: str, mode: int) -> None:
+        """chmod a file (never through a symlink)."""
+        fsops.chmod(self.root, self._check(p), mode)
 
     def link(self, src: str, dst: str) -> None:
         """A hard link ``dst`` of ``src``; FileExistsError when ``dst`` exists."""

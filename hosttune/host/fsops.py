@@ -212,6 +212,21 @@ def link(root: Path, src: str, dst: str) -> None:
         os.close(sfd)
 
 
+def chmod(root: Path, p: str, mode: int) -> None:
+    """chmod a file through a descriptor opened without following any symlink (Linux has no
+    fchmodat(AT_SYMLINK_NOFOLLOW) for Python's os.chmod)."""
+    dfd, name, _ = parent_fd(root, p)
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                     dir_fd=dfd)
+        try:
+            os.fchmod(fd, mode & 0o7777)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dfd)
+
+
 def makedirs(root: Path, p: str, mode: int = 0o755) -> list[str]:
     """Create the missing directories of host path ``p``; return those created (outermost
     first). Refuses to pass through a symlink."""

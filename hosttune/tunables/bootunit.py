@@ -74,12 +74,11 @@ def tree_executable(host: Host, path: str) -> bool:
     script linked into /usr/local/bin) are followed inside the root, never on the machine
     running hosttune."""
     for _ in range(40):  # the kernel's own limit on nested symlinks (MAXSYMLINKS)
-        real = host.path(path)
-        if real.is_symlink():
-            target = os.readlink(real)
+        target = host.readlink(path)
+        if target is not None:
             path = os.path.normpath(os.path.join(os.path.dirname(path), target))
             continue
-        return real.is_file() and os.access(real, os.X_OK)
+        return host.is_file(path) and host.access(path, os.X_OK)
     return False
 
 
