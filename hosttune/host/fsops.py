@@ -215,10 +215,16 @@ def link(root: Path, src: str, dst: str) -> None:
 def chmod(root: Path, p: str, mode: int) -> None:
     """chmod a file through a descriptor opened without following any symlink (Linux has no
     fchmodat(AT_SYMLINK_NOFOLLOW) for Python's os.chmod)."""
-    dfd, name, _ = parent_fd(root, p)
+    dfd, name, parts = parent_fd(root, p)
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
-                     dir_fd=dfd)
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                         dir_fd=dfd)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise HostError(f"refusing to chmod through symlink {shown(root, parts)}") \
+                    from err
+            raise
         try:
             os.fchmod(fd, mode & 0o7777)
         finally:
