@@ -157,6 +157,10 @@ def test_pids_are_the_trees(tmp_path: Path):
     for d in ("proc/1", "proc/42", "proc/self", "proc/sys"):
         (tmp_path / d).mkdir(parents=True)
     assert Host(tmp_path).pids() == [1, 42]
+    (tmp_path / "proc/1/comm").write_text("systemd\n")
+    (tmp_path / "proc/42/comm").write_text("dockerd\n")
+    by = Host(tmp_path).pids_by_comm({"dockerd", "containerd"})
+    assert by == {"dockerd": [42]}
     live = Host("/").pids()
     assert 1 in live and os.getpid() not in live
 

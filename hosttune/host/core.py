@@ -313,11 +313,25 @@ class Host:
         out.sort(key=lambda f: f.rel)
         return out
 
-    def pids(self) -> list[int]:
-        """The process IDs in /proc (the tree's, under --root); on the live system this
-        process is left out (it is the one asking)."""
-        me = -1 if self.offline else os.getpid()
-        return [int(d) for d in self.listdir("/proc") if d.isdigit() and int(d) != me]
+    def pids(self, *, include_self: bool = False) -> list[int]:
+        """The process IDs in /proc, ascending (the tree's, under --root); on the live system
+        this process is left out unless ``include_self`` (it is the one asking)."""
+        me = -1 if self.offline or include_self else os.getpid()
+        return sorted(int(d) for d in self.listdir("/proc") if d.isdigit() and int(d) != me)
+
+    def pids_by_comm(self, comms: set[str]) -> dict[str, list[int]]:
+        """PIDs (ascending) per /proc/PID/comm, for the names in ``comms``, in one pass over
+        /proc; a process that exits meanwhile is skipped. Names absent from the result have
+        no process."""
+        out: dict[str, list[int]] = {}
+        for pid in self.pids(include_self=True):
+            try:
+                c = self.read_value(f"/proc/{pid}/comm")
+            except OSError:
+                continue
+            if c in comms:
+                out.setdefault(c, []).append(pid)
+        return out
 
     def glob(self, pattern: str) -> list[str]:
         """Glob a host path pattern (``*?[]`` within one component); returns host paths
