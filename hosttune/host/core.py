@@ -280,7 +280,7 @@ class Host:
     def walk_files(self, p: str, *, max_dirs: int = 10000) -> list[WalkedFile]:
         """The regular files under directory ``p`` (sorted by path), walked without following
         any symlink (a linked directory or file is skipped, so nothing outside the directory
-        is reached), at most ``max_dirs`` directories deep-first. Unreadable directories are
+        is reached), at most ``max_dirs`` directories, depth first. Unreadable directories are
         skipped; a missing ``p`` gives []."""
         base = self.path(p)
         try:
