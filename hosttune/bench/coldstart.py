@@ -58,15 +58,16 @@ FALLBACK_PROMPT = "e"
 def warm_program(host: Host, exe: str) -> list[str]:
     """Read ``exe`` and the shared libraries ``ldd`` lists back into the page cache."""
     res = host.run(["ldd", exe], timeout_s=30)
-    paths = [exe]
+    paths = [os.path.abspath(exe)]  # a command-line path (bench runs on the live system only)
     for ln in res.stdout.splitlines():
         parts = ln.split()
         # "libm.so.6 => /lib/x86_64-linux-gnu/libm.so.6 (0x...)" or "/lib64/ld-linux... (0x...)"
         cand = parts[2] if len(parts) >= 3 and parts[1] == "=>" else parts[0] if parts else ""
-        if cand.startswith("/") and os.path.isfile(cand):
+        if cand.startswith("/") and host.is_file(cand):
             paths.append(cand)
     for p in paths:
-        with open(p, "rb") as f:
+        # no size cap: CUDA libraries are hundreds of MiB, and only the page cache keeps them
+        with host.open_read(p, limit=1 << 62) as f:
             while f.read(1 << 20):
                 pass
     return paths

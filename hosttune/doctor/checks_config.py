@@ -98,7 +98,10 @@ def _started_before(ctx: DoctorContext, pid: int, files: list[str]) -> bool | No
         btime = next((int(ln.split()[1]) for ln in
                       (ctx.host.read_text("/proc/stat") or "").splitlines()
                       if ln.startswith("btime ")), None)
-        mtimes = [ctx.host.path(f).stat().st_mtime for f in files]
+        sts = [ctx.host.stat(f) for f in files]
+        mtimes = [st.st_mtime for st in sts if st is not None]
+        if len(mtimes) < len(sts):
+            return None
     except (OSError, ValueError):
         return None
     fields = stat.rpartition(")")[2].split()

@@ -23,7 +23,7 @@ from hosttune.doctor.base import DoctorContext, Finding, Severity
 from hosttune.doctor.checks_systemd import unit_files
 from hosttune.doctor.shellcmds import ShellLine, commands, shell_lines
 from hosttune.doctor.unitfile import parse_unit
-from hosttune.errors import HosttuneError
+from hosttune.errors import HostError, HosttuneError
 from hosttune.host import Host
 from hosttune.host.distro import kernel_release
 from hosttune.host.facts import find_pids
@@ -246,7 +246,7 @@ def compose_files(ctx: DoctorContext) -> list[str]:
         for d in host.glob(pat):
             for n in COMPOSE_NAMES:
                 p = f"{d}/{n}"
-                if p not in found and host.path(p).is_file():
+                if p not in found and host.is_file(p):
                     found.append(p)
     return found
 
@@ -766,10 +766,11 @@ def _world_writable_in_chain(ctx: DoctorContext, path: str) -> bool:
     cur = os.path.normpath(path)
     while True:
         try:
-            st = os.lstat(ctx.host.lpath(cur))
-            if stat.S_IMODE(st.st_mode) & 0o002 and not stat.S_ISLNK(st.st_mode):
+            st = ctx.host.lstat(cur)
+            if st is not None and stat.S_IMODE(st.st_mode) & 0o002 \
+                    and not stat.S_ISLNK(st.st_mode):
                 return True
-        except OSError:
+        except (OSError, HostError):
             pass
         if cur == "/":
             return False

@@ -22,7 +22,7 @@ def unit_files(ctx: DoctorContext) -> list[str]:
         for name in host.listdir(d):
             p = f"{d}/{name}"
             if name.endswith((".service", ".mount", ".swap", ".timer", ".socket")):
-                if host.path(p).is_file() and not host.lpath(p).is_symlink():
+                if host.is_file(p) and not host.is_symlink(p):
                     out.append(p)
             elif name.endswith(".d") and host.is_dir(p):
                 out.extend(f"{p}/{f}" for f in host.listdir(p) if f.endswith(".conf"))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import stat
 from dataclasses import dataclass
 
 from hosttune.doctor.base import DoctorContext
@@ -44,11 +45,10 @@ def script_files(ctx: DoctorContext) -> list[str]:
     for d in SCRIPT_DIRS:
         for n in host.listdir(d):
             p = f"{d}/{n}"
-            real = host.path(p)
-            if real.is_file() and not real.is_symlink() and \
-                    real.stat().st_size <= MAX_SCRIPT_BYTES:
+            st = host.lstat(p)
+            if st is not None and stat.S_ISREG(st.st_mode) and st.st_size <= MAX_SCRIPT_BYTES:
                 out.append(p)
-    out += [f for f in SCRIPT_FILES if host.path(f).is_file()]
+    out += [f for f in SCRIPT_FILES if host.is_file(f)]
     return out
 
 

@@ -229,7 +229,7 @@ def _restore_file(host: Host, path: str, orig: dict[str, Any]) -> None:
         if orig.get("link") is not None:
             host.symlink(orig["link"], path)
         else:
-            if host.lpath(path).is_symlink():
+            if host.is_symlink(path):
                 # apply replaced a file with a link (e.g. a unit masked to /dev/null); the
                 # atomic write refuses any symlink on the way, so drop our own link first.
                 host.remove(path)

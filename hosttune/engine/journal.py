@@ -258,16 +258,12 @@ class Lock:
 
     def __enter__(self) -> Lock:
         host = self.host
-        root_fd = os.open(host.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        root_fd = host.open_fd("/", os.O_RDONLY | os.O_DIRECTORY, regular=False)
         self._take(root_fd, f"the lock on {host.root}", pid_file=False)
         try:
             host.makedirs(host.state_dir, 0o700)
-            dfd, name, _ = fsops.parent_fd(host.root, f"{host.state_dir}/lock")
-            try:
-                fd = os.open(name, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
-                             dir_fd=dfd)
-            finally:
-                os.close(dfd)
+            fd = host.open_fd(f"{host.state_dir}/lock", os.O_RDWR | os.O_CREAT, 0o600,
+                              regular=False)
         except OSError as err:
             self._release()
             raise HostError(f"cannot open the lock {host.shown(host.state_dir + '/lock')}: "

@@ -7,6 +7,7 @@ recorded as skipped, never run against the live system, and nothing outside DIR 
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import glob
 import os
@@ -14,7 +15,7 @@ import stat
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, Literal, overload
 
 from hosttune.errors import HostError
 from hosttune.host import fsops
@@ -36,6 +37,16 @@ class FileState:
     uid: int | None = None
     gid: int | None = None
     link_target: str | None = None
+
+
+@dataclass(frozen=True)
+class WalkedFile:
+    """A regular file found by :meth:`Host.walk_files`: its host path, its path relative to the
+    walked directory, and its lstat."""
+
+    path: str
+    rel: str
+    st: os.stat_result
 
 
 class Host:
@@ -115,6 +126,134 @@ class Host:
         except (FileNotFoundError, NotADirectoryError):
             return None
 
+    def stat(self, p: str) -> os.stat_result | None:
+        """stat of a host path (symlinks followed inside the root), None when absent."""
+        try:
+            return os.stat(self.path(p))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+
+    def is_file(self, p: str) -> bool:
+        """A regular file (after symlinks, resolved inside the root)."""
+        st = self.stat(p)
+        return st is not None and stat.S_ISREG(st.st_mode)
+
+    def is_symlink(self, p: str) -> bool:
+        st = self.lstat(p)
+        return st is not None and stat.S_ISLNK(st.st_mode)
+
+    def realpath(self, p: str) -> str:
+        """The host path ``p`` names once every symlink is resolved (inside the root)."""
+        if self._root_s == "/":
+            return os.path.realpath(self._check(p))
+        return self.unmap(self.path(p))
+
+    def readlink(self, p: str) -> str | None:
+        """The target of a symlink, as stored (never resolved); None when ``p`` is absent or
+        not a symlink."""
+        try:
+            return os.readlink(self.lpath(p))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError as err:
+            if err.errno == errno.EINVAL:  # not a symlink
+                return None
+            raise
+
+    def access(self, p: str, mode: int) -> bool:
+        """os.access of a host path (resolved inside the root)."""
+        return os.access(self.path(p), mode)
+
+    def statvfs(self, p: str) -> os.statvfs_result:
+        return os.statvfs(self.path(p))
+
+    def fs_type(self, p: str) -> int:
+        """statfs(2) f_type of the filesystem holding ``p`` (OSError when it cannot be read)."""
+        from hosttune.host.statfs import fs_type
+
+        return fs_type(str(self.path(p)))
+
+    def is_hugetlbfs(self, p: str) -> bool:
+        """Whether directory ``p`` is on a hugetlbfs mount (False when it cannot be told)."""
+        from hosttune.host.statfs import HUGETLBFS_MAGIC
+
+        try:
+            return self.fs_type(p) == HUGETLBFS_MAGIC
+        except OSError:
+            return False
+
+    def open_fd(self, p: str, flags: int = os.O_RDONLY, mode: int = 0o644, *,
+                regular: bool = True) -> int:
+        """A descriptor of host path ``p`` for callers that stream (pread, mmap, preadv).
+
+        Without O_CREAT the path is resolved inside the root (no component may leave it, a
+        link swapped in since is refused by O_NOFOLLOW) and opened with O_NONBLOCK for reads,
+        so a FIFO cannot block the open. With O_CREAT the file is created from a descriptor
+        of its directory reached without following any symlink (the write rule of fsops).
+        ``regular``: anything but a regular file (a FIFO, a device, a directory) is a
+        HostError before the descriptor is returned. OSError (absent, permission) propagates."""
+        s = self._check(p)
+        flags |= os.O_CLOEXEC
+        if flags & os.O_CREAT:
+            fd = fsops.open_at(self.root, s, flags | os.O_NOFOLLOW, mode)
+        else:
+            if flags & os.O_ACCMODE == os.O_RDONLY:
+                flags |= os.O_NONBLOCK
+            if self._root_s != "/" and fsops.normalize(s):
+                flags |= os.O_NOFOLLOW  # (the root itself is the caller's, a link or not)
+            try:
+                fd = os.open(self.path(s), flags)
+            except OSError as err:
+                if err.errno == errno.ELOOP and self._root_s != "/":
+                    raise HostError(f"{self.shown(s)} is a symlink (it changed while being "
+                                    "opened)") from err
+                raise
+        if regular:
+            try:
+                st = os.fstat(fd)
+                if not stat.S_ISREG(st.st_mode):
+                    raise HostError(f"{self.shown(s)} is not a regular file: refusing to "
+                                    "open it")
+            except BaseException:
+                os.close(fd)
+                raise
+        return fd
+
+    @overload
+    def open_read(self, p: str, *, limit: int = ..., text: Literal[False] = ...) -> IO[bytes]:
+        ...
+
+    @overload
+    def open_read(self, p: str, *, limit: int = ..., text: Literal[True]) -> IO[str]: ...
+
+    def open_read(self, p: str, *, limit: int = MAX_READ, text: bool = False) -> IO[Any]:
+        """A file object of a regular file, for readers that stream it line by line (with
+        ``text``: UTF-8, undecodable bytes replaced). The checks of :meth:`read_bytes`: a
+        FIFO or device is a HostError (/dev/null reads as empty), and so is a file whose size
+        is over ``limit``. Absent: FileNotFoundError (an OSError, as for open())."""
+        fd = self.open_fd(p, regular=False)
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), p)
+            null = stat.S_ISCHR(st.st_mode) and st.st_rdev == fsops.NULL_DEVICE
+            if not null and not stat.S_ISREG(st.st_mode):
+                raise HostError(f"{self.shown(p)} is not a regular file: refusing to read it")
+            if st.st_size > limit:
+                raise HostError(f"{self.shown(p)} is larger than {limit >> 20} MiB: refusing "
+                                "to read it")
+            # procfs files report size 0 and are bounded by the kernel; regular files by the
+            # size checked above
+            fh = os.fdopen(fd, "rb")
+        except BaseException:
+            os.close(fd)
+            raise
+        if text:
+            import io
+
+            return io.TextIOWrapper(fh, encoding="utf-8", errors="replace")
+        return fh
+
     def read_bytes(self, p: str, *, limit: int = MAX_READ) -> bytes | None:
         """Contents of a regular file, or None if it does not exist (or is a directory).
         Anything else (a FIFO, a device) or a file over ``limit`` is a HostError.
@@ -137,6 +276,62 @@ class Host:
             return sorted(os.listdir(self.path(p)))
         except (FileNotFoundError, NotADirectoryError):
             return []
+
+    def walk_files(self, p: str, *, max_dirs: int = 10000) -> list[WalkedFile]:
+        """The regular files under directory ``p`` (sorted by path), walked without following
+        any symlink (a linked directory or file is skipped, so nothing outside the directory
+        is reached), at most ``max_dirs`` directories, depth first. Unreadable directories are
+        skipped; a missing ``p`` gives []."""
+        base = self.path(p)
+        try:
+            if not stat.S_ISDIR(os.lstat(base).st_mode):
+                return []
+        except OSError:
+            return []
+        hp = "/" + "/".join(fsops.normalize(self._check(p)))
+        out: list[WalkedFile] = []
+        stack = [""]
+        seen = 0
+        while stack and seen < max_dirs:
+            rel_dir = stack.pop()
+            seen += 1
+            try:
+                with os.scandir(f"{base}/{rel_dir}" if rel_dir else base) as it:
+                    entries = list(it)
+            except OSError:
+                continue
+            for e in entries:
+                rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
+                try:
+                    st = e.stat(follow_symlinks=False)
+                except OSError:
+                    continue
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(rel)
+                elif stat.S_ISREG(st.st_mode):
+                    out.append(WalkedFile(f"{hp.rstrip('/')}/{rel}", rel, st))
+        out.sort(key=lambda f: f.rel)
+        return out
+
+    def pids(self, *, include_self: bool = False) -> list[int]:
+        """The process IDs in /proc, ascending (the tree's, under --root); on the live system
+        this process is left out unless ``include_self`` (it is the one asking)."""
+        me = -1 if self.offline or include_self else os.getpid()
+        return sorted(int(d) for d in self.listdir("/proc") if d.isdigit() and int(d) != me)
+
+    def pids_by_comm(self, comms: set[str]) -> dict[str, list[int]]:
+        """PIDs (ascending) per /proc/PID/comm, for the names in ``comms``, in one pass over
+        /proc; a process that exits meanwhile is skipped. Names absent from the result have
+        no process."""
+        out: dict[str, list[int]] = {}
+        for pid in self.pids(include_self=True):
+            try:
+                c = self.read_value(f"/proc/{pid}/comm")
+            except OSError:
+                continue
+            if c in comms:
+                out.setdefault(c, []).append(pid)
+        return out
 
     def glob(self, pattern: str) -> list[str]:
         """Glob a host path pattern (``*?[]`` within one component); returns host paths
@@ -207,6 +402,14 @@ class Host:
     def rename(self, src: str, dst: str) -> None:
         fsops.rename(self.root, self._check(src), self._check(dst))
 
+    def chmod(self, p: str, mode: int) -> None:
+        """chmod a file (never through a symlink)."""
+        fsops.chmod(self.root, self._check(p), mode)
+
+    def link(self, src: str, dst: str) -> None:
+        """A hard link ``dst`` of ``src``; FileExistsError when ``dst`` exists."""
+        fsops.link(self.root, self._check(src), self._check(dst))
+
     def set_dir(self, p: str, mode: int, *, uid: int = -1, gid: int = -1,
                 create: bool = False) -> None:
         """chmod/chown directory ``p`` (creating it when ``create``), never via a symlink."""
@@ -239,8 +442,7 @@ class Host:
         """Find a program in the standard locations of the (mapped) root."""
         for d in ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"):
             cand = f"{d}/{name}"
-            real = self.path(cand)
-            if real.is_file() and os.access(real, os.X_OK):
+            if self.is_file(cand) and self.access(cand, os.X_OK):
                 return cand
         return None
 

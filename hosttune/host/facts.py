@@ -182,14 +182,4 @@ def read_facts(host: Host) -> HostFacts:
 
 def find_pids(host: Host, comm: str) -> list[int]:
     """PIDs whose /proc/<pid>/comm equals ``comm`` (e.g. 'dockerd')."""
-    out: list[int] = []
-    for d in host.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            c = host.read_value(f"/proc/{d}/comm")
-        except OSError:
-            continue
-        if c == comm:
-            out.append(int(d))
-    return sorted(out)
+    return host.pids_by_comm({comm}).get(comm, [])

@@ -187,6 +187,52 @@ def atomic_write(root: Path, p: str, data: bytes, *, mode: int = 0o644,
         os.close(dfd)
 
 
+def open_at(root: Path, p: str, flags: int, mode: int = 0o644) -> int:
+    """os.open of host path ``p`` from a descriptor of its directory, reached without
+    following any symlink (for files created by streaming writers, such as the model store's
+    temp file); ``flags`` should carry O_NOFOLLOW."""
+    dfd, name, _ = parent_fd(root, p)
+    try:
+        return os.open(name, flags, mode, dir_fd=dfd)
+    finally:
+        os.close(dfd)
+
+
+def link(root: Path, src: str, dst: str) -> None:
+    """link(2) ``dst`` to ``src`` (both host paths), never through a symlinked directory;
+    FileExistsError when ``dst`` exists (link never overwrites)."""
+    sfd, sname, _ = parent_fd(root, src)
+    try:
+        dfd, dname, _ = parent_fd(root, dst)
+        try:
+            os.link(sname, dname, src_dir_fd=sfd, dst_dir_fd=dfd, follow_symlinks=False)
+        finally:
+            os.close(dfd)
+    finally:
+        os.close(sfd)
+
+
+def chmod(root: Path, p: str, mode: int) -> None:
+    """chmod a file through a descriptor opened without following any symlink (Linux has no
+    fchmodat(AT_SYMLINK_NOFOLLOW) for Python's os.chmod)."""
+    dfd, name, parts = parent_fd(root, p)
+    try:
+        try:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                         dir_fd=dfd)
+        except OSError as err:
+            if err.errno == errno.ELOOP:
+                raise HostError(f"refusing to chmod through symlink {shown(root, parts)}") \
+                    from err
+            raise
+        try:
+            os.fchmod(fd, mode & 0o7777)
+        finally:
+            os.close(fd)
+    finally:
+        os.close(dfd)
+
+
 def makedirs(root: Path, p: str, mode: int = 0o755) -> list[str]:
     """Create the missing directories of host path ``p``; return those created (outermost
     first). Refuses to pass through a symlink."""

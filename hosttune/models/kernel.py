@@ -1,6 +1,6 @@
-"""Small libc/syscall doors the store needs and Python lacks: statfs f_type, fallocate(2),
-set_mempolicy(2). ctypes releases the GIL around foreign calls, so worker threads fault and
-copy in parallel."""
+"""Small libc/syscall doors the store needs and Python lacks: fallocate(2), set_mempolicy(2)
+(statfs f_type belongs to the host door: hosttune.host.statfs). ctypes releases the GIL
+around foreign calls, so worker threads fault and copy in parallel."""
 
 from __future__ import annotations
 
@@ -10,38 +10,17 @@ import platform
 
 from hosttune.errors import HostError
 
-HUGETLBFS_MAGIC = 0x958458F6
-
 # dlopen(NULL): the symbols the interpreter already has, libc's among them (glibc and musl).
 # ctypes.util.find_library would run `ldconfig -p` in a subprocess at every start (~2-8 ms).
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fallocate.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_longlong, ctypes.c_longlong]
 _libc.fallocate.restype = ctypes.c_int
-_libc.statfs.argtypes = [ctypes.c_char_p, ctypes.c_void_p]
-_libc.statfs.restype = ctypes.c_int
 _libc.syscall.restype = ctypes.c_long
 
 # set_mempolicy(2) numbers (arch/*/entry/syscalls, include/uapi/asm-generic/unistd.h).
 _SYS_SET_MEMPOLICY = {"x86_64": 238, "aarch64": 237, "ppc64le": 261, "s390x": 270}
 MPOL_DEFAULT = 0
 MPOL_BIND = 2
-
-
-def fs_type(path: str) -> int:
-    """statfs(2) f_type of the filesystem holding ``path`` (the first field of struct statfs
-    on every 64-bit Linux ABI)."""
-    buf = ctypes.create_string_buffer(256)
-    if _libc.statfs(os.fsencode(path), buf) != 0:
-        e = ctypes.get_errno()
-        raise OSError(e, os.strerror(e), path)
-    return int.from_bytes(buf.raw[:8], "little") & 0xFFFFFFFF
-
-
-def is_hugetlbfs(path: str) -> bool:
-    try:
-        return fs_type(path) == HUGETLBFS_MAGIC
-    except OSError:
-        return False
 
 
 def fallocate(fd: int, offset: int, length: int) -> None:

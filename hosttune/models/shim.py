@@ -42,18 +42,16 @@ def build_shim(host: Host, output: str = DEFAULT_OUTPUT, *, cc: str | None = Non
     created = host.makedirs(os.path.dirname(output)) if not host.offline else []
     del created
     real = host.path(output)
-    tmp = real.parent / f".{real.name}.hosttune-tmp-{os.getpid()}"
+    tmp_hp = f"{os.path.dirname(output)}/.{real.name}.hosttune-tmp-{os.getpid()}"
+    tmp = host.path(tmp_hp)  # the compiler's argument (run only on the live system)
     argv = (compiler, *CFLAGS, "-o", str(tmp), str(src), "-ldl")
     res = host.run(list(argv), timeout_s=120)
     if res.skipped:
         return ShimBuild(output, argv, True)
     if res.returncode != 0:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        host.remove(tmp_hp)  # absent: nothing to do
         raise HostError(f"compiling the shim failed (exit {res.returncode}):\n"
                         f"{res.stderr.strip()}")
-    os.chmod(tmp, 0o755)  # noqa: S103 - a shared library every loader must map
-    os.replace(tmp, real)
+    host.chmod(tmp_hp, 0o755)  # a shared library every loader must map
+    host.rename(tmp_hp, output)
     return ShimBuild(output, argv, False)

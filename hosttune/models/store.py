@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from hosttune.errors import HosttuneError
+from hosttune.errors import HostError, HosttuneError
 from hosttune.host.parsers import parse_meminfo, parse_mountinfo
 from hosttune.models import kernel
 from hosttune.models.checksum import LEAF_LOG2, PIECE, combine, leaf_digest, new_leaf
@@ -179,13 +179,12 @@ def resolve_mount(host: Host, profile: Profile | None, mount: str | None) -> Sto
         mount = mount.rstrip("/") or "/"
         for m in mounts:
             if m.path == mount:
-                if not host.offline and not kernel.is_hugetlbfs(str(host.path(mount))):
+                if not host.offline and not host.is_hugetlbfs(mount):
                     raise ModelStoreError(_not_hugetlbfs(host, mount))
                 return m
-        real = str(host.path(mount))
-        if host.offline or not kernel.is_hugetlbfs(real):
+        if host.offline or not host.is_hugetlbfs(mount):
             raise ModelStoreError(_not_hugetlbfs(host, mount))
-        return StoreMount(mount, os.statvfs(real).f_bsize, True, False, None)
+        return StoreMount(mount, host.statvfs(mount).f_bsize, True, False, None)
     usable = [m for m in mounts if m.mounted]
     if len(usable) == 1:
         return usable[0]
@@ -200,12 +199,11 @@ def resolve_mount(host: Host, profile: Profile | None, mount: str | None) -> Sto
 
 
 def _not_hugetlbfs(host: Host, mount: str) -> str:
-    real = str(host.path(mount))
-    if not os.path.isdir(real):
-        what = "does not exist" if not os.path.lexists(real) else "is not a directory"
+    if not host.is_dir(mount):
+        what = "does not exist" if not host.exists(mount) else "is not a directory"
     else:
         try:
-            what = f"is on a {hex(kernel.fs_type(real))} filesystem, not hugetlbfs"
+            what = f"is on a {hex(host.fs_type(mount))} filesystem, not hugetlbfs"
         except OSError as err:
             what = f"cannot be checked ({err.strerror})"
     return (f"{mount} {what}: models live on a hugetlbfs mount; mount one with `hosttune "
@@ -256,15 +254,15 @@ def read_trailer_fd(fd: int, page_size: int | None = None) -> Trailer | None:
 
 
 def _read_model(host: Host, mount: StoreMount, name: str, *, nodes: bool) -> StoredModel:
-    real = str(host.path(f"{mount.path}/{name}"))
-    fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    real = str(host.path(f"{mount.path}/{name}"))  # as numa_maps names it
+    fd = host.open_fd(f"{mount.path}/{name}")
     try:
         st = os.fstat(fd)
         page = mount.page_size if host.offline else st.st_blksize
         tr = read_trailer_fd(fd, page)
         per_node = None
         if nodes and tr is not None and not host.offline and st.st_size:
-            per_node = _pages_per_node(fd, st.st_size, real)
+            per_node = _pages_per_node(host, fd, st.st_size, real)
     finally:
         os.close(fd)
     return StoredModel(name, mount.path, tr.true_size if tr else st.st_size, st.st_size, page,
@@ -288,7 +286,7 @@ def parse_numa_maps(text: str, path: str, page_size: int) -> dict[int, int]:
     return out
 
 
-def _pages_per_node(fd: int, size: int, path: str) -> dict[int, int] | None:
+def _pages_per_node(host: Host, fd: int, size: int, path: str) -> dict[int, int] | None:
     # Map the file read-only and populate the page tables (the pages exist already: no
     # allocation), then read where they are from our own numa_maps.
     try:
@@ -297,33 +295,32 @@ def _pages_per_node(fd: int, size: int, path: str) -> dict[int, int] | None:
     except OSError:
         return None
     try:
-        return _mapped_pages_per_node(fd, path)
+        return _mapped_pages_per_node(host, fd, path)
     finally:
         m.close()
 
 
-def _mapped_pages_per_node(fd: int, path: str) -> dict[int, int] | None:
+def _mapped_pages_per_node(host: Host, fd: int, path: str) -> dict[int, int] | None:
     """Pages per node of ``path`` as our own mappings of it show them (every page faulted)."""
     try:
-        with open("/proc/self/numa_maps", encoding="utf-8") as fh:
-            text = fh.read()
+        text = host.read_text("/proc/self/numa_maps") or ""
         return parse_numa_maps(text, path, os.fstat(fd).st_blksize)
-    except OSError:
+    except (OSError, HostError):
         return None
 
 
 def list_models(host: Host, mounts: list[StoreMount], *, nodes: bool = True) -> list[StoredModel]:
     out: list[StoredModel] = []
     for m in mounts:
-        d = host.path(m.path)
-        if not d.is_dir() or (not host.offline and not kernel.is_hugetlbfs(str(d))):
+        if not host.is_dir(m.path) or (not host.offline and not host.is_hugetlbfs(m.path)):
             continue
-        for name in sorted(os.listdir(d)):
+        for name in host.listdir(m.path):
             try:
-                if not stat.S_ISREG(os.lstat(d / name).st_mode):
+                st = host.lstat(f"{m.path}/{name}")
+                if st is None or not stat.S_ISREG(st.st_mode):
                     continue
                 out.append(_read_model(host, m, name, nodes=nodes))
-            except OSError:
+            except (OSError, HostError):
                 continue
     return out
 
@@ -361,8 +358,7 @@ def verify_model(host: Host, model: StoredModel) -> VerifyResult:
         problems.append("no valid hosttune trailer: not a store file, or damaged")
         return VerifyResult(model, tuple(problems), False)
     checked = False
-    real = str(host.path(model.path))
-    fd = os.open(real, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    fd = host.open_fd(model.path)
     try:
         pad = os.pread(fd, model.stored_size - TRAILER_LEN - tr.true_size, tr.true_size)
         if pad.strip(b"\0"):
@@ -416,14 +412,12 @@ class UnloadResult:
 def users_of(host: Host, real_path: str) -> tuple[int, ...]:
     """PIDs that map ``real_path`` (their pages return to the pool only when they exit)."""
     pids: list[int] = []
-    for d in host.listdir("/proc"):
-        if not d.isdigit() or int(d) == os.getpid():
-            continue
+    for pid in host.pids():
         try:
-            with open(f"/proc/{d}/maps", encoding="utf-8", errors="replace") as fh:
+            with host.open_read(f"/proc/{pid}/maps", text=True) as fh:
                 if any(line.rstrip("\n").endswith(" " + real_path) for line in fh):
-                    pids.append(int(d))
-        except OSError:
+                    pids.append(pid)
+        except (OSError, HostError):
             continue
     return tuple(pids)
 
@@ -432,12 +426,13 @@ def unload_model(host: Host, model: StoredModel) -> UnloadResult:
     if host.offline:
         raise ModelStoreError("models unload returns pages to the live huge-page pool; it does "
                               "not work with --root (remove the file from the tree instead)")
-    real = str(host.path(model.path))
-    users = users_of(host, real)
+    users = users_of(host, str(host.path(model.path)))
     try:
-        os.unlink(real)
+        host.remove(model.path)
     except OSError as err:
         raise ModelStoreError(f"cannot remove {model.path}: {err.strerror}") from err
+    except HostError as err:
+        raise ModelStoreError(f"cannot remove {model.path}: {err}") from err
     return UnloadResult(model, not users, users)
 
 
@@ -573,10 +568,9 @@ def load_model(
     except ValueError as err:
         raise ModelStoreError(str(err)) from err
     mdir = str(host.path(mount.path))
-    if not kernel.is_hugetlbfs(mdir):
+    if not host.is_hugetlbfs(mount.path):
         raise ModelStoreError(_not_hugetlbfs(host, mount.path))
-    target = f"{mdir}/{name}"
-    if os.path.lexists(target) and not replace:
+    if host.exists(f"{mount.path}/{name}") and not replace:
         raise ModelStoreError(f"name taken: {mount.path}/{name} already exists; use --replace, "
                               f"another --name, or `hosttune models unload {name}`")
     try:
@@ -599,7 +593,7 @@ def _load_fd(host: Host, source: str, src_fd: int, mount: StoreMount, mdir: str,
     if st.st_size == 0:
         raise ModelStoreError(f"the source {source} is empty")
     before = _SourceId.of(st)
-    page = os.statvfs(mdir).f_bsize
+    page = host.statvfs(mount.path).f_bsize
     total = stored_size(st.st_size, page)
     need = total // page
     pool = pool_state(host, page)
@@ -613,7 +607,7 @@ def _load_fd(host: Host, source: str, src_fd: int, mount: StoreMount, mdir: str,
         raise ModelStoreError(
             f"not enough free {label} huge pages{where}: {name} needs {need} "
             f"({format_size(total)}), {free} free; " + _fix_hint(host, pool, need, node))
-    vfs = os.statvfs(mdir)
+    vfs = host.statvfs(mount.path)
     if vfs.f_blocks and vfs.f_bavail < need:
         raise ModelStoreError(
             f"the mount {mount.path} is too small: {name} needs {need} pages, the mount's "
@@ -621,11 +615,13 @@ def _load_fd(host: Host, source: str, src_fd: int, mount: StoreMount, mdir: str,
             f"mounts[].size) and run `hosttune apply`, or `mount -o remount,size=... "
             f"{mount.path}`")
 
-    tmp = f"{mdir}/.{name}{TEMP_MARK}{os.getpid()}"
+    tmp_name = f".{name}{TEMP_MARK}{os.getpid()}"
+    tmp = f"{mdir}/{tmp_name}"  # the real path, as numa_maps names it
+    tmp_hp, final_hp = f"{mount.path}/{tmp_name}", f"{mount.path}/{name}"
     nthreads = max(1, threads or min(4, os.cpu_count() or 1))
     chunk = 1 << LEAF_LOG2
     t0 = time.monotonic()
-    dst_fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o644)
+    dst_fd = host.open_fd(tmp_hp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644, regular=False)
     mm: mmap.mmap | None = None
     view: memoryview | None = None
     try:
@@ -693,24 +689,24 @@ def _load_fd(host: Host, source: str, src_fd: int, mount: StoreMount, mdir: str,
         # every page is faulted in this mapping now (the data reaches the last page but one
         # at least, the trailer is in the last): numa_maps counts them all without mapping
         # the file a second time
-        per_node = _mapped_pages_per_node(dst_fd, tmp)
+        per_node = _mapped_pages_per_node(host, dst_fd, tmp)
         view.release()
         view = None
         mm.close()
         mm = None
         if node is not None and per_node and set(per_node) - {node}:
             raise ModelStoreError(f"pages of {name} landed outside node {node}: {per_node}")
-        replaced = os.path.lexists(f"{mdir}/{name}")
+        replaced = host.exists(final_hp)
         if replace:
-            os.rename(tmp, f"{mdir}/{name}")
+            host.rename(tmp_hp, final_hp)
         else:
             # link(2) fails if the name appeared meanwhile (another load): never overwrite.
             try:
-                os.link(tmp, f"{mdir}/{name}")
+                host.link(tmp_hp, final_hp)
             except FileExistsError as err:
                 raise ModelStoreError(f"name taken: {mount.path}/{name} was stored by someone "
                                       "else during this load; nothing was changed") from err
-            os.unlink(tmp)
+            host.remove(tmp_hp)
     except BaseException:
         if view is not None:
             view.release()
@@ -718,10 +714,7 @@ def _load_fd(host: Host, source: str, src_fd: int, mount: StoreMount, mdir: str,
             mm.close()
         os.close(dst_fd)
         dst_fd = -1
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
+        host.remove(tmp_hp)  # absent: nothing to do
         raise
     finally:
         if dst_fd >= 0:
@@ -807,8 +800,8 @@ def pool_needs(host: Host, profile: Profile | None) -> list[PoolNeed]:
             continue
         page = by_path[mpath].page_size
         size: int | None = None
-        if d.file and os.path.isfile(host.path(d.file)):
-            size = os.stat(host.path(d.file)).st_size
+        if d.file and (fst := host.stat(d.file)) is not None and stat.S_ISREG(fst.st_mode):
+            size = fst.st_size
         elif d.size is not None:
             size = parse_size(d.size)
         if size is None:

@@ -8,7 +8,6 @@ so ``watch`` and the exporter pay only for the values that move.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -371,17 +370,7 @@ class StoreCollector(Collector[StoreReading]):
             if m.fstype != "hugetlbfs":
                 continue
             ps = parse_pagesize_opt(m.options.get("pagesize"), default_ps)
-            files: list[StoreFile] = []
-            base = host.path(m.mount_point)
-            for dirpath, _dirs, names in os.walk(base):
-                for n in names:
-                    p = os.path.join(dirpath, n)
-                    try:
-                        st = os.lstat(p)
-                    except OSError:
-                        continue
-                    if os.path.isfile(p) and not os.path.islink(p):
-                        files.append(StoreFile(os.path.relpath(p, base), st.st_size))
+            files = [StoreFile(f.rel, f.st.st_size) for f in host.walk_files(m.mount_point)]
             used = sum(-(-f.size_bytes // ps) * ps for f in files)
             mounts.append(StoreMount(m.mount_point, ps,
                                      parse_mount_size(m.options, ps, mi.get("MemTotal", 0)),

@@ -19,6 +19,7 @@ import sys
 from dataclasses import replace
 from typing import Any
 
+from hosttune.errors import HostError
 from hosttune.host import Host
 from hosttune.tunables._systemd import UNIT_DIR, daemon_reload, symlink_change
 from hosttune.tunables.base import HEADER, Change, Context, Evaluation, Row, Tunable, file_change
@@ -73,14 +74,10 @@ def tree_executable(host: Host, path: str) -> bool:
     """Is ``path`` an executable file inside the root? Symlinks (a venv's python, a console
     script linked into /usr/local/bin) are followed inside the root, never on the machine
     running hosttune."""
-    for _ in range(40):  # the kernel's own limit on nested symlinks (MAXSYMLINKS)
-        real = host.path(path)
-        if real.is_symlink():
-            target = os.readlink(real)
-            path = os.path.normpath(os.path.join(os.path.dirname(path), target))
-            continue
-        return real.is_file() and os.access(real, os.X_OK)
-    return False
+    try:  # Host resolves every link inside the root (a loop is a HostError)
+        return host.is_file(path) and host.access(path, os.X_OK)
+    except HostError:
+        return False
 
 
 def tree_hosttune(host: Host) -> str | None:

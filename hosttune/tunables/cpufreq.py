@@ -94,8 +94,7 @@ def boot_overrides(host: Host, sec: CpuSection) -> list[Row]:
         if d.endswith(".wants"):
             enabled.update(n for n in host.listdir(f"/etc/systemd/system/{d}")
                            if n in OVERRIDING_SERVICES)
-    masked = {n for n in enabled if host.lpath(f"/etc/systemd/system/{n}").is_symlink()
-              and str(host.lpath(f"/etc/systemd/system/{n}").readlink()) == "/dev/null"}
+    masked = {n for n in enabled if host.readlink(f"/etc/systemd/system/{n}") == "/dev/null"}
     rows = []
     for n in sorted(enabled - masked):
         what = OVERRIDING_SERVICES[n]

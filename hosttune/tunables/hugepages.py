@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -278,10 +277,11 @@ def kernel_config(host: Host) -> dict[str, str] | None:
     text = host.read_text(f"/boot/config-{rel}") if rel else None
     if text is None:
         try:
-            with gzip.open(host.path("/proc/config.gz"), "rt", encoding="utf-8",
-                           errors="replace") as fh:
-                text = fh.read()
-        except OSError:
+            raw = host.read_bytes("/proc/config.gz")
+            if raw is None:
+                return None
+            text = gzip.decompress(raw).decode("utf-8", errors="replace")
+        except (OSError, EOFError):  # BadGzipFile is an OSError; a cut stream an EOFError
             return None
     out: dict[str, str] = {}
     for line in text.splitlines():
@@ -378,22 +378,8 @@ def hugetlbfs_files(host: Host, page_bytes: int) -> dict[str, int]:
     for m in parse_mountinfo(host.read_text("/proc/self/mountinfo") or ""):
         if m.fstype != "hugetlbfs" or m.options.get("pagesize", default) != label:
             continue
-        pages = 0
-        stack = [m.mount_point]
-        while stack and len(stack) < 10000:
-            d = stack.pop()
-            try:
-                entries = list(os.scandir(d))
-            except OSError:
-                continue
-            for e in entries:
-                try:
-                    if e.is_dir(follow_symlinks=False):
-                        stack.append(e.path)
-                    elif e.is_file(follow_symlinks=False):
-                        pages += math.ceil(e.stat(follow_symlinks=False).st_size / page_bytes)
-                except OSError:
-                    continue
+        pages = sum(math.ceil(f.st.st_size / page_bytes)
+                    for f in host.walk_files(m.mount_point))
         if pages:
             out[m.mount_point] = pages
     return out

@@ -113,7 +113,10 @@ def models_bytes(host: Host, plan: MountPlan) -> tuple[int, list[str]]:
     missing = []
     for f in plan.mount.models:
         try:
-            size = os.stat(host.path(f)).st_size
+            st = host.stat(f)
+            if st is None:
+                raise FileNotFoundError(f)
+            size = st.st_size
         except OSError:
             missing.append(f)
             continue

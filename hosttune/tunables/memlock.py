@@ -167,18 +167,8 @@ def service_comm(svc: str) -> str:
 
 
 def scan_comms(host: Host, comms: set[str]) -> dict[str, list[int]]:
-    """PIDs per comm for several names in one pass over /proc (cf. facts.find_pids)."""
-    out: dict[str, list[int]] = {}
-    for d in host.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            c = host.read_value(f"/proc/{d}/comm")
-        except OSError:
-            continue
-        if c in comms:
-            out.setdefault(c, []).append(int(d))
-    return {k: sorted(v) for k, v in out.items()}
+    """PIDs per comm for several names in one pass over /proc."""
+    return host.pids_by_comm(comms)
 
 
 def _proc_hidepid(host: Host) -> bool:

@@ -16,7 +16,7 @@ fstab-generated swap units vanish with their fstab line at the next daemon-reloa
 
 from __future__ import annotations
 
-import os
+import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -116,8 +116,7 @@ def swap_units(host: Host, active: list[SwapDevice] | None = None) -> list[SwapU
             names.setdefault(unit_name(d.path), f"{conf} (zram-generator)")
     out = []
     for n, src in sorted(names.items()):
-        real = host.lpath(f"{UNIT_DIR}/{n}")
-        masked = real.is_symlink() and os.readlink(real) == "/dev/null"
+        masked = host.readlink(f"{UNIT_DIR}/{n}") == "/dev/null"
         out.append(SwapUnit(n, src, masked))
     return out
 
@@ -128,9 +127,8 @@ def _fstab_source(host: Host, dev: SwapDevice, fstab_lines: list[tuple[int, str,
             return f"{FSTAB}:{lineno}"
         tag, sep, val = spec.partition("=")
         if sep and tag in ("UUID", "LABEL", "PARTUUID", "PARTLABEL"):
-            link = host.path(f"/dev/disk/by-{tag.lower()}/{val}")
             try:
-                if os.path.realpath(link) == os.path.realpath(host.path(dev.path)):
+                if host.realpath(f"/dev/disk/by-{tag.lower()}/{val}") == host.realpath(dev.path):
                     return f"{FSTAB}:{lineno}"
             except OSError:
                 continue
@@ -363,9 +361,9 @@ def _simulate_proc_swaps(host: Host, edit: Any) -> None:
     """Under --root the command only was recorded; keep a fixture's /proc/swaps in step with
     what the kernel would show (like Host.write_kernel writes a fixture's /proc/sys). A real
     procfs mounted in the tree reports size 0 and is left alone."""
-    real = host.lpath("/proc/swaps")
     try:
-        if not real.is_file() or real.is_symlink() or real.stat().st_size == 0:
+        lst = host.lstat("/proc/swaps")
+        if lst is None or not stat.S_ISREG(lst.st_mode) or lst.st_size == 0:
             return
         st = host.file_state("/proc/swaps")
     except OSError:

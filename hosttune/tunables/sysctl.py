@@ -60,9 +60,9 @@ def sysctl_files(host: Host) -> list[str]:
     ordered = []
     for n in sorted(by_name):
         p = by_name[n]
-        real = host.lpath(p)
-        if real.is_symlink():  # report the file a link points to (Debian's 99-sysctl.conf)
-            p = os.path.normpath(os.path.join(os.path.dirname(p), os.readlink(real)))
+        target = host.readlink(p)
+        if target is not None:  # report the file a link points to (Debian's 99-sysctl.conf)
+            p = os.path.normpath(os.path.join(os.path.dirname(p), target))
         ordered.append(p)
     # /etc/sysctl.conf last, unless already linked in (Debian: 99-sysctl.conf -> ../sysctl.conf)
     linked = "/etc/sysctl.conf" in ordered
