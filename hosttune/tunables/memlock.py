@@ -42,6 +42,8 @@ if TYPE_CHECKING:
 
 DROPIN_NAME = "90-hosttune-memlock.conf"
 SYSUSERS_FILE = "/etc/sysusers.d/90-hosttune-memlock.conf"
+LIMITS_CONF = "/etc/security/limits.conf"
+LIMITS_D = "/etc/security/limits.d"
 UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
              "/usr/lib/systemd/system", "/lib/systemd/system")
 CAP_SYS_RESOURCE = 24  # linux/capability.h
@@ -101,16 +103,33 @@ class LimitsEntry:
     type: str  # soft | hard | -
     item: str
     value: str
+    file: str = ""  # the host path it was read from, where the caller names it
 
 
-def parse_limits_conf(text: str) -> list[LimitsEntry]:
-    """limits.conf(5): '<domain> <type> <item> <value>', '#' starts a comment."""
+def parse_limits_conf(text: str, file: str = "") -> list[LimitsEntry]:
+    """limits.conf(5): '<domain> <type> <item> <value>'; pam_limits strips '#' comments
+    anywhere on a line and skips lines without four fields."""
     out = []
     for i, line in enumerate(text.splitlines(), 1):
         parts = line.split("#", 1)[0].split()
         if len(parts) == 4:
-            out.append(LimitsEntry(i, *parts))
+            out.append(LimitsEntry(i, *parts, file=file))
     return out
+
+
+def limits_files(host: Host) -> list[str]:
+    """The files pam_limits reads, in its order: limits.conf, then limits.d/*.conf in
+    lexical order (pam_limits(8))."""
+    return [LIMITS_CONF] + [f"{LIMITS_D}/{n}" for n in host.listdir(LIMITS_D)
+                            if n.endswith(".conf")]
+
+
+def limits_conf_bytes(value: str) -> int | None:
+    """A limits.conf memlock value (KiB) in bytes; -1/unlimited/infinity mean no limit
+    (None). The inverse of limits_conf_value."""
+    if value in ("-1", "unlimited", "infinity"):
+        return None
+    return int(value) * 1024
 
 
 def parse_group_names(text: str) -> set[str]:
@@ -394,11 +413,8 @@ class MemlockTunable(Tunable):
     def _wildcard_rows(self, host: Host, sec: MemlockSection) -> list[Row]:
         """'*' memlock lines elsewhere (the seed notes appended them to limits.conf) give
         every PAM session the limit the profile meant for one group."""
-        files = ["/etc/security/limits.conf"] + [
-            f"/etc/security/limits.d/{n}" for n in host.listdir("/etc/security/limits.d")
-            if n.endswith(".conf")]
         rows = []
-        for f in files:
+        for f in limits_files(host):
             if f == sec.limits_file:
                 continue
             try:
