@@ -22,7 +22,7 @@ from hosttune.host.parsers import (
     sysctl_key_to_path,
 )
 from hosttune.profile.sizes import format_size, parse_size
-from hosttune.tunables._systemd import mount_unit_name
+from hosttune.tunables._systemd import UNIT_DIRS, mount_unit_name
 from hosttune.tunables.hugetlbfs import MARK as HUGETLBFS_MARK
 from hosttune.tunables.memlock import (
     LimitsEntry,
@@ -419,9 +419,7 @@ API_FS = {"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "securityf
           "nfsd", "ramfs"}
 API_DIRS = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/lib/docker", "/var/lib/containerd",
             "/var/lib/kubelet", "/snap")
-MOUNT_UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/run/systemd/transient",
-                   "/usr/local/lib/systemd/system", "/lib/systemd/system",
-                   "/usr/lib/systemd/system")
+MOUNT_UNIT_DIRS = (*UNIT_DIRS, "/run/systemd/transient")  # + systemd-mount's transient units
 GENERATOR_DIR = "/run/systemd/generator"  # systemd-fstab-generator's output for this boot
 FSTAB_BACKUPS = ("/etc/fstab.bak", "/etc/fstab.orig", "/etc/fstab~", "/etc/fstab.backup",
                  "/etc/fstab.old", "/etc/fstab.save")

@@ -26,6 +26,7 @@ from hosttune.errors import ApplyError
 from hosttune.host import Host
 from hosttune.host.parsers import parse_limits, parse_mountinfo
 from hosttune.profile.sizes import format_size, parse_size
+from hosttune.tunables._systemd import SD_BOOTED, UNIT_DIRS, daemon_reload
 from hosttune.tunables.base import (
     HEADER,
     Change,
@@ -44,8 +45,6 @@ DROPIN_NAME = "90-hosttune-memlock.conf"
 SYSUSERS_FILE = "/etc/sysusers.d/90-hosttune-memlock.conf"
 LIMITS_CONF = "/etc/security/limits.conf"
 LIMITS_D = "/etc/security/limits.d"
-UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
-             "/usr/lib/systemd/system", "/lib/systemd/system")
 CAP_SYS_RESOURCE = 24  # linux/capability.h
 # The process a service runs (comm, at most 15 chars); default: the unit name.
 SERVICE_COMM = {"docker.service": "dockerd", "containerd.service": "containerd"}
@@ -113,7 +112,8 @@ def parse_limits_conf(text: str, file: str = "") -> list[LimitsEntry]:
     for i, line in enumerate(text.splitlines(), 1):
         parts = line.split("#", 1)[0].split()
         if len(parts) == 4:
-            out.append(LimitsEntry(i, *parts, file=file))
+            domain, kind, item, value = parts
+            out.append(LimitsEntry(i, domain, kind, item, value, file))
     return out
 
 
@@ -257,7 +257,7 @@ class MemlockTunable(Tunable):
                            f"memlock is {fmt(hard1)}: no service can get {fmt(want)} here "
                            "(a unit asking for more fails to start)")
 
-        if not host.offline and not host.exists("/run/systemd/system"):
+        if not host.offline and not host.exists(SD_BOOTED):
             comm1 = host.read_value("/proc/1/comm") or "?"
             nosd = (f"systemd is not the init here (PID 1 is {comm1}): unit drop-ins take "
                     "effect only where systemd starts the daemons")
@@ -322,13 +322,9 @@ class MemlockTunable(Tunable):
                 dropin_changed = True
             rows.append(self._daemon_row(host, svc, want, configured, pids_by_comm))
 
-        if dropin_changed and host.exists("/run/systemd/system"):
-            changes.append(Change(
-                id="memlock/daemon-reload", tunable=self.name, kind="command",
-                summary="systemctl daemon-reload (LimitMEMLOCK drop-ins changed)",
-                runtime=False,
-                params={"argv": ["systemctl", "daemon-reload"],
-                        "revert_argv": ["systemctl", "daemon-reload"], "post": True}))
+        if dropin_changed and (reload := daemon_reload(ctx, self.name,
+                                                       "LimitMEMLOCK drop-ins changed")):
+            changes.append(reload)
         return Evaluation(rows, changes)
 
     def _group_changes(self, ctx: Context, group: str, limits_file: str) -> list[Change]:
