@@ -18,6 +18,9 @@ from hosttune.host.parsers import format_cpulist
 from hosttune.host.pci import parse_pci_gpu, read_gpus
 from hosttune.profile import load_profile
 from hosttune.profile.schema import Profile, WorkloadSection
+from hosttune.profile.sizes import format_size
+from hosttune.tunables.base import Context
+from hosttune.tunables.hugepages import resolve
 from tests.containers_trees import add_nvidia_gpu, add_pci_device
 
 GiB = 1024**3
@@ -160,6 +163,32 @@ def test_memory_that_does_not_fit_is_refused(epyc: Path) -> None:
     plan = plan_workload(Host(epyc).facts, wl(cpu_workers={"count": 2, "memory": "100GiB"}),
                          hugepage_bytes=400 * GiB)
     assert any("huge-page pool 400 GiB" in r for r in plan.refusals)
+
+
+POOL_BY_NODE = """name: pool-by-node
+hugepages:
+  pools:
+    - {pagesize: 2M, size: auto, nodes: {0: 2GiB, 1: 100}}
+workload:
+  store: /srv/models
+  cpu_workers: {count: 2, memory: 255GiB}
+  system_cores: 4
+"""
+
+
+def test_planner_keeps_out_the_pool_the_hugepages_family_allocates(epyc: Path,
+                                                                    tmp_path: Path) -> None:
+    # size: auto with per-node sizes is their sum (1024 + 100 pages of 2 MiB): the planner
+    # must take that same pool out of the workers' room, not 0
+    path = tmp_path / "p.yaml"
+    path.write_text(POOL_BY_NODE)
+    loaded = load_profile(str(path))
+    pool = resolve(Context(Host(epyc), loaded)).pools["2M"]
+    assert pool.bytes == 2_357_198_848
+    plan = plan_from_profile(loaded.profile, Host(epyc).facts)
+    assert not plan.ok  # 2 x 255 GiB fit 512 GiB of RAM, but not beside the pool
+    assert any(f"huge-page pool {format_size(pool.bytes)}" in r for r in plan.refusals), \
+        plan.refusals
 
 
 # --- this VM ----------------------------------------------------------------------------------

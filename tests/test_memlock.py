@@ -331,6 +331,31 @@ def test_parse_limits_conf_literal():
     assert got == [(3, "*", "soft", "memlock", "unlimited"), (4, "@audio", "-", "rtprio", "95")]
 
 
+def test_doctor_and_memlock_read_limits_the_same_way(ryzen):
+    """One limits.conf reading for the family and doctor: the files pam_limits reads in its
+    order (limits.conf, then limits.d/*.conf sorted; other names ignored), and the same lines
+    from each, with the file they came from."""
+    from hosttune.doctor.base import DoctorContext
+    from hosttune.doctor.checks_config import all_limit_lines
+    from hosttune.tunables.memlock import limits_conf_bytes, limits_files, parse_limits_conf
+
+    d = ryzen / "etc/security/limits.d"
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "20-b.conf").write_text("@b hard memlock 64 # trailing comment\n")
+    (d / "10-a.conf").write_text("@a - memlock unlimited\nnot four fields\n")
+    (d / "05-x.conf.disabled").write_text("@x hard memlock 1\n")
+    host = Host(ryzen)
+    files = limits_files(host)
+    assert files[0] == "/etc/security/limits.conf"
+    assert files[1:] == ["/etc/security/limits.d/10-a.conf", "/etc/security/limits.d/20-b.conf"]
+    mine = [e for f in files for e in parse_limits_conf(host.read_text(f) or "", f)]
+    assert all_limit_lines(DoctorContext(host)) == mine
+    tail = [(e.file.rsplit("/", 1)[1], e.lineno, e.domain, e.type, e.value) for e in mine[-2:]]
+    assert tail == [("10-a.conf", 1, "@a", "-", "unlimited"), ("20-b.conf", 1, "@b", "hard", "64")]
+    assert [limits_conf_bytes(v) for v in ("64", "-1", "unlimited", "infinity")] == \
+        [64 * 1024, None, None, None]
+
+
 def test_seed_wildcard_memlock_in_limits_conf_is_flagged(ryzen):
     """The seed notes appended '* soft/hard memlock unlimited' to limits.conf."""
     conf = ryzen / "etc/security/limits.conf"

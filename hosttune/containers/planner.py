@@ -23,7 +23,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from hosttune.containers.cpusets import CpusetFinding, check_cpusets, core_of
 from hosttune.host.facts import HostFacts
 from hosttune.host.parsers import format_cpulist, parse_cpulist
-from hosttune.profile.sizes import format_size, parse_percent, parse_size
+from hosttune.profile.sizes import format_size, parse_size
+from hosttune.tunables.hugepages import pool_bytes
 
 if TYPE_CHECKING:
     from hosttune.profile.schema import Profile, WorkloadSection
@@ -243,32 +244,9 @@ def _search(doms: list[_Domain], reservations: list[_Reservation], shapes: list[
 def hugepage_pool_bytes(profile: Profile, facts: HostFacts) -> int:
     """Huge-page memory the profile keeps out of reach of workers (or what is allocated now,
     whichever is larger). hugetlb pages are not charged to memory.max, so they count here and
-    not in the workers' mem_limit."""
-    current = facts.meminfo.get("Hugetlb", 0)
-    wanted = 0
-    if profile.hugepages is not None:
-        mounts = profile.hugetlbfs.mounts if profile.hugetlbfs else []
-        for pool in profile.hugepages.pools:
-            page = 2 * 1024**2 if pool.pagesize == "2M" else 1024**3
-            size = pool.size
-            if isinstance(size, int):
-                wanted += size * page
-            elif size == "auto":
-                for m in mounts:
-                    if m.pagesize != pool.pagesize or m.size == "auto":
-                        continue
-                    wanted += _bytes(m.size, facts.mem_total_bytes)
-            else:
-                wanted += _bytes(size, facts.mem_total_bytes)
-    return max(current, wanted)
-
-
-def _bytes(v: str | int, total: int) -> int:
-    if isinstance(v, str):
-        pct = parse_percent(v)
-        if pct is not None:
-            return int(total * pct)
-    return parse_size(v)
+    not in the workers' mem_limit. The pool is sized by the hugepages family itself, so the
+    planner keeps out exactly what apply allocates."""
+    return max(facts.meminfo.get("Hugetlb", 0), pool_bytes(profile, facts))
 
 
 def plan_from_profile(profile: Profile, facts: HostFacts) -> ContainerPlan:

@@ -22,54 +22,24 @@ from hosttune.host.parsers import (
     sysctl_key_to_path,
 )
 from hosttune.profile.sizes import format_size, parse_size
-from hosttune.tunables._systemd import mount_unit_name
+from hosttune.tunables._systemd import UNIT_DIRS, mount_unit_name
 from hosttune.tunables.hugetlbfs import MARK as HUGETLBFS_MARK
+from hosttune.tunables.memlock import (
+    LimitsEntry,
+    limits_conf_bytes,
+    limits_files,
+    parse_limits_conf,
+)
 from hosttune.tunables.sysctl import effective_value, kernel_reading, sysctl_files
 
 # --- limits.conf -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class LimitLine:
-    file: str
-    lineno: int
-    domain: str
-    type: str  # soft | hard | -
-    item: str
-    value: str
-
-
-def parse_limits_conf(path: str, text: str) -> list[LimitLine]:
-    out: list[LimitLine] = []
-    for i, line in enumerate(text.splitlines(), 1):
-        s = line.split("#", 1)[0].strip()  # pam_limits strips '#' comments anywhere
-        parts = s.split()
-        if len(parts) != 4:
-            continue
-        out.append(LimitLine(path, i, *parts))
+def all_limit_lines(ctx: DoctorContext) -> list[LimitsEntry]:
+    out: list[LimitsEntry] = []
+    for f in limits_files(ctx.host):
+        out.extend(parse_limits_conf(ctx.host.read_text(f) or "", f))
     return out
-
-
-def limits_files(ctx: DoctorContext) -> list[str]:
-    # pam_limits reads limits.conf, then limits.d/*.conf in lexical order
-    files = ["/etc/security/limits.conf"]
-    files += [f"/etc/security/limits.d/{n}" for n in ctx.host.listdir("/etc/security/limits.d")
-              if n.endswith(".conf")]
-    return [f for f in files if ctx.host.exists(f)]
-
-
-def all_limit_lines(ctx: DoctorContext) -> list[LimitLine]:
-    out: list[LimitLine] = []
-    for f in limits_files(ctx):
-        out.extend(parse_limits_conf(f, ctx.host.read_text(f) or ""))
-    return out
-
-
-def _limit_bytes(v: str) -> int | None:
-    """limits.conf memlock values are KiB; -1/unlimited/infinity mean no limit (None)."""
-    if v in ("-1", "unlimited", "infinity"):
-        return None
-    return int(v) * 1024
 
 
 def _has_service_memlock(ctx: DoctorContext, svc: str) -> bool:
@@ -114,7 +84,7 @@ def _started_before(ctx: DoctorContext, pid: int, files: list[str]) -> bool | No
 def check_memlock(ctx: DoctorContext) -> Iterator[Finding]:
     lines = [x for x in all_limit_lines(ctx) if x.item == "memlock"]
     for x in lines:
-        if x.domain == "*" and _limit_bytes(x.value) is None:
+        if x.domain == "*" and limits_conf_bytes(x.value) is None:
             yield Finding(
                 "memlock.unlimited-for-everyone", Severity.WARNING,
                 f"memlock {x.type} limit unlimited for every user", f"{x.file}:{x.lineno}",
@@ -123,7 +93,7 @@ def check_memlock(ctx: DoctorContext) -> Iterator[Finding]:
                 "profile key memlock.scope: group (limits for @inference only)")
     if not lines:
         return
-    wanted = [_limit_bytes(x.value) for x in lines]
+    wanted = [limits_conf_bytes(x.value) for x in lines]
     want_unlimited = any(w is None for w in wanted)
     want = None if want_unlimited else max(w for w in wanted if w is not None)
     for comm, svc in (("dockerd", "docker.service"), ("containerd", "containerd.service")):
@@ -270,7 +240,7 @@ def check_duplicates(ctx: DoctorContext) -> Iterator[Finding]:
         "keep one copy; profile key sysctl.settings (hosttune's drop-in is rewritten, "
         "never appended)")
     # limits: same domain/type/item
-    lseen: dict[tuple[str, str, str], LimitLine] = {}
+    lseen: dict[tuple[str, str, str], LimitsEntry] = {}
     lentries: list[Keyed] = []
     for x in all_limit_lines(ctx):
         types = ("soft", "hard") if x.type == "-" else (x.type,)
@@ -452,9 +422,7 @@ API_FS = {"proc", "sysfs", "devtmpfs", "devpts", "cgroup", "cgroup2", "securityf
           "nfsd", "ramfs"}
 API_DIRS = ("/proc", "/sys", "/dev", "/run", "/tmp", "/var/lib/docker", "/var/lib/containerd",
             "/var/lib/kubelet", "/snap")
-MOUNT_UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/run/systemd/transient",
-                   "/usr/local/lib/systemd/system", "/lib/systemd/system",
-                   "/usr/lib/systemd/system")
+MOUNT_UNIT_DIRS = (*UNIT_DIRS, "/run/systemd/transient")  # + systemd-mount's transient units
 GENERATOR_DIR = "/run/systemd/generator"  # systemd-fstab-generator's output for this boot
 FSTAB_BACKUPS = ("/etc/fstab.bak", "/etc/fstab.orig", "/etc/fstab~", "/etc/fstab.backup",
                  "/etc/fstab.old", "/etc/fstab.save")

@@ -48,6 +48,7 @@ from hosttune.host.nvidia_driver import (
 )
 from hosttune.host.parsers import format_cpulist, parse_cmdline, parse_cpulist, parse_mountinfo
 from hosttune.profile.schema import check_exclusive_sharing
+from hosttune.tunables._systemd import find_unit
 from hosttune.tunables.cuda_env import BOOT_WIPED, cache_path_problem, parse_environment
 from hosttune.tunables.gpu_common import gpu_clients
 from hosttune.tunables.gpu_nvml import GRAPHICS, MEMORY, resolve_clock
@@ -854,8 +855,8 @@ def _mps_running(ctx: DoctorContext) -> bool:
     # an enabled unit that starts the control daemon
     for wants in host.glob("/etc/systemd/system/*.wants/*"):
         name = wants.rsplit("/", 1)[-1]
-        text = host.read_text(f"/etc/systemd/system/{name}") or \
-            host.read_text(f"/lib/systemd/system/{name}") or ""
+        unit = find_unit(host, name)
+        text = (host.read_text(unit) or "") if unit else ""
         if "nvidia-cuda-mps-control" in text:
             return True
     return False

@@ -1,11 +1,30 @@
-"""Helpers for the systemd files hosttune writes: unit-name escaping, enablement symlinks and
-the daemon-reload post step."""
+"""Helpers for the systemd files hosttune writes and reads: where units live, unit-name
+escaping, enablement symlinks and the daemon-reload post step."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from hosttune.tunables.base import Change, Context, Row, Status
 
-UNIT_DIR = "/etc/systemd/system"
+if TYPE_CHECKING:
+    from hosttune.host import Host
+
+UNIT_DIR = "/etc/systemd/system"  # where hosttune writes units and drop-ins
+# Where system units live, in systemd's search order (systemd.unit(5) "Unit File Load Path");
+# the first match wins. /lib/systemd/system: Debian without merged /usr.
+UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
+             "/usr/lib/systemd/system", "/lib/systemd/system")
+SD_BOOTED = "/run/systemd/system"  # sd_booted(3): exists while systemd runs as PID 1
+
+
+def find_unit(host: Host, name: str) -> str | None:
+    """The unit file systemd loads for ``name`` (host path), None when there is none."""
+    for d in UNIT_DIRS:
+        p = f"{d}/{name}"
+        if host.exists(p) and not host.is_dir(p):
+            return p
+    return None
 
 
 def escape_path(path: str) -> str:
@@ -52,13 +71,16 @@ def symlink_change(ctx: Context, tunable: str, path: str, target: str | None, *,
     return row, ch
 
 
-def daemon_reload(ctx: Context, tunable: str) -> Change | None:
-    """systemctl daemon-reload after unit files change - only where systemd runs under the
-    root (sd_booted(3): /run/systemd/system exists); an image or a container without systemd
-    reads the units at its next boot."""
-    if ctx.runtime_only or not ctx.host.exists("/run/systemd/system"):
+def daemon_reload(ctx: Context, tunable: str, why: str = "", *,
+                  booted_only: bool = True) -> Change | None:
+    """systemctl daemon-reload after unit files change, as a post step (after the files, and
+    again after their revert) - only where systemd runs under the root (sd_booted(3)); an image
+    or a container without systemd reads the units at its next boot. ``booted_only=False``:
+    a family that also restarts a daemon with systemctl plans both wherever it plans the
+    restart."""
+    if ctx.runtime_only or (booted_only and not ctx.host.exists(SD_BOOTED)):
         return None
     argv = ["systemctl", "daemon-reload"]
     return Change(id=f"{tunable}/daemon-reload", tunable=tunable, kind="command",
-                  summary="systemctl daemon-reload", runtime=False,
-                  params={"argv": argv, "revert_argv": argv, "post": True})
+                  summary="systemctl daemon-reload" + (f" ({why})" if why else ""),
+                  runtime=False, params={"argv": argv, "revert_argv": argv, "post": True})

@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from hosttune.host.gpu.nvml import NvmlState
-from hosttune.tunables._systemd import daemon_reload
+from hosttune.tunables._systemd import UNIT_DIRS, daemon_reload
 from hosttune.tunables.base import (
     HEADER,
     Change,
@@ -30,7 +30,6 @@ from hosttune.tunables.base import (
 )
 from hosttune.tunables.gpu_common import section, unavailable_rows
 from hosttune.tunables.gpu_units import (
-    UNIT_DIRS,
     enable_link,
     exec_problems,
     is_active,

@@ -23,7 +23,7 @@ from typing import Any
 from hosttune.errors import HostError
 from hosttune.host import Host
 from hosttune.host.gpu.nvml import NvmlState
-from hosttune.tunables._systemd import daemon_reload
+from hosttune.tunables._systemd import daemon_reload, find_unit
 from hosttune.tunables.base import (
     HEADER,
     Change,
@@ -40,7 +40,6 @@ from hosttune.tunables.gpu_units import (
     enable_link,
     exec_argv,
     exec_problems,
-    find_unit,
     is_active,
     is_ours,
     passwd_users,

@@ -11,20 +11,9 @@ from hosttune.errors import HostError
 from hosttune.host import Host
 from hosttune.tunables.base import HEADER, Change, Context, Row, Status
 
-# systemd.unit(5) search order for system units; the first match wins.
-UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
-             "/usr/lib/systemd/system", "/lib/systemd/system")
 EXEC_KEYS = ("ExecStart", "ExecStartPre", "ExecStartPost", "ExecStop", "ExecStopPost",
              "ExecReload", "ExecCondition")
 WORLD_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm")
-
-
-def find_unit(host: Host, name: str) -> str | None:
-    for d in UNIT_DIRS:
-        p = f"{d}/{name}"
-        if host.exists(p):
-            return p
-    return None
 
 
 def is_ours(text: str | None) -> bool:

@@ -41,7 +41,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from hosttune.errors import ApplyError, HostError
+from hosttune.errors import ApplyError, HostError, ProfileError
 from hosttune.host import Host
 from hosttune.host.facts import read_cpulist
 from hosttune.host.parsers import (
@@ -58,7 +58,10 @@ from hosttune.profile.sizes import (
 from hosttune.tunables.base import Change, Context, Evaluation, Row, Status, Tunable
 
 if TYPE_CHECKING:
-    from hosttune.profile.schema import HugePagePool, HugePagesSection, HugetlbfsMount
+    from collections.abc import Callable
+
+    from hosttune.host.facts import HostFacts
+    from hosttune.profile.schema import HugePagePool, HugePagesSection, HugetlbfsMount, Profile
 
 PAGE_BYTES = {"2M": 2 * 1024**2, "1G": 1024**3}
 NODE_DIR = "/sys/devices/system/node"
@@ -171,62 +174,97 @@ def current_pool_pages(host: Host, page_bytes: int) -> int:
     return max(nr - surp, 0)
 
 
-def resolve(ctx: Context) -> Resolved:
-    """Page counts of every pool and mount in the profile. Raises ProfileError for sizes that
+@dataclass(frozen=True)
+class PoolSize:
+    """One pool's page count, before it is placed on nodes."""
+    index: int
+    pool: HugePagePool
+    page_bytes: int
+    pages: int
+    explicit: dict[int, int] | None  # node -> pages where the profile names the nodes
+
+
+def _mount_pages(m: HugetlbfsMount, ram: int) -> int:
+    return to_bytes(m.size, ram) // PAGE_BYTES[m.pagesize]
+
+
+def size_pools(profile: Profile, ram: int, nodes_with_memory: Callable[[], list[int]],
+               error: Callable[[str, str], ProfileError]) -> dict[str, PoolSize]:
+    """Page count of every pool in the profile (pagesize label -> size): the one sizing that
+    apply, audit and the container planner share. Pure: RAM and the nodes with memory come
+    from the caller; ``error(key, message)`` makes the ProfileError raised for sizes that
     cannot be resolved (both sides 'auto', unknown nodes)."""
-    prof = ctx.profile
-    ram = ctx.facts.mem_total_bytes
-    hp: HugePagesSection | None = prof.hugepages
-    mounts = list(prof.hugetlbfs.mounts) if prof.hugetlbfs else []
+    hp: HugePagesSection | None = profile.hugepages
+    mounts = list(profile.hugetlbfs.mounts) if profile.hugetlbfs else []
     pool_by_size: dict[str, tuple[int, HugePagePool]] = {}
     for i, pool in enumerate(hp.pools if hp else []):
         if pool.pagesize in pool_by_size:
-            raise ctx.error(f"hugepages.pools.{i}.pagesize",
-                            f"a second {pool.pagesize} pool: one pool per page size")
+            raise error(f"hugepages.pools.{i}.pagesize",
+                        f"a second {pool.pagesize} pool: one pool per page size")
         pool_by_size[pool.pagesize] = (i, pool)
 
-    def explicit_mount_pages(m: HugetlbfsMount) -> int:
-        return to_bytes(m.size, ram) // PAGE_BYTES[m.pagesize]
-
-    pools: dict[str, PoolPlan] = {}
+    sizes: dict[str, PoolSize] = {}
     for label, (i, pool) in pool_by_size.items():
         pb = PAGE_BYTES[label]
         key = f"hugepages.pools.{i}"
         explicit: dict[int, int] | None = None
         if isinstance(pool.nodes, dict):
             explicit = {}
-            with_mem = memory_nodes(ctx.host)
+            with_mem = nodes_with_memory()
             for node, size in pool.nodes.items():
                 if node not in with_mem:
-                    raise ctx.error(f"{key}.nodes.{node}",
-                                    f"NUMA node {node} does not exist or has no memory on this "
-                                    f"host (nodes with memory: {with_mem})")
+                    raise error(f"{key}.nodes.{node}",
+                                f"NUMA node {node} does not exist or has no memory on this "
+                                f"host (nodes with memory: {with_mem})")
                 try:
                     explicit[node] = pool_pages(size, pb, ram)
                 except ValueError as err:
-                    raise ctx.error(f"{key}.nodes.{node}", str(err)) from err
+                    raise error(f"{key}.nodes.{node}", str(err)) from err
         if pool.size == "auto":
             if explicit is not None:
                 pages = sum(explicit.values())
             else:
                 same = [m for m in mounts if m.pagesize == label]
                 if not same:
-                    raise ctx.error(f"{key}.size", f"size 'auto' means what the {label} "
-                                    "hugetlbfs mounts hold, and the profile has none")
+                    raise error(f"{key}.size", f"size 'auto' means what the {label} "
+                                "hugetlbfs mounts hold, and the profile has none")
                 for j, m in enumerate(mounts):
                     if m.pagesize == label and m.size == "auto":
-                        raise ctx.error(f"hugetlbfs.mounts.{j}.size",
-                                        f"both this mount and its pool ({key}.size) are "
-                                        "'auto': give one of them a size")
-                pages = sum(explicit_mount_pages(m) for m in same)
+                        raise error(f"hugetlbfs.mounts.{j}.size",
+                                    f"both this mount and its pool ({key}.size) are "
+                                    "'auto': give one of them a size")
+                pages = sum(_mount_pages(m, ram) for m in same)
         else:
             pages = pool_pages(pool.size, pb, ram)
             if explicit is not None and sum(explicit.values()) != pages:
-                raise ctx.error(f"{key}.nodes", f"the per-node sizes add up to "
-                                f"{sum(explicit.values())} pages but size asks for {pages}; "
-                                "set size: auto or make them agree")
-        if explicit is not None:
-            pools[label] = PoolPlan(i, pool, pb, pages, "nodes", explicit)
+                raise error(f"{key}.nodes", f"the per-node sizes add up to "
+                            f"{sum(explicit.values())} pages but size asks for {pages}; "
+                            "set size: auto or make them agree")
+        sizes[label] = PoolSize(i, pool, pb, pages, explicit)
+    return sizes
+
+
+def pool_bytes(profile: Profile, facts: HostFacts) -> int:
+    """Bytes the profile's huge-page pools hold on a host with these facts (what apply
+    allocates). Pure; raises ProfileError (no file) for sizes that cannot be resolved."""
+    nodes = [n.id for n in facts.nodes if n.mem_total_bytes > 0] or [n.id for n in facts.nodes]
+    sizes = size_pools(profile, facts.mem_total_bytes, lambda: nodes,
+                       lambda key, msg: ProfileError(msg, key=key))
+    return sum(s.pages * s.page_bytes for s in sizes.values())
+
+
+def resolve(ctx: Context) -> Resolved:
+    """Page counts of every pool and mount in the profile. Raises ProfileError for sizes that
+    cannot be resolved (both sides 'auto', unknown nodes)."""
+    prof = ctx.profile
+    ram = ctx.facts.mem_total_bytes
+    mounts = list(prof.hugetlbfs.mounts) if prof.hugetlbfs else []
+    pools: dict[str, PoolPlan] = {}
+    sizes = size_pools(prof, ram, lambda: memory_nodes(ctx.host), ctx.error)
+    for label, sz in sizes.items():
+        i, pool, pb, pages = sz.index, sz.pool, sz.page_bytes, sz.pages
+        if sz.explicit is not None:
+            pools[label] = PoolPlan(i, pool, pb, pages, "nodes", sz.explicit)
         elif pool.nodes == "any":
             pools[label] = PoolPlan(i, pool, pb, pages, "global")
         else:  # spread over the nodes with memory; the remainder goes to the first ones
@@ -240,7 +278,7 @@ def resolve(ctx: Context) -> Resolved:
     for j, m in enumerate(mounts):
         pb = PAGE_BYTES[m.pagesize]
         if m.size != "auto":
-            plans.append(MountPlan(j, m, pb, explicit_mount_pages(m)))
+            plans.append(MountPlan(j, m, pb, _mount_pages(m, ram)))
             continue
         # 'auto' = the pool, less what explicitly sized mounts of that page size take, shared
         # evenly by the 'auto' mounts
@@ -252,7 +290,7 @@ def resolve(ctx: Context) -> Resolved:
             raise ctx.error(f"hugetlbfs.mounts.{j}.size", f"size 'auto' means the {m.pagesize} "
                             "pool, and there is none (add a hugepages pool of that size)")
         same = [x for x in mounts if x.pagesize == m.pagesize]
-        fixed = sum(explicit_mount_pages(x) for x in same if x.size != "auto")
+        fixed = sum(_mount_pages(x, ram) for x in same if x.size != "auto")
         n_auto = sum(1 for x in same if x.size == "auto")
         plans.append(MountPlan(j, m, pb, max(pool_n - fixed, 0) // n_auto))
     return Resolved(pools, plans)

@@ -19,9 +19,9 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from hosttune.host import Host
 from hosttune.host.irq import GpuDevice, cpus_to_mask, gpu_irqs, nr_cpu_ids, nvidia_gpus
 from hosttune.host.parsers import format_cpulist, parse_cpulist
+from hosttune.tunables._systemd import daemon_reload, find_unit
 from hosttune.tunables.base import (
     HEADER,
     Change,
@@ -38,8 +38,6 @@ if TYPE_CHECKING:
 
 POLICY_SCRIPT = "/etc/hosttune/irqbalance-gpu-policy.sh"
 DROPIN = "/etc/systemd/system/irqbalance.service.d/90-hosttune-gpu.conf"
-UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/lib/systemd/system",
-             "/lib/systemd/system")
 
 
 def policy_script() -> str:
@@ -56,14 +54,6 @@ def policy_script() -> str:
         "esac\n"
         "exit 0\n"
     )
-
-
-def find_unit(host: Host, name: str) -> str | None:
-    for d in UNIT_DIRS:
-        p = f"{d}/{name}"
-        if host.exists(p) and not host.is_dir(p):
-            return p
-    return None
 
 
 def unit_exec_start(text: str) -> str | None:
@@ -200,11 +190,14 @@ class IrqAffinityTunable(Tunable):
         rows += [r1, r2]
         changes += [c for c in (c1, c2) if c]
         if changes:
-            for cid, argv in (("daemon-reload", ["systemctl", "daemon-reload"]),
-                              ("irqbalance-restart",
-                               ["systemctl", "try-restart", "irqbalance.service"])):
-                changes.append(Change(
-                    id=f"{self.name}/{cid}", tunable=self.name, kind="command",
-                    summary=" ".join(argv), params={"argv": argv, "revert_argv": argv,
-                                                    "post": True}))
+            # the restart reads the new drop-in only after a reload: both, wherever the
+            # restart is planned
+            reload = daemon_reload(ctx, self.name, booted_only=False)
+            if reload is not None:
+                changes.append(reload)
+            argv = ["systemctl", "try-restart", "irqbalance.service"]
+            changes.append(Change(
+                id=f"{self.name}/irqbalance-restart", tunable=self.name, kind="command",
+                summary=" ".join(argv), params={"argv": argv, "revert_argv": argv,
+                                                "post": True}))
         return rows, changes

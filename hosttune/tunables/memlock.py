@@ -26,6 +26,7 @@ from hosttune.errors import ApplyError
 from hosttune.host import Host
 from hosttune.host.parsers import parse_limits, parse_mountinfo
 from hosttune.profile.sizes import format_size, parse_size
+from hosttune.tunables._systemd import SD_BOOTED, UNIT_DIRS, daemon_reload
 from hosttune.tunables.base import (
     HEADER,
     Change,
@@ -42,8 +43,8 @@ if TYPE_CHECKING:
 
 DROPIN_NAME = "90-hosttune-memlock.conf"
 SYSUSERS_FILE = "/etc/sysusers.d/90-hosttune-memlock.conf"
-UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
-             "/usr/lib/systemd/system", "/lib/systemd/system")
+LIMITS_CONF = "/etc/security/limits.conf"
+LIMITS_D = "/etc/security/limits.d"
 CAP_SYS_RESOURCE = 24  # linux/capability.h
 # The process a service runs (comm, at most 15 chars); default: the unit name.
 SERVICE_COMM = {"docker.service": "dockerd", "containerd.service": "containerd"}
@@ -101,16 +102,34 @@ class LimitsEntry:
     type: str  # soft | hard | -
     item: str
     value: str
+    file: str = ""  # the host path it was read from, where the caller names it
 
 
-def parse_limits_conf(text: str) -> list[LimitsEntry]:
-    """limits.conf(5): '<domain> <type> <item> <value>', '#' starts a comment."""
+def parse_limits_conf(text: str, file: str = "") -> list[LimitsEntry]:
+    """limits.conf(5): '<domain> <type> <item> <value>'; pam_limits strips '#' comments
+    anywhere on a line and skips lines without four fields."""
     out = []
     for i, line in enumerate(text.splitlines(), 1):
         parts = line.split("#", 1)[0].split()
         if len(parts) == 4:
-            out.append(LimitsEntry(i, *parts))
+            domain, kind, item, value = parts
+            out.append(LimitsEntry(i, domain, kind, item, value, file))
     return out
+
+
+def limits_files(host: Host) -> list[str]:
+    """The files pam_limits reads, in its order: limits.conf, then limits.d/*.conf in
+    lexical order (pam_limits(8))."""
+    return [LIMITS_CONF] + [f"{LIMITS_D}/{n}" for n in host.listdir(LIMITS_D)
+                            if n.endswith(".conf")]
+
+
+def limits_conf_bytes(value: str) -> int | None:
+    """A limits.conf memlock value (KiB) in bytes; -1/unlimited/infinity mean no limit
+    (None). The inverse of limits_conf_value."""
+    if value in ("-1", "unlimited", "infinity"):
+        return None
+    return int(value) * 1024
 
 
 def parse_group_names(text: str) -> set[str]:
@@ -228,7 +247,7 @@ class MemlockTunable(Tunable):
                            f"memlock is {fmt(hard1)}: no service can get {fmt(want)} here "
                            "(a unit asking for more fails to start)")
 
-        if not host.offline and not host.exists("/run/systemd/system"):
+        if not host.offline and not host.exists(SD_BOOTED):
             comm1 = host.read_value("/proc/1/comm") or "?"
             nosd = (f"systemd is not the init here (PID 1 is {comm1}): unit drop-ins take "
                     "effect only where systemd starts the daemons")
@@ -293,13 +312,9 @@ class MemlockTunable(Tunable):
                 dropin_changed = True
             rows.append(self._daemon_row(host, svc, want, configured, pids_by_comm))
 
-        if dropin_changed and host.exists("/run/systemd/system"):
-            changes.append(Change(
-                id="memlock/daemon-reload", tunable=self.name, kind="command",
-                summary="systemctl daemon-reload (LimitMEMLOCK drop-ins changed)",
-                runtime=False,
-                params={"argv": ["systemctl", "daemon-reload"],
-                        "revert_argv": ["systemctl", "daemon-reload"], "post": True}))
+        if dropin_changed and (reload := daemon_reload(ctx, self.name,
+                                                       "LimitMEMLOCK drop-ins changed")):
+            changes.append(reload)
         return Evaluation(rows, changes)
 
     def _group_changes(self, ctx: Context, group: str, limits_file: str) -> list[Change]:
@@ -384,11 +399,8 @@ class MemlockTunable(Tunable):
     def _wildcard_rows(self, host: Host, sec: MemlockSection) -> list[Row]:
         """'*' memlock lines elsewhere (the seed notes appended them to limits.conf) give
         every PAM session the limit the profile meant for one group."""
-        files = ["/etc/security/limits.conf"] + [
-            f"/etc/security/limits.d/{n}" for n in host.listdir("/etc/security/limits.d")
-            if n.endswith(".conf")]
         rows = []
-        for f in files:
+        for f in limits_files(host):
             if f == sec.limits_file:
                 continue
             try:

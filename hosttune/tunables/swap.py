@@ -24,6 +24,7 @@ from hosttune.errors import ApplyError, HostError
 from hosttune.host import Host
 from hosttune.host.parsers import FSTAB_DISABLED, SwapDevice, parse_fstab, parse_swaps
 from hosttune.profile.sizes import format_size
+from hosttune.tunables._systemd import UNIT_DIR, daemon_reload
 from hosttune.tunables.base import (
     Change,
     Context,
@@ -39,10 +40,6 @@ if TYPE_CHECKING:
 
 MARKER = FSTAB_DISABLED
 FSTAB = "/etc/fstab"
-UNIT_DIR = "/etc/systemd/system"
-# Unit search path below /etc (systemd.unit(5)); /run/systemd/generator is rebuilt at reload.
-UNIT_DIRS = ("/etc/systemd/system", "/run/systemd/system", "/usr/local/lib/systemd/system",
-             "/usr/lib/systemd/system", "/lib/systemd/system")
 
 
 def disable_fstab_line(text: str, line: str) -> str:
@@ -257,14 +254,10 @@ class SwapTunable(Tunable):
                 summary=f"mask {u.name} ({UNIT_DIR}/{u.name} -> /dev/null)",
                 path=f"{UNIT_DIR}/{u.name}", value="/dev/null", runtime=False))
         persistent = [c for c in changes if not c.runtime]
-        if persistent and host.exists("/run/systemd/system"):
-            # systemd caches fstab-generated units: reload so it forgets the disabled entries.
-            changes.append(Change(
-                id="swap/daemon-reload", tunable=self.name, kind="command",
-                summary="systemctl daemon-reload (fstab swap entries / swap units changed)",
-                runtime=False,
-                params={"argv": ["systemctl", "daemon-reload"],
-                        "revert_argv": ["systemctl", "daemon-reload"], "post": True}))
+        # systemd caches fstab-generated units: reload so it forgets the disabled entries.
+        if persistent and (reload := daemon_reload(
+                ctx, self.name, "fstab swap entries / swap units changed")):
+            changes.append(reload)
         return Evaluation(rows, changes)
 
     # -- actions -----------------------------------------------------------------------------
