@@ -27,12 +27,18 @@ from hosttune.doctor.checks_gpu import (
     check_kernel_params,
     check_nvidia_modprobe,
 )
-from hosttune.doctor.checks_systemd import check_failed_units, check_units, check_units_verify
+from hosttune.doctor.checks_systemd import (
+    check_failed_units,
+    check_ordering_cycles,
+    check_units,
+    check_units_verify,
+)
 from hosttune.host import Host
 from hosttune.profile import LoadedProfile
 
 CHECKS: list[Check] = [
     check_failed_units,
+    check_ordering_cycles,
     check_units,
     check_units_verify,
     check_memlock,

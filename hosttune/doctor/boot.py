@@ -77,6 +77,11 @@ def failed_units(ctx: DoctorContext) -> list[FailedUnit]:
     return found
 
 
+def journal_pid1(ctx: DoctorContext) -> str | None:
+    """systemd's own messages of this boot (journalctl -b _PID=1), None when unreadable."""
+    return _run(ctx, ["journalctl", "--no-pager", "-q", "-b", "-o", "cat", "_PID=1"])
+
+
 _MOUNTED = re.compile(r"^Mounted (?:(\S+\.mount)(?: - .*)?|(/.*))\.$")
 
 

@@ -22,7 +22,6 @@ from hosttune.containers.cpusets import check_compose, cpusets_from_compose, sha
 from hosttune.doctor.base import DoctorContext, Finding, Severity
 from hosttune.doctor.checks_systemd import unit_files
 from hosttune.doctor.shellcmds import ShellLine, commands, shell_lines
-from hosttune.doctor.unitfile import parse_unit
 from hosttune.errors import HostError, HosttuneError
 from hosttune.host import Host
 from hosttune.host.distro import kernel_release
@@ -47,6 +46,7 @@ from hosttune.host.nvidia_driver import (
     split_option,
 )
 from hosttune.host.parsers import format_cpulist, parse_cmdline, parse_cpulist, parse_mountinfo
+from hosttune.host.unitfile import parse_unit
 from hosttune.profile.schema import check_exclusive_sharing
 from hosttune.tunables._systemd import find_unit
 from hosttune.tunables.cuda_env import BOOT_WIPED, cache_path_problem, parse_environment

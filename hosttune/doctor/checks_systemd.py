@@ -7,7 +7,9 @@ from collections.abc import Iterator
 
 from hosttune.doctor import boot
 from hosttune.doctor.base import DoctorContext, Finding, Severity
-from hosttune.doctor.unitfile import EXEC_KEYS, SHELLS, parse_unit, split_exec
+from hosttune.host.unitfile import EXEC_KEYS, SHELLS, parse_unit, split_exec
+from hosttune.tunables._ordering import LATE_TARGETS, waits_for_boot
+from hosttune.tunables.base import HEADER
 
 UNIT_DIRS = ("/etc/systemd/system",)
 SHELL_TOKENS = {"|": "a pipe", "||": "'||'", "&&": "'&&'", ">": "a redirect", ">>": "a redirect",
@@ -174,3 +176,60 @@ def check_failed_units(ctx: DoctorContext) -> Iterator[Finding]:
             + "fix or disable the unit (systemctl disable " + fu.unit + "); hosttune manages "
             "the settings such units are written for (cpu.governor, gpu.persistence, "
             "gpu.locked_clocks, gpu.mps) with units that check their preconditions")
+
+
+_DELETED = re.compile(r"Job (\S+)/start deleted to break ordering cycle")
+
+
+def _install_targets(text: str) -> set[str]:
+    return {t for e in parse_unit(text) if e.section == "Install"
+            and e.key in ("WantedBy", "RequiredBy") for t in e.value.split()}
+
+
+def _default_deps(text: str) -> bool:
+    return not any(e.section == "Unit" and e.key == "DefaultDependencies"
+                   and e.value.lower() in ("no", "false", "0", "off") for e in parse_unit(text))
+
+
+def check_ordering_cycles(ctx: DoctorContext) -> Iterator[Finding]:
+    """A unit that a late target (multi-user.target, ...) wants and that is ordered after that
+    target, directly or through other units' After=: an ordering cycle, because a target is
+    ordered after the units it wants (systemd.target(5) "Default Dependencies"; not for units
+    with DefaultDependencies=no). systemd breaks it at boot by deleting start jobs - whichever
+    it meets first, often of units that did nothing wrong (tunables/_ordering.py)."""
+    host = ctx.host
+    log = boot.journal_pid1(ctx)
+    deleted = sorted({m.group(1) for m in _DELETED.finditer(log or "")})
+    direct: dict[str, tuple[str, list[str]]] = {}  # cause unit -> (path, units it drags in)
+    for p in unit_files(ctx):
+        if p.endswith(".conf"):
+            continue
+        text = host.read_text(p) or ""
+        if text.startswith(HEADER) or not _default_deps(text):
+            continue
+        unit = p.rsplit("/", 1)[1]
+        wanted_by = _install_targets(text) & LATE_TARGETS
+        chain = waits_for_boot(host, unit, frozenset()) if wanted_by else None
+        if chain is None or chain[-1] not in LATE_TARGETS:
+            continue
+        cause = chain[-2]  # the unit whose own After= names the target
+        path = f"/etc/systemd/system/{cause}"
+        entry = direct.setdefault(cause, (path, []))
+        if cause != unit:
+            entry[1].append(p)
+    for cause, (path, dragged) in sorted(direct.items()):
+        evidence = (f" At this boot systemd deleted the start job of {', '.join(deleted)} to "
+                    "break it (journal: \"deleted to break ordering cycle\")." if deleted
+                    else " Which job systemd deletes to break it differs from boot to boot.")
+        joined = (f" {', '.join(q.rsplit('/', 1)[1] for q in dragged)} join the cycle through "
+                  "their After= on it." if dragged else "")
+        yield Finding(
+            "systemd.ordering-cycle", Severity.ERROR,
+            f"{cause} is ordered after the end of the boot that waits for it", path,
+            f"{cause} has After= on a target that wants it; a target is ordered after the "
+            "units it wants, so this is an ordering cycle." + joined + evidence
+            + " Any unit ordered after it is in the cycle too: the unit skipped may be "
+            "docker.service or hosttune-boot.service.",
+            f"remove After=multi-user.target (and the like) from {cause}; for "
+            "nvidia-persistenced, profile key gpu.persistence (hosttune writes a unit without "
+            "it)", tuple(dragged))

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from hosttune.doctor.base import DoctorContext
 from hosttune.doctor.checks_systemd import _shell_script, unit_files
-from hosttune.doctor.unitfile import EXEC_KEYS, parse_unit, split_exec
+from hosttune.host.unitfile import EXEC_KEYS, parse_unit, split_exec
 
 SCRIPT_DIRS = ("/usr/local/bin", "/usr/local/sbin", "/etc/rc.local.d")
 SCRIPT_FILES = ("/etc/rc.local",)

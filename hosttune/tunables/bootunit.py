@@ -3,7 +3,8 @@
 Huge-page pools, THP, NVML settings and other /sys values do not survive a reboot. One oneshot
 unit runs ``hosttune apply --runtime-only --yes --profile <copy>`` against a copy of the merged
 profile, ordered after local file systems, systemd-sysctl and nvidia-persistenced (ordering
-only: After= on a unit that does not exist is a no-op, so GPU-less hosts need nothing), and
+only: After= on a unit that does not exist is a no-op, so GPU-less hosts need nothing; a unit
+that itself waits for the end of the boot is left out, see tunables/_ordering.py), and
 before the container runtimes so containers start on a tuned host.
 
 systemd Exec lines have no shell (systemd.service(5) "Command lines"): the command is a plain
@@ -21,6 +22,7 @@ from typing import Any
 
 from hosttune.errors import HostError
 from hosttune.host import Host
+from hosttune.tunables._ordering import safe_after
 from hosttune.tunables._systemd import UNIT_DIR, daemon_reload, symlink_change
 from hosttune.tunables.base import HEADER, Change, Context, Evaluation, Row, Tunable, file_change
 
@@ -127,10 +129,20 @@ def exec_argv(ctx: Context) -> list[str]:
     return [*base, "apply", "--runtime-only", "--yes", "--profile", boot.profile_path]
 
 
+OURS = frozenset({UNIT_NAME, *BEFORE})
+
+
+def unit_after(ctx: Context) -> tuple[list[str], list[str]]:
+    """AFTER, less the units that wait for the end of the boot (tunables/_ordering.py), and
+    why each was left out."""
+    return safe_after(ctx.host, AFTER, OURS)
+
+
 def unit_text(ctx: Context) -> str:
     boot = ctx.profile.boot
     assert boot is not None
     cmd = " ".join(_systemd_quote(a) for a in exec_argv(ctx))
+    after, _ = unit_after(ctx)
     return (
         f"{HEADER}"
         "[Unit]\n"
@@ -138,7 +150,7 @@ def unit_text(ctx: Context) -> str:
         f"Description=hosttune: re-apply runtime tuning (profile "
         f"{ctx.profile.name.replace('%', '%%')})\n"
         f"ConditionPathExists={boot.profile_path}\n"
-        f"After={' '.join(AFTER)}\n"
+        f"After={' '.join(after)}\n"
         f"Before={' '.join(BEFORE)}\n"
         "\n[Service]\n"
         "Type=oneshot\n"
@@ -200,6 +212,10 @@ class BootUnitTunable(Tunable):
                                    "refuses to write a unit that would not run (set boot.exec)")
             elif ctx.host.offline:
                 unit_row = replace(unit_row, note=f"ExecStart runs {exe} (inside the tree)")
+            _, left_out = unit_after(ctx)
+            if left_out:
+                unit_row = replace(unit_row, note="; ".join(
+                    x for x in (unit_row.note, "warning: " + "; ".join(left_out)) if x))
             items = [
                 (unit_row, unit_ch),
                 symlink_change(ctx, self.name, WANTS_PATH, UNIT_PATH,

@@ -14,9 +14,11 @@ Clients (containers) need the pipe directory bind-mounted and CUDA_MPS_PIPE_DIRE
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from hosttune.host.gpu.nvml import NvmlState
+from hosttune.tunables._ordering import safe_after
 from hosttune.tunables._systemd import UNIT_DIRS, daemon_reload
 from hosttune.tunables.base import (
     HEADER,
@@ -59,7 +61,11 @@ def render_helper(control: str) -> str:
     )
 
 
-def render_unit(control: str, mps: GpuMps) -> str:
+MPS_AFTER = ("nvidia-persistenced.service", "hosttune-boot.service")
+
+
+def render_unit(control: str, mps: GpuMps, after: tuple[str, ...] | list[str] = MPS_AFTER
+                ) -> str:
     run_dir = mps.pipe_dir.removeprefix("/run/")
     log_dir = mps.log_dir.removeprefix("/var/log/")
     return (
@@ -68,7 +74,7 @@ def render_unit(control: str, mps: GpuMps) -> str:
         "Description=NVIDIA CUDA MPS control daemon (hosttune)\n"
         "Wants=nvidia-persistenced.service\n"
         "# hosttune-boot.service re-applies EXCLUSIVE_PROCESS, which MPS wants set first.\n"
-        "After=nvidia-persistenced.service hosttune-boot.service\n"
+        f"After={' '.join(after)}\n"
         "# GPU containers connect to the pipes at start\n"
         "Before=docker.service containerd.service\n"
         "\n"
@@ -131,12 +137,17 @@ class GpuMpsTunable(Tunable):
                             Status.UNSUPPORTED, "install the driver's CUDA MPS tools"))
             return Evaluation(rows, changes)
         files_changed = False
+        # hosttune-boot.service is ours; a hand-made persistence unit may wait for the boot
+        after, left_out = safe_after(host, MPS_AFTER, frozenset(
+            {"hosttune-boot.service", "docker.service", "containerd.service", UNIT}))
         for path, content, mode, key in (
                 (HELPER, render_helper(control) if mps.enabled and control else None, 0o755,
                  "mps stop helper"),
-                (UNIT_PATH, render_unit(control, mps) if mps.enabled and control else None,
-                 0o644, UNIT)):
+                (UNIT_PATH, render_unit(control, mps, after) if mps.enabled and control
+                 else None, 0o644, UNIT)):
             row, ch = file_change(ctx, self.name, path, content, mode=mode, key=key)
+            if path == UNIT_PATH and left_out:
+                row = replace(row, note="warning: " + "; ".join(left_out))
             rows.append(row)
             if ch:
                 changes.append(ch)

@@ -14,6 +14,7 @@ Three boots of one disk (2 CPUs, no NVIDIA driver):
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -41,7 +42,9 @@ ev() { # ev TAG: what systemd and the kernel say, next to the doctor's report
   local t=$1
   systemctl --failed --no-pager --plain > $o/failed-$t 2>&1
   systemctl list-units --all --no-pager --plain --state=activating > $o/activating-$t 2>&1
-  for u in cpufreq-performance nvidia-persistenced gpu-clocks; do
+  journalctl -b -o cat _PID=1 --no-pager | grep 'deleted to break ordering cycle' \
+    > $o/cycle-$t 2>&1 || true
+  for u in cpufreq-performance nvidia-persistenced gpu-clocks hosttune-boot docker; do
     systemctl show $u.service -p ActiveState -p Result -p NRestarts -p ExecMainStatus \
       > $o/unit-$u-$t 2>&1
     journalctl -b -u $u.service --no-pager -o cat -n 12 > $o/journal-$u-$t 2>&1
@@ -132,8 +135,15 @@ def test_doctor_on_a_host_the_seed_configured(vm_env: VmEnv) -> None:
     r3 = vm.boot(BOOT3, label="applied")
     stage_ok(r3)
     applied = findings(r3.out["doctor-applied.json"])
-    # apply fixed what it owns: dockerd/containerd got the limit, no login-only memlock
-    assert "unlimited" in r3.out["limits-dockerd-applied"], r3.out["limits-dockerd-applied"]
+    # apply fixed what it owns, at boot: the boot unit ran and the runtimes started (no job of
+    # ours deleted to break the seed unit's ordering cycle), dockerd/containerd got the limit,
+    # no login-only memlock
+    cut = r3.out["cycle-applied"]
+    assert not [u for u in ("hosttune-boot", "docker", "containerd") if f"Job {u}." in cut], cut
+    boot_unit = r3.out["unit-hosttune-boot-applied"]
+    assert "ActiveState=active" in boot_unit and "Result=success" in boot_unit, boot_unit
+    assert "unlimited" in r3.out.get("limits-dockerd-applied", ""), \
+        r3.out["unit-docker-applied"] + r3.out["journal-docker-applied"]
     assert not [f for f in applied if f["check"] == "memlock.login-sessions-only"]
     # and nothing the doctor reports comes from a file hosttune wrote (0 false alarms)
     ours = hosttune_files(r3.out["fstab-applied"])
@@ -182,6 +192,15 @@ def check_seeded_report(fs: list[dict[str, Any]], out: dict[str, str], tag: str)
         assert "scaling_governor: No such file or directory" in cpufreq["why"]
         assert "scaling_governor: No such file or directory" in \
             out[f"journal-cpufreq-performance-{tag}"]
+    # the seed's governor and persistenced units wait for multi-user.target, which wants
+    # them: two cycles, and gpu-clocks (After= on persistenced) joins the second
+    cycles = {f["where"].rsplit("/", 1)[1]: f for f in checks_["systemd.ordering-cycle"]}
+    assert sorted(cycles) == ["cpufreq-performance.service", "nvidia-persistenced.service"]
+    assert cycles["nvidia-persistenced.service"]["also"] == \
+        ["/etc/systemd/system/gpu-clocks.service"], cycles
+    if tag == "boot":
+        for job in re.findall(r"Job (\S+)/start deleted", out["cycle-boot"]):
+            assert all(job in f["why"] for f in cycles.values()), (job, cycles)
     loop = one(fs, "systemd.unit-restart-loop")
     assert loop["title"].startswith("nvidia-persistenced.service")
     assert "Failed at step EXEC" in loop["why"]
