@@ -193,11 +193,12 @@ def check_seeded_report(fs: list[dict[str, Any]], out: dict[str, str], tag: str)
         assert "scaling_governor: No such file or directory" in \
             out[f"journal-cpufreq-performance-{tag}"]
     # the seed's governor and persistenced units wait for multi-user.target, which wants
-    # them: two cycles, and gpu-clocks (After= on persistenced) joins the second
+    # them: two cycles; gpu-clocks and the MPS unit (After= on persistenced) join the second
     cycles = {f["where"].rsplit("/", 1)[1]: f for f in checks_["systemd.ordering-cycle"]}
     assert sorted(cycles) == ["cpufreq-performance.service", "nvidia-persistenced.service"]
-    assert cycles["nvidia-persistenced.service"]["also"] == \
-        ["/etc/systemd/system/gpu-clocks.service"], cycles
+    assert sorted(cycles["nvidia-persistenced.service"]["also"]) == \
+        ["/etc/systemd/system/gpu-clocks.service", "/etc/systemd/system/nvidia-mps.service"], \
+        cycles
     if tag == "boot":
         for job in re.findall(r"Job (\S+)/start deleted", out["cycle-boot"]):
             assert all(job in f["why"] for f in cycles.values()), (job, cycles)
