@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import compileall
-import fcntl
 import os
 import resource
 import statistics
@@ -27,7 +26,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.bench_models_load import HP, run_arm  # noqa: E402
+from bench.bench_models_load import hugetlbfs_scratch, run_arm  # noqa: E402
 from tests import fakehost  # noqa: E402
 
 
@@ -66,24 +65,9 @@ def audits(envs: dict[str, dict[str, str]], n: int) -> None:
 
 
 def loads(envs: dict[str, dict[str, str]], rounds: int, size: int) -> None:
-    lockfd = os.open("/tmp/hosttune-kernel-tests.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(lockfd, fcntl.LOCK_EX)
-    with open(HP) as fh:
-        orig = int(fh.read())
     pages = size // (2 << 20) + 4
-    tmp = tempfile.mkdtemp(prefix="hosttune-ab-", dir="/var/tmp")
-    mnt, src = os.path.join(tmp, "store"), os.path.join(tmp, "model.bin")
-    os.mkdir(mnt)
-    mounted = False
-    try:
-        with open(HP, "w") as fh:
-            fh.write(str(orig + pages))
-        with open(HP) as fh:
-            if int(fh.read()) < orig + pages:
-                raise SystemExit("could not grow the 2 MiB pool")
-        subprocess.run(["mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "none", mnt],
-                       check=True)
-        mounted = True
+    with hugetlbfs_scratch(pages, "hosttune-ab-") as (tmp, mnt):
+        src = os.path.join(tmp, "model.bin")
         block = os.urandom(64 << 20)
         with open(src, "wb") as fh:
             for _ in range(size // len(block)):
@@ -101,15 +85,6 @@ def loads(envs: dict[str, dict[str, str]], rounds: int, size: int) -> None:
             whole, inner, cpu = (statistics.median(x[j] for x in v) for j in range(3))
             print(f"{k} models load {size >> 20} MiB: whole {whole:.3f} s, own seconds "
                   f"{inner:.3f} s, cpu {cpu:.3f} s (medians of {rounds})")
-    finally:
-        if mounted:
-            subprocess.run(["umount", mnt], check=False)
-        with open(HP, "w") as fh:
-            fh.write(str(orig))
-        if os.path.exists(src):
-            os.unlink(src)
-        os.rmdir(mnt)
-        os.rmdir(tmp)
 
 
 def main() -> None:

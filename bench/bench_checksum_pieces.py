@@ -21,20 +21,21 @@ restores it:  PYTHONPATH=. flock /tmp/ht-heavy.lock python3 bench/bench_checksum
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import mmap
 import os
 import resource
 import statistics
-import subprocess
-import tempfile
+import sys
 import threading
 import time
+from pathlib import Path
 
 import xxhash
 
-HP = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench.bench_models_load import hugetlbfs_scratch
+
 LEAF = 32 << 20
 
 
@@ -127,25 +128,12 @@ def main() -> None:
     args = ap.parse_args()
     size = args.size_mib << 20
     pieces = [int(x) << 10 for x in args.pieces_kib.split(",")]
-    lockfd = os.open("/tmp/hosttune-kernel-tests.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(lockfd, fcntl.LOCK_EX)
-    with open(HP) as fh:
-        orig = int(fh.read())
-    tmp = tempfile.mkdtemp(prefix="hosttune-ckbench-", dir="/var/tmp")
-    mnt = os.path.join(tmp, "mnt")
-    os.mkdir(mnt)
-    src = os.path.join(tmp, "src.bin")
-    mounted = False
-    try:
+    with hugetlbfs_scratch(size // (2 << 20) + 4, "hosttune-ckbench-") as (tmp, mnt):
+        src = os.path.join(tmp, "src.bin")
         block = os.urandom(64 << 20)
         with open(src, "wb") as fh:
             for _ in range(size // len(block)):
                 fh.write(block)
-        with open(HP, "w") as fh:
-            fh.write(str(orig + size // (2 << 20) + 4))
-        subprocess.run(["mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "none", mnt],
-                       check=True)
-        mounted = True
         modes = [("ceiling", LEAF), ("twopass", LEAF)]
         for p in pieces:
             modes += [("pieces", p), ("stream", p), ("oneshot", p)]
@@ -166,16 +154,6 @@ def main() -> None:
             for k in times}
         res["cache_rate_gbps"] = {f"{p >> 10}K": cache_rate(p) for p in pieces}
         res["xxhash"] = xxhash.VERSION
-    finally:
-        if mounted:
-            subprocess.run(["umount", mnt], check=False)
-        with open(HP, "w") as fh:
-            fh.write(str(orig))
-        if os.path.exists(src):
-            os.unlink(src)
-        os.rmdir(mnt)
-        os.rmdir(tmp)
-        fcntl.flock(lockfd, fcntl.LOCK_UN)
     print(json.dumps(res, indent=1))
 
 

@@ -25,6 +25,7 @@ under the heavy lock on a shared machine:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import fcntl
 import json
 import os
@@ -35,8 +36,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 
 HP = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"
+KERNEL_LOCK = "/tmp/hosttune-kernel-tests.lock"  # the tests' lock on global kernel state
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The ceiling, as a process of its own: prints its copy time (threads started -> joined).
@@ -75,6 +78,44 @@ for t in ts:
     t.join()
 print(time.perf_counter() - t0)
 """
+
+
+@contextlib.contextmanager
+def hugetlbfs_scratch(pages: int, prefix: str) -> Iterator[tuple[str, str]]:
+    """(scratch dir under /var/tmp, a 2 MiB hugetlbfs mounted at <dir>/store) with the pool
+    grown by ``pages``, under the kernel-tests lock; the pool, the mount and the dir's plain
+    files are undone on exit, also on failure."""
+    lockfd = os.open(KERNEL_LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+    fcntl.flock(lockfd, fcntl.LOCK_EX)
+    with open(HP) as fh:
+        orig = int(fh.read())
+    tmp = tempfile.mkdtemp(prefix=prefix, dir="/var/tmp")
+    mnt = os.path.join(tmp, "store")
+    os.mkdir(mnt)
+    mounted = False
+    try:
+        with open(HP, "w") as fh:
+            fh.write(str(orig + pages))
+        with open(HP) as fh:
+            if int(fh.read()) < orig + pages:
+                raise SystemExit("could not grow the 2 MiB pool")
+        subprocess.run(["mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "none", mnt],
+                       check=True)
+        mounted = True
+        yield tmp, mnt
+    finally:
+        if mounted:
+            subprocess.run(["umount", mnt], check=False)
+        with open(HP, "w") as fh:
+            fh.write(str(orig))
+        for f in os.listdir(tmp):
+            p = os.path.join(tmp, f)
+            if os.path.isfile(p):
+                os.unlink(p)
+        os.rmdir(mnt)
+        os.rmdir(tmp)
+        fcntl.flock(lockfd, fcntl.LOCK_UN)
+        os.close(lockfd)
 
 
 def machine() -> str:
@@ -166,39 +207,11 @@ def main() -> None:
     compileall.compile_dir(os.path.join(HERE, "hosttune"), quiet=1)
     env = dict(os.environ)
     env["PYTHONPATH"] = HERE + os.pathsep + env.get("PYTHONPATH", "")
-    lockfd = os.open("/tmp/hosttune-kernel-tests.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    fcntl.flock(lockfd, fcntl.LOCK_EX)
-    with open(HP) as fh:
-        orig = int(fh.read())
-    tmp = tempfile.mkdtemp(prefix="hosttune-bench-", dir="/var/tmp")
-    mnt = os.path.join(tmp, "store")
-    os.mkdir(mnt)
-    mounted = False
     results: dict[str, object] = {"machine": machine(),
                                   "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
-    try:
-        with open(HP, "w") as fh:
-            fh.write(str(orig + pages))
-        with open(HP) as fh:
-            if int(fh.read()) < orig + pages:
-                raise SystemExit("could not grow the 2 MiB pool")
-        subprocess.run(["mount", "-t", "hugetlbfs", "-o", "pagesize=2M", "none", mnt],
-                       check=True)
-        mounted = True
+    with hugetlbfs_scratch(pages, "hosttune-bench-") as (tmp, mnt):
         for size in sizes:
             results[f"{size >> 20} MiB"] = bench_size(size, mnt, tmp, args.rounds, env)
-    finally:
-        if mounted:
-            subprocess.run(["umount", mnt], check=False)
-        with open(HP, "w") as fh:
-            fh.write(str(orig))
-        for f in os.listdir(tmp):
-            p = os.path.join(tmp, f)
-            if os.path.isfile(p):
-                os.unlink(p)
-        os.rmdir(mnt)
-        os.rmdir(tmp)
-        fcntl.flock(lockfd, fcntl.LOCK_UN)
     print(json.dumps(results, indent=2))
 
 
