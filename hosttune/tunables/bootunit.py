@@ -132,17 +132,12 @@ def exec_argv(ctx: Context) -> list[str]:
 OURS = frozenset({UNIT_NAME, *BEFORE})
 
 
-def unit_after(ctx: Context) -> tuple[list[str], list[str]]:
-    """AFTER, less the units that wait for the end of the boot (tunables/_ordering.py), and
-    why each was left out."""
-    return safe_after(ctx.host, AFTER, OURS)
-
-
-def unit_text(ctx: Context) -> str:
+def unit_text(ctx: Context, after: list[str]) -> str:
+    """The unit, ordered after ``after``: AFTER less the units that wait for the end of the
+    boot (tunables/_ordering.py safe_after)."""
     boot = ctx.profile.boot
     assert boot is not None
     cmd = " ".join(_systemd_quote(a) for a in exec_argv(ctx))
-    after, _ = unit_after(ctx)
     return (
         f"{HEADER}"
         "[Unit]\n"
@@ -198,7 +193,8 @@ class BootUnitTunable(Tunable):
         rows: list[Row] = []
         changes: list[Change] = []
         if boot.unit:
-            unit_row, unit_ch = file_change(ctx, self.name, UNIT_PATH, unit_text(ctx),
+            after, left_out = safe_after(ctx.host, AFTER, OURS)
+            unit_row, unit_ch = file_change(ctx, self.name, UNIT_PATH, unit_text(ctx, after),
                                             key=f"unit {UNIT_NAME}")
             exe = exec_argv(ctx)[0]
             if not ctx.host.offline and boot.exec is None and exe.startswith(FRAGILE_PREFIXES):
@@ -212,7 +208,6 @@ class BootUnitTunable(Tunable):
                                    "refuses to write a unit that would not run (set boot.exec)")
             elif ctx.host.offline:
                 unit_row = replace(unit_row, note=f"ExecStart runs {exe} (inside the tree)")
-            _, left_out = unit_after(ctx)
             if left_out:
                 unit_row = replace(unit_row, note="; ".join(
                     x for x in (unit_row.note, "warning: " + "; ".join(left_out)) if x))
