@@ -200,7 +200,7 @@ def check_ordering_cycles(ctx: DoctorContext) -> Iterator[Finding]:
     host = ctx.host
     log = boot.journal_pid1(ctx)
     deleted = sorted({m.group(1) for m in _DELETED.finditer(log or "")})
-    direct: dict[str, tuple[str, list[str]]] = {}  # cause unit -> (path, units it drags in)
+    dragged_by: dict[str, list[str]] = {}  # the unit closing a cycle -> unit files it drags in
     for p in unit_files(ctx):
         if p.endswith(".conf"):
             continue
@@ -213,11 +213,11 @@ def check_ordering_cycles(ctx: DoctorContext) -> Iterator[Finding]:
         if chain is None or chain[-1] not in LATE_TARGETS:
             continue
         cause = chain[-2]  # the unit whose own After= names the target
-        path = f"/etc/systemd/system/{cause}"
-        entry = direct.setdefault(cause, (path, []))
+        dragged = dragged_by.setdefault(cause, [])
         if cause != unit:
-            entry[1].append(p)
-    for cause, (path, dragged) in sorted(direct.items()):
+            dragged.append(p)
+    for cause, dragged in sorted(dragged_by.items()):
+        path = f"/etc/systemd/system/{cause}"
         evidence = (f" At this boot systemd deleted the start job of {', '.join(deleted)} to "
                     "break it (journal: \"deleted to break ordering cycle\")." if deleted
                     else " Which job systemd deletes to break it differs from boot to boot.")
