@@ -23,7 +23,7 @@ DEFAULT_GRUB = """GRUB_DEFAULT=0
 GRUB_TIMEOUT=0
 GRUB_DISTRIBUTOR=Debian
 GRUB_CMDLINE_LINUX_DEFAULT=""
-GRUB_CMDLINE_LINUX="console=ttyS0 panic=-1"
+GRUB_CMDLINE_LINUX="console=ttyS0 panic=-1 init_on_alloc=0 loglevel=4 mitigations=off"
 GRUB_TERMINAL=serial
 GRUB_SERIAL_COMMAND="serial --unit=0 --speed=115200"
 """
