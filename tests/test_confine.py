@@ -18,7 +18,7 @@ import pytest
 
 from hosttune.errors import ApplyError
 from tests.conftest import REPO, need, run_cli
-from tests.test_contracts import snapshot
+from tests.helpers import snapshot
 
 HOSTILE = Path(__file__).parent / "hostile"
 MEM_LIMIT = 1 << 30  # address space: python + pydantic reserve ~400 MB of it before any work

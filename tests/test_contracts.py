@@ -4,10 +4,6 @@ byte-identical (journal aside); offline mode runs no command."""
 
 from __future__ import annotations
 
-import hashlib
-import os
-from pathlib import Path
-
 import pytest
 
 from hosttune import engine
@@ -15,32 +11,7 @@ from hosttune.errors import ProfileError
 from hosttune.host import Host
 from hosttune.profile import builtin_names, load_profile
 from hosttune.tunables import all_tunables
-
-
-def snapshot(root: Path) -> dict[str, str]:
-    """Every file and symlink under root (except hosttune's own state) with its content hash
-    and mode."""
-    out: dict[str, str] = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        rel = os.path.relpath(dirpath, root)
-        if rel.startswith("var/lib/hosttune"):
-            continue
-        for d in dirnames:
-            p = Path(dirpath, d)
-            if os.path.relpath(p, root) == "var/lib/hosttune":
-                continue
-            if p.is_symlink():
-                out[os.path.relpath(p, root)] = "link:" + os.readlink(p)
-            else:
-                out[os.path.relpath(p, root) + "/"] = oct(p.stat().st_mode)
-        for f in filenames:
-            p = Path(dirpath, f)
-            if p.is_symlink():
-                out[os.path.relpath(p, root)] = "link:" + os.readlink(p)
-            else:
-                out[os.path.relpath(p, root)] = (
-                    hashlib.sha256(p.read_bytes()).hexdigest() + oct(p.stat().st_mode))
-    return out
+from tests.helpers import snapshot
 
 
 @pytest.mark.parametrize("profile", builtin_names())

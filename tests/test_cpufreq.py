@@ -15,7 +15,7 @@ from hosttune.host import Host
 from hosttune.profile import load_profile
 from hosttune.tunables.base import Change, Status
 from hosttune.tunables.cpufreq import CpuFreqTunable, implied_epp, read_policies
-from tests.test_contracts import snapshot
+from tests.helpers import snapshot
 
 POL = "sys/devices/system/cpu/cpufreq"
 
@@ -186,9 +186,9 @@ def test_runtime_only_plan_keeps_governor_changes(ryzen, cli):
 
 
 def test_unreadable_cpufreq_is_needs_root(ryzen):
-    from tests.test_memlock import _NonRootHost
+    from tests.helpers import NonRootHost
 
-    host = _NonRootHost(ryzen)
+    host = NonRootHost(ryzen)
     host.deny = ("/sys/devices/system/cpu/cpufreq/policy3/",)
     rows = engine.audit(host, load_profile("inference"), only={"cpufreq"}).rows
     assert [r.status for r in rows] == [Status.NEEDS_ROOT]

@@ -9,7 +9,7 @@ import signal
 import pytest
 
 from tests.conftest import run_cli
-from tests.test_contracts import snapshot
+from tests.helpers import snapshot
 
 
 def _steps(tree, profile):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from tests.conftest import run_cli
-from tests.test_contracts import snapshot
+from tests.helpers import snapshot
 
 
 def test_sysctl_apply_idempotent_and_rollback_exact(ryzen, cli):

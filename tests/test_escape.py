@@ -8,7 +8,6 @@ hold a marker); the live /etc, which `TREE/etc -> /etc` points at, is checksumme
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 from pathlib import Path
@@ -16,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import run_cli
+from tests.helpers import checksums
 
 MARKER = "DECOY-7f3a-LINE"
 PROFILE = "ryzen9950x-rtx5090"
@@ -24,29 +24,6 @@ LIVE = ["/etc/sysctl.d", "/etc/security/limits.d", "/etc/modprobe.d", "/etc/defa
         "/etc/systemd/system", "/etc/hosttune", "/etc/fstab", "/etc/environment",
         "/var/lib/hosttune"]
 
-
-def checksums(paths: list[Path]) -> dict[str, str]:
-    """Every entry under ``paths`` (not following links): type, mode, content hash."""
-    out: dict[str, str] = {}
-
-    def one(p: Path) -> None:
-        try:
-            st = p.lstat()
-        except FileNotFoundError:
-            out[str(p)] = "absent"
-            return
-        if p.is_symlink():
-            out[str(p)] = "link:" + os.readlink(p)
-        elif p.is_dir():
-            out[str(p)] = f"dir {st.st_mode:o} {st.st_uid}:{st.st_gid}"
-            for c in sorted(p.iterdir()):
-                one(c)
-        else:
-            out[str(p)] = f"{st.st_mode:o} " + hashlib.sha256(p.read_bytes()).hexdigest()
-
-    for p in paths:
-        one(p)
-    return out
 
 
 def _mark(d: Path) -> None:

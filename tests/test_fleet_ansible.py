@@ -20,7 +20,7 @@ import yaml
 
 from tests import fakehost
 from tests.conftest import REPO, USER_CACHE, need
-from tests.test_contracts import snapshot
+from tests.helpers import snapshot
 
 COLLECTIONS = REPO / "fleet" / "ansible"
 COLLECTION = COLLECTIONS / "ansible_collections" / "hosttune" / "tune"

@@ -13,7 +13,7 @@ import yaml
 
 from hosttune.profile import load_profile
 from tests.conftest import REPO, need, run_cli
-from tests.test_contracts import snapshot
+from tests.helpers import snapshot
 
 MANIFEST = REPO / "fleet" / "k8s" / "hosttune-daemonset.yaml"
 K8S_VERSION = "1.30"

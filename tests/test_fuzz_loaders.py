@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hosttune.errors import HosttuneError
-from tests.test_escape import checksums
+from tests.helpers import checksums
 
 HOSTILE = Path(__file__).parent / "hostile"
 FUZZ = settings(max_examples=100, deadline=None,
@@ -96,7 +96,7 @@ def _load_and_plan(world: tuple[Path, Path, Path], text: bytes) -> None:
     from hosttune.engine import core
     from hosttune.host import Host
     from hosttune.profile import load_profile
-    from tests.test_contracts import snapshot
+    from tests.helpers import snapshot
 
     tree, decoy, prof = world
     f = prof / "p.yaml"

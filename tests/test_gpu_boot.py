@@ -19,7 +19,7 @@ from hosttune.host.nvidia_driver import lint_modprobe_conf, parse_modprobe_conf
 from hosttune.profile import load_profile
 from hosttune.tunables.base import Status
 from tests.gpuhost import epyc_2h100, ryzen_5090
-from tests.test_contracts import snapshot
+from tests.helpers import snapshot
 
 GPU_FAMILIES = {"nvidia_modules", "gpu_irq", "cuda_env", "kernel_cmdline"}
 

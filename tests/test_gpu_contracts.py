@@ -13,7 +13,7 @@ from hosttune.host.gpu.fake import FakeNvml
 from hosttune.profile import builtin_names, load_profile
 from tests import fakehost
 from tests.fake_nvidia import add_nvidia
-from tests.test_contracts import snapshot
+from tests.helpers import snapshot
 
 
 @pytest.mark.parametrize("backend", [None, "rtx5090", "h100"])

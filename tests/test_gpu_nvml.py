@@ -20,7 +20,7 @@ from hosttune.host.gpu.nvml import ComputeMode, Nvml, NvmlState, make_gateway
 from hosttune.profile import load_profile
 from tests.conftest import need, run_cli
 from tests.fake_nvidia import add_nvidia
-from tests.test_contracts import snapshot
+from tests.helpers import snapshot
 
 GPU_ONLY = {"gpu", "gpu_persistence", "gpu_mps"}
 

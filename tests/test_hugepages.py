@@ -14,7 +14,7 @@ from hosttune.profile import load_profile
 from hosttune.tunables.base import Context, Status
 from hosttune.tunables.hugepages import HugePagesTunable, allocate, resolve
 from tests.conftest import run_cli
-from tests.test_contracts import snapshot
+from tests.helpers import snapshot
 
 MiB2 = 2 * 1024**2
 GiB = 1024**3

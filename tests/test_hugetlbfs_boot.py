@@ -28,7 +28,7 @@ from hosttune.tunables.hugetlbfs import (
     options_match,
 )
 from tests.conftest import need, run_cli
-from tests.test_contracts import snapshot
+from tests.helpers import snapshot
 
 GiB = 1024**3
 MNT = """name: t

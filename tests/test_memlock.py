@@ -28,7 +28,7 @@ from hosttune.tunables.memlock import (
 from tests.conftest import need, run_cli
 from tests.dockerd import ensure_dockerd
 from tests.fakehost import limits_text
-from tests.test_contracts import snapshot
+from tests.helpers import NonRootHost, snapshot
 
 MiB = 1024 * 1024
 LIMITS = """\
@@ -272,24 +272,9 @@ def test_live_audit_reads_dockerd_limits():
         assert f"(pid {pids[0]})" in r.current
 
 
-class _NonRootHost(Host):
-    """What a non-root audit meets: /proc/<pid> of root daemons hidden (hidepid=2) or
-    unreadable files."""
-
-    deny: tuple[str, ...] = ()
-
-    @property
-    def is_root(self) -> bool:
-        return False
-
-    def read_text(self, p: str) -> str | None:
-        if p.startswith(self.deny):
-            raise PermissionError(13, "Permission denied", p)
-        return super().read_text(p)
-
 
 def test_non_root_unreadable_limits_is_needs_root(ryzen):
-    host = _NonRootHost(ryzen)
+    host = NonRootHost(ryzen)
     host.deny = ("/proc/1200/limits", "/etc/group")
     rows = _rows(ryzen, host=host)
     assert rows["dockerd running limit"].status == Status.NEEDS_ROOT
@@ -302,7 +287,7 @@ def test_hidepid_is_needs_root_not_not_running(epyc):
     mi.write_text(mi.read_text().replace(
         "/proc rw,nosuid,nodev,noexec,relatime shared:2 - proc proc rw",
         "/proc rw,nosuid,nodev,noexec,relatime shared:2 - proc proc rw,hidepid=invisible"))
-    rows = _rows(epyc, host=_NonRootHost(epyc))
+    rows = _rows(epyc, host=NonRootHost(epyc))
     assert rows["dockerd running limit"].status == Status.NEEDS_ROOT
     assert "hidepid" in rows["dockerd running limit"].note
     assert _rows(epyc)["dockerd running limit"].current == "not running"  # root sees all

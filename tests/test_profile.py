@@ -11,7 +11,7 @@ import pytest
 from hosttune.errors import ProfileError
 from hosttune.profile import builtin_names, load_profile
 from tests.conftest import REPO, run_cli
-from tests.test_contracts import snapshot
+from tests.helpers import snapshot
 
 
 def test_builtins_load_and_extend():

@@ -26,7 +26,7 @@ from hosttune.tunables.swap import (
     unit_name,
 )
 from tests.conftest import need
-from tests.test_contracts import snapshot
+from tests.helpers import snapshot
 
 FSTAB = """\
 # /etc/fstab: static file system information.
@@ -316,9 +316,9 @@ def test_action_revert_uses_original_priority():
 
 
 def test_unreadable_swaps_is_needs_root(ryzen):
-    from tests.test_memlock import _NonRootHost
+    from tests.helpers import NonRootHost
 
-    host = _NonRootHost(ryzen)
+    host = NonRootHost(ryzen)
     host.deny = ("/proc/swaps", "/etc/fstab")
     rows = {r.key: r for r in engine.audit(host, load_profile("inference"), only={"swap"}).rows}
     assert rows["active"].status == Status.NEEDS_ROOT
