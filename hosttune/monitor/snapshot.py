@@ -434,8 +434,8 @@ class ContainersCollector(Collector[ContainersReading]):
                             setattr(lay, ctl, m.mount_point)
                 elif m.fstype == "cgroup2" and lay.unified is None:
                     lay.unified = m.mount_point
-            # Hybrid hierarchies (this VM: v1 controllers + an empty cgroup2 at .../unified)
-            # keep the controllers on v1, where Docker puts the containers.
+            # Hybrid hierarchies (systemd's 'hybrid' mode: v1 controllers + an empty cgroup2
+            # at .../unified) keep the controllers on v1, where Docker puts the containers.
             lay.version = 1 if lay.memory or lay.cpuacct else (2 if lay.unified else 0)
             self._layout = lay
         return self._layout

@@ -8,9 +8,9 @@ Two different mechanisms, and the seed notes only used the first:
   get ``LimitMEMLOCK=`` in a unit drop-in (systemd.exec(5)); the running daemon keeps its
   old limit until it is restarted. A container asking for more memlock than the daemon's hard
   limit fails at start in runc: "error setting rlimit type 8: operation not permitted" (seen
-  here with dockerd started from a shell at 8 MiB). Raising a hard limit needs
-  CAP_SYS_RESOURCE; without it in the bounding set (this VM) nothing can raise it, and a
-  unit with a higher LimitMEMLOCK fails to start - so such hosts are reported unsupported.
+  with dockerd started from a shell at 8 MiB). Raising a hard limit needs CAP_SYS_RESOURCE;
+  without it in the bounding set (some containers and sandboxed VMs) nothing can raise it, and
+  a unit with a higher LimitMEMLOCK fails to start - so such hosts are reported unsupported.
 
 Audit therefore reads the daemons' real limits from /proc/<pid>/limits.
 """
