@@ -13,10 +13,12 @@ from pathlib import Path
 import pytest
 from pydantic import create_model
 
+from hosttune.errors import ProfileError
 from hosttune.fleet import export_tuned
 from hosttune.host import Host
 from hosttune.profile import LoadedProfile, Profile, builtin_names, load_profile
 from hosttune.profile.schema import Section
+from hosttune.tunables.hugepages import size_pools
 from tests import fakehost
 from tests.conftest import need, run_cli
 
@@ -126,7 +128,7 @@ def test_explicit_pool_needs_no_facts():
     skipped = {u.setting for u in exp.unexpressed}
     assert "hugepages.pools.0 (2M)" in skipped  # 'spread' needs the node list
     lp = _custom(hugepages={"pools": [{"pagesize": "1G", "size": 8, "nodes": "any"},
-                                      {"pagesize": "2M", "size": "4GiB",
+                                      {"pagesize": "2M", "size": "2GiB",
                                        "nodes": {0: 512, 1: "1GiB"}}]})
     p = tuned_parse(export_tuned(lp).render())
     assert p["sysfs"] == {
@@ -134,7 +136,32 @@ def test_explicit_pool_needs_no_facts():
         "/sys/devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages": "512",
         "/sys/devices/system/node/node1/hugepages/hugepages-2048kB/nr_hugepages": "512",
     }
+    # per-node sizes that do not add up to size: refused as apply refuses them
+    lp = _custom(hugepages={"pools": [{"pagesize": "1G", "size": 8, "nodes": "any"},
+                                      {"pagesize": "2M", "size": "4GiB",
+                                       "nodes": {0: 512, 1: "1GiB"}}]})
+    with pytest.raises(ProfileError) as ei:
+        export_tuned(lp)
+    assert ei.value.key == "hugepages.pools.1.nodes" and "add up to 1024" in str(ei.value)
 
+
+
+def test_hostless_pools_are_sized_by_the_hugepages_family():
+    """Without a host, export sizes pools with the hugepages family's size_pools, not a copy:
+    per-node sizes in bytes and pages, and an 'auto' pool from its mounts' sizes in bytes."""
+    lp = _custom(hugepages={"pools": [{"pagesize": "2M", "size": "auto",
+                                       "nodes": {0: "2GiB", 1: 100}},
+                                      {"pagesize": "1G", "size": "auto", "nodes": "any"}]},
+                 hugetlbfs={"mounts": [{"path": "/srv/a", "pagesize": "1G", "size": "3GiB"},
+                                       {"path": "/srv/b", "pagesize": "1G", "size": "2GiB"}]})
+    sizes = size_pools(lp.profile, 0, lambda: [0, 1], lambda k, m: AssertionError(k, m))
+    assert (sizes["2M"].explicit, sizes["1G"].pages) == ({0: 1024, 1: 100}, 5)
+    p = tuned_parse(export_tuned(lp).render())
+    assert p["sysfs"] == {
+        "/sys/devices/system/node/node0/hugepages/hugepages-2048kB/nr_hugepages": "1024",
+        "/sys/devices/system/node/node1/hugepages/hugepages-2048kB/nr_hugepages": "100",
+        "/sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages": "5",
+    }
 
 def _custom(model: type[Profile] = Profile, **sections) -> LoadedProfile:
     data = {"name": "custom", "description": "custom # not a comment ${x}", **sections}

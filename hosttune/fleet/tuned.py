@@ -29,8 +29,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from hosttune import __version__
+from hosttune.errors import ProfileError
 from hosttune.host import Host
-from hosttune.host.facts import HostFacts
 from hosttune.host.parsers import normalise_sysctl_key, normalise_sysctl_value
 from hosttune.profile.loader import LoadedProfile
 from hosttune.profile.sizes import parse_percent, parse_size
@@ -307,24 +307,6 @@ def _page_bytes(label: str) -> int:
     return parse_size(label.replace("M", "MiB").replace("G", "GiB"))
 
 
-def _pool_pages(size: str | int, page: int, ram: int | None) -> int | None:
-    """Same rounding as the hugepages family: an int counts pages, bytes round up (hold that
-    much), a percentage of RAM rounds down (stay under it). None: needs RAM we do not know."""
-    if not isinstance(size, str):
-        return int(size)
-    pct = parse_percent(size)
-    if pct is not None:
-        return None if ram is None else int(ram * pct) // page
-    return -(-parse_size(size) // page)
-
-
-def _mount_pages(size: str | int, page: int, ram: int | None) -> int | None:
-    pct = parse_percent(size) if isinstance(size, str) else None
-    if pct is not None:
-        return None if ram is None else int(ram * pct) // page
-    return parse_size(size) // page
-
-
 def _resolve_pools(p: Any, loaded: LoadedProfile, host: Host | None
                    ) -> dict[int, tuple[str, int, dict[int, int] | None]] | None:
     """pool index -> (pagesize label, pages, {node: pages} or None for the global counter),
@@ -351,42 +333,37 @@ def _resolve_pools(p: Any, loaded: LoadedProfile, host: Host | None
     return out
 
 
-def _fallback_pool(i: int, pool: Any, p: Any, facts: HostFacts | None
+def _hostless_pool(i: int, pool: Any, loaded: LoadedProfile
                    ) -> tuple[str, int, dict[int, int] | None] | None:
-    label = pool.pagesize
-    page = _page_bytes(label)
-    ram = facts.mem_total_bytes if facts else None
-    explicit: dict[int, int] | None = None
+    """Without a host, the hugepages family's own sizer (size_pools) still resolves a pool
+    whose sizes need neither RAM (no percentage in the pool, its nodes or, for 'auto', its
+    mounts) nor a node list (nodes: any, or named nodes); None for the others. A pool apply
+    would refuse raises the same ProfileError."""
+    try:
+        from hosttune.tunables.hugepages import size_pools
+    except ModuleNotFoundError:  # that family is not installed
+        return None
+    p = loaded.profile
+    sizes: list[Any] = [pool.size]
     if isinstance(pool.nodes, dict):
-        explicit = {}
-        for node, nsize in sorted(pool.nodes.items()):
-            n = _pool_pages(nsize, page, ram)
-            if n is None:
-                return None
-            explicit[int(node)] = n
-    if pool.size == "auto":
-        if explicit is not None:
-            pages: int | None = sum(explicit.values())
-        else:
-            mounts = getattr(getattr(p, "hugetlbfs", None), "mounts", None) or []
-            same = [m for m in mounts if m.pagesize == label]
-            if not same or any(m.size == "auto" for m in same):
-                return None
-            counts = [_mount_pages(m.size, page, ram) for m in same]
-            pages = None if None in counts else sum(c for c in counts if c is not None)
-    else:
-        pages = _pool_pages(pool.size, page, ram)
-    if pages is None:
+        sizes += list(pool.nodes.values())
+    elif pool.size == "auto":
+        mounts = getattr(getattr(p, "hugetlbfs", None), "mounts", None) or []
+        sizes += [m.size for m in mounts if m.pagesize == pool.pagesize]
+    if pool.nodes == "spread" or any(isinstance(x, str) and parse_percent(x) is not None
+                                     for x in sizes):
         return None
-    if explicit is not None:
-        return label, pages, explicit
-    if pool.nodes == "any":
-        return label, pages, None
-    nodes = [n.id for n in facts.nodes if n.mem_total_bytes > 0] if facts else []
-    if not nodes:
-        return None
-    base, extra = divmod(pages, len(nodes))
-    return label, pages, {n: base + (1 if k < extra else 0) for k, n in enumerate(nodes)}
+    # this pool alone (the others may need the RAM); the nodes it names are taken as they are
+    hp = p.hugepages
+    assert hp is not None  # the pool came from it
+    alone = p.model_copy(update={"hugepages": hp.model_copy(update={"pools": [pool]})})
+    named = sorted(pool.nodes) if isinstance(pool.nodes, dict) else []
+
+    def error(key: str, msg: str) -> ProfileError:
+        return loaded.error(key.replace("hugepages.pools.0", f"hugepages.pools.{i}", 1), msg)
+
+    got = size_pools(alone, 0, lambda: named, error)[pool.pagesize]
+    return pool.pagesize, got.pages, got.explicit
 
 
 def _hugepages(p: Any, b: _Builder, loaded: LoadedProfile, host: Host | None) -> None:
@@ -394,11 +371,10 @@ def _hugepages(p: Any, b: _Builder, loaded: LoadedProfile, host: Host | None) ->
     pools = list(getattr(hp, "pools", None) or []) if hp is not None else []
     if not pools:
         return
-    facts = host.facts if host is not None else None
     resolved = _resolve_pools(p, loaded, host)
     for i, pool in enumerate(pools):
         setting = f"hugepages.pools.{i} ({pool.pagesize})"
-        got = resolved.get(i) if resolved is not None else _fallback_pool(i, pool, p, facts)
+        got = resolved.get(i) if resolved is not None else _hostless_pool(i, pool, loaded)
         if got is None:
             b.skip(setting, "its size depends on this host's RAM / NUMA nodes: export with "
                    "--root DIR (or --root / on the target) to resolve it")
