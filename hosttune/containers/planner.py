@@ -298,19 +298,20 @@ def plan_workload(facts: HostFacts, wl: WorkloadSection, *, profile_name: str = 
         notes.append("no SMT on this host: one CPU per core, the smt policy changes nothing")
 
     # -- GPU workers and their feed cores ---------------------------------------------------
-    gw = wl.gpu_workers
+    gpu_spec = wl.gpu_workers
     reservations: list[_Reservation] = []
     gpu_of: list[int] = []
-    if gw.count:
+    if gpu_spec.count:
         if not facts.gpus:
-            refusals.append(f"{gw.count} GPU worker(s) asked for, but no NVIDIA GPU was found "
-                            "in /sys/bus/pci/devices (vendor 0x10de, class 0x03xxxx)")
+            refusals.append(f"{gpu_spec.count} GPU worker(s) asked for, but no NVIDIA GPU was "
+                            "found in /sys/bus/pci/devices (vendor 0x10de, class 0x03xxxx)")
         else:
-            wanted = (list(range(gw.count)) if gw.gpus == "auto" else list(gw.gpus))
-            if len(wanted) != gw.count:
+            wanted = (list(range(gpu_spec.count)) if gpu_spec.gpus == "auto"
+                      else list(gpu_spec.gpus))
+            if len(wanted) != gpu_spec.count:
                 refusals.append(f"gpu_workers.gpus lists {len(wanted)} GPU(s) for "
-                                f"{gw.count} worker(s)")
-            for i, g in enumerate(wanted[:gw.count]):
+                                f"{gpu_spec.count} worker(s)")
+            for i, g in enumerate(wanted[:gpu_spec.count]):
                 if not 0 <= g < len(facts.gpus):
                     refusals.append(f"gpu-{i}: GPU {g} does not exist (found "
                                     f"{len(facts.gpus)}: "
@@ -320,33 +321,33 @@ def plan_workload(facts: HostFacts, wl: WorkloadSection, *, profile_name: str = 
                 node = facts.gpus[g].numa_node
                 nodes = frozenset({node}) if node >= 0 and any(
                     d.node == node for d in doms) else None
-                reservations.append(_Reservation(f"gpu-{i}", gw.feed_cores, nodes))
+                reservations.append(_Reservation(f"gpu-{i}", gpu_spec.feed_cores, nodes))
     if wl.system_cores:
         reservations.append(_Reservation("system", wl.system_cores, None))
     else:
         notes.append("system_cores: 0 - the OS, dockerd and IRQs share the workers' cores")
 
     # -- how many CPU workers ----------------------------------------------------------------
-    cw = wl.cpu_workers
+    cpu_spec = wl.cpu_workers
     probe: tuple[dict[int, int], dict[str, dict[int, int]]] | None = None
     total_cores = sum(d.full for d in doms)
     reserved_cores = sum(r.cores for r in reservations)
-    if cw.cpusets is not None:
-        n_cpu = len(cw.cpusets)
-        if cw.count not in ("auto", n_cpu):
-            refusals.append(f"cpu_workers.cpusets lists {n_cpu} cpuset(s) for {cw.count} "
+    if cpu_spec.cpusets is not None:
+        n_cpu = len(cpu_spec.cpusets)
+        if cpu_spec.count not in ("auto", n_cpu):
+            refusals.append(f"cpu_workers.cpusets lists {n_cpu} cpuset(s) for {cpu_spec.count} "
                             "worker(s)")
-    elif cw.count == "auto":
+    elif cpu_spec.count == "auto":
         probe = _place_reservations(doms, reservations, _Shape("in-domain", 1, 1))
         n_cpu = sum(1 for i in range(len(doms)) if probe and probe[0][i] > 0)
     else:
-        assert isinstance(cw.count, int)
-        n_cpu = cw.count
-    if n_cpu == 0 and gw.count == 0:
+        assert isinstance(cpu_spec.count, int)
+        n_cpu = cpu_spec.count
+    if n_cpu == 0 and gpu_spec.count == 0:
         refusals.append("the workload asks for no workers (cpu_workers.count and "
                         "gpu_workers.count are 0)")
 
-    if reserved_cores + n_cpu > total_cores and cw.cpusets is None:
+    if reserved_cores + n_cpu > total_cores and cpu_spec.cpusets is None:
         refusals.append(
             f"{n_cpu} CPU worker(s) need at least {n_cpu} whole core(s) and the reserve "
             f"{reserved_cores} ({', '.join(f'{r.name}: {r.cores}' for r in reservations)}), "
@@ -356,15 +357,15 @@ def plan_workload(facts: HostFacts, wl: WorkloadSection, *, profile_name: str = 
     shape: _Shape | None = None
     placed: tuple[dict[int, int], dict[str, dict[int, int]]] | None = None
     rejected: list[str] = []
-    if not refusals and cw.cpusets is None:
-        shapes = _shapes(doms, cw.cores)
-        if not shapes and cw.cores != "auto":
+    if not refusals and cpu_spec.cpusets is None:
+        shapes = _shapes(doms, cpu_spec.cores)
+        if not shapes and cpu_spec.cores != "auto":
             sizes = sorted({d.full for d in doms})
             refusals.append(
-                f"cpu_workers.cores {cw.cores}: L3 domains here hold {sizes} core(s); a worker "
-                f"gets at most one domain's cores or whole domains of one NUMA node (use "
+                f"cpu_workers.cores {cpu_spec.cores}: L3 domains here hold {sizes} core(s); a "
+                f"worker gets at most one domain's cores or whole domains of one NUMA node (use "
                 f"<= {max(sizes)} or a multiple of {min(sizes)})")
-        if cw.count == "auto" and n_cpu:
+        if cpu_spec.count == "auto" and n_cpu:
             # one worker per L3 domain: per domain with free cores, or per domain the reserve
             # left whole - whichever puts more cores to work
             whole = sum(1 for i, d in enumerate(doms) if probe and probe[0][i] == d.full)
@@ -386,7 +387,7 @@ def plan_workload(facts: HostFacts, wl: WorkloadSection, *, profile_name: str = 
     system_cores: list[Core] = []
     gpu_cores: dict[str, list[Core]] = {}
     cpu_blocks: list[tuple[list[Core], int]] = []  # (cores, node)
-    if cw.cpusets is None and shape is not None and placed is not None:
+    if cpu_spec.cpusets is None and shape is not None and placed is not None:
         avail, taken = placed
         heads: dict[int, list[Core]] = {}
         for i, d in enumerate(doms):
@@ -431,8 +432,8 @@ def plan_workload(facts: HostFacts, wl: WorkloadSection, *, profile_name: str = 
             if rejected:
                 msg += f"; larger workers do not fit: {rejected[-1]}"
             notes.append(msg)
-    elif cw.cpusets is not None:
-        for i, text in enumerate(cw.cpusets):
+    elif cpu_spec.cpusets is not None:
+        for i, text in enumerate(cpu_spec.cpusets):
             try:
                 cpus = parse_cpulist(text)
             except ValueError as err:
@@ -470,9 +471,9 @@ def plan_workload(facts: HostFacts, wl: WorkloadSection, *, profile_name: str = 
             return [None] * n
         return list(models)
 
-    cpu_models = models_for("cpu_workers", cw.models, n_cpu)
-    gpu_models = models_for("gpu_workers", gw.models, gw.count)
-    if (n_cpu or gw.count) and not store:
+    cpu_models = models_for("cpu_workers", cpu_spec.models, n_cpu)
+    gpu_models = models_for("gpu_workers", gpu_spec.models, gpu_spec.count)
+    if (n_cpu or gpu_spec.count) and not store:
         refusals.append("no model store: set workload.store or a hugetlbfs mount in the profile")
 
     def model_path(model: str | None) -> str | None:
@@ -495,8 +496,8 @@ def plan_workload(facts: HostFacts, wl: WorkloadSection, *, profile_name: str = 
         return bool(model) and any(str(model).endswith(s) for s in wl.shim_for)
 
     try:
-        cpu_mem = parse_size(cw.memory)
-        gpu_mem = parse_size(gw.memory)
+        cpu_mem = parse_size(cpu_spec.memory)
+        gpu_mem = parse_size(gpu_spec.memory)
         tmpfs_bytes = parse_size(wl.tmpfs_size)
     except ValueError as err:  # validated by the schema; kept for direct callers
         refusals.append(str(err))
@@ -570,11 +571,11 @@ def plan_workload(facts: HostFacts, wl: WorkloadSection, *, profile_name: str = 
             gpus=gpus, gpu_addresses=tuple(facts.gpus[g].address for g in gpus),
             shim=shim and bool(wl.shim), port=p, why=tuple(why))
 
-    if not refusals or cw.cpusets is not None:
+    if not refusals or cpu_spec.cpusets is not None:
         for i, (cores, _node) in enumerate(cpu_blocks):
             handmade = None
-            if cw.cpusets is not None:
-                handmade = parse_cpulist(cw.cpusets[i])
+            if cpu_spec.cpusets is not None:
+                handmade = parse_cpulist(cpu_spec.cpusets[i])
             workers.append(make(f"cpu-{i}", "cpu", cores, cpu_mem, cpu_models[i]
                                 if i < len(cpu_models) else None, (), [], handmade))
         for i, g in enumerate(gpu_of):
@@ -613,7 +614,7 @@ def plan_workload(facts: HostFacts, wl: WorkloadSection, *, profile_name: str = 
 
     # -- hand-made cpusets: flag overlap and sibling sharing ------------------------------------
     findings: list[CpusetFinding] = []
-    if cw.cpusets is not None and workers:
+    if cpu_spec.cpusets is not None and workers:
         sys_cpus = {x for c in system_cores for x in c}
         findings = check_cpusets(
             facts, {w.container: w.cpus for w in workers},
