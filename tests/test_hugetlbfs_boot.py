@@ -448,3 +448,72 @@ def test_unit_written_in_a_tree_is_ok_on_its_first_live_audit(ryzen):
     rows = {r.key: r for r in engine.audit(live, load_profile("inference"),
                                            only={"bootunit"}).rows}
     assert rows["unit hosttune-boot.service"].status == Status.DRIFT
+
+
+# --- a mount that is its pool, and an image that does not know its RAM ------------------------
+@pytest.mark.parametrize("pool,size,extra,whole", [
+    ("auto", "20GiB", "", True),          # the pool holds what the mount holds
+    ("16GiB", "auto", "", True),          # the mount takes the pool
+    ("30GiB", "20GiB", "", False),        # both sized: a pool larger than its mount
+    ("auto", "20GiB", "    - {path: /srv/b, size: 8GiB}\n", False),  # two mounts share it
+])
+def test_whole_pool_is_decided_from_the_profile(ryzen, tmp_path, pool, size, extra, whole):
+    prof = mount_profile(tmp_path, pool=pool, size=size, extra=extra)
+    res = resolve(Context(Host(ryzen), load_profile(str(prof))))
+    assert res.mounts[0].whole_pool is whole
+
+
+def test_unlimited_mount_matches_only_a_mount_that_is_its_pool(ryzen, tmp_path):
+    unlimited = Mount("/mnt/models-hugepages", "hugetlbfs", "hugetlbfs",
+                      {"rw": "", "mode": "750", "pagesize": "2M"})
+    whole = resolve(Context(Host(ryzen), load_profile(str(mount_profile(tmp_path))))).mounts[0]
+    assert options_match(unlimited, whole, 0) == []
+    part = resolve(Context(Host(ryzen), load_profile(str(
+        mount_profile(tmp_path, pool="30GiB"))))).mounts[0]
+    assert options_match(unlimited, part, 0) == [f"size=unlimited (want {20 * GiB})"]
+
+
+def _image(tmp_path: Path) -> Path:
+    """A rootfs that has never booted: /etc, no /proc, no /sys (what mmdebstrap leaves)."""
+    img = tmp_path / "image"
+    (img / "etc").mkdir(parents=True)
+    (img / "etc/fstab").write_text("# UNCONFIGURED FSTAB FOR BASE SYSTEM\n")
+    (img / "etc/group").write_text("root:x:0:\n")
+    return img
+
+
+def test_image_gets_a_fstab_line_without_size_that_its_first_boot_audits_ok(ryzen, tmp_path):
+    """Seen on a real boot (tests/vm/test_root_image.py): an image prepared with apply --root
+    got no fstab line (no huge page sizes, no RAM in the tree), and its first boot's audit
+    reported the line missing. The mount is its pool, so the line needs no size=."""
+    img = _image(tmp_path)
+    prof = load_profile("inference")
+    rows = {r.key: r for r in engine.plan(Host(img), prof, only={"hugetlbfs"}).audit.rows}
+    assert rows["/srv/hosttune/models mounted"].status == Status.OFFLINE
+    assert engine.apply(Host(img), prof, only={"hugetlbfs"}).ok
+    line = "hugetlbfs /srv/hosttune/models hugetlbfs pagesize=2M,mode=0750,uid=0,gid=0 0 0\n"
+    fstab = (img / "etc/fstab").read_text()
+    assert fstab.endswith(MARK + "/srv/hosttune/models\n" + line)
+    # its first boot: systemd mounted that line (mountinfo shows no size=), the pool is there
+    (ryzen / "etc/fstab").write_text(fstab)
+    mi = ryzen / "proc/self/mountinfo"
+    mi.write_text(mi.read_text() + "90 22 0:50 / /srv/hosttune/models rw,relatime - hugetlbfs "
+                  "hugetlbfs rw,pagesize=2M,mode=750\n")
+    booted = Host(ryzen)
+    booted.offline = False  # audited live, as the booted image is
+    rows = {r.key: r for r in engine.audit(booted, prof, only={"hugetlbfs"}).rows}
+    assert rows["/srv/hosttune/models fstab"].status == Status.OK
+    assert rows["/srv/hosttune/models mounted"].status == Status.OK
+    assert not [c for c in engine.plan(booted, prof, only={"hugetlbfs"}).changes
+                if c.path == "/etc/fstab"], "a live apply keeps the image's line"
+
+
+def test_image_keeps_an_explicit_pool_unsupported(tmp_path):
+    """A mount that is not its pool cannot be sized without the RAM: no line is guessed."""
+    img = _image(tmp_path)
+    prof = tmp_path / "p.yaml"
+    prof.write_text(MNT.format(pool="30%", size="20%", gid="0", persist="fstab"))
+    rows = engine.plan(Host(img), load_profile(str(prof)), only={"hugetlbfs"}).audit.rows
+    assert [(r.status, r.note) for r in rows] == [(Status.UNSUPPORTED,
+                                                   "no 2M huge pages here")]
+    assert not engine.plan(Host(img), load_profile(str(prof)), only={"hugetlbfs"}).changes

@@ -75,7 +75,8 @@ STRUCT_PAGE = 64  # sizeof(struct page) on 64-bit builds without debug options
 COMPACT_PATH = "/proc/sys/vm/compact_memory"
 FALLBACK_FILE = "hugepages-boot.json"  # in the state dir: pools that fell back to the boot
 # Node meminfo may be much smaller than MemTotal when the hypervisor initialises memory lazily
-# (this VM: node0 shows ~3.8 GB of ~24 GB). Only trust per-node totals that add up.
+# (seen on a cloud VM whose node0 showed ~3.8 GB of ~24 GB). Only trust per-node totals that
+# add up.
 NODE_TOTALS_TRUSTED = 0.9
 
 
@@ -151,6 +152,10 @@ class MountPlan:
     mount: HugetlbfsMount
     page_bytes: int
     pages: int  # the mount's size= limit in pages
+    # The mount is its pool: the only mount of its page size, and one of the two is sized
+    # 'auto' from the other. Its size= limit then equals the pool's size, which bounds an
+    # unlimited mount just the same - true whatever the RAM, so an image can carry it.
+    whole_pool: bool = False
 
     @property
     def key(self) -> str:
@@ -278,7 +283,8 @@ def resolve(ctx: Context) -> Resolved:
     for j, m in enumerate(mounts):
         pb = PAGE_BYTES[m.pagesize]
         if m.size != "auto":
-            plans.append(MountPlan(j, m, pb, _mount_pages(m, ram)))
+            plans.append(MountPlan(j, m, pb, _mount_pages(m, ram),
+                                   whole_pool=_is_whole_pool(m, mounts, sizes)))
             continue
         # 'auto' = the pool, less what explicitly sized mounts of that page size take, shared
         # evenly by the 'auto' mounts
@@ -292,8 +298,19 @@ def resolve(ctx: Context) -> Resolved:
         same = [x for x in mounts if x.pagesize == m.pagesize]
         fixed = sum(_mount_pages(x, ram) for x in same if x.size != "auto")
         n_auto = sum(1 for x in same if x.size == "auto")
-        plans.append(MountPlan(j, m, pb, max(pool_n - fixed, 0) // n_auto))
+        plans.append(MountPlan(j, m, pb, max(pool_n - fixed, 0) // n_auto,
+                               whole_pool=_is_whole_pool(m, mounts, sizes)))
     return Resolved(pools, plans)
+
+
+def _is_whole_pool(m: HugetlbfsMount, mounts: list[HugetlbfsMount],
+                   sizes: dict[str, PoolSize]) -> bool:
+    """Is ``m`` the only mount of its page size, sized 'auto' from its pool or the pool
+    sized 'auto' from it (MountPlan.whole_pool)? Decided from the profile alone."""
+    if sum(1 for x in mounts if x.pagesize == m.pagesize) != 1 or m.pagesize not in sizes:
+        return False
+    sz = sizes[m.pagesize]
+    return m.size == "auto" or (sz.pool.size == "auto" and sz.explicit is None)
 
 
 # --- HugeTLB Vmemmap Optimization -----------------------------------------------------------------
@@ -754,7 +771,8 @@ class HugePagesTunable(Tunable):
 
     @staticmethod
     def _sysctl_note(host: Host) -> str:
-        """The seed's mistake: vm.nr_hugepages in sysctl.conf fights the per-node pool."""
+        """A vm.nr_hugepages line in a sysctl file fights the per-node pool: systemd-sysctl sets the
+        global pool at boot, and hosttune-boot.service sets the nodes after it."""
         from hosttune.tunables.sysctl import boot_assignments
 
         try:

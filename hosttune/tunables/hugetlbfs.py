@@ -45,11 +45,26 @@ MARK = "# hosttune: hugetlbfs "  # + mount point; the next line is our entry
 DISABLED = FSTAB_DISABLED  # + an entry for the same mount point that ours replaces
 
 
+# An image being built (apply --root on a rootfs that has never booted: no /proc, no /sys) knows
+# neither the RAM nor the huge page sizes of the machine it will boot on. A mount that is its
+# pool (MountPlan.whole_pool) still gets its fstab line there, without size=: the pool that
+# hosttune-boot.service allocates at every boot is its limit.
+IMAGE_NOTE = ("an image (no /proc, /sys): its first boot mounts it from fstab, limited by the "
+              "pool hosttune-boot.service allocates")
+
+
+def image_tree(ctx: Context) -> bool:
+    """Is this a --root tree of an image that has not booted (no kernel facts at all)?"""
+    return ctx.host.offline and not ctx.facts.hugepage_sizes \
+        and ctx.facts.mem_total_bytes == 0
+
+
 # --- pure helpers ---------------------------------------------------------------------------------
-def mount_options(plan: MountPlan, gid: int) -> str:
+def mount_options(plan: MountPlan, gid: int, *, sized: bool = True) -> str:
+    """mount -o options; ``sized=False`` leaves size= out (only for a whole-pool mount)."""
     m = plan.mount
-    return (f"pagesize={m.pagesize},size={plan.bytes},mode={int(m.mode, 8):04o},"
-            f"uid={m.uid},gid={gid}")
+    size = f"size={plan.bytes}," if sized else ""
+    return f"pagesize={m.pagesize},{size}mode={int(m.mode, 8):04o},uid={m.uid},gid={gid}"
 
 
 def options_match(mnt: Mount, plan: MountPlan, gid: int) -> list[str]:
@@ -62,6 +77,8 @@ def options_match(mnt: Mount, plan: MountPlan, gid: int) -> list[str]:
             "mode": o.get("mode", "?").lstrip("0") or "0", "uid": o.get("uid", "0"),
             "gid": o.get("gid", "0")}
     want["mode"] = want["mode"].lstrip("0") or "0"
+    if plan.whole_pool and have["size"] == "unlimited":
+        want["size"] = "unlimited"  # the pool bounds it just the same (MountPlan.whole_pool)
     for k in want:
         if want[k] != have[k]:
             diffs.append(f"{k}={have[k]} (want {want[k]})")
@@ -187,6 +204,10 @@ class HugetlbfsTunable(Tunable):
         unit_files = False
         for plan in res.mounts:
             m = plan.mount
+            if plan.page_bytes not in ctx.facts.hugepage_sizes and plan.whole_pool \
+                    and image_tree(ctx) and m.persist == "fstab":
+                self._image_fstab(ctx, plan, rows, changes)
+                continue
             if plan.page_bytes not in ctx.facts.hugepage_sizes:
                 rows.append(Row(self.name, m.path, "-", f"{m.pagesize} hugetlbfs",
                                 Status.UNSUPPORTED, f"no {m.pagesize} huge pages here"))
@@ -196,12 +217,40 @@ class HugetlbfsTunable(Tunable):
             opts = mount_options(plan, gid)
             self._runtime(ctx, plan, opts, rows, changes)
             self._capacity(ctx, plan, rows)
-            unit_files |= self._persist(ctx, plan, opts, rows, changes)
+            sizeless = plan.whole_pool and self._persisted_sizeless(ctx, plan, gid)
+            unit_files |= self._persist(
+                ctx, plan, mount_options(plan, gid, sized=not sizeless), rows, changes)
         if unit_files:
             dr = daemon_reload(ctx, self.name)
             if dr:
                 changes.append(dr)
         return Evaluation(rows, changes)
+
+    def _image_fstab(self, ctx: Context, plan: MountPlan, rows: list[Row],
+                     changes: list[Change]) -> None:
+        """A whole-pool mount in an image that has never booted (IMAGE_NOTE): its fstab line
+        without size=; mounting is the first boot's."""
+        m = plan.mount
+        gid = resolve_gid(ctx.host, m.gid)
+        assert gid is not None  # validate() checked
+        rows.append(Row(self.name, f"{m.path} mounted", "-", f"hugetlbfs {m.pagesize}",
+                        Status.OFFLINE, IMAGE_NOTE))
+        line = fstab_line(m.path, mount_options(plan, gid, sized=False))
+        self._fstab(ctx, m.path, line, rows, changes)
+
+    def _persisted_sizeless(self, ctx: Context, plan: MountPlan, gid: int) -> bool:
+        """Does our persisted entry for this whole-pool mount carry no size= (written in an
+        image, where the RAM was unknown)? Then it stays as it is: it says the same."""
+        path = plan.mount.path
+        opts = mount_options(plan, gid, sized=False)
+        try:
+            if plan.mount.persist == "fstab":
+                text = ctx.host.read_text(FSTAB) or ""
+                return MARK + path + "\n" + fstab_line(path, opts) in text
+            st = ctx.host.file_state(f"{UNIT_DIR}/{mount_unit_name(path)}")
+        except PermissionError:  # reported by the fstab/unit rows themselves
+            return False
+        return st.content == self._unit_text(plan, opts).encode()
 
     # -- runtime: is it mounted with these options? -------------------------------------------
     def _runtime(self, ctx: Context, plan: MountPlan, opts: str, rows: list[Row],

@@ -1,6 +1,7 @@
 """Scenario 4: the image-builder workflow. `hosttune apply --root TREE` on the guest's rootfs
 before it ever boots, then boot it: hosttune-boot.service runs the hosttune inside the image,
-the memlock group exists, and audit is ok."""
+the memlock group exists, the hugetlbfs mount comes from the image's fstab line, and audit is
+ok."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ systemctl show hosttune-boot.service -p ActiveState -p Result -p ExecMainStatus 
 systemctl show hosttune-boot.service -p ExecStart > $o/execstart
 journalctl -b -u hosttune-boot.service --no-pager > $o/bootunit.log 2>&1
 getent group inference > $o/group || true
+systemctl show srv-hosttune-models.mount -p SourcePath -p ActiveState > $o/mountunit
+findmnt -rn -o FSTYPE,OPTIONS /srv/hosttune/models > $o/findmnt || true
 run audit.json hosttune audit -p inference --json
 """
 
@@ -34,6 +37,10 @@ def test_root_apply_then_first_boot(vm_env: VmEnv) -> None:
     unit = (tree.path / "etc/systemd/system/hosttune-boot.service").read_text()
     assert f"ExecStart={GUEST_VENV}/bin/hosttune apply --runtime-only " in unit
     assert "inference:x:" in (tree.path / "etc/group").read_text()
+    # the image knows neither RAM nor huge page sizes: the mount is its pool, so no size=
+    assert ("# hosttune: hugetlbfs /srv/hosttune/models\nhugetlbfs /srv/hosttune/models "
+            "hugetlbfs pagesize=2M,mode=0750,uid=0,gid=0 0 0\n") in \
+        (tree.path / "etc/fstab").read_text()
     vm = vm_env.guest("image", tree)
 
     b = vm.boot(BOOT, label="first-boot")
@@ -43,15 +50,10 @@ def test_root_apply_then_first_boot(vm_env: VmEnv) -> None:
     assert state == {"ActiveState": "active", "Result": "success", "ExecMainStatus": "0"}, \
         b.out["bootunit.log"]
     assert b.out["group"].startswith("inference:")
+    # systemd mounted it from that line at local-fs, before hosttune-boot sized the pool
+    mount = dict(ln.split("=", 1) for ln in b.out["mountunit"].split())
+    assert mount == {"SourcePath": "/etc/fstab", "ActiveState": "active"}, b.out["mountunit"]
+    fstype, opts = b.out["findmnt"].split()
+    assert fstype == "hugetlbfs" and not [o for o in opts.split(",") if o.startswith("size=")]
     rows = checks.audit_rows(b.out["audit.json"])
-    gaps = [r for r in checks.not_ok(rows) if (r["tunable"], r["key"]) in KNOWN_GAPS]
-    assert checks.not_ok(rows) == gaps, "the image's first boot audits ok"
-    # Not fixed yet (see docs/reliability.md): say so loudly if that changes
-    assert [(r["tunable"], r["key"], r["status"]) for r in gaps] == \
-        [(*k, "drift") for k in KNOWN_GAPS], "a known gap closed: remove it from KNOWN_GAPS"
-
-
-# Settings an image cannot carry yet, and why. The hugetlbfs fstab line holds size=<bytes>,
-# 40% of a RAM the image builder cannot know; hosttune-boot.service mounts it at every boot
-# (the "mounted" row is ok), but the persistent line only comes with the first live apply.
-KNOWN_GAPS = [("hugetlbfs", "/srv/hosttune/models fstab")]
+    assert checks.not_ok(rows) == [], "the image's first boot audits ok"
