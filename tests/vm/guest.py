@@ -464,6 +464,21 @@ class BootResult:
         return "\n".join(self.console.splitlines()[-n:])
 
 
+def same_priority(pid: int) -> None:
+    """Give a process started with start_new_session our nice value for real. A new session
+    is a new autogroup (sched(7), CONFIG_SCHED_AUTOGROUP, on in Debian's kernels and here): the
+    scheduler first shares the CPUs between autogroups, and a process's nice value only ranks
+    it inside its own. A guest started from a harness at nice 10 (.ci/run's lanes) would
+    otherwise weigh as much as the whole suite beside it; seen here: four autogroups (three
+    fleet guests and the suite) got half a core each. The autogroup's nice is set through
+    /proc/PID/autogroup; where that file is absent there are no autogroups to correct."""
+    nice = os.nice(0)
+    if nice <= 0:
+        return
+    with contextlib.suppress(OSError):
+        Path(f"/proc/{pid}/autogroup").write_text(f"{nice}\n")
+
+
 def _accel() -> list[str]:
     # TCG always works here; KVM only when asked (nested KVM hangs at boot on this machine
     # kind, and -cpu host fails on MSR 0x10a).
@@ -583,6 +598,7 @@ class Guest:
         t0 = time.monotonic()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, start_new_session=True)
+        same_priority(proc.pid)
         if isinstance(cut_at, str):
             cut_re = re.compile(cut_at)
 
@@ -643,6 +659,7 @@ class Guest:
                 "-serial", f"file:{log}"]
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL, start_new_session=True)
+        same_priority(proc.pid)
         try:
             deadline = time.monotonic() + boot_timeout_s
             while not ssh_banner(ssh_port):
