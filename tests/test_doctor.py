@@ -454,21 +454,37 @@ RESTART_JOURNAL = (
     "/usr/bin/nvidia-persistenced: No such file or directory\n")
 
 
-@pytest.mark.parametrize("sub", ["auto-restart", "start", "auto-restart-queued"])
-def test_unit_in_a_restart_loop(tmp_path, sub):
+@pytest.mark.parametrize(("state", "sub"), [
+    ("activating", "auto-restart"), ("activating", "start"),
+    ("activating", "auto-restart-queued"), ("deactivating", "stop-post")])
+def test_unit_in_a_restart_loop(tmp_path, state, sub):
     # the seed's nvidia-persistenced unit without the binary: Restart=on-failure every 5 s,
     # never "failed" (2 starts per 10 s stay under the start limit). The query may land
-    # between two tries (auto-restart) or during one (start, NRestarts > 0).
+    # between two tries (auto-restart), during one (start, NRestarts > 0) or right after a
+    # failed one, while its ExecStopPost= runs (deactivating, stop-post).
     b = minimal(tmp_path)
     h = booted(b.root, {
-        ("systemctl", "list-units", "--state=activating"):
-            f"nvidia-persistenced.service loaded activating {sub} NVIDIA Persistence Daemon\n",
-        ("systemctl", "show", "NRestarts"): f"SubState={sub}\nNRestarts=41\n",
+        ("systemctl", "list-units", f"--state={state}"):
+            f"nvidia-persistenced.service loaded {state} {sub} NVIDIA Persistence Daemon\n",
+        ("systemctl", "show", "NRestarts"):
+            f"SubState={sub}\nNRestarts=41\nResult=exit-code\n",
         ("journalctl", "-u", "nvidia-persistenced.service"): RESTART_JOURNAL,
     })
     (f,) = [f for f in doctor.run(h).findings if f.check.startswith("systemd.unit")]
     assert (f.check, f.severity) == ("systemd.unit-restart-loop", Severity.ERROR)
     assert "restarted 41 times" in f.title and "Failed at step EXEC" in f.why
+    assert f.where == f"live: systemctl list-units --state={state} (nvidia-persistenced.service)"
+
+
+def test_unit_stopping_after_a_good_restart_is_not_a_loop(tmp_path):
+    # restarted once earlier, now stopped by hand: deactivating, the last try succeeded
+    b = minimal(tmp_path)
+    h = booted(b.root, {
+        ("systemctl", "list-units", "--state=deactivating"):
+            "web.service loaded deactivating stop-sigterm A web server\n",
+        ("systemctl", "show", "NRestarts"): "SubState=stop-sigterm\nNRestarts=1\nResult=success\n",
+    })
+    assert not [f for f in doctor.run(h).findings if f.check.startswith("systemd.unit")]
 
 
 def test_unit_starting_for_the_first_time_is_not_a_loop(tmp_path):

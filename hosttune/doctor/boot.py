@@ -30,6 +30,7 @@ class FailedUnit:
     journal: tuple[str, ...]  # the unit's last journal lines of this boot (its reason)
     state: str = "failed"  # or "auto-restart": failing again and again (Restart=)
     restarts: int = 0  # NRestarts of this boot
+    listed: str = "failed"  # the list-units state it was found in
 
 
 def _units(ctx: DoctorContext, state: str) -> list[tuple[str, str]]:
@@ -44,36 +45,42 @@ def _units(ctx: DoctorContext, state: str) -> list[tuple[str, str]]:
 
 
 def _show(ctx: DoctorContext, unit: str) -> dict[str, str]:
-    out = _run(ctx, ["systemctl", "show", "-p", "SubState", "-p", "NRestarts", unit]) or ""
+    out = _run(ctx, ["systemctl", "show", "-p", "SubState", "-p", "NRestarts", "-p", "Result",
+                     unit]) or ""
     return dict(ln.partition("=")[::2] for ln in out.splitlines() if "=" in ln)
 
 
-def _looping(props: dict[str, str]) -> bool:
-    """A unit Restart= keeps starting: between two tries it waits in "auto-restart" (systemd
-    >= 254 also "auto-restart-queued"), and during a try it is "start"/"start-pre" with
-    NRestarts >= 1. Asking only for auto-restart misses it whenever the query lands during
-    a try - often on a slow host (seen under TCG while CI ran beside the guest)."""
+def _looping(props: dict[str, str], state: str) -> bool:
+    """A unit Restart= keeps starting. Between two tries it waits in "auto-restart" (systemd
+    >= 254 also "auto-restart-queued"); during a try it is "start"/"start-pre" with
+    NRestarts >= 1; right after a failed try it is deactivating ("stop-post", its
+    ExecStopPost= running, as the seed's persistenced unit's `rm -rf`) with the failure
+    as Result. Asking for one of these misses the loop whenever the query lands in another
+    - often on a slow host (seen under TCG while CI ran beside the guest)."""
     sub = props.get("SubState", "")
     restarts = props.get("NRestarts", "0")
-    return sub.startswith("auto-restart") or (restarts.isdigit() and int(restarts) > 0)
+    restarted = restarts.isdigit() and int(restarts) > 0
+    if state == "deactivating":  # stopping after a restart is a loop only if a try failed
+        return restarted and props.get("Result", "success") != "success"
+    return sub.startswith("auto-restart") or restarted
 
 
 def failed_units(ctx: DoctorContext) -> list[FailedUnit]:
     """`systemctl --failed`, and units a Restart= setting keeps starting again after each
-    failure (activating, never listed as failed, as with the seed's nvidia-persistenced
-    unit, Restart=on-failure every 5 s), with their journal lines."""
+    failure (activating or deactivating, never listed as failed, as with the seed's
+    nvidia-persistenced unit, Restart=on-failure every 5 s), with their journal lines."""
     found: list[FailedUnit] = []
-    for state in ("failed", "activating"):
+    for state in ("failed", "activating", "deactivating"):
         for unit, desc in _units(ctx, state):
             props = _show(ctx, unit)
-            if state == "activating" and not _looping(props):
-                continue  # starting for the first time: nothing has failed yet
+            if state != "failed" and not _looping(props, state):
+                continue  # starting for the first time, or stopping: nothing has failed yet
             log = _run(ctx, ["journalctl", "--no-pager", "-q", "-b", "-o", "cat", "-n", "8",
                              "-u", unit]) or ""
             restarts = props.get("NRestarts", "0")
             found.append(FailedUnit(unit, desc, tuple(s for s in log.splitlines() if s.strip()),
                                     "failed" if state == "failed" else "auto-restart",
-                                    int(restarts) if restarts.isdigit() else 0))
+                                    int(restarts) if restarts.isdigit() else 0, state))
     return found
 
 

@@ -166,7 +166,7 @@ def check_failed_units(ctx: DoctorContext) -> Iterator[Finding]:
             "systemd.unit-restart-loop" if looping else "systemd.unit-failed", Severity.ERROR,
             f"{fu.unit} fails and is restarted again and again (restarted {times} this boot)"
             if looping else f"{fu.unit} failed at this boot",
-            f"live: systemctl list-units --state=activating ({fu.unit})" if looping
+            f"live: systemctl list-units --state={fu.listed} ({fu.unit})" if looping
             else f"live: systemctl --failed ({fu.unit})",
             (f"{fu.description}: " if fu.description else "")
             + ("the journal says: " + " | ".join(reason[-4:]) if reason
