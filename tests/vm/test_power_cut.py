@@ -40,9 +40,10 @@ import json, sys
 d = json.load(sys.stdin)
 print(2 * (len(d["changes"]) if "changes" in d else d["entries"]))'
 }
-cut_run() { # cut_run apply|rollback FRACTION: announce the point, then run with marks on
-  local n p
-  n=$(steps "$1")
+cut_run() { # cut_run apply|rollback FRACTION [STEPS]: announce the point, then run with
+  # marks on (STEPS: the step points of an earlier boot's same run, else asked here)
+  local n=${3:-} p
+  [ -n "$n" ] || n=$(steps "$1")
   p=$(python3 -c "print(min(int($2 * $n), $n - 1))")
   local point="$((p / 2)):$([ $((p % 2)) = 0 ] && echo before || echo after)"
   # straight to the console, like the step marks (the unit's own output goes via journald)
@@ -86,6 +87,13 @@ def _plan(n: int) -> list[tuple[str, float]]:
     n_ap = n - n_rb
     return ([("apply", (i + 0.5) / n_ap) for i in range(n_ap)]
             + [("rollback", (i + 0.5) / n_rb) for i in range(n_rb)])
+
+
+def _points(console: str) -> dict[str, str]:
+    """run -> its step points, as announced on a boot's console ("HT-CUT-AT apply 3:before
+    of 46"): every apply from pristine (and every rollback of a full apply) has as many, so
+    later boots reuse the count instead of asking `hosttune plan` again under TCG."""
+    return {m[1]: m[2] for m in re.finditer(r"HT-CUT-AT (\w+) \S+ of (\d+)", console)}
 
 
 def _cut_matcher():
@@ -142,14 +150,15 @@ def test_power_cuts(vm_env: VmEnv) -> None:
     results: list[dict[str, object]] = []
     pristine = None
     prev_console = ""
+    points: dict[str, str] = {}
     for i, run in enumerate([*runs, ("final", 0.0)]):
         phase, frac = run
         script = COMMON + (PRISTINE if i == 0 else RECOVER) + "\nht_flush\n"
         if phase == "apply":
-            script += f"cut_run apply {frac}\n"
+            script += f"cut_run apply {frac} {points.get('apply', '')}\n"
         elif phase == "rollback":
             script += ("hosttune apply -p inference --yes --json > /dev/null 2>&1\n"
-                       f"cut_run rollback {frac}\n")
+                       f"cut_run rollback {frac} {points.get('rollback', '')}\n")
         res = vm.boot(script, label=f"{i:02d}-{phase}", cut_at=_cut_matcher(),
                       stage_timeout_s=900)
         if i == 0:
@@ -158,6 +167,7 @@ def test_power_cuts(vm_env: VmEnv) -> None:
         else:
             results.append(_check(res, runs[i - 1], pristine, prev_console))
         prev_console = res.console
+        points.update(_points(res.console))
         if phase != "final":
             assert res.cut, f"boot {i} ({phase}) was not cut (console {res.log}):\n{res.tail()}"
             assert "HT-NOT-CUT" not in res.console
