@@ -476,24 +476,17 @@ def test_unit_in_a_restart_loop(tmp_path, state, sub):
     assert f.where == f"live: systemctl list-units --state={state} (nvidia-persistenced.service)"
 
 
-def test_unit_stopping_after_a_good_restart_is_not_a_loop(tmp_path):
-    # restarted once earlier, now stopped by hand: deactivating, the last try succeeded
+@pytest.mark.parametrize(("state", "line", "props"), [
+    # starting for the first time: nothing has failed yet
+    ("activating", "slow.service loaded activating start A slow start",
+     "SubState=start\nNRestarts=0\n"),
+    # restarted once earlier, now stopped by hand: the last try succeeded
+    ("deactivating", "web.service loaded deactivating stop-sigterm A web server",
+     "SubState=stop-sigterm\nNRestarts=1\nResult=success\n")])
+def test_unit_that_is_not_in_a_restart_loop(tmp_path, state, line, props):
     b = minimal(tmp_path)
-    h = booted(b.root, {
-        ("systemctl", "list-units", "--state=deactivating"):
-            "web.service loaded deactivating stop-sigterm A web server\n",
-        ("systemctl", "show", "NRestarts"): "SubState=stop-sigterm\nNRestarts=1\nResult=success\n",
-    })
-    assert not [f for f in doctor.run(h).findings if f.check.startswith("systemd.unit")]
-
-
-def test_unit_starting_for_the_first_time_is_not_a_loop(tmp_path):
-    b = minimal(tmp_path)
-    h = booted(b.root, {
-        ("systemctl", "list-units", "--state=activating"):
-            "slow.service loaded activating start A slow start\n",
-        ("systemctl", "show", "NRestarts"): "SubState=start\nNRestarts=0\n",
-    })
+    h = booted(b.root, {("systemctl", "list-units", f"--state={state}"): line + "\n",
+                        ("systemctl", "show", "NRestarts"): props})
     assert not [f for f in doctor.run(h).findings if f.check.startswith("systemd.unit")]
 
 
