@@ -28,9 +28,13 @@ class FailedUnit:
     unit: str
     description: str
     journal: tuple[str, ...]  # the unit's last journal lines of this boot (its reason)
-    state: str = "failed"  # or "auto-restart": failing again and again (Restart=)
     restarts: int = 0  # NRestarts of this boot
     listed: str = "failed"  # the list-units state it was found in
+
+    @property
+    def looping(self) -> bool:
+        """Failing again and again (Restart=), never listed as failed."""
+        return self.listed != "failed"
 
 
 def _units(ctx: DoctorContext, state: str) -> list[tuple[str, str]]:
@@ -50,19 +54,16 @@ def _show(ctx: DoctorContext, unit: str) -> dict[str, str]:
     return dict(ln.partition("=")[::2] for ln in out.splitlines() if "=" in ln)
 
 
-def _looping(props: dict[str, str], state: str) -> bool:
+def _looping(props: dict[str, str], restarts: int, state: str) -> bool:
     """A unit Restart= keeps starting. Between two tries it waits in "auto-restart" (systemd
     >= 254 also "auto-restart-queued"); during a try it is "start"/"start-pre" with
     NRestarts >= 1; right after a failed try it is deactivating ("stop-post", its
     ExecStopPost= running, as the seed's persistenced unit's `rm -rf`) with the failure
     as Result. Asking for one of these misses the loop whenever the query lands in another
     - often on a slow host (seen under TCG while CI ran beside the guest)."""
-    sub = props.get("SubState", "")
-    restarts = props.get("NRestarts", "0")
-    restarted = restarts.isdigit() and int(restarts) > 0
     if state == "deactivating":  # stopping after a restart is a loop only if a try failed
-        return restarted and props.get("Result", "success") != "success"
-    return sub.startswith("auto-restart") or restarted
+        return restarts > 0 and props.get("Result", "success") != "success"
+    return props.get("SubState", "").startswith("auto-restart") or restarts > 0
 
 
 def failed_units(ctx: DoctorContext) -> list[FailedUnit]:
@@ -73,14 +74,14 @@ def failed_units(ctx: DoctorContext) -> list[FailedUnit]:
     for state in ("failed", "activating", "deactivating"):
         for unit, desc in _units(ctx, state):
             props = _show(ctx, unit)
-            if state != "failed" and not _looping(props, state):
+            n = props.get("NRestarts", "0")
+            restarts = int(n) if n.isdigit() else 0
+            if state != "failed" and not _looping(props, restarts, state):
                 continue  # starting for the first time, or stopping: nothing has failed yet
             log = _run(ctx, ["journalctl", "--no-pager", "-q", "-b", "-o", "cat", "-n", "8",
                              "-u", unit]) or ""
-            restarts = props.get("NRestarts", "0")
             found.append(FailedUnit(unit, desc, tuple(s for s in log.splitlines() if s.strip()),
-                                    "failed" if state == "failed" else "auto-restart",
-                                    int(restarts) if restarts.isdigit() else 0, state))
+                                    restarts, state))
     return found
 
 

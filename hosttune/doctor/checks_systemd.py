@@ -160,7 +160,7 @@ def check_failed_units(ctx: DoctorContext) -> Iterator[Finding]:
         reason = [s for s in fu.journal if not _GENERIC.match(s)] or list(fu.journal)
         local = f"/etc/systemd/system/{fu.unit}"
         has_file = ctx.host.exists(local)
-        looping = fu.state == "auto-restart"
+        looping = fu.looping
         times = f"{fu.restarts} time{'s' if fu.restarts != 1 else ''}"
         yield Finding(
             "systemd.unit-restart-loop" if looping else "systemd.unit-failed", Severity.ERROR,

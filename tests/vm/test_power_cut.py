@@ -89,18 +89,20 @@ def _plan(n: int) -> list[tuple[str, float]]:
             + [("rollback", (i + 0.5) / n_rb) for i in range(n_rb)])
 
 
+# a cut run's announcement on the console: "HT-CUT-AT apply 3:before of 46"
+CUT_AT = re.compile(r"HT-CUT-AT (\w+) (\d+:\w+) of (\d+)")
+
+
 def _points(console: str) -> dict[str, str]:
-    """run -> its step points, as announced on a boot's console ("HT-CUT-AT apply 3:before
-    of 46"): every apply from pristine (and every rollback of a full apply) has as many, so
-    later boots reuse the count instead of asking `hosttune plan` again under TCG."""
-    return {m[1]: m[2] for m in re.finditer(r"HT-CUT-AT (\w+) \S+ of (\d+)", console)}
+    """run -> its step points, as announced on a boot's console: every apply from pristine
+    (and every rollback of a full apply) has as many, so later boots reuse the count instead
+    of asking `hosttune plan` again under TCG."""
+    return {m[1]: m[3] for m in CUT_AT.finditer(console)}
 
 
 def _cut_matcher():
-    at = re.compile(r"HT-CUT-AT (\w+) (\d+:\w+) of")
-
     def match(console: str) -> bool:
-        m = at.search(console)
+        m = CUT_AT.search(console)
         if m is None:
             return False
         return f"HOSTTUNE-STEP {m.group(1)} {m.group(2)}" in console[m.end():]
@@ -133,7 +135,7 @@ def _check(res, run: tuple[str, float], pristine, prev_console: str) -> dict[str
         if tuned != told:
             problems.append(f"{daemon} ran with memlock {'unlimited' if tuned else 'default'}"
                             f" but rollback {'did not name' if tuned else 'named'} it")
-    m = re.search(r"HT-CUT-AT .*", prev_console)
+    m = re.search(r"HT-CUT-AT .*", prev_console)  # the whole line, for the report
     return {"run": run[0], "fraction": round(run[1], 3), "point": m.group(0) if m else "?",
             "recovered": not problems, "problems": problems,
             "still_running": rep.get("still_running", []),
