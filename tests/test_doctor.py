@@ -393,6 +393,8 @@ def test_irq_mask_naming_cpus_the_host_lacks(tmp_path):
 # --- evidence of the boot (systemd's answers; canned: no systemd as PID 1 on this machine) ----
 
 # systemd 252's formats (Debian 12): list-units --plain --no-legend, journalctl -o cat
+# one query for every state a failing unit can be in (doctor/boot.py STATES)
+LISTED = ("systemctl", "list-units", "--state=failed,activating,deactivating")
 FAILED_UNITS = (
     "cpufreq-performance.service loaded failed failed Set CPU Governor to Performance\n"
     "nvidia-persistenced.service loaded failed failed NVIDIA Persistence Daemon\n")
@@ -431,7 +433,7 @@ def booted(root: Path, answers: dict[tuple[str, ...], str]) -> Host:
 def test_failed_units_with_the_journals_reason(tmp_path):
     b = minimal(tmp_path)
     h = booted(b.root, {
-        ("systemctl", "list-units", "--state=failed"): FAILED_UNITS,
+        LISTED: FAILED_UNITS,
         ("journalctl", "-u", "cpufreq-performance.service"): JOURNAL_CPUFREQ,
     })
     fs = [f for f in doctor.run(h).findings if f.check == "systemd.unit-failed"]
@@ -464,16 +466,36 @@ def test_unit_in_a_restart_loop(tmp_path, state, sub):
     # failed one, while its ExecStopPost= runs (deactivating, stop-post).
     b = minimal(tmp_path)
     h = booted(b.root, {
-        ("systemctl", "list-units", f"--state={state}"):
-            f"nvidia-persistenced.service loaded {state} {sub} NVIDIA Persistence Daemon\n",
+        LISTED: f"nvidia-persistenced.service loaded {state} {sub} NVIDIA Persistence Daemon\n",
         ("systemctl", "show", "NRestarts"):
-            f"SubState={sub}\nNRestarts=41\nResult=exit-code\n",
+            f"ActiveState={state}\nSubState={sub}\nNRestarts=41\nResult=exit-code\n",
         ("journalctl", "-u", "nvidia-persistenced.service"): RESTART_JOURNAL,
     })
     (f,) = [f for f in doctor.run(h).findings if f.check.startswith("systemd.unit")]
     assert (f.check, f.severity) == ("systemd.unit-restart-loop", Severity.ERROR)
     assert "restarted 41 times" in f.title and "Failed at step EXEC" in f.why
     assert f.where == f"live: systemctl list-units --state={state} (nvidia-persistenced.service)"
+
+
+@pytest.mark.parametrize(("listed", "shown", "loop"), [
+    # listed during a try's ExecStopPost=, shown while it waits for the next try
+    ("deactivating stop-post", "activating\nSubState=auto-restart\nNRestarts=1", True),
+    # listed waiting to restart, shown failed: it hit its start limit in between
+    ("activating auto-restart", "failed\nSubState=failed\nNRestarts=5", False),
+    # listed starting, shown running: it came up after all
+    ("activating start", "active\nSubState=running\nNRestarts=2", None)])
+def test_a_unit_is_judged_by_its_state_when_shown(tmp_path, listed, shown, loop):
+    b = minimal(tmp_path)
+    h = booted(b.root, {LISTED: f"nvidia-persistenced.service loaded {listed} NVIDIA P D\n",
+                        ("systemctl", "show", "NRestarts"): f"ActiveState={shown}\n"})
+    fs = [f for f in doctor.run(h).findings if f.check.startswith("systemd.unit")]
+    if loop is None:
+        assert fs == []
+    else:
+        (f,) = fs
+        assert f.check == ("systemd.unit-restart-loop" if loop else "systemd.unit-failed")
+        assert f.where.startswith("live: systemctl list-units --state=activating" if loop
+                                  else "live: systemctl --failed")
 
 
 @pytest.mark.parametrize(("state", "line", "props"), [
@@ -485,8 +507,8 @@ def test_unit_in_a_restart_loop(tmp_path, state, sub):
      "SubState=stop-sigterm\nNRestarts=1\nResult=success\n")])
 def test_unit_that_is_not_in_a_restart_loop(tmp_path, state, line, props):
     b = minimal(tmp_path)
-    h = booted(b.root, {("systemctl", "list-units", f"--state={state}"): line + "\n",
-                        ("systemctl", "show", "NRestarts"): props})
+    h = booted(b.root, {LISTED: line + "\n",
+                        ("systemctl", "show", "NRestarts"): f"ActiveState={state}\n" + props})
     assert not [f for f in doctor.run(h).findings if f.check.startswith("systemd.unit")]
 
 

@@ -18,7 +18,7 @@ from hosttune.tunables._ordering import after_of, safe_after, waits_for_boot
 from hosttune.tunables.base import Context
 from hosttune.tunables.bootunit import UNIT_PATH, BootUnitTunable
 from hosttune.tunables.gpu_persistence import render_unit
-from tests.seed_tree import GPU_CLOCKS_UNIT, PERSISTENCED_UNIT
+from tests.seed_tree import CPUFREQ_UNIT, GPU_CLOCKS_UNIT, PERSISTENCED_UNIT
 from tests.test_doctor import booted, minimal
 
 ETC = "etc/systemd/system"
@@ -90,24 +90,39 @@ def test_apply_then_audit_on_the_seed_unit_is_clean(ryzen):
     assert not engine.audit(Host(ryzen), loaded, only={"bootunit"}).drift
 
 
+# systemd 252 on a Debian 12 guest, as the journal has it: logged before journald ran, so
+# imported from the kernel log (_TRANSPORT=kernel, SYSLOG_PID=1), never under _PID=1
 JOURNAL = ("multi-user.target: Found ordering cycle on gpu-clocks.service/start\n"
+           "multi-user.target: Found dependency on nvidia-persistenced.service/start\n"
+           "multi-user.target: Found dependency on multi-user.target/start\n"
            "multi-user.target: Job gpu-clocks.service/start deleted to break ordering cycle "
            "starting with multi-user.target/start\n"
+           "multi-user.target: Found ordering cycle on docker.service/start\n"
+           "multi-user.target: Found dependency on hosttune-boot.service/start\n"
+           "multi-user.target: Found dependency on nvidia-persistenced.service/start\n"
+           "multi-user.target: Found dependency on multi-user.target/start\n"
            "multi-user.target: Job docker.service/start deleted to break ordering cycle "
-           "starting with multi-user.target/start\n")
+           "starting with multi-user.target/start\n"
+           "multi-user.target: Found ordering cycle on cpufreq-performance.service/start\n"
+           "multi-user.target: Found dependency on multi-user.target/start\n"
+           "multi-user.target: Job cpufreq-performance.service/start deleted to break "
+           "ordering cycle starting with multi-user.target/start\n")
+EARLY = ("journalctl", "_PID=1", "+", "_TRANSPORT=kernel", "SYSLOG_PID=1")
 
 
 def test_doctor_names_the_cycle_and_what_systemd_skipped(tmp_path):
     b = minimal(tmp_path)
     b.write(f"/{ETC}/nvidia-persistenced.service", PERSISTENCED_UNIT)
     b.write(f"/{ETC}/gpu-clocks.service", GPU_CLOCKS_UNIT)
-    h = booted(b.root, {("journalctl", "_PID=1"): JOURNAL})
+    h = booted(b.root, {EARLY: JOURNAL})
     fs = [f for f in doctor.run(h).findings if f.check == "systemd.ordering-cycle"]
     assert len(fs) == 1, [f.to_json() for f in fs]
     (f,) = fs
     assert f.where == f"/{ETC}/nvidia-persistenced.service"
     assert f.also == (f"/{ETC}/gpu-clocks.service",)
-    assert "docker.service, gpu-clocks.service" in f.why
+    # the jobs of its cycle; cpufreq-performance's cycle is another one (no unit file here)
+    assert "deleted the start job of docker.service, gpu-clocks.service to" in f.why
+    assert "cpufreq" not in f.why
     assert "gpu.persistence" in f.fix
     # DefaultDependencies=no: the target adds no After= on it, so there is no cycle
     b.write(f"/{ETC}/nvidia-persistenced.service",
@@ -115,3 +130,25 @@ def test_doctor_names_the_cycle_and_what_systemd_skipped(tmp_path):
     b.write(f"/{ETC}/gpu-clocks.service", "[Unit]\nDescription=x\n")
     assert not [f for f in doctor.run(Host(b.root)).findings
                 if f.check == "systemd.ordering-cycle"]
+
+
+def test_each_cycle_names_only_its_own_deleted_jobs(tmp_path):
+    b = minimal(tmp_path)
+    b.write(f"/{ETC}/nvidia-persistenced.service", PERSISTENCED_UNIT)
+    b.write(f"/{ETC}/cpufreq-performance.service", CPUFREQ_UNIT)
+    fs = {f.where.rsplit("/", 1)[1]: f for f in doctor.run(booted(b.root, {EARLY: JOURNAL}))
+          .findings if f.check == "systemd.ordering-cycle"}
+    assert sorted(fs) == ["cpufreq-performance.service", "nvidia-persistenced.service"]
+    assert "deleted the start job of cpufreq-performance.service to" in \
+        fs["cpufreq-performance.service"].why
+    assert "docker.service, gpu-clocks.service to" in fs["nvidia-persistenced.service"].why
+    # later systemd versions name the whole cycle in one line
+    one_line = ("multi-user.target: Found ordering cycle: multi-user.target → "
+                "nvidia-persistenced.service → multi-user.target\n"
+                "multi-user.target: Job nvidia-persistenced.service/start deleted to break "
+                "ordering cycle starting with multi-user.target/start\n")
+    fs = {f.where.rsplit("/", 1)[1]: f for f in doctor.run(booted(b.root, {EARLY: one_line}))
+          .findings if f.check == "systemd.ordering-cycle"}
+    assert "differs from boot to boot" in fs["cpufreq-performance.service"].why
+    assert "deleted the start job of nvidia-persistenced.service to" in \
+        fs["nvidia-persistenced.service"].why

@@ -29,7 +29,7 @@ class FailedUnit:
     description: str
     journal: tuple[str, ...]  # the unit's last journal lines of this boot (its reason)
     restarts: int = 0  # NRestarts of this boot
-    listed: str = "failed"  # the list-units state it was found in
+    listed: str = "failed"  # its ActiveState when asked
 
     @property
     def looping(self) -> bool:
@@ -37,20 +37,27 @@ class FailedUnit:
         return self.listed != "failed"
 
 
-def _units(ctx: DoctorContext, state: str) -> list[tuple[str, str]]:
-    out = _run(ctx, ["systemctl", "list-units", f"--state={state}", "--all", "--plain",
+# One query for all three states: a unit in a restart loop moves between activating and
+# deactivating every few seconds, and one query per state can miss it in both (asked for
+# activating while it was deactivating, for deactivating once it was activating again).
+STATES = ("failed", "activating", "deactivating")
+
+
+def _units(ctx: DoctorContext) -> list[tuple[str, str, str]]:
+    """(unit, ActiveState, description) of the units systemctl lists in STATES."""
+    out = _run(ctx, ["systemctl", "list-units", f"--state={','.join(STATES)}", "--all", "--plain",
                      "--no-legend", "--no-pager"])
     units = []
     for line in (out or "").splitlines():
         parts = line.split(None, 4)
-        if len(parts) >= 4 and state in (parts[2], parts[3]):
-            units.append((parts[0].lstrip("●* "), parts[4] if len(parts) > 4 else ""))
+        if len(parts) >= 4 and parts[2] in STATES:
+            units.append((parts[0].lstrip("●* "), parts[2], parts[4] if len(parts) > 4 else ""))
     return units
 
 
 def _show(ctx: DoctorContext, unit: str) -> dict[str, str]:
-    out = _run(ctx, ["systemctl", "show", "-p", "SubState", "-p", "NRestarts", "-p", "Result",
-                     unit]) or ""
+    out = _run(ctx, ["systemctl", "show", "-p", "ActiveState", "-p", "SubState", "-p",
+                     "NRestarts", "-p", "Result", unit]) or ""
     return dict(ln.partition("=")[::2] for ln in out.splitlines() if "=" in ln)
 
 
@@ -69,25 +76,65 @@ def _looping(props: dict[str, str], restarts: int, state: str) -> bool:
 def failed_units(ctx: DoctorContext) -> list[FailedUnit]:
     """`systemctl --failed`, and units a Restart= setting keeps starting again after each
     failure (activating or deactivating, never listed as failed, as with the seed's
-    nvidia-persistenced unit, Restart=on-failure every 5 s), with their journal lines."""
+    nvidia-persistenced unit, Restart=on-failure every 5 s), with their journal lines.
+    A unit is judged by its state when shown, a moment after it was listed."""
     found: list[FailedUnit] = []
-    for state in ("failed", "activating", "deactivating"):
-        for unit, desc in _units(ctx, state):
-            props = _show(ctx, unit)
-            n = props.get("NRestarts", "0")
-            restarts = int(n) if n.isdigit() else 0
-            if state != "failed" and not _looping(props, restarts, state):
-                continue  # starting for the first time, or stopping: nothing has failed yet
-            log = _run(ctx, ["journalctl", "--no-pager", "-q", "-b", "-o", "cat", "-n", "8",
-                             "-u", unit]) or ""
-            found.append(FailedUnit(unit, desc, tuple(s for s in log.splitlines() if s.strip()),
-                                    restarts, state))
-    return found
+    for unit, listed, desc in _units(ctx):
+        props = _show(ctx, unit)
+        state = props.get("ActiveState") or listed
+        n = props.get("NRestarts", "0")
+        restarts = int(n) if n.isdigit() else 0
+        if state != "failed" and not (state in STATES and _looping(props, restarts, state)):
+            continue  # starting for the first time, stopping, or started after all
+        log = _run(ctx, ["journalctl", "--no-pager", "-q", "-b", "-o", "cat", "-n", "8",
+                         "-u", unit]) or ""
+        found.append(FailedUnit(unit, desc, tuple(s for s in log.splitlines() if s.strip()),
+                                restarts, state))
+    return sorted(found, key=lambda f: (f.looping, f.unit))
+
+
+# systemd's own messages: those it logged to journald (_PID=1) or, early in the boot before
+# journald ran, to the kernel log, which journald imports with _TRANSPORT=kernel and the
+# "systemd[1]:" prefix parsed into SYSLOG_PID (systemd-journald.service(8), "/dev/kmsg").
+# The boot transaction's ordering-cycle messages are of the second kind: `_PID=1` alone
+# never shows them (seen on a Debian 12 guest, systemd 252). Only root writes /dev/kmsg.
+PID1 = ["_PID=1", "+", "_TRANSPORT=kernel", "SYSLOG_PID=1"]
 
 
 def journal_pid1(ctx: DoctorContext) -> str | None:
-    """systemd's own messages of this boot (journalctl -b _PID=1), None when unreadable."""
-    return _run(ctx, ["journalctl", "--no-pager", "-q", "-b", "-o", "cat", "_PID=1"])
+    """systemd's own messages of this boot (PID1), None when unreadable."""
+    return _run(ctx, ["journalctl", "--no-pager", "-q", "-b", "-o", "cat", *PID1])
+
+
+_DELETED = re.compile(r"Job (\S+)/start deleted to break ordering cycle")
+_UNIT = re.compile(r"([^\s/:→]+\.(?:service|target|mount|automount|swap|socket|path|timer"
+                   r"|slice|scope|device))\b")
+
+
+@dataclass(frozen=True)
+class CycleBreak:
+    """A start job systemd deleted at this boot to break an ordering cycle."""
+    unit: str  # whose start job went
+    cycle: frozenset[str]  # the units systemd's messages named for that cycle
+
+
+def cycle_breaks(ctx: DoctorContext) -> list[CycleBreak]:
+    """The jobs deleted to break ordering cycles at this boot, each with the units of its cycle:
+    systemd logs "Found ordering cycle on A/start", "Found dependency on B/start", ... (252,
+    src/core/transaction.c; later versions one "Found ordering cycle: A → B → ..." line), then
+    "Job A/start deleted to break ordering cycle starting with T/start"."""
+    found: list[CycleBreak] = []
+    named: set[str] = set()
+    for line in (journal_pid1(ctx) or "").splitlines():
+        m = _DELETED.search(line)
+        if "Found ordering cycle" in line:  # a new cycle (one without a deletion was fatal)
+            named = set()
+        if m or "ordering cycle" in line or "Found dependency on" in line:
+            named.update(_UNIT.findall(line.partition(": ")[2] or line))
+        if m:
+            found.append(CycleBreak(m.group(1), frozenset(named)))
+            named = set()
+    return found
 
 
 _MOUNTED = re.compile(r"^Mounted (?:(\S+\.mount)(?: - .*)?|(/.*))\.$")
@@ -105,7 +152,7 @@ def unit_to_path(unit: str) -> str:
 def previous_boot_mounts(ctx: DoctorContext) -> dict[str, str]:
     """mount point -> the journal line of the previous boot that says systemd mounted it
     (persistent journal only; empty when there is none)."""
-    out = _run(ctx, ["journalctl", "--no-pager", "-q", "-b", "-1", "-o", "json", "_PID=1",
+    out = _run(ctx, ["journalctl", "--no-pager", "-q", "-b", "-1", "-o", "json", *PID1,
                      "--output-fields=UNIT,MESSAGE"])
     found: dict[str, str] = {}
     for line in (out or "").splitlines():

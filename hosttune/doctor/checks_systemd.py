@@ -178,9 +178,6 @@ def check_failed_units(ctx: DoctorContext) -> Iterator[Finding]:
             "gpu.locked_clocks, gpu.mps) with units that check their preconditions")
 
 
-_DELETED = re.compile(r"Job (\S+)/start deleted to break ordering cycle")
-
-
 def _install_targets(text: str) -> set[str]:
     return {t for e in parse_unit(text) if e.section == "Install"
             and e.key in ("WantedBy", "RequiredBy") for t in e.value.split()}
@@ -191,6 +188,14 @@ def _default_deps(text: str) -> bool:
                    and e.value.lower() in ("no", "false", "0", "off") for e in parse_unit(text))
 
 
+def _deleted_in(breaks: list[boot.CycleBreak], cause: str, dragged: list[str]) -> list[str]:
+    """The deleted jobs of this boot that belong to the cycle `cause` closes: systemd named
+    `cause` in that cycle, or the job was of `cause` or of a unit dragged in. A cycle is
+    only attributed when its messages say so: two seed units can each open one."""
+    ours = {cause, *(q.rsplit("/", 1)[1] for q in dragged)}
+    return sorted({b.unit for b in breaks if cause in b.cycle or b.unit in ours})
+
+
 def check_ordering_cycles(ctx: DoctorContext) -> Iterator[Finding]:
     """A unit that a late target (multi-user.target, ...) wants and that is ordered after that
     target, directly or through other units' After=: an ordering cycle, because a target is
@@ -198,8 +203,7 @@ def check_ordering_cycles(ctx: DoctorContext) -> Iterator[Finding]:
     with DefaultDependencies=no). systemd breaks it at boot by deleting start jobs - whichever
     it meets first, often of units that did nothing wrong (tunables/_ordering.py)."""
     host = ctx.host
-    log = boot.journal_pid1(ctx)
-    deleted = sorted({m.group(1) for m in _DELETED.finditer(log or "")})
+    breaks = boot.cycle_breaks(ctx)
     dragged_by: dict[str, list[str]] = {}  # the unit closing a cycle -> unit files it drags in
     for p in unit_files(ctx):
         if p.endswith(".conf"):
@@ -218,6 +222,7 @@ def check_ordering_cycles(ctx: DoctorContext) -> Iterator[Finding]:
             dragged.append(p)
     for cause, dragged in sorted(dragged_by.items()):
         path = f"/etc/systemd/system/{cause}"
+        deleted = _deleted_in(breaks, cause, dragged)
         evidence = (f" At this boot systemd deleted the start job of {', '.join(deleted)} to "
                     "break it (journal: \"deleted to break ordering cycle\")." if deleted
                     else " Which job systemd deletes to break it differs from boot to boot.")
