@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from hosttune import doctor, engine
+from hosttune.doctor.base import Severity
 from hosttune.host import Host
 from hosttune.profile import load_profile
 from hosttune.tunables._ordering import after_of, safe_after, waits_for_boot
@@ -132,10 +133,25 @@ def test_doctor_names_the_cycle_and_what_systemd_skipped(tmp_path):
                 if f.check == "systemd.ordering-cycle"]
 
 
+CHECK_UNIT = """[Unit]
+Description=check the governor
+After=cpufreq-performance.service
+
+[Service]
+Type=oneshot
+ExecStart=/bin/true
+
+[Install]
+WantedBy=multi-user.target
+"""
+
+
 def test_each_cycle_names_only_its_own_deleted_jobs(tmp_path):
     b = minimal(tmp_path)
     b.write(f"/{ETC}/nvidia-persistenced.service", PERSISTENCED_UNIT)
+    b.write(f"/{ETC}/gpu-clocks.service", GPU_CLOCKS_UNIT)
     b.write(f"/{ETC}/cpufreq-performance.service", CPUFREQ_UNIT)
+    b.write(f"/{ETC}/governor-check.service", CHECK_UNIT)
     fs = {f.where.rsplit("/", 1)[1]: f for f in doctor.run(booted(b.root, {EARLY: JOURNAL}))
           .findings if f.check == "systemd.ordering-cycle"}
     assert sorted(fs) == ["cpufreq-performance.service", "nvidia-persistenced.service"]
@@ -144,7 +160,7 @@ def test_each_cycle_names_only_its_own_deleted_jobs(tmp_path):
     assert "docker.service, gpu-clocks.service to" in fs["nvidia-persistenced.service"].why
     # later systemd versions name the whole cycle in one line
     one_line = ("multi-user.target: Found ordering cycle: multi-user.target → "
-                "nvidia-persistenced.service → multi-user.target\n"
+                "gpu-clocks.service → nvidia-persistenced.service → multi-user.target\n"
                 "multi-user.target: Job nvidia-persistenced.service/start deleted to break "
                 "ordering cycle starting with multi-user.target/start\n")
     fs = {f.where.rsplit("/", 1)[1]: f for f in doctor.run(booted(b.root, {EARLY: one_line}))
@@ -152,3 +168,24 @@ def test_each_cycle_names_only_its_own_deleted_jobs(tmp_path):
     assert "differs from boot to boot" in fs["cpufreq-performance.service"].why
     assert "deleted the start job of nvidia-persistenced.service to" in \
         fs["nvidia-persistenced.service"].why
+
+
+def test_a_unit_after_its_own_target_alone_is_no_cycle(tmp_path):
+    # After=multi-user.target and WantedBy=multi-user.target: systemd skips the target's
+    # After= on it (a loop of two), so it just starts last. Only a third unit the target
+    # wants, ordered after it, closes a cycle (gpu-clocks.service after persistenced).
+    b = minimal(tmp_path)
+    b.write(f"/{ETC}/cpufreq-performance.service", CPUFREQ_UNIT)
+    b.write(f"/{ETC}/nvidia-persistenced.service", PERSISTENCED_UNIT)
+    fs = [f for f in doctor.run(Host(b.root)).findings
+          if f.check in ("systemd.ordering-cycle", "systemd.after-own-target")]
+    assert sorted((f.check, f.where.rsplit("/", 1)[1], f.severity) for f in fs) == [
+        ("systemd.after-own-target", "cpufreq-performance.service", Severity.WARNING),
+        ("systemd.after-own-target", "nvidia-persistenced.service", Severity.WARNING)]
+    assert "no cycle" in fs[0].why and "cpu.governor" in fs[0].fix
+    b.write(f"/{ETC}/gpu-clocks.service", GPU_CLOCKS_UNIT)
+    fs = [f for f in doctor.run(Host(b.root)).findings
+          if f.check in ("systemd.ordering-cycle", "systemd.after-own-target")]
+    assert sorted((f.check, f.where.rsplit("/", 1)[1]) for f in fs) == [
+        ("systemd.after-own-target", "cpufreq-performance.service"),
+        ("systemd.ordering-cycle", "nvidia-persistenced.service")]

@@ -198,13 +198,27 @@ def _deleted_in(breaks: list[boot.CycleBreak], cause: str, dragged: list[str]) -
 
 def check_ordering_cycles(ctx: DoctorContext) -> Iterator[Finding]:
     """A unit that a late target (multi-user.target, ...) wants and that is ordered after that
-    target, directly or through other units' After=: an ordering cycle, because a target is
-    ordered after the units it wants (systemd.target(5) "Default Dependencies"; not for units
-    with DefaultDependencies=no). systemd breaks it at boot by deleting start jobs - whichever
-    it meets first, often of units that did nothing wrong (tunables/_ordering.py)."""
-    host = ctx.host
+    target. A target is ordered after the units it wants (systemd.target(5) "Default
+    Dependencies"; not for units with DefaultDependencies=no) - except a unit already ordered
+    after it: systemd leaves that edge out, a loop of two (src/core/unit.c
+    unit_add_default_target_dependency, "Don't create loops"). So such a unit alone only
+    starts after the rest of the boot (a warning). A cycle needs a third unit: one the target
+    wants that is ordered after it (the seed's gpu-clocks.service after nvidia-persistenced),
+    and systemd breaks that at boot by deleting start jobs - whichever it meets first, often
+    of units that did nothing wrong (tunables/_ordering.py)."""
     breaks = boot.cycle_breaks(ctx)
-    dragged_by: dict[str, list[str]] = {}  # the unit closing a cycle -> unit files it drags in
+    for cause, dragged in sorted(_late_ordered(ctx).items()):
+        if dragged:
+            yield _cycle(cause, dragged, _deleted_in(breaks, cause, dragged))
+        else:
+            yield _after_the_boot(cause)
+
+
+def _late_ordered(ctx: DoctorContext) -> dict[str, list[str]]:
+    """The units whose own After= names a late target that wants a unit ordered after them
+    (or them) -> the unit files of the wanted units ordered after them."""
+    host = ctx.host
+    dragged_by: dict[str, list[str]] = {}
     for p in unit_files(ctx):
         if p.endswith(".conf"):
             continue
@@ -220,21 +234,35 @@ def check_ordering_cycles(ctx: DoctorContext) -> Iterator[Finding]:
         dragged = dragged_by.setdefault(cause, [])
         if cause != unit:
             dragged.append(p)
-    for cause, dragged in sorted(dragged_by.items()):
-        path = f"/etc/systemd/system/{cause}"
-        deleted = _deleted_in(breaks, cause, dragged)
-        evidence = (f" At this boot systemd deleted the start job of {', '.join(deleted)} to "
-                    "break it (journal: \"deleted to break ordering cycle\")." if deleted
-                    else " Which job systemd deletes to break it differs from boot to boot.")
-        joined = (f" {', '.join(q.rsplit('/', 1)[1] for q in dragged)} join the cycle through "
-                  "their After= on it." if dragged else "")
-        yield Finding(
-            "systemd.ordering-cycle", Severity.ERROR,
-            f"{cause} is ordered after the end of the boot that waits for it", path,
-            f"{cause} has After= on a target that wants it; a target is ordered after the "
-            "units it wants, so this is an ordering cycle." + joined + evidence
-            + " Any unit ordered after it is in the cycle too: the unit skipped may be "
-            "docker.service or hosttune-boot.service.",
-            f"remove After=multi-user.target (and the like) from {cause}; for "
-            "nvidia-persistenced, profile key gpu.persistence (hosttune writes a unit without "
-            "it)", tuple(dragged))
+    return dragged_by
+
+
+def _cycle(cause: str, dragged: list[str], deleted: list[str]) -> Finding:
+    evidence = (f" At this boot systemd deleted the start job of {', '.join(deleted)} to "
+                "break it (journal: \"deleted to break ordering cycle\")." if deleted
+                else " Which job systemd deletes to break it differs from boot to boot.")
+    names = ", ".join(q.rsplit("/", 1)[1] for q in dragged)
+    return Finding(
+        "systemd.ordering-cycle", Severity.ERROR,
+        f"{cause} is ordered after the end of the boot that waits for it",
+        f"/etc/systemd/system/{cause}",
+        f"{cause} has After= on a target, and {names} - wanted by that target, which is "
+        f"ordered after the units it wants - have After= on {cause}: an ordering cycle."
+        + evidence + " Any unit the target wants and that is ordered after these is in the "
+        "cycle too: the unit skipped may be docker.service or hosttune-boot.service.",
+        f"remove After=multi-user.target (and the like) from {cause}; for "
+        "nvidia-persistenced, profile key gpu.persistence (hosttune writes a unit without "
+        "it)", tuple(dragged))
+
+
+def _after_the_boot(cause: str) -> Finding:
+    return Finding(
+        "systemd.after-own-target", Severity.WARNING,
+        f"{cause} starts only after the rest of the boot", f"/etc/systemd/system/{cause}",
+        f"{cause} has After= on a target that wants it. systemd leaves out the target's own "
+        "ordering after it (that would be a loop of two), so there is no cycle: it starts "
+        "once everything else of the boot has started (services that rely on what it sets "
+        "run without it until then). A unit the target wants that is ordered after it would "
+        "close a cycle; hosttune's units never are.",
+        f"remove After=multi-user.target (and the like) from {cause}, or order it Before= "
+        "the services that need it; for a CPU governor unit, profile key cpu.governor")

@@ -3,8 +3,9 @@
 hosttune-boot.service (and the MPS unit) are wanted by multi-user.target and run before the
 container runtimes, so they must never wait for a unit that itself waits for the end of the
 boot. A target is ordered after the units it wants (systemd.target(5), "Default
-Dependencies"), so a unit with ``After=multi-user.target`` that multi-user.target wants closes
-a cycle, and every unit ordered after it joins that cycle. systemd breaks a cycle at boot by
+Dependencies") unless a unit is ordered after the target itself (systemd leaves that edge out,
+src/core/unit.c unit_add_default_target_dependency): such a unit starts last, and any unit the
+target wants that is ordered after it closes a cycle. systemd breaks a cycle at boot by
 deleting start jobs, whichever it meets first (systemd.unit(5) only promises "one of the
 jobs"): on a Debian 12 guest whose hand-written nvidia-persistenced.service had
 ``After=multi-user.target``, the deleted jobs were hosttune-boot.service's in one boot and

@@ -1,10 +1,20 @@
-"""Scenario 2: kernel parameters through a real GRUB. A partitioned disk, grub-pc installed in
-its MBR gap by the guest itself in its first boot (straight into the kernel), which then
-applies; every later boot is SeaBIOS -> GRUB (no -kernel). apply -> reboot: /proc/cmdline
-carries the parameters and audit is ok; rollback -> reboot: they are gone and
-/etc/default/grub and grub.cfg are back, byte for byte."""
+"""Scenario 2: kernel parameters through a real GRUB, and a 1 GiB pool that falls back to them.
+
+A partitioned disk, grub-pc installed in its MBR gap by the guest itself in its first boot
+(straight into the kernel), which then applies; every later boot is SeaBIOS -> GRUB (no
+-kernel). The profile asks for pcie_aspm=off and a `reserve: auto` pool of one 1 GiB page.
+While apply runs, a process holds all but ~350 MiB of the guest's memory, so the kernel cannot
+free 1 GiB of contiguous memory (the pages in use do not fit outside any 1 GiB block): the
+runtime allocation falls short for real, and apply records the fallback and writes
+hugepagesz=1G hugepages=1 through the kernel_cmdline family in the same run.
+apply -> reboot: /proc/cmdline carries the parameters, the kernel reserved the page at boot and
+audit is ok ("boot reservation active"); rollback -> reboot: they are gone, the fallback
+record too, and /etc/default/grub and grub.cfg are back, byte for byte."""
 
 from __future__ import annotations
+
+import json
+from typing import Any
 
 import pytest
 
@@ -14,11 +24,16 @@ from tests.vm.conftest import VmEnv, stage_ok
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(5400)]
 
 PROFILE = """name: grubtest
+hugepages:
+  pools:
+    - {pagesize: 1G, size: 1, nodes: any, reserve: auto}
+  min_free_ram: 512MiB
+  thp: null
 kernel_cmdline:
   params: [pcie_aspm=off]
-  hugepages_1g: 1
 """
 WORDS = ("pcie_aspm=off", "hugepagesz=1G", "hugepages=1")
+GIG = "/sys/kernel/mm/hugepages/hugepages-1048576kB"
 
 DEFAULT_GRUB = """GRUB_DEFAULT=0
 GRUB_TIMEOUT=0
@@ -41,20 +56,44 @@ cp /boot/grub/grub.cfg $o/grub.cfg-{0}
 ls -A /etc/default/grub.d > $o/grub.d-{0} 2>/dev/null || true
 """
 
-BOOT1 = checks.PRELUDE + INSTALL + SNAP.format("pristine") + """
-run audit-pristine.json hosttune audit -p ./p.yaml --json
-run apply.json hosttune apply -p ./p.yaml --yes --json
+# all but ~350 MiB of the memory in use (touched bytes, no swap): to empty a 1 GiB block the
+# kernel would have to move its pages into the other 2 GiB, which hold more than that already
+HOLD = r"""
+avail=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)
+hold='import sys, time; x = b"x" * (int(sys.argv[1]) << 10)'
+python3 -c "$hold; open('/run/held', 'w').close(); time.sleep(900)" $((avail - 358400)) &
+holder=$!
+while [ ! -e /run/held ] && kill -0 $holder 2>/dev/null; do sleep 1; done
+grep -E '^(MemTotal|MemFree|MemAvailable):' /proc/meminfo > $o/meminfo-held
 """
 
-BOOT2 = checks.PRELUDE + SNAP.format("applied") + """
-cat /sys/kernel/mm/hugepages/hugepages-1048576kB/nr_hugepages > $o/1g-pages 2>&1 || true
+BOOT1 = checks.PRELUDE + INSTALL + SNAP.format("pristine") + """
+run audit-pristine.json hosttune audit -p ./p.yaml --json
+""" + HOLD + f"""
+run apply.json hosttune apply -p ./p.yaml --yes --json
+cat {GIG}/nr_hugepages > $o/1g-after-apply
+kill $holder
+cat /var/lib/hosttune/hugepages-boot.json > $o/fallback 2>&1 || true
+run audit-applied.json hosttune audit -p ./p.yaml --json
+"""
+
+BOOT2 = checks.PRELUDE + SNAP.format("applied") + f"""
+cat {GIG}/nr_hugepages > $o/1g-pages 2>&1 || true
 run audit-applied.json hosttune audit -p ./p.yaml --json
 run rollback.json hosttune rollback --yes --json
 """
 
-BOOT3 = checks.PRELUDE + SNAP.format("final") + """
+BOOT3 = checks.PRELUDE + SNAP.format("final") + f"""
+cat {GIG}/nr_hugepages > $o/1g-final
+ls -A /var/lib/hosttune > $o/state-final 2>&1 || true
 run audit-final.json hosttune audit -p ./p.yaml --json
 """
+
+
+def _gig_row(text: str) -> dict[str, Any]:
+    (row,) = [r for r in checks.audit_rows(text)
+              if r["tunable"] == "hugepages" and r["key"].startswith("1G")]
+    return row
 
 
 def test_kernel_cmdline_through_grub(vm_env: VmEnv) -> None:
@@ -70,8 +109,20 @@ def test_kernel_cmdline_through_grub(vm_env: VmEnv) -> None:
     stage_ok(b1)
     assert not set(WORDS) & set(b1.out["cmdline-pristine"].split())
     vm.grub = True  # from now on SeaBIOS -> GRUB -> the kernel grub.cfg names
+    assert "reserve: auto" in _gig_row(b1.out["audit-pristine.json"])["note"]
     assert b1.out["apply.json.rc"].strip() in ("0", "1"), b1.out["apply.json.err"]
     assert "update-grub" in b1.out["apply.json"]
+    # the runtime allocation fell short for real; apply kept what it got (nothing) and moved
+    # the pool to the kernel command line in the same run
+    got = int(b1.out["1g-after-apply"])
+    assert got == 0, f"the kernel found 1 GiB at runtime: {b1.out['meminfo-held']}"
+    ids = [st["id"] for st in json.loads(b1.out["apply.json"])["steps"]]
+    assert ids[0] == "hugepages/1G" and "kernel_cmdline/bootloader" in ids, ids
+    assert json.loads(b1.out["fallback"])["1G"]["got"] == got
+    row = _gig_row(b1.out["audit-applied.json"])
+    assert row["status"] == "needs reboot", row
+    assert row["note"].startswith("boot reservation pending reboot"), row
+    assert f"allocated {got} of 1 pages at runtime" in row["note"], row
 
     b2 = vm.boot(BOOT2, files=files, label="applied-rollback")
     stage_ok(b2)
@@ -82,6 +133,7 @@ def test_kernel_cmdline_through_grub(vm_env: VmEnv) -> None:
     assert b2.out["1g-pages"].strip() == "1", b2.out["1g-pages"]
     rows = checks.audit_rows(b2.out["audit-applied.json"])
     assert checks.not_ok(rows) == [], "no 'needs reboot' after the reboot"
+    assert _gig_row(b2.out["audit-applied.json"])["note"].startswith("boot reservation active")
     assert b2.out["audit-applied.json.rc"].strip() == "0"
     assert b2.out["rollback.json.rc"].strip() == "0", b2.out["rollback.json"]
 
@@ -91,6 +143,8 @@ def test_kernel_cmdline_through_grub(vm_env: VmEnv) -> None:
     assert final[0].startswith("BOOT_IMAGE=/boot/vmlinuz-"), "booted by GRUB"
     # GRUB's own command line again: the applied one without the profile's words
     assert final == [w for w in applied if w not in WORDS], (final, applied)
+    assert b3.out["1g-final"].strip() == "0"
+    assert "hugepages-boot.json" not in b3.out["state-final"].split()
     for f in ("default-grub", "grub.cfg", "grub.d"):
         assert b3.out[f"{f}-final"] == b1.out[f"{f}-pristine"], f
     assert checks.comparable(checks.audit_rows(b3.out["audit-final.json"])) == \
