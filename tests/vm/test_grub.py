@@ -3,10 +3,11 @@
 A partitioned disk, grub-pc installed in its MBR gap by the guest itself in its first boot
 (straight into the kernel), which then applies; every later boot is SeaBIOS -> GRUB (no
 -kernel). The profile asks for pcie_aspm=off and a `reserve: auto` pool of one 1 GiB page.
-While apply runs, a process holds all but ~350 MiB of the guest's memory, so the kernel cannot
-free 1 GiB of contiguous memory (the pages in use do not fit outside any 1 GiB block): the
-runtime allocation falls short for real, and apply records the fallback and writes
-hugepagesz=1G hugepages=1 through the kernel_cmdline family in the same run.
+While apply runs, a process holds all but ~640 MiB of the guest's available memory, so the
+kernel cannot free 1 GiB of contiguous memory (emptying a 1 GiB block needs 1 GiB free or
+reclaimable elsewhere): the runtime allocation falls short for real, and apply records the
+fallback and writes hugepagesz=1G hugepages=1 through the kernel_cmdline family in the same
+run.
 apply -> reboot: /proc/cmdline carries the parameters, the kernel reserved the page at boot and
 audit is ok ("boot reservation active"); rollback -> reboot: they are gone, the fallback
 record too, and /etc/default/grub and grub.cfg are back, byte for byte."""
@@ -56,12 +57,14 @@ cp /boot/grub/grub.cfg $o/grub.cfg-{0}
 ls -A /etc/default/grub.d > $o/grub.d-{0} 2>/dev/null || true
 """
 
-# all but ~350 MiB of the memory in use (touched bytes, no swap): to empty a 1 GiB block the
-# kernel would have to move its pages into the other 2 GiB, which hold more than that already
+# all but ~640 MiB of the available memory in use (touched bytes, no swap): to empty a 1 GiB
+# block the kernel must move the pages in use there into memory free or reclaimable elsewhere,
+# and there is less than 1 GiB of it. (With only ~350 MiB left, apply itself met the OOM
+# killer in one run.)
 HOLD = r"""
 avail=$(awk '/^MemAvailable:/ {print $2}' /proc/meminfo)
 hold='import sys, time; x = b"x" * (int(sys.argv[1]) << 10)'
-python3 -c "$hold; open('/run/held', 'w').close(); time.sleep(900)" $((avail - 358400)) &
+python3 -c "$hold; open('/run/held', 'w').close(); time.sleep(900)" $((avail - 655360)) &
 holder=$!
 while [ ! -e /run/held ] && kill -0 $holder 2>/dev/null; do sleep 1; done
 grep -E '^(MemTotal|MemFree|MemAvailable):' /proc/meminfo > $o/meminfo-held
