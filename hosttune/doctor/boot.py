@@ -129,7 +129,7 @@ def cycle_breaks(ctx: DoctorContext) -> list[CycleBreak]:
         m = _DELETED.search(line)
         if "Found ordering cycle" in line:  # a new cycle (one without a deletion was fatal)
             named = set()
-        if m or "ordering cycle" in line or "Found dependency on" in line:
+        if "ordering cycle" in line or "Found dependency on" in line:  # m's line too
             named.update(_UNIT.findall(line.partition(": ")[2] or line))
         if m:
             found.append(CycleBreak(m.group(1), frozenset(named)))
