@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from hosttune import engine
+from hosttune.engine import core
 from hosttune.errors import ApplyError, HostError, ProfileError
 from hosttune.host import Host
 from hosttune.profile import load_profile
 from hosttune.tunables.base import Change, Status
-from hosttune.tunables.cpufreq import CpuFreqTunable, implied_epp, read_policies
+from hosttune.tunables.cpufreq import implied_epp, read_policies
 from tests.helpers import snapshot
 
 POL = "sys/devices/system/cpu/cpufreq"
@@ -143,9 +144,9 @@ def test_ebusy_is_explained(ryzen):
     host = _EbusyHost(ryzen)
     ch = Change(id="cpufreq/epp/policy0", tunable="cpufreq", kind="action", summary="",
                 path="/sys/devices/system/cpu/cpufreq/policy0/energy_performance_preference",
-                value="power", runtime=True, params={"driver": "amd-pstate-epp"})
+                value="power", runtime=True, params={"driver": "amd-pstate-epp", "knob": "epp"})
     with pytest.raises(ApplyError) as ei:
-        CpuFreqTunable().apply_action(host, ch)
+        core.do_apply(host, ch)
     msg = str(ei.value)
     assert "EBUSY" in msg and "amd-pstate-epp owns EPP" in msg and "cpu.epp: auto" in msg
 

@@ -15,10 +15,10 @@ from hosttune import engine
 from hosttune.host import Host
 from hosttune.host.parsers import parse_swaps
 from hosttune.profile import load_profile
+from hosttune.tunables import knob_for
 from hosttune.tunables.base import Change, Status
 from hosttune.tunables.swap import (
     MARKER,
-    SwapTunable,
     disable_fstab_line,
     disable_swap_lines,
     enable_fstab_line,
@@ -306,12 +306,11 @@ def test_action_revert_uses_original_priority():
             super().__init__("/nonexistent-root")
             self.calls: list[list[str]] = []
 
-    t = SwapTunable()
     for prio, argv in ((5, ["swapon", "-p", "5", "/s"]), (-3, ["swapon", "/s"])):
         host = Rec()
         ch = Change(id="swap/swapoff:/s", tunable="swap", kind="action", summary="",
-                    params={"path": "/s", "priority": prio})
-        t.revert_action(host, ch, {"active": True, "priority": prio, "index": 1, "line": ""})
+                    params={"knob": "swapoff", "path": "/s", "priority": prio})
+        knob_for(ch).restore(host, {"active": True, "priority": prio, "index": 1, "line": ""})
         assert host.runner.skipped == [tuple(argv)]
 
 

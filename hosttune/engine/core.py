@@ -15,10 +15,9 @@ from typing import Any
 from hosttune.engine.journal import Journal, JournalWriteError, Lock
 from hosttune.errors import ApplyError, HosttuneError, NeedsRootError, UsageError
 from hosttune.host import Host
-from hosttune.host.parsers import parse_bracketed_choice
 from hosttune.profile import LoadedProfile
-from hosttune.tunables import all_tunables, get_tunable
-from hosttune.tunables.base import Change, Context, Row, Status, Tunable, b64, unb64
+from hosttune.tunables import all_tunables, get_tunable, knob_for
+from hosttune.tunables.base import Change, Context, Row, Status, Tunable
 
 ProgressFn = Callable[[int, int, Change], None]
 
@@ -191,81 +190,17 @@ def plan(host: Host, loaded: LoadedProfile, *, runtime_only: bool = False,
                       changes)
 
 
-# --- generic change handlers ---------------------------------------------------------------------
-def _missing_dirs(host: Host, path: str) -> list[str]:
-    missing: list[str] = []
-    cur = os.path.dirname(path)
-    while cur not in ("", "/") and not host.exists(cur):
-        missing.append(cur)
-        cur = os.path.dirname(cur)
-    return list(reversed(missing))
-
-
+# --- knobs: capture, apply, revert ----------------------------------------------------------------
 def capture(host: Host, change: Change) -> dict[str, Any]:
-    """The value ``change`` is about to replace, in a JSON-serialisable form."""
-    if change.kind in ("file", "symlink"):
-        assert change.path is not None
-        st = host.file_state(change.path)
-        return {
-            "exists": st.exists,
-            "content": b64(st.content) if st.content is not None else None,
-            "mode": st.mode, "uid": st.uid, "gid": st.gid, "link": st.link_target,
-            "created_dirs": _missing_dirs(host, change.path),
-        }
-    if change.kind == "kernel":
-        assert change.path is not None
-        value = host.read_value(change.path)
-        if value is not None and "[" in value:
-            # 'always [madvise] never' style files read back all choices but accept one
-            value = parse_bracketed_choice(value)[0] or value
-        return {"value": value}
-    if change.kind == "command":
-        return {}
-    return {"action": get_tunable(change.tunable).capture_action(host, change)}
-
-
-def _restore_file(host: Host, path: str, orig: dict[str, Any]) -> None:
-    if orig["exists"]:
-        if orig.get("link") is not None:
-            host.symlink(orig["link"], path)
-        else:
-            if host.is_symlink(path):
-                # apply replaced a file with a link (e.g. a unit masked to /dev/null); the
-                # atomic write refuses any symlink on the way, so drop our own link first.
-                host.remove(path)
-            host.write_file(path, unb64(orig["content"]), mode=orig["mode"],
-                            uid=orig.get("uid"), gid=orig.get("gid"))
-    else:
-        host.remove(path)
-    for d in reversed(orig.get("created_dirs", [])):
-        host.rmdir_if_empty(d)
+    """The value ``change`` is about to replace, as the journal records it (a family knob's
+    value sits under "action": the journal's layout of version 1)."""
+    value = knob_for(change).read(host)
+    return {"action": value} if change.kind == "action" else value
 
 
 def do_apply(host: Host, change: Change) -> None:
-    if change.kind == "file":
-        assert change.path is not None
-        if change.value is None:
-            host.remove(change.path)
-        else:
-            host.makedirs(os.path.dirname(change.path))
-            host.write_file(change.path, change.value.encode(), mode=change.mode)
-    elif change.kind == "symlink":
-        assert change.path is not None and change.value is not None
-        host.makedirs(os.path.dirname(change.path))
-        host.symlink(change.value, change.path)
-    elif change.kind == "kernel":
-        assert change.path is not None and change.value is not None
-        host.write_kernel(change.path, change.value)
-    elif change.kind == "command":
-        res = host.run(change.params["argv"], timeout_s=change.params.get("timeout_s", 120),
-                       confined=change.params.get("confined", False))
-        if not res.ok:
-            raise ApplyError(f"{' '.join(res.argv)} failed (exit {res.returncode}): "
-                             f"{res.stderr.strip()}")
-        if not res.skipped:
-            host.sync()
-    else:
-        get_tunable(change.tunable).apply_action(host, change)
+    knob = knob_for(change)
+    knob.write(host, knob.desired())
 
 
 def do_revert(host: Host, change: Change, orig: dict[str, Any]) -> None:
@@ -273,25 +208,7 @@ def do_revert(host: Host, change: Change, orig: dict[str, Any]) -> None:
         # a write killed between its temp file and the rename leaves .NAME.hosttune-tmp-PID
         # behind; it would also keep the directories the run created from being removed
         host.remove_temp_files(change.path)
-    if change.kind in ("file", "symlink"):
-        assert change.path is not None
-        _restore_file(host, change.path, orig)
-    elif change.kind == "kernel":
-        assert change.path is not None
-        if orig.get("value") is not None:
-            host.write_kernel(change.path, orig["value"])
-    elif change.kind == "command":
-        argv = change.params.get("revert_argv")
-        if argv:
-            res = host.run(argv, timeout_s=change.params.get("timeout_s", 120),
-                           confined=change.params.get("confined", False))
-            if not res.ok:
-                raise ApplyError(f"{' '.join(res.argv)} failed (exit {res.returncode}): "
-                                 f"{res.stderr.strip()}")
-            if not res.skipped:
-                host.sync()
-    else:
-        get_tunable(change.tunable).revert_action(host, change, orig["action"])
+    knob_for(change).restore(host, orig["action"] if change.kind == "action" else orig)
 
 
 # --- test hook: simulate kill -9 at a given point -------------------------------------------------

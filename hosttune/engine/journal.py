@@ -36,7 +36,7 @@ class JournalWriteError(HostError):
 
 
 # --- validation: a journal is input too (a tampered or truncated file must not steer writes) ----
-_KINDS = ("file", "symlink", "kernel", "command", "action")
+_KINDS = ("file", "symlink", "kernel", "choice", "command", "action")
 _KERNEL_PREFIXES = ("/proc/", "/sys/")  # /proc/sys, /proc/irq/N/smp_affinity_list, /sys
 
 
@@ -60,13 +60,20 @@ def _change_problem(ch: object) -> str | None:
         return f"change.kind {ch['kind']!r} is not one of {', '.join(_KINDS)}"
     from hosttune.tunables import all_tunables
 
-    if ch["tunable"] not in {t.name for t in all_tunables()}:
+    families = {t.name: t for t in all_tunables()}
+    if ch["tunable"] not in families:
         return f"change.tunable {ch['tunable']!r} is not a hosttune family"
-    if ch["kind"] in ("file", "symlink", "kernel") or ch.get("path") is not None:
+    if ch["kind"] == "action":
+        knobs = [k.name for k in families[ch["tunable"]].knobs]
+        knob = ch.get("params", {}).get("knob") if isinstance(ch.get("params"), dict) else None
+        if knob not in knobs:
+            return (f"change.params.knob {knob!r} is not a knob of {ch['tunable']} (knobs: "
+                    f"{', '.join(knobs) or 'none'})")
+    if ch["kind"] in ("file", "symlink", "kernel", "choice") or ch.get("path") is not None:
         problem = _path_problem(ch.get("path"))
         if problem:
             return f"change.path: {problem}"
-    if ch["kind"] == "kernel" and not str(ch["path"]).startswith(_KERNEL_PREFIXES):
+    if ch["kind"] in ("kernel", "choice") and not str(ch["path"]).startswith(_KERNEL_PREFIXES):
         return f"change.path {ch['path']!r}: a kernel value lives under /proc or /sys"
     if ch.get("value") is not None and not isinstance(ch["value"], str):
         return "change.value is not a string"
@@ -114,7 +121,7 @@ def _original_problem(kind: str, path: str | None, orig: object) -> str | None:
                 return f"created_dirs: {problem}"
             if path is None or not path.startswith(d + "/"):
                 return f"created_dirs: {d!r} is not a directory above {path!r}"
-    elif kind == "kernel":
+    elif kind in ("kernel", "choice"):
         v = orig.get("value")
         if v is not None and not isinstance(v, str):
             return "value is not a string"

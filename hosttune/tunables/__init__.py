@@ -4,8 +4,13 @@ from __future__ import annotations
 
 from functools import cache
 from importlib import import_module
+from typing import TYPE_CHECKING
 
-from hosttune.tunables.base import Tunable
+from hosttune.errors import HostError
+from hosttune.tunables.base import Change, Tunable
+
+if TYPE_CHECKING:
+    from hosttune.tunables.knob import Knob
 
 # module:Class, in apply order. Runtime settings come after the files that persist them.
 _REGISTRY: tuple[str, ...] = (
@@ -42,3 +47,17 @@ def get_tunable(name: str) -> Tunable:
         if t.name == name:
             return t
     raise KeyError(f"no tunable named {name!r}")
+
+
+def knob_for(change: Change) -> Knob:
+    """The knob that reads and writes ``change``'s setting: a generic one by its kind, or
+    the family knob its ``params["knob"]`` names."""
+    from hosttune.tunables.knob import GENERIC
+
+    if change.kind != "action":
+        return GENERIC[change.kind](change)
+    name = change.params.get("knob")
+    for k in get_tunable(change.tunable).knobs:
+        if k.name == name:
+            return k(change)
+    raise HostError(f"{change.id}: family {change.tunable} has no knob {name!r}")

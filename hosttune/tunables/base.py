@@ -3,8 +3,9 @@
 A tunable family reads the host and the profile and returns an :class:`Evaluation`: one
 :class:`Row` per setting (current, desired, status) and the :class:`Change` list that would
 bring the host to the profile. Evaluation never writes. The engine applies changes, journals
-originals and reverts them; the generic kinds (file, symlink, kernel value, command) are
-handled by the engine, ``action`` changes by the tunable itself.
+originals and reverts them through knobs (:mod:`hosttune.tunables.knob`): the generic kinds
+(file, symlink, kernel value, command) serve every family, ``action`` changes name one of the
+family's own knobs (``Tunable.knobs``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from hosttune.errors import ProfileError
     from hosttune.host import Host, HostFacts
     from hosttune.profile import LoadedProfile, Profile
+    from hosttune.tunables.knob import Knob
 
 
 class Status(StrEnum):
@@ -56,7 +58,7 @@ class Row:
         }
 
 
-ChangeKind = Literal["file", "symlink", "kernel", "command", "action"]
+ChangeKind = Literal["file", "symlink", "kernel", "choice", "command", "action"]
 
 
 @dataclass(frozen=True)
@@ -119,10 +121,11 @@ class Context:
 
 class Tunable(ABC):
     """One setting family. Subclasses set ``name`` and ``section`` and implement
-    :meth:`evaluate`; families with ``action`` changes implement the three action hooks."""
+    :meth:`evaluate`; families with ``action`` changes list the knobs that serve them."""
 
     name: ClassVar[str]
     section: ClassVar[str]  # attribute of Profile that configures this family
+    knobs: ClassVar[tuple[type[Knob], ...]] = ()  # served by params["knob"] of action changes
 
     def enabled(self, ctx: Context) -> bool:
         return getattr(ctx.profile, self.section, None) is not None
@@ -139,16 +142,6 @@ class Tunable(ABC):
     @abstractmethod
     def evaluate(self, ctx: Context) -> Evaluation:
         """Read the host, compare with the profile. Never writes."""
-
-    # -- action hooks (only for kind == "action") ---------------------------------------------
-    def capture_action(self, host: Host, change: Change) -> Any:
-        raise NotImplementedError(f"{self.name} has no action {change.id}")
-
-    def apply_action(self, host: Host, change: Change) -> None:
-        raise NotImplementedError(f"{self.name} has no action {change.id}")
-
-    def revert_action(self, host: Host, change: Change, original: Any) -> None:
-        raise NotImplementedError(f"{self.name} has no action {change.id}")
 
 
 # --- helpers for file-managed settings -----------------------------------------------------------

@@ -24,6 +24,7 @@ from hosttune.host import Host
 from hosttune.host.fsops import is_ebusy
 from hosttune.host.parsers import format_cpulist
 from hosttune.tunables.base import Change, Context, Evaluation, Row, Status, Tunable
+from hosttune.tunables.knob import KernelKnob, action
 
 if TYPE_CHECKING:
     from hosttune.profile.schema import CpuSection
@@ -141,9 +142,22 @@ class _Grouper:
         return out
 
 
+class EppKnob(KernelKnob):
+    """A policy's energy_performance_preference: a kernel value whose EBUSY gets explained."""
+
+    name = "epp"
+
+    def write(self, host: Host, value: dict[str, Any]) -> None:
+        v = value.get("value")
+        if v is None or host.read_value(self.path) == v:
+            return  # idempotent: nothing to put back, or a step that never changed it
+        _write_epp(host, self.path, v, self.params.get("driver", "?"))
+
+
 class CpuFreqTunable(Tunable):
     name = "cpufreq"
     section = "cpu"
+    knobs = (EppKnob,)
 
     def _target_governor(self, sec: CpuSection, p: Policy) -> str | None:
         if sec.governor is not None and sec.governor in p.governors:
@@ -244,28 +258,12 @@ class CpuFreqTunable(Tunable):
                     epp.add(p.num, p.epp, want, Status.OK)
                 else:
                     epp.add(p.num, p.epp, want, Status.DRIFT)
-                    changes.append(Change(
-                        id=f"cpufreq/epp/policy{p.num}", tunable=self.name, kind="action",
+                    changes.append(action(
+                        self.name, EppKnob.name, id=f"cpufreq/epp/policy{p.num}",
                         summary=f"policy{p.num} EPP: {p.epp} -> {want}",
                         path=f"{p.dir}/energy_performance_preference", value=want,
                         runtime=True, params={"driver": p.driver}))
         return Evaluation(gov.rows() + epp.rows() + boot_overrides(host, sec), changes)
-
-    # -- EPP writes: an action so EBUSY gets an explanation ---------------------------------
-    def capture_action(self, host: Host, change: Change) -> Any:
-        assert change.path is not None
-        return {"value": host.read_value(change.path)}
-
-    def apply_action(self, host: Host, change: Change) -> None:
-        assert change.path is not None and change.value is not None
-        _write_epp(host, change.path, change.value, change.params.get("driver", "?"))
-
-    def revert_action(self, host: Host, change: Change, original: Any) -> None:
-        assert change.path is not None
-        value = original.get("value")
-        if value is None or host.read_value(change.path) == value:
-            return
-        _write_epp(host, change.path, value, change.params.get("driver", "?"))
 
 
 def _write_epp(host: Host, path: str, value: str, driver: str) -> None:

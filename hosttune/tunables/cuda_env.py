@@ -29,12 +29,9 @@ from hosttune.tunables.base import (
     Row,
     Status,
     Tunable,
-    as_bytes,
-    as_text,
-    b64,
-    unb64,
     unified_diff,
 )
+from hosttune.tunables.knob import Knob, SharedFileKnob, action
 
 if TYPE_CHECKING:
     from hosttune.profile.schema import CudaEnvSection
@@ -159,9 +156,60 @@ def group_gid(host: Host, group: str) -> int | None:
     return None
 
 
+class EnvBlockKnob(SharedFileKnob):
+    """hosttune's marked block of NAME=value lines in /etc/environment. Rollback restores the
+    file byte for byte when nothing outside the block changed, and otherwise only the block
+    (as it was before apply, or none)."""
+
+    name = "block"
+
+    def with_ours(self, text: str) -> str:
+        return set_block(text, list(self.params["body"]))
+
+    def without_ours(self, text: str, original: str) -> str:
+        return set_block(set_block(text, None), block_body(original))
+
+    def untouched(self, current: str, original: str) -> bool:
+        return set_block(current, None).rstrip("\n") == set_block(original, None).rstrip("\n")
+
+
+class CacheDirKnob(Knob):
+    """CUDA's JIT cache directory: its mode and group, or its absence (with the parent
+    directories apply created)."""
+
+    name = "dir"
+
+    def read(self, host: Host) -> dict[str, Any]:
+        s = host.lstat(self.path)
+        if s is None:
+            missing = []
+            cur = self.path
+            while cur != "/" and not host.exists(cur):
+                missing.append(cur)
+                cur = os.path.dirname(cur)
+            return {"exists": False, "created": list(reversed(missing))}
+        return {"exists": True, "mode": stat.S_IMODE(s.st_mode), "uid": s.st_uid,
+                "gid": s.st_gid}
+
+    def desired(self) -> dict[str, Any]:
+        return {"exists": True, "mode": self.change.mode, "gid": int(self.params["gid"])}
+
+    def write(self, host: Host, value: dict[str, Any]) -> None:
+        if value["exists"]:
+            host.makedirs(os.path.dirname(self.path))
+            host.set_dir(self.path, value["mode"], uid=value.get("uid", -1), gid=value["gid"],
+                         create=True)
+            return
+        # the directory hosttune created holds only CUDA's JIT cache: drop it with it
+        host.rmtree(self.path)
+        for d in reversed(value.get("created", [])[:-1]):
+            host.rmdir_if_empty(d)
+
+
 class CudaEnvTunable(Tunable):
     name = "cuda_env"
     section = "cuda_env"
+    knobs = (EnvBlockKnob, CacheDirKnob)
 
     def _sec(self, ctx: Context) -> CudaEnvSection:
         sec = ctx.profile.cuda_env
@@ -234,8 +282,8 @@ class CudaEnvTunable(Tunable):
                                "differs" if block_body(text) is not None else "absent",
                                "present", Status.DRIFT, svc_note, needs=("re-login",)))
             if not ctx.runtime_only:
-                changes.append(Change(
-                    id=f"{self.name}/{sec.file}", tunable=self.name, kind="action",
+                changes.append(action(
+                    self.name, EnvBlockKnob.name, id=f"{self.name}/{sec.file}",
                     summary=f"write hosttune's block in {sec.file} (other lines untouched)",
                     path=sec.file, value="\n".join(body), runtime=False, needs=("re-login",),
                     diff=unified_diff(sec.file, text if state.exists else None, new_text),
@@ -267,74 +315,9 @@ class CudaEnvTunable(Tunable):
         if st is not None and stat.S_IMODE(st.st_mode) == mode and st.st_gid == gid:
             return Row(self.name, key, want, want, Status.OK), None
         cur = "absent" if st is None else f"dir mode {stat.S_IMODE(st.st_mode):o} gid {st.st_gid}"
-        ch = Change(id=f"{self.name}/cache-dir", tunable=self.name, kind="action",
+        ch = action(self.name, CacheDirKnob.name, id=f"{self.name}/cache-dir",
                     summary=f"{'create' if st is None else 'fix'} {path} ({want})", path=path,
                     mode=mode, runtime=False, params={"op": "dir", "gid": gid})
         return Row(self.name, key, cur, want, Status.DRIFT), ch
 
-    # -- actions ---------------------------------------------------------------------------------
-    def capture_action(self, host: Host, change: Change) -> Any:
-        assert change.path is not None
-        if change.params["op"] == "block":
-            st = host.file_state(change.path)
-            if st.link_target is not None:
-                raise HostError(f"{change.path} is a symlink: refusing to edit through it")
-            return {"exists": st.exists, "content": b64(st.content or b""), "mode": st.mode,
-                    "uid": st.uid, "gid": st.gid}
-        s = host.lstat(change.path)
-        if s is None:
-            missing = []
-            cur = change.path
-            while cur != "/" and not host.exists(cur):
-                missing.append(cur)
-                cur = os.path.dirname(cur)
-            return {"exists": False, "created": list(reversed(missing))}
-        return {"exists": True, "mode": stat.S_IMODE(s.st_mode), "uid": s.st_uid,
-                "gid": s.st_gid}
 
-    def apply_action(self, host: Host, change: Change) -> None:
-        assert change.path is not None
-        if change.params["op"] == "block":
-            st = host.file_state(change.path)
-            if st.link_target is not None:
-                raise HostError(f"{change.path} is a symlink: refusing to edit through it")
-            text = as_text(st.content or b"") if st.exists else ""
-            new = set_block(text, list(change.params["body"]))
-            host.write_file(change.path, as_bytes(new), mode=st.mode or 0o644,
-                            uid=st.uid, gid=st.gid)
-            return
-        host.makedirs(os.path.dirname(change.path))
-        host.set_dir(change.path, change.mode, gid=int(change.params["gid"]), create=True)
-
-    def revert_action(self, host: Host, change: Change, original: Any) -> None:
-        assert change.path is not None
-        if change.params["op"] == "block":
-            self._revert_block(host, change.path, original)
-            return
-        if original["exists"]:
-            host.set_dir(change.path, original["mode"], uid=original["uid"],
-                         gid=original["gid"])
-            return
-        # the directory hosttune created holds only CUDA's JIT cache: drop it with it
-        host.rmtree(change.path)
-        for d in reversed(original.get("created", [])[:-1]):
-            host.rmdir_if_empty(d)
-
-    def _revert_block(self, host: Host, path: str, original: dict[str, Any]) -> None:
-        st = host.file_state(path)
-        orig = as_text(unb64(original["content"])) if original["exists"] else ""
-        cur = as_text(st.content or b"") if st.exists else ""
-        stripped_cur = set_block(cur, None)
-        if stripped_cur.rstrip("\n") == set_block(orig, None).rstrip("\n"):
-            # nothing else changed since: restore the original bytes exactly
-            if original["exists"]:
-                host.write_file(path, unb64(original["content"]), mode=original["mode"],
-                                uid=original["uid"], gid=original["gid"])
-            else:
-                host.remove(path)
-            return
-        # other lines changed since apply: remove only our block (restore the one we replaced)
-        body = block_body(orig)
-        host.write_file(path, as_bytes(set_block(stripped_cur, body)),
-                        mode=st.mode or 0o644,
-                        uid=st.uid, gid=st.gid)

@@ -31,6 +31,7 @@ from hosttune.tunables.gpu_common import (
     section,
     unavailable_rows,
 )
+from hosttune.tunables.knob import Knob, action
 
 if TYPE_CHECKING:
     from hosttune.profile.schema import ClockSpec, PowerSpec
@@ -128,9 +129,118 @@ def resolve_clock(nv: Nvml, gpu: GpuInfo, what: str, spec: ClockSpec) -> ClockPl
     return ClockPlan(snapped, note=note)
 
 
+class PowerLimitKnob(Knob):
+    """A GPU's power limit in watts (``nvidia-smi -pl``)."""
+
+    name = "power-limit"
+
+    def read(self, host: Host) -> dict[str, Any]:
+        nv = host.nvml()
+        return {"watts": nv.power_limit_w(nv.find(self.params["uuid"])).get()}
+
+    def desired(self) -> dict[str, Any]:
+        return {"watts": float(self.params["watts"])}
+
+    def write(self, host: Host, value: dict[str, Any]) -> None:
+        nv = host.nvml()
+        nv.set_power_limit_w(nv.find(self.params["uuid"]), float(value["watts"]))
+
+    def restore(self, host: Host, original: dict[str, Any]) -> None:
+        # Idempotent: a step that failed to apply (e.g. NO_PERMISSION) is reverted too by the
+        # engine; when the value already is the original, NVML is not called again. A GPU
+        # that is gone took its NVML state with it (settings do not survive a driver unload).
+        nv = host.nvml()
+        g = gone_gpu_or(nv, self.params["uuid"])
+        if g is None:
+            return
+        cur = nv.power_limit_w(g)
+        if not (cur.ok and abs(cur.get() - float(original["watts"])) < 0.5):
+            nv.set_power_limit_w(g, float(original["watts"]))
+
+
+class GraphicsClockKnob(Knob):
+    """A locked clock range. NVML cannot read a lock back, so the value is hosttune's marker
+    file of the lock it made (host/gpu/markers.py)."""
+
+    name = GRAPHICS
+
+    def read(self, host: Host) -> dict[str, Any]:
+        g = host.nvml().find(self.params["uuid"])
+        return markers.capture_marker(host, g.uuid, self.name)
+
+    def desired(self) -> dict[str, Any]:
+        return {"min_mhz": int(self.params["min_mhz"]), "max_mhz": int(self.params["max_mhz"])}
+
+    def _set(self, nv: Nvml, g: GpuInfo, lo: int, hi: int) -> None:
+        (nv.set_locked_graphics_clocks_mhz if self.name == GRAPHICS
+         else nv.set_locked_memory_clocks_mhz)(g, lo, hi)
+
+    def write(self, host: Host, value: dict[str, Any]) -> None:
+        nv = host.nvml()
+        g = nv.find(self.params["uuid"])
+        try:
+            self._set(nv, g, int(value["min_mhz"]), int(value["max_mhz"]))
+        except NvmlUnsupportedError as err:
+            # The GPU refused: record it so audit says 'unsupported', and do not fail.
+            markers.write_marker(host, g.uuid, self.name, {"unsupported": str(err)})
+            return
+        markers.write_marker(host, g.uuid, self.name, value)
+
+    def restore(self, host: Host, original: dict[str, Any]) -> None:
+        nv = host.nvml()
+        uuid = self.params["uuid"]
+        g = gone_gpu_or(nv, uuid)
+        if g is None:
+            markers.restore_marker(host, uuid, self.name, original)  # all that is left
+            return
+        if markers.capture_marker(host, g.uuid, self.name)["content"] == original.get("content"):
+            return  # the lock was never made (or already undone)
+        before = markers.original_lock(original)
+        try:
+            if before is None:
+                (nv.reset_locked_graphics_clocks if self.name == GRAPHICS
+                 else nv.reset_locked_memory_clocks)(g)
+            else:
+                self._set(nv, g, *before)
+        except NvmlUnsupportedError:
+            pass  # nothing was locked: the GPU refused the lock in the first place
+        markers.restore_marker(host, g.uuid, self.name, original)
+
+
+class MemoryClockKnob(GraphicsClockKnob):
+    name = MEMORY
+
+
+class ComputeModeKnob(Knob):
+    """A GPU's compute mode (``nvidia-smi -c``)."""
+
+    name = "compute-mode"
+
+    def read(self, host: Host) -> dict[str, Any]:
+        nv = host.nvml()
+        return {"mode": nv.compute_mode(nv.find(self.params["uuid"])).get().value}
+
+    def desired(self) -> dict[str, Any]:
+        return {"mode": self.params["mode"]}
+
+    def write(self, host: Host, value: dict[str, Any]) -> None:
+        nv = host.nvml()
+        nv.set_compute_mode(nv.find(self.params["uuid"]), ComputeMode(value["mode"]))
+
+    def restore(self, host: Host, original: dict[str, Any]) -> None:
+        nv = host.nvml()
+        g = gone_gpu_or(nv, self.params["uuid"])
+        if g is None:
+            return
+        cur = nv.compute_mode(g)
+        if not (cur.ok and cur.get().value == original["mode"]):
+            nv.set_compute_mode(g, ComputeMode(original["mode"]))
+
+
 class GpuTunable(Tunable):
     name = "gpu"
     section = "gpu"
+    knobs = (PowerLimitKnob, GraphicsClockKnob, MemoryClockKnob, ComputeModeKnob)
 
     def enabled(self, ctx: Context) -> bool:
         sec = ctx.profile.gpu
@@ -242,8 +352,8 @@ class GpuTunable(Tunable):
                         f"outside the GPU's limits {lo:g}-{hi:g} W")], []
         if abs(cur.get() - target) < 0.5:
             return [Row(self.name, key, current, desired, Status.OK)], []
-        ch = Change(
-            id=f"gpu/{g.uuid}/power-limit", tunable=self.name, kind="action", runtime=True,
+        ch = action(
+            self.name, PowerLimitKnob.name, id=f"gpu/{g.uuid}/power-limit", runtime=True,
             summary=f"{gpu_label(g)} power limit {current} -> {target:g} W "
                     f"(nvidia-smi -i {g.index} -pl {target:g})",
             params={"op": "power-limit", "uuid": g.uuid, "watts": target})
@@ -290,8 +400,8 @@ class GpuTunable(Tunable):
                 continue
             lo, hi = plan.rng
             rows.append(Row(self.name, key, current, desired_full, Status.DRIFT, plan.note))
-            changes.append(Change(
-                id=f"gpu/{g.uuid}/{what}", tunable=self.name, kind="action", runtime=True,
+            changes.append(action(
+                self.name, what, id=f"gpu/{g.uuid}/{what}", runtime=True,
                 summary=f"{gpu_label(g)} lock {label} clocks {_fmt_range(plan.rng)} "
                         f"(nvidia-smi -i {g.index} {flag} {lo},{hi})",
                 params={"op": what, "uuid": g.uuid, "min_mhz": lo, "max_mhz": hi}))
@@ -310,84 +420,9 @@ class GpuTunable(Tunable):
             "gpu.mps" else ""
         if cur.get() is want:
             return [Row(self.name, key, cur.get().smi, want.smi, Status.OK, note)], []
-        ch = Change(
-            id=f"gpu/{g.uuid}/compute-mode", tunable=self.name, kind="action", runtime=True,
+        ch = action(
+            self.name, ComputeModeKnob.name, id=f"gpu/{g.uuid}/compute-mode", runtime=True,
             summary=f"{gpu_label(g)} compute mode {cur.get().smi} -> {want.smi} "
                     f"(nvidia-smi -i {g.index} -c {want.smi})",
             params={"op": "compute-mode", "uuid": g.uuid, "mode": want.value})
         return [Row(self.name, key, cur.get().smi, want.smi, Status.DRIFT, note)], [ch]
-
-    # -- actions -------------------------------------------------------------------------------
-    def capture_action(self, host: Host, change: Change) -> Any:
-        nv = host.nvml()
-        g = nv.find(change.params["uuid"])
-        op = change.params["op"]
-        if op == "power-limit":
-            return {"watts": nv.power_limit_w(g).get()}
-        if op in (GRAPHICS, MEMORY):
-            return markers.capture_marker(host, g.uuid, op)
-        if op == "compute-mode":
-            return {"mode": nv.compute_mode(g).get().value}
-        raise HostError(f"unknown gpu action {op!r}")
-
-    def apply_action(self, host: Host, change: Change) -> None:
-        nv = host.nvml()
-        p = change.params
-        g = nv.find(p["uuid"])
-        op = p["op"]
-        if op == "power-limit":
-            nv.set_power_limit_w(g, float(p["watts"]))
-        elif op in (GRAPHICS, MEMORY):
-            setter = (nv.set_locked_graphics_clocks_mhz if op == GRAPHICS
-                      else nv.set_locked_memory_clocks_mhz)
-            try:
-                setter(g, int(p["min_mhz"]), int(p["max_mhz"]))
-            except NvmlUnsupportedError as err:
-                # The GPU refused: record it so audit says 'unsupported', and do not fail.
-                markers.write_marker(host, g.uuid, op, {"unsupported": str(err)})
-                return
-            markers.write_marker(host, g.uuid, op,
-                                 {"min_mhz": int(p["min_mhz"]), "max_mhz": int(p["max_mhz"])})
-        elif op == "compute-mode":
-            nv.set_compute_mode(g, ComputeMode(p["mode"]))
-        else:
-            raise HostError(f"unknown gpu action {op!r}")
-
-    def revert_action(self, host: Host, change: Change, original: Any) -> None:
-        # Idempotent: a step that failed to apply (e.g. NO_PERMISSION) is reverted too by the
-        # engine; when the value already is the original, NVML is not called again.
-        nv = host.nvml()
-        p = change.params
-        op = p["op"]
-        g = gone_gpu_or(nv, p["uuid"])
-        if g is None:
-            # No driver any more, or the GPU is gone: its NVML state went with it (NVML
-            # settings do not survive a driver unload). Only hosttune's marker remains.
-            if op in (GRAPHICS, MEMORY):
-                markers.restore_marker(host, p["uuid"], op, original)
-            return
-        if op == "power-limit":
-            cur = nv.power_limit_w(g)
-            if not (cur.ok and abs(cur.get() - float(original["watts"])) < 0.5):
-                nv.set_power_limit_w(g, float(original["watts"]))
-        elif op in (GRAPHICS, MEMORY):
-            if markers.capture_marker(host, g.uuid, op)["content"] == original.get("content"):
-                return  # the lock was never made (or already undone)
-            before = markers.original_lock(original)
-            try:
-                if before is None:
-                    (nv.reset_locked_graphics_clocks if op == GRAPHICS
-                     else nv.reset_locked_memory_clocks)(g)
-                elif op == GRAPHICS:
-                    nv.set_locked_graphics_clocks_mhz(g, *before)
-                else:
-                    nv.set_locked_memory_clocks_mhz(g, *before)
-            except NvmlUnsupportedError:
-                pass  # nothing was locked: the GPU refused the lock in the first place
-            markers.restore_marker(host, g.uuid, op, original)
-        elif op == "compute-mode":
-            cur_mode = nv.compute_mode(g)
-            if not (cur_mode.ok and cur_mode.get().value == original["mode"]):
-                nv.set_compute_mode(g, ComputeMode(original["mode"]))
-        else:
-            raise HostError(f"unknown gpu action {op!r}")

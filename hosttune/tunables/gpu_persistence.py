@@ -20,7 +20,6 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from hosttune.errors import HostError
 from hosttune.host import Host
 from hosttune.host.gpu.nvml import NvmlState
 from hosttune.tunables._systemd import daemon_reload, find_unit
@@ -47,6 +46,7 @@ from hosttune.tunables.gpu_units import (
     unit_entries,
     wanted_by,
 )
+from hosttune.tunables.knob import Knob, action
 
 UNIT = "nvidia-persistenced.service"
 OUR_UNIT = f"/etc/systemd/system/{UNIT}"
@@ -111,9 +111,36 @@ def _user_of(argv: list[str]) -> str | None:
     return None
 
 
+class PersistenceModeKnob(Knob):
+    """Legacy NVML persistence mode of one GPU (``nvidia-smi -pm``)."""
+
+    name = "persistence-mode"
+
+    def read(self, host: Host) -> dict[str, Any]:
+        nv = host.nvml()
+        return {"enabled": nv.persistence_mode(nv.find(self.params["uuid"])).get()}
+
+    def desired(self) -> dict[str, Any]:
+        return {"enabled": bool(self.params["enabled"])}
+
+    def write(self, host: Host, value: dict[str, Any]) -> None:
+        nv = host.nvml()
+        nv.set_persistence_mode(nv.find(self.params["uuid"]), bool(value["enabled"]))
+
+    def restore(self, host: Host, original: dict[str, Any]) -> None:
+        nv = host.nvml()
+        g = gone_gpu_or(nv, self.params["uuid"])
+        if g is None:
+            return  # the driver (and with it persistence mode) is gone
+        cur = nv.persistence_mode(g)
+        if not (cur.ok and cur.get() == bool(original["enabled"])):  # idempotent (failed step)
+            nv.set_persistence_mode(g, bool(original["enabled"]))
+
+
 class GpuPersistenceTunable(Tunable):
     name = "gpu_persistence"
     section = "gpu"
+    knobs = (PersistenceModeKnob,)
 
     def enabled(self, ctx: Context) -> bool:
         sec = ctx.profile.gpu
@@ -172,8 +199,8 @@ class GpuPersistenceTunable(Tunable):
                 rows.append(Row(self.name, key, current, desired, Status.OK, note))
                 continue
             rows.append(Row(self.name, key, current, desired, Status.DRIFT, note))
-            changes.append(Change(
-                id=f"gpu/{g.uuid}/persistence-mode", tunable=self.name, kind="action",
+            changes.append(action(
+                self.name, PersistenceModeKnob.name, id=f"gpu/{g.uuid}/persistence-mode",
                 runtime=True,
                 summary=f"{gpu_label(g)} persistence mode {current} -> {desired} "
                         f"(nvidia-smi -i {g.index} -pm {int(want)})",
@@ -277,21 +304,3 @@ class GpuPersistenceTunable(Tunable):
         return Evaluation(rows, changes)
 
     # -- legacy actions ------------------------------------------------------------------------
-    def capture_action(self, host: Host, change: Change) -> Any:
-        nv = host.nvml()
-        return {"enabled": nv.persistence_mode(nv.find(change.params["uuid"])).get()}
-
-    def apply_action(self, host: Host, change: Change) -> None:
-        if change.params.get("op") != "persistence-mode":
-            raise HostError(f"unknown action {change.id}")
-        nv = host.nvml()
-        nv.set_persistence_mode(nv.find(change.params["uuid"]), bool(change.params["enabled"]))
-
-    def revert_action(self, host: Host, change: Change, original: Any) -> None:
-        nv = host.nvml()
-        g = gone_gpu_or(nv, change.params["uuid"])
-        if g is None:
-            return  # the driver (and with it persistence mode) is gone
-        cur = nv.persistence_mode(g)
-        if not (cur.ok and cur.get() == bool(original["enabled"])):  # idempotent (failed step)
-            nv.set_persistence_mode(g, bool(original["enabled"]))

@@ -56,6 +56,7 @@ from hosttune.profile.sizes import (
     parse_size,
 )
 from hosttune.tunables.base import Change, Context, Evaluation, Row, Status, Tunable
+from hosttune.tunables.knob import Knob, action
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -521,9 +522,50 @@ def _words_active(tokens: list[str], words: list[str]) -> bool:
     return any(low[i] == size and low[i + 1] == count for i in range(len(low) - 1))
 
 
+class PoolKnob(Knob):
+    """A huge-page pool of one page size: its page count per target (a node, or 'any' for
+    the global pool). Apply grows or shrinks it with retries (:func:`allocate`); with
+    ``reserve: auto`` a shortfall keeps what the kernel gave and records the fallback, so the
+    engine's second plan moves the pool to the kernel command line."""
+
+    name = "pool"
+
+    def read(self, host: Host) -> dict[str, Any]:
+        pb = int(self.params["page_bytes"])
+        out: dict[str, Any] = {"targets": {k: read_int(host, _target_path(k, pb)) or 0
+                                           for k in self.params["targets"]}}
+        if self.params.get("fallback"):
+            out["fallback_record"] = host.read_text(fallback_path(host))
+        return out
+
+    def desired(self) -> dict[str, Any]:
+        return {"targets": dict(self.params["targets"])}
+
+    def _allocate(self, host: Host, targets: dict[str, Any]) -> None:
+        allocate(host, int(self.params["page_bytes"]), {k: int(v) for k, v in targets.items()},
+                 int(self.params.get("retries", 5)))
+
+    def write(self, host: Host, value: dict[str, Any]) -> None:
+        try:
+            self._allocate(host, value["targets"])
+        except ShortAllocation as err:
+            if self.params.get("fallback") != "boot" or err.in_use:
+                raise
+            # reserve: auto - keep the pages the kernel gave (the store can use them now) and
+            # reserve the pool at boot: the engine's second plan writes the drop-in
+            record_fallback(host, str(self.params["label"]), int(self.params["pages"]),
+                            sum(err.got.values()))
+
+    def restore(self, host: Host, original: dict[str, Any]) -> None:
+        self._allocate(host, original["targets"])  # a shortfall here is an error
+        if "fallback_record" in original:
+            restore_fallbacks(host, original["fallback_record"])
+
+
 class HugePagesTunable(Tunable):
     name = "hugepages"
     section = "hugepages"
+    knobs = (PoolKnob,)
 
     # -- checks before anything is written ----------------------------------------------------
     def validate(self, ctx: Context) -> None:
@@ -665,8 +707,8 @@ class HugePagesTunable(Tunable):
                     # the engine plans again after this step: a shortfall moves the pool to
                     # the kernel_cmdline drop-in in the same run
                     params.update(fallback="boot", label=label, pages=plan.pages, replan=True)
-                changes.append(Change(
-                    id=f"hugepages/{label}", tunable=self.name, kind="action",
+                changes.append(action(
+                    self.name, PoolKnob.name, id=f"hugepages/{label}",
                     summary=f"huge pages {label}: {desc} pages"
                     + (" (boot reservation if the kernel falls short)" if fallback else ""),
                     runtime=True, params=params))
@@ -744,9 +786,9 @@ class HugePagesTunable(Tunable):
         rows.append(Row(self.name, key, cur, desired, Status.OK if ok else Status.DRIFT, note))
         if ok:
             return []
-        return [Change(id="hugepages/hvo", tunable=self.name, kind="action", path=HVO_PATH,
-                       summary=f"{key}: {cur} -> {desired}", runtime=True,
-                       params={"value": "1" if want else "0"})]
+        return [Change(id="hugepages/hvo", tunable=self.name, kind="kernel", path=HVO_PATH,
+                       value="1" if want else "0", summary=f"{key}: {cur} -> {desired}",
+                       runtime=True)]
 
     @staticmethod
     def _in_use_note(in_use: int, want: int, where: str) -> str:
@@ -801,72 +843,13 @@ class HugePagesTunable(Tunable):
                         Status.OK if ok else Status.DRIFT))
         if not ok:
             changes.append(Change(
-                id="hugepages/thp", tunable=self.name, kind="action", path=THP_PATH,
-                summary=f"transparent_hugepage/enabled: {selected} -> {want}", runtime=True,
-                params={"choice": want}))
-
-    # -- actions ---------------------------------------------------------------------------------
-    def capture_action(self, host: Host, change: Change) -> Any:
-        if change.id == "hugepages/hvo":
-            return {"value": host.read_value(HVO_PATH)}
-        if change.id == "hugepages/thp":
-            selected, choices = parse_bracketed_choice(host.read_value(THP_PATH) or "")
-            return {"selected": selected, "choices": choices}
-        pb = int(change.params["page_bytes"])
-        out: dict[str, Any] = {"targets": {k: read_int(host, _target_path(k, pb)) or 0
-                                           for k in change.params["targets"]}}
-        if change.params.get("fallback"):
-            out["fallback_record"] = host.read_text(fallback_path(host))
-        return out
-
-    def apply_action(self, host: Host, change: Change) -> None:
-        if change.id == "hugepages/hvo":
-            host.write_kernel(HVO_PATH, str(change.params["value"]))
-            return
-        if change.id == "hugepages/thp":
-            write_choice(host, THP_PATH, change.params["choice"])
-            return
-        try:
-            allocate(host, int(change.params["page_bytes"]),
-                     {k: int(v) for k, v in change.params["targets"].items()},
-                     int(change.params.get("retries", 5)))
-        except ShortAllocation as err:
-            if change.params.get("fallback") != "boot" or err.in_use:
-                raise
-            # reserve: auto - keep the pages the kernel gave (the store can use them now) and
-            # reserve the pool at boot: the engine's second plan writes the drop-in
-            record_fallback(host, str(change.params["label"]), int(change.params["pages"]),
-                            sum(err.got.values()))
-
-    def revert_action(self, host: Host, change: Change, original: Any) -> None:
-        if change.id == "hugepages/hvo":
-            if original.get("value") is not None:
-                host.write_kernel(HVO_PATH, str(original["value"]))
-            return
-        if change.id == "hugepages/thp":
-            if original.get("selected"):
-                write_choice(host, THP_PATH, original["selected"])
-            return
-        allocate(host, int(change.params["page_bytes"]),
-                 {k: int(v) for k, v in original["targets"].items()},
-                 int(change.params.get("retries", 5)))
-        if "fallback_record" in original:
-            restore_fallbacks(host, original["fallback_record"])
+                id="hugepages/thp", tunable=self.name, kind="choice", path=THP_PATH,
+                value=want, summary=f"transparent_hugepage/enabled: {selected} -> {want}",
+                runtime=True))
 
 
 def _target_path(key: str, page_bytes: int) -> str:
     return global_file(page_bytes) if key == "any" else node_file(int(key), page_bytes)
-
-
-def write_choice(host: Host, path: str, choice: str) -> None:
-    """Select one of a bracketed sysfs choice file ('always [madvise] never'). The kernel takes
-    the bare word; a --root tree is an image of sysfs, so there we write what the kernel would
-    then show."""
-    if host.offline:
-        _, choices = parse_bracketed_choice(host.read_value(path) or "")
-        host.write_kernel(path, " ".join(f"[{c}]" if c == choice else c for c in choices))
-    else:
-        host.write_kernel(path, choice)
 
 
 class ShortAllocation(ApplyError):

@@ -31,14 +31,11 @@ from hosttune.tunables.base import (
     Row,
     Status,
     Tunable,
-    as_bytes,
-    as_text,
-    b64,
     file_change,
-    unb64,
     unified_diff,
 )
 from hosttune.tunables.hugepages import MountPlan, current_pool_pages, resolve
+from hosttune.tunables.knob import Knob, SharedFileKnob, action, run_checked
 
 FSTAB = "/etc/fstab"
 MARK = "# hosttune: hugetlbfs "  # + mount point; the next line is our entry
@@ -164,9 +161,60 @@ def find_mount(host: Host, path: str) -> Mount | None:
 
 
 # --- the tunable ----------------------------------------------------------------------------------
+class MountKnob(Knob):
+    """A hugetlbfs mount made now (its fstab line or mount unit keeps it at boot). Its
+    value: whether it is mounted, and the directories the mount point needed."""
+
+    name = "mount"
+
+    def read(self, host: Host) -> dict[str, Any]:
+        mnt = find_mount(host, self.path)
+        created = []
+        cur = self.path
+        while cur not in ("", "/") and not host.exists(cur):
+            created.append(cur)
+            cur = os.path.dirname(cur)
+        return {"mounted": mnt is not None and mnt.fstype == "hugetlbfs",
+                "created_dirs": list(reversed(created))}
+
+    def desired(self) -> dict[str, Any]:
+        return {"mounted": True}
+
+    def write(self, host: Host, value: dict[str, Any]) -> None:
+        if not value["mounted"]:
+            self.restore(host, value)
+            return
+        host.makedirs(self.path)
+        run_checked(host, self.params["argv"])
+        if not host.offline and find_mount(host, self.path) is None:
+            raise ApplyError(f"{self.path} is not in /proc/self/mountinfo after mount")
+
+    def restore(self, host: Host, original: dict[str, Any]) -> None:
+        mnt = find_mount(host, self.path)
+        # unmount only what we mounted
+        if not original["mounted"] and mnt is not None and mnt.fstype == "hugetlbfs":
+            run_checked(host, ["umount", self.path])
+        for d in reversed(original.get("created_dirs", [])):
+            host.rmdir_if_empty(d)
+
+
+class FstabMountKnob(SharedFileKnob):
+    """hosttune's marked fstab line for one mount point (or none: ``params["line"]`` None
+    removes ours); another mount of that point is commented out with a marker."""
+
+    name = "fstab"
+
+    def with_ours(self, text: str) -> str:
+        return fstab_set(text, self.params["mount"], self.params["line"])
+
+    def without_ours(self, text: str, original: str) -> str:
+        return fstab_set(text, self.params["mount"], None)
+
+
 class HugetlbfsTunable(Tunable):
     name = "hugetlbfs"
     section = "hugetlbfs"
+    knobs = (MountKnob, FstabMountKnob)
 
     def validate(self, ctx: Context) -> None:
         res = resolve(ctx)
@@ -288,8 +336,8 @@ class HugetlbfsTunable(Tunable):
                             "--root tree: only `" + " ".join(argv) + "` could mount it"))
             return
         rows.append(Row(self.name, key, "not mounted", want, Status.DRIFT))
-        changes.append(Change(
-            id=f"hugetlbfs/mount {path}", tunable=self.name, kind="action", path=path,
+        changes.append(action(
+            self.name, MountKnob.name, id=f"hugetlbfs/mount {path}", path=path,
             summary=" ".join(argv), runtime=True, params={"argv": argv}))
 
     # -- models meant to live here ------------------------------------------------------------
@@ -392,74 +440,11 @@ class HugetlbfsTunable(Tunable):
                         "entry" if line is not None else "absent", Status.DRIFT, note))
         if ctx.runtime_only:
             return
-        changes.append(Change(
-            id=f"hugetlbfs/fstab {path}", tunable=self.name, kind="action", path=FSTAB,
+        changes.append(action(
+            self.name, FstabMountKnob.name, id=f"hugetlbfs/fstab {path}", path=FSTAB,
             summary=f"{'set' if line else 'remove'} the hosttune entry for {path} in {FSTAB}",
             runtime=False, params={"mount": path, "line": line},
             diff=unified_diff(FSTAB, text, new)))
-
-    # -- actions ---------------------------------------------------------------------------------
-    def capture_action(self, host: Host, change: Change) -> Any:
-        if change.id.startswith("hugetlbfs/mount "):
-            assert change.path is not None
-            mnt = find_mount(host, change.path)
-            created = []
-            cur = change.path
-            while cur not in ("", "/") and not host.exists(cur):
-                created.append(cur)
-                cur = os.path.dirname(cur)
-            return {"mounted": mnt is not None and mnt.fstype == "hugetlbfs",
-                    "created_dirs": list(reversed(created))}
-        st = host.file_state(FSTAB)
-        return {"exists": st.exists, "mode": st.mode, "uid": st.uid, "gid": st.gid,
-                "content": b64(st.content) if st.content is not None else None}
-
-    def apply_action(self, host: Host, change: Change) -> None:
-        if change.id.startswith("hugetlbfs/mount "):
-            assert change.path is not None
-            host.makedirs(change.path)
-            res = host.run(change.params["argv"])
-            if not res.ok:
-                raise ApplyError(f"{' '.join(res.argv)} failed (exit {res.returncode}): "
-                                 f"{res.stderr.strip()}")
-            if not host.offline and find_mount(host, change.path) is None:
-                raise ApplyError(f"{change.path} is not in /proc/self/mountinfo after mount")
-            return
-        st = host.file_state(FSTAB)
-        text = as_text(st.content) if st.content is not None else ""
-        new = fstab_set(text, change.params["mount"], change.params["line"])
-        host.write_file(FSTAB, as_bytes(new), mode=st.mode if st.mode is not None else 0o644,
-                        uid=st.uid, gid=st.gid)
-
-    def revert_action(self, host: Host, change: Change, original: Any) -> None:
-        if change.id.startswith("hugetlbfs/mount "):
-            assert change.path is not None
-            mnt = find_mount(host, change.path)
-            # unmount only what we mounted
-            if not original["mounted"] and mnt is not None and mnt.fstype == "hugetlbfs":
-                res = host.run(["umount", change.path])
-                if not res.ok:
-                    raise ApplyError(f"umount {change.path} failed (exit {res.returncode}): "
-                                     f"{res.stderr.strip()}")
-            for d in reversed(original.get("created_dirs", [])):
-                host.rmdir_if_empty(d)
-            return
-        st = host.file_state(FSTAB)
-        cur = as_text(st.content) if st.content is not None else ""
-        orig_bytes = unb64(original["content"]) if original.get("content") is not None else b""
-        ours = fstab_set(as_text(orig_bytes), change.params["mount"], change.params["line"])
-        if cur == ours:
-            # nobody else touched the file since: restore it byte for byte
-            if original["exists"]:
-                host.write_file(FSTAB, orig_bytes, mode=original["mode"],
-                                uid=original.get("uid"), gid=original.get("gid"))
-            else:
-                host.remove(FSTAB)
-            return
-        # the file changed after us (another tunable's marked lines): undo only our lines
-        restored = fstab_set(cur, change.params["mount"], None)
-        host.write_file(FSTAB, as_bytes(restored), mode=st.mode or 0o644, uid=st.uid,
-                        gid=st.gid)
 
 
 def _is_ours(text: str, lineno: int) -> bool:

@@ -22,7 +22,6 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from hosttune.errors import ApplyError
 from hosttune.host import Host
 from hosttune.host.parsers import parse_limits, parse_mountinfo
 from hosttune.profile.sizes import format_size, parse_size
@@ -37,6 +36,7 @@ from hosttune.tunables.base import (
     Tunable,
     file_change,
 )
+from hosttune.tunables.knob import Knob, action, run_checked
 
 if TYPE_CHECKING:
     from hosttune.profile.schema import MemlockSection
@@ -210,9 +210,35 @@ def has_cap(status_text: str, cap: int, field: str = "CapBnd") -> bool | None:
     return None
 
 
+class GroupKnob(Knob):
+    """The memlock group: created by a command (groupadd, or systemd-sysusers in a tree),
+    removed only while it is there. Its value: whether the group exists."""
+
+    name = "group"
+
+    def _exists(self, host: Host) -> bool:
+        return self.params["group"] in parse_group_names(host.read_text("/etc/group") or "")
+
+    def read(self, host: Host) -> dict[str, Any]:
+        return {"existed": self._exists(host)}
+
+    def desired(self) -> dict[str, Any]:
+        return {"existed": True}
+
+    def write(self, host: Host, value: dict[str, Any]) -> None:
+        # A rollback repeated after a power cut (or a groupadd the cut undid) finds the group
+        # gone already: groupdel would fail ("does not exist") and the rollback with it.
+        # groupadd/groupdel do not fsync /etc/group: run_checked syncs, or a cut could undo them.
+        if self._exists(host) == bool(value["existed"]):
+            return
+        argv = self.params["argv"] if value["existed"] else self.params["revert_argv"]
+        run_checked(host, argv, confined=self.params.get("confined", False))
+
+
 class MemlockTunable(Tunable):
     name = "memlock"
     section = "memlock"
+    knobs = (GroupKnob,)
 
     def validate(self, ctx: Context) -> None:
         sec = ctx.profile.memlock
@@ -233,26 +259,7 @@ class MemlockTunable(Tunable):
         changes: list[Change] = []
         profile = ctx.profile.name
 
-        # Can this host raise a hard limit to `want` at all? (PID 1 = systemd does it.)
-        blocked = ""
-        if not host.offline:
-            try:
-                st1 = host.read_text("/proc/1/status") or ""
-                lim1 = parse_limits(host.read_text("/proc/1/limits") or "")
-            except PermissionError:
-                st1, lim1 = "", {}
-            hard1 = lim1.get("Max locked memory", (None, None))[1]
-            if has_cap(st1, CAP_SYS_RESOURCE) is False and not satisfies(hard1, want):
-                blocked = (f"CAP_SYS_RESOURCE is not in the bounding set and PID 1's hard "
-                           f"memlock is {fmt(hard1)}: no service can get {fmt(want)} here "
-                           "(a unit asking for more fails to start)")
-
-        if not host.offline and not host.exists(SD_BOOTED):
-            comm1 = host.read_value("/proc/1/comm") or "?"
-            nosd = (f"systemd is not the init here (PID 1 is {comm1}): unit drop-ins take "
-                    "effect only where systemd starts the daemons")
-        else:
-            nosd = ""
+        blocked, no_systemd = self._init_limits(host, want)
 
         # 1. PAM sessions: limits.d drop-in + the group it names
         if sec.scope == "group":
@@ -303,8 +310,8 @@ class MemlockTunable(Tunable):
                           f"{later[-1].file} sets LimitMEMLOCK={later[-1].value} after "
                           f"{DROPIN_NAME}; the last drop-in wins")
                 configured = False
-            if nosd and not row.note:
-                row = Row(row.tunable, row.key, row.current, row.desired, row.status, nosd,
+            if no_systemd and not row.note:
+                row = Row(row.tunable, row.key, row.current, row.desired, row.status, no_systemd,
                           row.needs)
             rows.append(row)
             if ch:
@@ -317,6 +324,31 @@ class MemlockTunable(Tunable):
             changes.append(reload)
         return Evaluation(rows, changes)
 
+    @staticmethod
+    def _init_limits(host: Host, want: int | None) -> tuple[str, str]:
+        """Why no service can get ``want`` here (PID 1's hard limit without CAP_SYS_RESOURCE
+        to raise it), and a note when PID 1 is not systemd (unit drop-ins then reach nothing);
+        empty strings when neither holds."""
+        if host.offline:
+            return "", ""
+        blocked = ""
+        try:
+            pid1_status = host.read_text("/proc/1/status") or ""
+            pid1_limits = parse_limits(host.read_text("/proc/1/limits") or "")
+        except PermissionError:
+            pid1_status, pid1_limits = "", {}
+        pid1_hard = pid1_limits.get("Max locked memory", (None, None))[1]
+        if has_cap(pid1_status, CAP_SYS_RESOURCE) is False and not satisfies(pid1_hard, want):
+            blocked = (f"CAP_SYS_RESOURCE is not in the bounding set and PID 1's hard "
+                       f"memlock is {fmt(pid1_hard)}: no service can get {fmt(want)} here "
+                       "(a unit asking for more fails to start)")
+        no_systemd = ""
+        if not host.exists(SD_BOOTED):
+            comm1 = host.read_value("/proc/1/comm") or "?"
+            no_systemd = (f"systemd is not the init here (PID 1 is {comm1}): unit drop-ins "
+                          "take effect only where systemd starts the daemons")
+        return blocked, no_systemd
+
     def _group_changes(self, ctx: Context, group: str, limits_file: str) -> list[Change]:
         """Live: groupadd --system. In a tree (--root, an image before its first boot) a
         skipped groupadd would leave the limits.d rule naming a group the image lacks: write
@@ -324,8 +356,8 @@ class MemlockTunable(Tunable):
         tree now (--root: it reads and writes only there); groupdel --prefix undoes it."""
         host = ctx.host
         if not host.offline:
-            return [Change(
-                id=f"memlock/group:{group}", tunable=self.name, kind="action",
+            return [action(
+                self.name, GroupKnob.name, id=f"memlock/group:{group}",
                 summary=f"groupadd --system {group}", runtime=False,
                 params={"argv": ["groupadd", "--system", group],
                         "revert_argv": ["groupdel", group], "group": group})]
@@ -334,8 +366,8 @@ class MemlockTunable(Tunable):
                 f"g {group} -\n")
         _, file_ch = file_change(ctx, self.name, SYSUSERS_FILE, text,
                                  key=f"sysusers.d {SYSUSERS_FILE}")
-        cmd = Change(
-            id=f"memlock/group:{group}", tunable=self.name, kind="action",
+        cmd = action(
+            self.name, GroupKnob.name, id=f"memlock/group:{group}",
             summary=f"systemd-sysusers --root {root} {SYSUSERS_FILE}", runtime=False,
             params={"argv": ["systemd-sysusers", f"--root={root}",
                              str(host.path(SYSUSERS_FILE))],
@@ -343,31 +375,6 @@ class MemlockTunable(Tunable):
                     "group": group})
         return [c for c in (file_ch, cmd) if c]
 
-    # -- the group: created by a command, removed only while it is there -------------------
-    @staticmethod
-    def _group_exists(host: Host, group: str) -> bool:
-        return group in parse_group_names(host.read_text("/etc/group") or "")
-
-    def capture_action(self, host: Host, change: Change) -> Any:
-        return {"existed": self._group_exists(host, change.params["group"])}
-
-    def _run(self, host: Host, change: Change, argv: list[str]) -> None:
-        res = host.run(argv, timeout_s=120, confined=change.params.get("confined", False))
-        if not res.ok:
-            raise ApplyError(f"{' '.join(res.argv)} failed (exit {res.returncode}): "
-                             f"{res.stderr.strip()}")
-        if not res.skipped:
-            host.sync()  # groupadd/groupdel do not fsync /etc/group: a cut could undo them
-
-    def apply_action(self, host: Host, change: Change) -> None:
-        self._run(host, change, change.params["argv"])
-
-    def revert_action(self, host: Host, change: Change, original: Any) -> None:
-        # A rollback repeated after a power cut (or a groupadd the cut undid) finds the group
-        # gone already: groupdel would fail ("does not exist") and the rollback with it.
-        if original.get("existed") or not self._group_exists(host, change.params["group"]):
-            return
-        self._run(host, change, change.params["revert_argv"])
 
     def still_running(self, host: Host, reverted: list[Change]) -> list[str]:
         """Daemons whose LimitMEMLOCK drop-in rollback removed and that still run with the
@@ -440,13 +447,13 @@ class MemlockTunable(Tunable):
         soft, hard = lim["Max locked memory"]
         cur = f"{fmt(soft)} / hard {fmt(hard)} (pid {pid})"
         dflt = docker_default_memlock(host) if comm == "dockerd" else False
-        dnote = ""
+        daemon_note = ""
         if dflt is not False:
-            dnote = f"daemon.json default-ulimits memlock hard {fmt(dflt)}"
+            daemon_note = f"daemon.json default-ulimits memlock hard {fmt(dflt)}"
             if not satisfies(hard, dflt):
-                dnote += " is above the daemon's hard limit: every container fails to start"
+                daemon_note += " is above the daemon's hard limit: every container fails to start"
         if satisfies(hard, want) and satisfies(soft, want):
-            return Row(self.name, key, cur, fmt(want), Status.OK, dnote)
+            return Row(self.name, key, cur, fmt(want), Status.OK, daemon_note)
         note = (f"containers asking for memlock {fmt(want)} fail at start (runc: 'error "
                 f"setting rlimit type 8: operation not permitted'): the daemon's hard limit is "
                 f"{fmt(hard)}")
@@ -467,8 +474,8 @@ class MemlockTunable(Tunable):
         if cg and f"/{svc}" not in cg:
             note += (f"; pid {pid} does not run in {svc}'s cgroup (started by hand?): the "
                      "drop-in will not reach it, it inherits its parent's limit")
-        if dnote:
-            note += f"; {dnote}"
+        if daemon_note:
+            note += f"; {daemon_note}"
         if configured:
             return Row(self.name, key, cur, fmt(want), Status.NEEDS_RESTART, note,
                        needs=(restart,))

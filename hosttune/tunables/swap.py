@@ -34,6 +34,7 @@ from hosttune.tunables.base import (
     Tunable,
     unified_diff,
 )
+from hosttune.tunables.knob import Knob, action
 
 if TYPE_CHECKING:
     pass
@@ -150,9 +151,80 @@ def _prio_note(d: SwapDevice) -> str:
     return f"prio {d.priority}"
 
 
+class SwapoffKnob(Knob):
+    """One active swap device. Its value: whether it is on, and with which priority and at
+    which line of /proc/swaps (a --root tree's /proc/swaps is rewritten as the kernel would)."""
+
+    name = "swapoff"
+
+    def read(self, host: Host) -> dict[str, Any]:
+        path = self.params["path"]
+        text = host.read_text("/proc/swaps") or ""
+        lines = text.splitlines(keepends=True)
+        for i, d in enumerate(parse_swaps(text), 1):
+            if d.path == path:
+                return {"active": True, "priority": d.priority, "index": i, "line": lines[i]}
+        return {"active": False}
+
+    def desired(self) -> dict[str, Any]:
+        return {"active": False}
+
+    def write(self, host: Host, value: dict[str, Any]) -> None:
+        path = self.params["path"]
+        if _is_active(host, path) == bool(value.get("active")):
+            return
+        if value.get("active"):
+            self._swapon(host, path, value)
+            return
+        # swapoff pulls every swapped page back into RAM: it can take minutes
+        res = host.run(["swapoff", path], timeout_s=900)
+        if not res.ok:
+            raise ApplyError(f"swapoff {path} failed (exit {res.returncode}): "
+                             f"{res.stderr.strip()} (not enough free RAM to take its "
+                             "pages back?)")
+        if res.skipped:
+            _simulate_proc_swaps(host, lambda t: _drop_swap_line(t, path))
+
+    @staticmethod
+    def _swapon(host: Host, path: str, value: dict[str, Any]) -> None:
+        prio = int(value["priority"])
+        argv = ["swapon", "-p", str(prio), path] if prio >= 0 else ["swapon", path]
+        res = host.run(argv, timeout_s=120)
+        if not res.ok:
+            raise ApplyError(f"{' '.join(argv)} failed (exit {res.returncode}): "
+                             f"{res.stderr.strip()}")
+        if res.skipped:
+            idx, line = int(value["index"]), str(value["line"])
+            _simulate_proc_swaps(host, lambda t: _insert_line(t, idx, line))
+
+
+class FstabSwapKnob(Knob):
+    """One swap line of /etc/fstab (a shared file): disabled by a marked comment, enabled
+    again by removing the mark. Its value: whether the line is active."""
+
+    name = "fstab-swap"
+
+    def read(self, host: Host) -> dict[str, Any]:
+        text = host.read_text(FSTAB) or ""
+        return {"active": self.params["line"] in text.splitlines()}
+
+    def desired(self) -> dict[str, Any]:
+        return {"active": False}
+
+    def write(self, host: Host, value: dict[str, Any]) -> None:
+        line = self.params["line"]
+        edit = enable_fstab_line if value.get("active") else disable_fstab_line
+        _edit_fstab(host, lambda t: edit(t, line))
+
+    def restore(self, host: Host, original: dict[str, Any]) -> None:
+        if original.get("active"):  # a line that was off before stays as it is now
+            self.write(host, original)
+
+
 class SwapTunable(Tunable):
     name = "swap"
     section = "swap"
+    knobs = (SwapoffKnob, FstabSwapKnob)
 
     def evaluate(self, ctx: Context) -> Evaluation:
         sec = ctx.profile.swap
@@ -215,8 +287,8 @@ class SwapTunable(Tunable):
             rows.append(Row(self.name, f"active {d.path}", cur, "off", status, note))
             if deleted:
                 continue
-            changes.append(Change(
-                id=f"swap/swapoff:{d.path}", tunable=self.name, kind="action",
+            changes.append(action(
+                self.name, SwapoffKnob.name, id=f"swap/swapoff:{d.path}",
                 summary=f"swapoff {d.path} ({format_size(d.size_bytes)}, {_prio_note(d)})",
                 path=d.path, runtime=True,
                 params={"path": d.path, "priority": d.priority, "type": d.type}))
@@ -237,9 +309,10 @@ class SwapTunable(Tunable):
                 n = seen[raw] = seen.get(raw, 0) + 1
                 rows.append(Row(self.name, f"fstab {spec}", f"active ({FSTAB}:{lineno})",
                                 "disabled", Status.DRIFT, "swap at boot"))
-                changes.append(Change(
-                    id=f"swap/fstab:{raw}" + (f"#{n}" if n > 1 else ""), tunable=self.name,
-                    kind="action", summary=f"disable swap entry {spec} in {FSTAB}:{lineno}",
+                changes.append(action(
+                    self.name, FstabSwapKnob.name,
+                    id=f"swap/fstab:{raw}" + (f"#{n}" if n > 1 else ""),
+                    summary=f"disable swap entry {spec} in {FSTAB}:{lineno}",
                     path=FSTAB, runtime=False, params={"line": raw},
                     diff=full_diff if i == 0 else ""))
         for u in units:
@@ -261,60 +334,6 @@ class SwapTunable(Tunable):
         return Evaluation(rows, changes)
 
     # -- actions -----------------------------------------------------------------------------
-    def capture_action(self, host: Host, change: Change) -> Any:
-        if change.id.startswith("swap/swapoff:"):
-            path = change.params["path"]
-            text = host.read_text("/proc/swaps") or ""
-            lines = text.splitlines(keepends=True)
-            for i, d in enumerate(parse_swaps(text), 1):
-                if d.path == path:
-                    return {"active": True, "priority": d.priority, "index": i,
-                            "line": lines[i]}
-            return {"active": False}
-        if change.id.startswith("swap/fstab:"):
-            text = host.read_text(FSTAB) or ""
-            return {"active": change.params["line"] in text.splitlines()}
-        raise HostError(f"swap has no action {change.id}")
-
-    def apply_action(self, host: Host, change: Change) -> None:
-        if change.id.startswith("swap/swapoff:"):
-            path = change.params["path"]
-            # swapoff pulls every swapped page back into RAM: it can take minutes
-            res = host.run(["swapoff", path], timeout_s=900)
-            if not res.ok:
-                raise ApplyError(f"swapoff {path} failed (exit {res.returncode}): "
-                                 f"{res.stderr.strip()} (not enough free RAM to take its "
-                                 "pages back?)")
-            if res.skipped:
-                _simulate_proc_swaps(host, lambda t: _drop_swap_line(t, path))
-            return
-        if change.id.startswith("swap/fstab:"):
-            _edit_fstab(host, lambda t: disable_fstab_line(t, change.params["line"]))
-            return
-        raise HostError(f"swap has no action {change.id}")
-
-    def revert_action(self, host: Host, change: Change, original: Any) -> None:
-        if change.id.startswith("swap/swapoff:"):
-            if not original.get("active"):
-                return
-            path = change.params["path"]
-            if _is_active(host, path):
-                return
-            prio = int(original["priority"])
-            argv = ["swapon", "-p", str(prio), path] if prio >= 0 else ["swapon", path]
-            res = host.run(argv, timeout_s=120)
-            if not res.ok:
-                raise ApplyError(f"{' '.join(argv)} failed (exit {res.returncode}): "
-                                 f"{res.stderr.strip()}")
-            if res.skipped:
-                idx, line = int(original["index"]), str(original["line"])
-                _simulate_proc_swaps(host, lambda t: _insert_line(t, idx, line))
-            return
-        if change.id.startswith("swap/fstab:"):
-            if original.get("active"):
-                _edit_fstab(host, lambda t: enable_fstab_line(t, change.params["line"]))
-            return
-        raise HostError(f"swap has no action {change.id}")
 
 
 def _is_active(host: Host, path: str) -> bool:
