@@ -322,7 +322,7 @@ def _fstab_duplicates(ctx: DoctorContext) -> Iterator[Finding]:
 
 
 def _grub_duplicates(ctx: DoctorContext) -> Iterator[Finding]:
-    from hosttune.doctor.checks_gpu import grub_cmdline_words
+    from hosttune.doctor.checks_kernel_params import grub_cmdline_words
 
     try:
         text = ctx.host.read_text("/etc/default/grub") or ""
