@@ -342,7 +342,7 @@ def test_kernel_param_unknown_to_its_module(box):
 
 
 def test_grep_patterns_as_grep_reads_them():
-    from hosttune.doctor.checks_gpu import _grep_pattern
+    from hosttune.doctor.checks_gpu_irq import _grep_pattern
 
     line = " 190:  0  0  IR-PCI-MSI-0000:0c:00.0  0-edge  amdgpu"
     assert _grep_pattern(["grep", "-E", "nvidia|gpu"]).search(line)

@@ -90,13 +90,13 @@ ALLOWED: dict[tuple[str, str, str], str] = {
     # --root); its descriptor is kept for the preadv copy
     ("hosttune/models/store.py", "load_model", "os.open"):
         "models load's source file, named on the command line (live only)",
-    ("hosttune/models/store.py", "_load_fd", "os.stat"):
+    ("hosttune/models/store.py", "_check_source_unchanged", "os.stat"):
         "models load's source, checked unchanged after the copy (live only)",
     ("hosttune/models/store.py", "_pages_per_node", "mmap.mmap"):
         "a mapping of a descriptor the door opened",
     ("hosttune/models/store.py", "_checksum_file", "mmap.mmap"):
         "a mapping of a descriptor the door opened",
-    ("hosttune/models/store.py", "_load_fd", "mmap.mmap"):
+    ("hosttune/models/store.py", "_map_store_file", "mmap.mmap"):
         "a mapping of a descriptor the door opened",
     ("hosttune/models/shim.py", "build_shim", "src.is_file"): "the package's shim source",
     ("hosttune/bench/report.py", "run_bench", "os.path.exists"):

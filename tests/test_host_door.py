@@ -207,7 +207,7 @@ def test_monitor_store_reading_skips_links_and_fifos(planted):
 
 def test_doctor_script_and_compose_readers_skip_fifos_links_and_big_files(planted):
     from hosttune.doctor.base import DoctorContext
-    from hosttune.doctor.checks_gpu import compose_files
+    from hosttune.doctor.composefiles import compose_files
     from hosttune.doctor.shellcmds import MAX_SCRIPT_BYTES, script_files
 
     tree, decoy = planted

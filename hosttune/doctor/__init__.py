@@ -17,16 +17,13 @@ from hosttune.doctor.checks_config import (
     check_memlock,
     check_sysctl_syntax,
 )
-from hosttune.doctor.checks_gpu import (
-    check_compute_mode,
-    check_container_cpusets,
-    check_cuda_cache,
-    check_gpu_clocks,
-    check_irq_affinity,
-    check_irq_selection,
-    check_kernel_params,
-    check_nvidia_modprobe,
-)
+from hosttune.doctor.checks_containers import check_container_cpusets
+from hosttune.doctor.checks_cuda_env import check_cuda_cache
+from hosttune.doctor.checks_gpu_clocks import check_gpu_clocks
+from hosttune.doctor.checks_gpu_driver import check_nvidia_modprobe
+from hosttune.doctor.checks_gpu_irq import check_irq_affinity, check_irq_selection
+from hosttune.doctor.checks_gpu_mps import check_compute_mode
+from hosttune.doctor.checks_kernel_params import check_kernel_params
 from hosttune.doctor.checks_systemd import (
     check_failed_units,
     check_ordering_cycles,

@@ -322,7 +322,7 @@ def _fstab_duplicates(ctx: DoctorContext) -> Iterator[Finding]:
 
 
 def _grub_duplicates(ctx: DoctorContext) -> Iterator[Finding]:
-    from hosttune.doctor.checks_gpu import grub_cmdline_words
+    from hosttune.doctor.checks_kernel_params import grub_cmdline_words
 
     try:
         text = ctx.host.read_text("/etc/default/grub") or ""
@@ -604,11 +604,30 @@ def _mount_size(opts: dict[str, str], total_ram: int) -> int | None:
         return None
 
 
-def check_hugepages(ctx: DoctorContext) -> Iterator[Finding]:
+@dataclass(frozen=True)
+class _Pools:
+    """The huge-page pools the hugetlbfs mounts are compared with."""
+
+    ram: int  # MemTotal
+    page: int  # the default huge page size (Hugepagesize; 2M when meminfo does not say)
+    meminfo_page: int | None  # Hugepagesize as meminfo says it (None: it does not)
+    live: dict[int, int]  # page size -> bytes reserved now
+    boot: int  # bytes of the default-size pool vm.nr_hugepages gets at boot
+    asked: tuple[str, int] | None  # (file:line, pages) of the last boot assignment
+
+    def for_page(self, page: int) -> int:
+        """Bytes of the pool that backs a mount of this page size."""
+        return max(self.live.get(page, 0), self.boot if page == self.meminfo_page else 0)
+
+
+# (where, mount point, options) of a hugetlbfs mount, in fstab or live
+_HugeMount = tuple[str, str, dict[str, str]]
+
+
+def _live_pools(ctx: DoctorContext) -> dict[int, int]:
+    """Page size -> bytes of every huge-page pool the kernel holds now."""
     host = ctx.host
-    mem = parse_meminfo(host.read_text("/proc/meminfo") or "")
-    total = mem.get("MemTotal", 0)
-    pools: dict[int, int] = {}  # page size -> bytes
+    pools: dict[int, int] = {}
     for d in host.listdir("/sys/kernel/mm/hugepages"):
         try:
             kb = int(d.split("-")[1][:-2])
@@ -616,10 +635,14 @@ def check_hugepages(ctx: DoctorContext) -> Iterator[Finding]:
             continue
         n = int(host.read_value(f"/sys/kernel/mm/hugepages/{d}/nr_hugepages") or 0)
         pools[kb * 1024] = n * kb * 1024
-    # pools configured for boot in sysctl files count too (vm.nr_hugepages = default size)
-    boot_pool = 0
-    hp_size = mem.get("Hugepagesize", 2 << 20)
-    asked: tuple[str, int] | None = None  # (file:line, pages) of the last boot assignment
+    return pools
+
+
+def _boot_nr_hugepages(ctx: DoctorContext) -> tuple[str, int] | None:
+    """(file:line, pages) of the last vm.nr_hugepages assignment in the sysctl files: pools
+    configured for boot count too (vm.nr_hugepages = default size)."""
+    host = ctx.host
+    asked: tuple[str, int] | None = None
     for f in sysctl_files(host):
         for a in parse_sysctl_conf(host.read_text(f) or ""):
             if a.key == "vm.nr_hugepages":
@@ -627,49 +650,69 @@ def check_hugepages(ctx: DoctorContext) -> Iterator[Finding]:
                     pages = int(a.value.split()[0])
                 except (ValueError, IndexError):
                     continue
-                boot_pool, asked = pages * hp_size, (f"{f}:{a.lineno}", pages)
-    live_pages = pools.get(hp_size, 0) // hp_size
+                asked = (f"{f}:{a.lineno}", pages)
+    return asked
+
+
+def _pool_short(asked: tuple[str, int], live_pages: int, hp_size: int, total: int) -> Finding:
+    # the kernel allocates what it can find and keeps the shortfall silently
+    # (Documentation/admin-guide/mm/hugetlbpage.rst: "may not be able to allocate")
+    return Finding(
+        "hugepages.pool-short", Severity.ERROR,
+        f"vm.nr_hugepages asks for {asked[1]} pages; the kernel has {live_pages}",
+        asked[0], f"at boot systemd-sysctl wrote {asked[1]} "
+        f"({format_size(asked[1] * hp_size)}) and the kernel allocated {live_pages} "
+        f"({format_size(live_pages * hp_size)}, live: "
+        "/sys/kernel/mm/hugepages): a pool larger than free memory takes what it can, "
+        f"leaving {format_size(max(total - live_pages * hp_size, 0))} of "
+        f"{format_size(total)} to everything else.",
+        "profile key hugepages.pools (sized from this host's RAM; hosttune retries, "
+        "verifies and reports a short pool)")
+
+
+def _read_pools(ctx: DoctorContext) -> tuple[_Pools, Finding | None]:
+    """The pools, live and asked for at boot, and the finding of a boot pool the kernel could
+    not fill (then the boot pool is what the kernel really reserved)."""
+    mem = parse_meminfo(ctx.host.read_text("/proc/meminfo") or "")
+    total = mem.get("MemTotal", 0)
+    live = _live_pools(ctx)
+    hp_size = mem.get("Hugepagesize", 2 << 20)
+    asked = _boot_nr_hugepages(ctx)
+    boot_pool = asked[1] * hp_size if asked else 0
+    live_pages = live.get(hp_size, 0) // hp_size
+    short = None
     if asked and 0 < live_pages < asked[1]:
-        # the kernel allocates what it can find and keeps the shortfall silently
-        # (Documentation/admin-guide/mm/hugetlbpage.rst: "may not be able to allocate")
-        yield Finding(
-            "hugepages.pool-short", Severity.ERROR,
-            f"vm.nr_hugepages asks for {asked[1]} pages; the kernel has {live_pages}",
-            asked[0], f"at boot systemd-sysctl wrote {asked[1]} "
-            f"({format_size(asked[1] * hp_size)}) and the kernel allocated {live_pages} "
-            f"({format_size(live_pages * hp_size)}, live: "
-            "/sys/kernel/mm/hugepages): a pool larger than free memory takes what it can, "
-            f"leaving {format_size(max(total - live_pages * hp_size, 0))} of "
-            f"{format_size(total)} to everything else.",
-            "profile key hugepages.pools (sized from this host's RAM; hosttune retries, "
-            "verifies and reports a short pool)")
+        short = _pool_short(asked, live_pages, hp_size, total)
         boot_pool = live_pages * hp_size  # what is really reserved
-    pool_total = max(sum(pools.values()), boot_pool)
-    if total and pool_total and total - pool_total < max(4 << 30, total // 10):
-        yield Finding(
-            "hugepages.pool-leaves-little-ram", Severity.ERROR if pool_total >= total
-            else Severity.WARNING,
-            f"huge pages reserve {format_size(pool_total)} of {format_size(total)} RAM",
-            "live: /sys/kernel/mm/hugepages", "huge pages are not available to the OS, page "
-            "cache or containers' anonymous memory: what is left invites OOM kills.",
-            "profile key hugepages.min_free_ram (hosttune refuses such a pool)")
-    # hugetlbfs mounts (fstab and live) vs the pool of their page size
-    mounts: list[tuple[str, str, dict[str, str]]] = []
-    text = host.read_text("/etc/fstab") or ""
+    return _Pools(total, hp_size, mem.get("Hugepagesize"), live, boot_pool, asked), short
+
+
+def _fstab_hugetlbfs(ctx: DoctorContext) -> tuple[list[_HugeMount], set[str]]:
+    """hugetlbfs lines of /etc/fstab, and those of them hosttune wrote (its marker comment
+    above them)."""
+    mounts: list[_HugeMount] = []
+    text = ctx.host.read_text("/etc/fstab") or ""
     lines = text.splitlines()
-    owned: set[str] = set()  # fstab lines hosttune wrote (its marker comment above them)
+    owned: set[str] = set()
     for e in parse_fstab(text):
         if e.vfstype == "hugetlbfs":
             opts = dict(o.partition("=")[::2] for o in e.options.split(","))
             mounts.append((f"/etc/fstab:{e.lineno}", e.file, opts))
             if e.lineno > 1 and lines[e.lineno - 2].startswith(HUGETLBFS_MARK):
                 owned.add(f"/etc/fstab:{e.lineno}")
-    # what is mounted now (size= in bytes): evidence for the fstab line, or a mount of its own
+    return mounts, owned
+
+
+def _with_live_mounts(ctx: DoctorContext, fstab: list[_HugeMount],
+                      total: int) -> tuple[list[_HugeMount], dict[str, str]]:
+    """What is mounted now (size= in bytes): evidence for the fstab line (mount point ->
+    where), or a mount of its own, added after the fstab ones."""
     try:
-        live = [m for m in parse_mountinfo(host.read_text("/proc/self/mountinfo") or "")
+        live = [m for m in parse_mountinfo(ctx.host.read_text("/proc/self/mountinfo") or "")
                 if m.fstype == "hugetlbfs"]
     except PermissionError:
         live = []
+    mounts = list(fstab)
     evidence: dict[str, str] = {}
     for m in live:
         mp = _norm(m.mount_point)
@@ -678,48 +721,85 @@ def check_hugepages(ctx: DoctorContext) -> Iterator[Finding]:
             evidence[mp] = f"live: /proc/self/mountinfo ({mp})"
         elif m.options.get("size"):
             mounts.append((f"live: /proc/self/mountinfo ({mp})", mp, m.options))
+    return mounts, evidence
+
+
+def _pool_leaves_little_ram(pools: _Pools) -> Finding | None:
+    total = pools.ram
+    pool_total = max(sum(pools.live.values()), pools.boot)
+    if not (total and pool_total and total - pool_total < max(4 << 30, total // 10)):
+        return None
+    return Finding(
+        "hugepages.pool-leaves-little-ram", Severity.ERROR if pool_total >= total
+        else Severity.WARNING,
+        f"huge pages reserve {format_size(pool_total)} of {format_size(total)} RAM",
+        "live: /sys/kernel/mm/hugepages", "huge pages are not available to the OS, page "
+        "cache or containers' anonymous memory: what is left invites OOM kills.",
+        "profile key hugepages.min_free_ram (hosttune refuses such a pool)")
+
+
+def _mount_findings(pools: _Pools, mount: _HugeMount, owned: bool, ev: tuple[str, ...],
+                    models: int | None) -> Iterator[Finding]:
+    """One hugetlbfs mount against the pool of its page size and the models meant for it
+    (``owned``: hosttune wrote its fstab line; ``ev``: the live mount that confirms it)."""
+    where, mp, opts = mount
+    size = _mount_size(opts, pools.ram)
+    ps = parse_size(opts["pagesize"]) if opts.get("pagesize") else pools.page
+    pool = pools.for_page(ps)
+    if size is None:
+        return
+    if pool and size < pool:
+        yield Finding(
+            "hugetlbfs.mount-smaller-than-pool", Severity.WARNING,
+            f"{mp} holds at most {format_size(size)}; the pool has {format_size(pool)}",
+            where, f"files on {mp} can use only {format_size(size)}: the other "
+            f"{format_size(pool - size)} of huge pages stay reserved and unused "
+            "(e.g. three 30 GB models do not fit a 30G mount).",
+            "profile key hugetlbfs.mounts[].size: auto (sized to the pool)", also=ev)
+    if models and models > size:
+        yield Finding(
+            "hugetlbfs.mount-smaller-than-models", Severity.ERROR,
+            f"{mp} ({format_size(size)}) is smaller than the models meant for it "
+            f"({format_size(models)})", where, "loading the last models fails with ENOSPC.",
+            "profile key hugetlbfs.mounts[].size", also=ev)
+    asked = pools.asked
+    if pool and size > pool and owned and asked \
+            and "hosttune" not in asked[0].rsplit("/", 1)[-1]:
+        # hosttune sized this mount to its pool; a hand-made vm.nr_hugepages read at boot
+        # set another pool (sysctl.conf is applied last), and that is the defect
+        yield Finding(
+            "hugepages.pool-overridden", Severity.ERROR,
+            f"vm.nr_hugepages = {asked[1]} ({asked[0]}) sets the pool hosttune's {mp} is "
+            "sized for", asked[0],
+            f"at boot {asked[0]} sets {asked[1]} pages ({format_size(pool)} now), below "
+            f"the {format_size(size)} hosttune's {mp} ({where}) holds: models stored "
+            "there up to its size fail with ENOMEM/SIGBUS once the pool runs out.",
+            "delete the vm.nr_hugepages line; profile key hugepages.pools (hosttune "
+            "sets the per-node pools at boot)", also=(where, *ev))
+    elif pool and size > pool:
+        yield Finding(
+            "hugetlbfs.mount-larger-than-pool", Severity.WARNING,
+            f"{mp} allows {format_size(size)} but the pool has {format_size(pool)}",
+            where, "writes past the pool fail with ENOMEM/SIGBUS at fault time, not at "
+            "mount time.", "profile key hugepages.pools[].size: auto", also=ev)
+
+
+def check_hugepages(ctx: DoctorContext) -> Iterator[Finding]:
+    pools, short = _read_pools(ctx)
+    if short is not None:
+        yield short
+    little = _pool_leaves_little_ram(pools)
+    if little is not None:
+        yield little
+    # hugetlbfs mounts (fstab and live) vs the pool of their page size
+    fstab, owned = _fstab_hugetlbfs(ctx)
+    mounts, evidence = _with_live_mounts(ctx, fstab, pools.ram)
     declared_models = _declared_model_bytes(ctx)
-    for where, mp, opts in mounts:
-        ev = (evidence[_norm(mp)],) if _norm(mp) in evidence and not where.startswith("live") \
-            else ()
-        size = _mount_size(opts, total)
-        ps = parse_size(opts.get("pagesize", "2M")) if opts.get("pagesize") else \
-            mem.get("Hugepagesize", 2 << 20)
-        pool = max(pools.get(ps, 0), boot_pool if ps == mem.get("Hugepagesize") else 0)
-        if size is not None and pool and size < pool:
-            yield Finding(
-                "hugetlbfs.mount-smaller-than-pool", Severity.WARNING,
-                f"{mp} holds at most {format_size(size)}; the pool has {format_size(pool)}",
-                where, f"files on {mp} can use only {format_size(size)}: the other "
-                f"{format_size(pool - size)} of huge pages stay reserved and unused "
-                "(e.g. three 30 GB models do not fit a 30G mount).",
-                "profile key hugetlbfs.mounts[].size: auto (sized to the pool)", also=ev)
-        want = declared_models.get(mp)
-        if size is not None and want and want > size:
-            yield Finding(
-                "hugetlbfs.mount-smaller-than-models", Severity.ERROR,
-                f"{mp} ({format_size(size)}) is smaller than the models meant for it "
-                f"({format_size(want)})", where, "loading the last models fails with ENOSPC.",
-                "profile key hugetlbfs.mounts[].size", also=ev)
-        if size is not None and pool and size > pool and where in owned and asked \
-                and "hosttune" not in asked[0].rsplit("/", 1)[-1]:
-            # hosttune sized this mount to its pool; a hand-made vm.nr_hugepages read at boot
-            # set another pool (sysctl.conf is applied last), and that is the defect
-            yield Finding(
-                "hugepages.pool-overridden", Severity.ERROR,
-                f"vm.nr_hugepages = {asked[1]} ({asked[0]}) sets the pool hosttune's {mp} is "
-                "sized for", asked[0],
-                f"at boot {asked[0]} sets {asked[1]} pages ({format_size(pool)} now), below "
-                f"the {format_size(size)} hosttune's {mp} ({where}) holds: models stored "
-                "there up to its size fail with ENOMEM/SIGBUS once the pool runs out.",
-                "delete the vm.nr_hugepages line; profile key hugepages.pools (hosttune "
-                "sets the per-node pools at boot)", also=(where, *ev))
-        elif size is not None and pool and size > pool:
-            yield Finding(
-                "hugetlbfs.mount-larger-than-pool", Severity.WARNING,
-                f"{mp} allows {format_size(size)} but the pool has {format_size(pool)}",
-                where, "writes past the pool fail with ENOMEM/SIGBUS at fault time, not at "
-                "mount time.", "profile key hugepages.pools[].size: auto", also=ev)
+    for mount in mounts:
+        where, mp = mount[0], _norm(mount[1])
+        ev = (evidence[mp],) if mp in evidence and not where.startswith("live") else ()
+        yield from _mount_findings(pools, mount, where in owned, ev,
+                                   declared_models.get(mount[1]))
 
 
 def _declared_model_bytes(ctx: DoctorContext) -> dict[str, int]:

@@ -584,20 +584,43 @@ def load_model(
         os.close(src_fd)
 
 
-def _load_fd(host: Host, source: str, src_fd: int, mount: StoreMount, mdir: str, name: str,
-             node: int | None, replace: bool, checksum: bool, threads: int | None,
-             progress: Progress | None) -> LoadResult:
+@dataclass(frozen=True)
+class _LoadPlan:
+    """What one load stores, fixed (and checked against the pool) before the store file is
+    created."""
+
+    source: str
+    name: str
+    mount: str  # the store mount (host path)
+    node: int | None
+    size: int  # the source's bytes
+    page: int  # the mount's huge page size
+    total: int  # the store file: data, zero padding and trailer, in whole pages
+    need: int  # pages of the store file
+    label: str  # the page size as messages name it
+    before: _SourceId  # the source as the copy starts from it
+
+
+def _plan_load(host: Host, source: str, src_fd: int, mount: StoreMount, name: str,
+               node: int | None) -> _LoadPlan:
     st = os.fstat(src_fd)
     if not stat.S_ISREG(st.st_mode):
         raise ModelStoreError(f"cannot read the source {source}: not a regular file")
     if st.st_size == 0:
         raise ModelStoreError(f"the source {source} is empty")
-    before = _SourceId.of(st)
     page = host.statvfs(mount.path).f_bsize
     total = stored_size(st.st_size, page)
-    need = total // page
-    pool = pool_state(host, page)
-    label = hugepage_size_label(page)
+    plan = _LoadPlan(source, name, mount.path, node, st.st_size, page, total, total // page,
+                     hugepage_size_label(page), _SourceId.of(st))
+    _check_room(host, plan)
+    return plan
+
+
+def _check_room(host: Host, plan: _LoadPlan) -> None:
+    """Refuse a load that the pool (of the node) or the mount's size= limit cannot hold,
+    before a single page is taken."""
+    node, need, label = plan.node, plan.need, plan.label
+    pool = pool_state(host, plan.page)
     if node is not None and node not in pool.nodes:
         raise ModelStoreError(f"NUMA node {node} does not exist or has no {label} pool "
                               f"(nodes: {', '.join(map(str, sorted(pool.nodes))) or 'none'})")
@@ -605,113 +628,34 @@ def _load_fd(host: Host, source: str, src_fd: int, mount: StoreMount, mdir: str,
     if need > free:
         where = f" on node {node}" if node is not None else ""
         raise ModelStoreError(
-            f"not enough free {label} huge pages{where}: {name} needs {need} "
-            f"({format_size(total)}), {free} free; " + _fix_hint(host, pool, need, node))
-    vfs = host.statvfs(mount.path)
+            f"not enough free {label} huge pages{where}: {plan.name} needs {need} "
+            f"({format_size(plan.total)}), {free} free; " + _fix_hint(host, pool, need, node))
+    vfs = host.statvfs(plan.mount)
     if vfs.f_blocks and vfs.f_bavail < need:
         raise ModelStoreError(
-            f"the mount {mount.path} is too small: {name} needs {need} pages, the mount's "
+            f"the mount {plan.mount} is too small: {plan.name} needs {need} pages, the mount's "
             f"size= limit leaves {vfs.f_bavail}; raise its size in the profile (hugetlbfs "
             f"mounts[].size) and run `hosttune apply`, or `mount -o remount,size=... "
-            f"{mount.path}`")
+            f"{plan.mount}`")
 
+
+def _load_fd(host: Host, source: str, src_fd: int, mount: StoreMount, mdir: str, name: str,
+             node: int | None, replace: bool, checksum: bool, threads: int | None,
+             progress: Progress | None) -> LoadResult:
+    plan = _plan_load(host, source, src_fd, mount, name, node)
     tmp_name = f".{name}{TEMP_MARK}{os.getpid()}"
     tmp = f"{mdir}/{tmp_name}"  # the real path, as numa_maps names it
     tmp_hp, final_hp = f"{mount.path}/{tmp_name}", f"{mount.path}/{name}"
     nthreads = max(1, threads or min(4, os.cpu_count() or 1))
-    chunk = 1 << LEAF_LOG2
     t0 = time.monotonic()
     dst_fd = host.open_fd(tmp_hp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644, regular=False)
-    mm: mmap.mmap | None = None
-    view: memoryview | None = None
     try:
-        try:
-            os.ftruncate(dst_fd, total)
-            # MAP_SHARED reserves the pages of the whole file now (ENOMEM if the pool cannot
-            # hold it): without a node binding no first touch can SIGBUS.
-            mm = mmap.mmap(dst_fd, total, flags=mmap.MAP_SHARED,
-                           prot=mmap.PROT_READ | mmap.PROT_WRITE)
-        except OSError as err:
-            raise ModelStoreError(f"cannot create {mount.path}/{name} ({need} pages of "
-                                  f"{label}): {err.strerror}") from err
-        view = memoryview(mm)
-        job = _Copy(src_fd, dst_fd, view, st.st_size, chunk, node, checksum,
-                    preallocate=node is not None)
-        workers = [threading.Thread(target=job.worker, name=f"hosttune-load-{i}", daemon=True)
-                   for i in range(nthreads)]
-        try:
-            t_copy = time.monotonic()
-            for w in workers:
-                w.start()
-            if progress is not None:
-                progress(LoadProgress(0, st.st_size, 0.0))
-            while any(w.is_alive() for w in workers):
-                for w in workers:
-                    w.join(0.1)
-                if progress is not None:
-                    done = job.done  # read before the clock: the rate can only be lower
-                    progress(LoadProgress(done, st.st_size, time.monotonic() - t_copy))
-            copy_s = time.monotonic() - t_copy
-        except KeyboardInterrupt as err:
-            _stop(job, workers)
-            raise LoadInterrupted(f"interrupted: {name} was not stored; its {need} huge pages "
-                                  "went back to the pool") from err
-        finally:
-            _stop(job, workers)
-        if job.errors:
-            err0 = job.errors[0]
-            if isinstance(err0, ModelStoreError):
-                raise err0
-            if isinstance(err0, OSError):
-                raise ModelStoreError(_copy_error(err0, name, need, label, node)) from err0
-            raise ModelStoreError(f"loading {name} failed: {err0!r}") from err0
-        after = _SourceId.of(os.fstat(src_fd))
-        try:
-            again = _SourceId.of(os.stat(source))
-        except OSError:
-            again = None
-        if after != before or again != before:
-            raise ModelStoreError(f"the source {source} changed during the copy (size, "
-                                  "modification time or inode); nothing was stored - load it "
-                                  "again once it is complete")
-        if node is not None:
-            kernel.set_mempolicy_bind(node)
-            try:
-                kernel.fallocate(dst_fd, st.st_size, total - st.st_size)
-            except OSError as err:
-                raise ModelStoreError(_copy_error(err, name, need, label, node)) from err
-            finally:
-                kernel.set_mempolicy_bind(None)
-        digest = combine([job.digests[i] for i in sorted(job.digests)]) if checksum else 0
-        tr = Trailer(st.st_size, page, ALGO_XXH3_TREE if checksum else ALGO_NONE,
-                     LEAF_LOG2 if checksum else 0, digest, int(time.time()))
-        view[total - TRAILER_LEN:total] = tr.pack()
-        # every page is faulted in this mapping now (the data reaches the last page but one
-        # at least, the trailer is in the last): numa_maps counts them all without mapping
-        # the file a second time
-        per_node = _mapped_pages_per_node(host, dst_fd, tmp)
-        view.release()
-        view = None
-        mm.close()
-        mm = None
+        tr, per_node, copy_s = _fill_store_file(host, plan, src_fd, dst_fd, tmp, checksum,
+                                                nthreads, progress)
         if node is not None and per_node and set(per_node) - {node}:
             raise ModelStoreError(f"pages of {name} landed outside node {node}: {per_node}")
-        replaced = host.exists(final_hp)
-        if replace:
-            host.rename(tmp_hp, final_hp)
-        else:
-            # link(2) fails if the name appeared meanwhile (another load): never overwrite.
-            try:
-                host.link(tmp_hp, final_hp)
-            except FileExistsError as err:
-                raise ModelStoreError(f"name taken: {mount.path}/{name} was stored by someone "
-                                      "else during this load; nothing was changed") from err
-            host.remove(tmp_hp)
+        replaced = _publish(host, plan, tmp_hp, final_hp, replace)
     except BaseException:
-        if view is not None:
-            view.release()
-        if mm is not None:
-            mm.close()
         os.close(dst_fd)
         dst_fd = -1
         host.remove(tmp_hp)  # absent: nothing to do
@@ -721,10 +665,134 @@ def _load_fd(host: Host, source: str, src_fd: int, mount: StoreMount, mdir: str,
             os.close(dst_fd)
     seconds = time.monotonic() - t0
     if progress is not None:
-        progress(LoadProgress(st.st_size, st.st_size, copy_s))
-    model = StoredModel(name, mount.path, st.st_size, total, page, tr,
+        progress(LoadProgress(plan.size, plan.size, copy_s))
+    model = StoredModel(name, mount.path, plan.size, plan.total, plan.page, tr,
                         pages_per_node=per_node)
     return LoadResult(model, seconds, replaced, nthreads, copy_s)
+
+
+def _fill_store_file(host: Host, plan: _LoadPlan, src_fd: int, dst_fd: int, tmp: str,
+                     checksum: bool, nthreads: int,
+                     progress: Progress | None) -> tuple[Trailer, dict[int, int] | None, float]:
+    """Map the store file, copy the source into it and write the trailer: (trailer, pages per
+    node, seconds of the copy). The mapping is gone when this returns or raises, so that no
+    view of it outlives the file's removal."""
+    mm = _map_store_file(dst_fd, plan)
+    view: memoryview | None = None
+    try:
+        view = memoryview(mm)
+        job = _Copy(src_fd, dst_fd, view, plan.size, 1 << LEAF_LOG2, plan.node, checksum,
+                    preallocate=plan.node is not None)
+        copy_s = _run_copy(job, nthreads, plan, progress)
+        _check_source_unchanged(plan, src_fd)
+        if plan.node is not None:
+            _allocate_tail_on_node(plan, dst_fd)
+        digest = combine([job.digests[i] for i in sorted(job.digests)]) if checksum else 0
+        tr = Trailer(plan.size, plan.page, ALGO_XXH3_TREE if checksum else ALGO_NONE,
+                     LEAF_LOG2 if checksum else 0, digest, int(time.time()))
+        view[plan.total - TRAILER_LEN:plan.total] = tr.pack()
+        # every page is faulted in this mapping now (the data reaches the last page but one
+        # at least, the trailer is in the last): numa_maps counts them all without mapping
+        # the file a second time
+        per_node = _mapped_pages_per_node(host, dst_fd, tmp)
+    finally:
+        if view is not None:
+            view.release()
+        mm.close()
+    return tr, per_node, copy_s
+
+
+def _map_store_file(dst_fd: int, plan: _LoadPlan) -> mmap.mmap:
+    try:
+        os.ftruncate(dst_fd, plan.total)
+        # MAP_SHARED reserves the pages of the whole file now (ENOMEM if the pool cannot
+        # hold it): without a node binding no first touch can SIGBUS.
+        return mmap.mmap(dst_fd, plan.total, flags=mmap.MAP_SHARED,
+                         prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    except OSError as err:
+        raise ModelStoreError(f"cannot create {plan.mount}/{plan.name} ({plan.need} pages of "
+                              f"{plan.label}): {err.strerror}") from err
+
+
+def _run_copy(job: _Copy, nthreads: int, plan: _LoadPlan, progress: Progress | None) -> float:
+    """Copy on ``nthreads`` workers while this thread reports progress (every 0.1 s) and
+    takes Ctrl-C; the seconds of the copy. Every worker has stopped when this returns or
+    raises."""
+    workers = [threading.Thread(target=job.worker, name=f"hosttune-load-{i}", daemon=True)
+               for i in range(nthreads)]
+    try:
+        t_copy = time.monotonic()
+        for w in workers:
+            w.start()
+        if progress is not None:
+            progress(LoadProgress(0, plan.size, 0.0))
+        while any(w.is_alive() for w in workers):
+            for w in workers:
+                w.join(0.1)
+            if progress is not None:
+                done = job.done  # read before the clock: the rate can only be lower
+                progress(LoadProgress(done, plan.size, time.monotonic() - t_copy))
+        copy_s = time.monotonic() - t_copy
+    except KeyboardInterrupt as err:
+        _stop(job, workers)
+        raise LoadInterrupted(f"interrupted: {plan.name} was not stored; its {plan.need} huge "
+                              "pages went back to the pool") from err
+    finally:
+        _stop(job, workers)
+    if job.errors:
+        err0 = job.errors[0]
+        if isinstance(err0, ModelStoreError):
+            raise err0
+        if isinstance(err0, OSError):
+            raise ModelStoreError(_copy_error(err0, plan.name, plan.need, plan.label,
+                                              plan.node)) from err0
+        raise ModelStoreError(f"loading {plan.name} failed: {err0!r}") from err0
+    return copy_s
+
+
+def _check_source_unchanged(plan: _LoadPlan, src_fd: int) -> None:
+    """The source, through our descriptor and by its name, is still the file the copy
+    started from: a writer still busy with it, or a file replaced by its name, is not
+    stored."""
+    after = _SourceId.of(os.fstat(src_fd))
+    try:
+        again = _SourceId.of(os.stat(plan.source))
+    except OSError:
+        again = None
+    if after != plan.before or again != plan.before:
+        raise ModelStoreError(f"the source {plan.source} changed during the copy (size, "
+                              "modification time or inode); nothing was stored - load it "
+                              "again once it is complete")
+
+
+def _allocate_tail_on_node(plan: _LoadPlan, dst_fd: int) -> None:
+    # The workers allocated the data's pages on the node (preallocate); the pages after the
+    # data (padding, trailer) are allocated here, bound to the node too, before the trailer
+    # is written through the mapping.
+    kernel.set_mempolicy_bind(plan.node)
+    try:
+        kernel.fallocate(dst_fd, plan.size, plan.total - plan.size)
+    except OSError as err:
+        raise ModelStoreError(_copy_error(err, plan.name, plan.need, plan.label,
+                                          plan.node)) from err
+    finally:
+        kernel.set_mempolicy_bind(None)
+
+
+def _publish(host: Host, plan: _LoadPlan, tmp_hp: str, final_hp: str, replace: bool) -> bool:
+    """Give the filled file its name; True if it replaced a model of that name."""
+    replaced = host.exists(final_hp)
+    if replace:
+        host.rename(tmp_hp, final_hp)
+    else:
+        # link(2) fails if the name appeared meanwhile (another load): never overwrite.
+        try:
+            host.link(tmp_hp, final_hp)
+        except FileExistsError as err:
+            raise ModelStoreError(f"name taken: {plan.mount}/{plan.name} was stored by "
+                                  "someone else during this load; nothing was changed") from err
+        host.remove(tmp_hp)
+    return replaced
 
 
 def _stop(job: _Copy, workers: list[threading.Thread]) -> None:
