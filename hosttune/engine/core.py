@@ -290,6 +290,78 @@ def _undo_transaction(host: Host, journal: Journal) -> list[StepResult]:
     return results
 
 
+@dataclass
+class _Run:
+    """One apply's transaction: the steps done so far and the commands skipped on the way."""
+
+    host: Host
+    journal: Journal
+    txn_id: str
+    known: set[str]
+    steps: list[StepResult] = field(default_factory=list)
+    skipped: list[tuple[str, ...]] = field(default_factory=list)
+
+    def step(self, i: int, ch: Change) -> None:
+        """Journal ``ch``'s original, then apply it; raises what failed (nothing is undone)."""
+        journal = self.journal
+        assert journal.transaction is not None
+        n_skipped = len(self.host.runner.skipped)
+        # capture and the journal write belong to the transaction: a step whose original
+        # cannot be recorded (disk full, read-only state dir) undoes the run
+        before = capture(self.host, ch)
+        journal.transaction["steps"].append(
+            {"change": ch.to_json(), "before": before, "status": "pending"})
+        if ch.id not in self.known:
+            journal.entries.append({"id": ch.id, "change": ch.to_json(), "original": before,
+                                    "txn": self.txn_id, "at": time.time()})
+            self.known.add(ch.id)
+        journal.save()  # the original is on disk before the change is made
+        _maybe_crash(i, "before")
+        do_apply(self.host, ch)
+        new_skipped = tuple(self.host.runner.skipped[n_skipped:])
+        self.skipped.extend(new_skipped)
+        _maybe_crash(i, "after")
+        journal.transaction["steps"][-1]["status"] = "done"
+        self.steps.append(StepResult(ch, "applied", skipped_commands=new_skipped))
+
+    def failed(self, recovered: list[StepResult], error: str,
+               failed: StepResult | None = None) -> ApplyReport:
+        """Undo every step of the run and report why."""
+        undone = _undo_transaction(self.host, self.journal)
+        done = [*self.steps, *([failed] if failed else [])]
+        return ApplyReport(False, done + undone, [], recovered, error=error,
+                           skipped_commands=self.skipped)
+
+
+def _begin(host: Host, journal: Journal, loaded: LoadedProfile) -> _Run:
+    txn_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.urandom(4).hex()}"
+    journal.transaction = {"id": txn_id, "pid": os.getpid(), "started": time.time(),
+                           "profile": loaded.profile.name, "steps": []}
+    try:
+        journal.save()
+    except JournalWriteError:
+        journal.transaction = None
+        raise  # nothing changed yet: exit 2 with the journal's error
+    return _Run(host, journal, txn_id, journal.ids())
+
+
+def _commit(host: Host, journal: Journal) -> None:
+    """Close the transaction on disk; if that cannot be written, undo the run."""
+    txn, journal.transaction = journal.transaction, None
+    try:
+        journal.save()
+    except JournalWriteError as err:
+        # every step is applied but the journal on disk still holds the transaction (and
+        # lists every step): undo the run now; if that cannot be recorded either, the
+        # next run finds the transaction and undoes it again (restores are idempotent)
+        journal.transaction = txn
+        try:
+            _undo_transaction(host, journal)
+        except ApplyError as again:
+            raise again from err
+        raise ApplyError(f"{err}; the run was undone") from err
+
+
 def apply(host: Host, loaded: LoadedProfile, *, runtime_only: bool = False,
           only: set[str] | None = None, progress: ProgressFn | None = None) -> ApplyReport:
     if not host.can_write:
@@ -299,59 +371,29 @@ def apply(host: Host, loaded: LoadedProfile, *, runtime_only: bool = False,
         journal = Journal.load(host)
         recovered = _undo_transaction(host, journal) if journal.transaction else []
         p = plan(host, loaded, runtime_only=runtime_only, only=only)
-        changes = p.changes
+        changes, needs = p.changes, p.needs
+        ctx = Context(host, loaded, runtime_only=runtime_only)
         if not changes:
-            ctx = Context(host, loaded, runtime_only=runtime_only)
             return ApplyReport(True, [], _evaluate(ctx, only)[0], recovered)
-        txn_id = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.urandom(4).hex()}"
-        journal.transaction = {"id": txn_id, "pid": os.getpid(), "started": time.time(),
-                               "profile": loaded.profile.name, "steps": []}
-        try:
-            journal.save()
-        except JournalWriteError:
-            journal.transaction = None
-            raise  # nothing changed yet: exit 2 with the journal's error
-        known = journal.ids()
-        steps: list[StepResult] = []
-        skipped_all: list[tuple[str, ...]] = []
-        needs = p.needs
+        run = _begin(host, journal, loaded)
         replanned = False
-        i = -1
-        while i + 1 < len(changes):
-            i += 1
+        i = 0
+        while i < len(changes):
             ch = changes[i]
             if progress:
                 progress(i, len(changes), ch)
-            n_skipped = len(host.runner.skipped)
             try:
-                # capture and the journal write belong to the transaction: a step whose
-                # original cannot be recorded (disk full, read-only state dir) undoes the run
-                before = capture(host, ch)
-                journal.transaction["steps"].append(
-                    {"change": ch.to_json(), "before": before, "status": "pending"})
-                if ch.id not in known:
-                    journal.entries.append({"id": ch.id, "change": ch.to_json(),
-                                            "original": before, "txn": txn_id,
-                                            "at": time.time()})
-                    known.add(ch.id)
-                journal.save()  # the original is on disk before the change is made
-                _maybe_crash(i, "before")
-                do_apply(host, ch)
+                run.step(i, ch)
             except Exception as err:
-                undone = _undo_transaction(host, journal)
                 if isinstance(err, JournalWriteError):
-                    raise ApplyError(f"{err}; the {len(steps)} step(s) already applied were "
+                    n = len(run.steps)
+                    _undo_transaction(host, journal)
+                    raise ApplyError(f"{err}; the {n} step(s) already applied were "
                                      "undone") from err
-                msg = f"{ch.summary}: {err}"
-                failed = [*steps, StepResult(ch, "failed", str(err))]
-                return ApplyReport(False, failed + undone, [], recovered, error=msg,
-                                   skipped_commands=skipped_all)
-            new_skipped = tuple(host.runner.skipped[n_skipped:])
-            skipped_all.extend(new_skipped)
-            _maybe_crash(i, "after")
-            journal.transaction["steps"][-1]["status"] = "done"
-            steps.append(StepResult(ch, "applied", skipped_commands=new_skipped))
-            if i + 1 == len(changes) and not replanned \
+                return run.failed(recovered, f"{ch.summary}: {err}",
+                                  StepResult(ch, "failed", str(err)))
+            i += 1
+            if i == len(changes) and not replanned \
                     and any(c.params.get("replan") for c in changes):
                 # a step can change what another family wants (a reserve: auto 1G pool the
                 # kernel allocated only in part now belongs on the kernel command line): plan
@@ -361,36 +403,25 @@ def apply(host: Host, loaded: LoadedProfile, *, runtime_only: bool = False,
                 try:
                     again = plan(host, loaded, runtime_only=runtime_only, only=only)
                 except Exception as err:
-                    undone = _undo_transaction(host, journal)
-                    return ApplyReport(False, [*steps, *undone], [], recovered,
-                                       error=f"planning after {ch.summary}: {err}",
-                                       skipped_commands=skipped_all)
+                    return run.failed(recovered, f"planning after {ch.summary}: {err}")
                 changes = [*changes, *again.changes]
                 needs = list(dict.fromkeys([*needs, *again.needs]))
-        txn, journal.transaction = journal.transaction, None
-        try:
-            journal.save()
-        except JournalWriteError as err:
-            # every step is applied but the journal on disk still holds the transaction (and
-            # lists every step): undo the run now; if that cannot be recorded either, the
-            # next run finds the transaction and undoes it again (restores are idempotent)
-            journal.transaction = txn
-            try:
-                _undo_transaction(host, journal)
-            except ApplyError as again:
-                raise again from err
-            raise ApplyError(f"{err}; the run was undone") from err
-        ctx = Context(host, loaded, runtime_only=runtime_only)
-        verify_rows, left = _evaluate(ctx, only)
-        if runtime_only:
-            # boot-time re-apply: only live values are its business (a missing drop-in is
-            # audit's finding, and must not fail hosttune-boot.service)
-            ok = not [c for c in left if c.runtime]
-        else:
-            ok = not any(r.status.is_drift for r in verify_rows)
-        return ApplyReport(ok, steps, verify_rows, recovered, needs=needs,
-                           error="" if ok else "verification found settings still drifting",
-                           skipped_commands=skipped_all)
+        _commit(host, journal)
+        return _verified(ctx, only, run, recovered, needs)
+
+
+def _verified(ctx: Context, only: set[str] | None, run: _Run, recovered: list[StepResult],
+              needs: list[str]) -> ApplyReport:
+    verify_rows, left = _evaluate(ctx, only)
+    if ctx.runtime_only:
+        # boot-time re-apply: only live values are its business (a missing drop-in is
+        # audit's finding, and must not fail hosttune-boot.service)
+        ok = not [c for c in left if c.runtime]
+    else:
+        ok = not any(r.status.is_drift for r in verify_rows)
+    return ApplyReport(ok, run.steps, verify_rows, recovered, needs=needs,
+                       error="" if ok else "verification found settings still drifting",
+                       skipped_commands=run.skipped)
 
 
 def rollback(host: Host, *, progress: ProgressFn | None = None) -> RollbackReport:

@@ -204,67 +204,76 @@ class CpuFreqTunable(Tunable):
         changes: list[Change] = []
         gov = _Grouper(self.name, "governor")
         if sec.governor is not None:
-            want = sec.governor
             for p in policies:
-                cur = p.governor or "?"
-                if want not in p.governors:
-                    gov.add(p.num, cur, want, Status.UNSUPPORTED,
-                            f"{p.driver} offers: {' '.join(p.governors) or 'none'}")
-                elif cur == want:
-                    gov.add(p.num, cur, want, Status.OK)
-                else:
-                    gov.add(p.num, cur, want, Status.DRIFT)
-                    changes.append(Change(
-                        id=f"cpufreq/governor/policy{p.num}", tunable=self.name, kind="kernel",
-                        summary=f"policy{p.num} governor: {cur} -> {want}",
-                        path=f"{p.dir}/scaling_governor", value=want, runtime=True))
-
+                self._governor(p, sec.governor, gov, changes)
         epp = _Grouper(self.name, "epp")
         if sec.epp is not None:
             for p in policies:
-                tgov = self._target_governor(sec, p)
-                forced = implied_epp(p.driver, tgov)
-                if p.epp is None:
-                    epp.add(p.num, "-", sec.epp, Status.UNSUPPORTED, f"{p.driver} has no EPP")
-                    continue
-                # The driver owns EPP under this governor (validate() refused any other value):
-                # never write it, even the value it forces - amd-pstate-epp answers EBUSY to
-                # every write there.
-                if sec.epp == "auto" or forced is not None:
-                    if forced is None:
-                        epp.add(p.num, p.epp, f"auto (free under {tgov})", Status.OK,
-                                "left as it is")
-                    elif p.epp == forced:
-                        epp.add(p.num, p.epp, f"{forced} (set by the {tgov} governor)",
-                                Status.OK)
-                    elif p.governor != tgov:
-                        epp.add(p.num, p.epp, f"{forced} (set by the {tgov} governor)",
-                                Status.DRIFT, f"{p.driver} sets it with the governor; "
-                                "never written (EBUSY)")
-                    elif host.offline:
-                        epp.add(p.num, p.epp, f"{forced} (set by the {tgov} governor)",
-                                Status.OFFLINE, "the kernel derives it from the governor; a "
-                                "--root tree cannot show that")
-                    else:
-                        epp.add(p.num, p.epp, f"{forced} (set by the {tgov} governor)",
-                                Status.DRIFT, f"{p.driver} did not force it: not in active "
-                                "mode?")
-                    continue
-                want = sec.epp
-                if want not in p.epps:
-                    epp.add(p.num, p.epp, want, Status.UNSUPPORTED,
-                            f"{p.driver} offers: {' '.join(p.epps) or 'none'}")
-                elif p.epp == want:
-                    epp.add(p.num, p.epp, want, Status.OK)
-                else:
-                    epp.add(p.num, p.epp, want, Status.DRIFT)
-                    changes.append(action(
-                        self.name, EppKnob.name, id=f"cpufreq/epp/policy{p.num}",
-                        summary=f"policy{p.num} EPP: {p.epp} -> {want}",
-                        path=f"{p.dir}/energy_performance_preference", value=want,
-                        runtime=True, params={"driver": p.driver}))
+                self._epp(host, sec, p, epp, changes)
         return Evaluation(gov.rows() + epp.rows() + boot_overrides(host, sec), changes)
 
+    def _governor(self, p: Policy, want: str, gov: _Grouper, changes: list[Change]) -> None:
+        cur = p.governor or "?"
+        if want not in p.governors:
+            gov.add(p.num, cur, want, Status.UNSUPPORTED,
+                    f"{p.driver} offers: {' '.join(p.governors) or 'none'}")
+        elif cur == want:
+            gov.add(p.num, cur, want, Status.OK)
+        else:
+            gov.add(p.num, cur, want, Status.DRIFT)
+            changes.append(Change(
+                id=f"cpufreq/governor/policy{p.num}", tunable=self.name, kind="kernel",
+                summary=f"policy{p.num} governor: {cur} -> {want}",
+                path=f"{p.dir}/scaling_governor", value=want, runtime=True))
+
+    def _epp(self, host: Host, sec: CpuSection, p: Policy, epp: _Grouper,
+             changes: list[Change]) -> None:
+        assert sec.epp is not None
+        tgov = self._target_governor(sec, p)
+        forced = implied_epp(p.driver, tgov)
+        if p.epp is None:
+            epp.add(p.num, "-", sec.epp, Status.UNSUPPORTED, f"{p.driver} has no EPP")
+            return
+        # The driver owns EPP under this governor (validate() refused any other value):
+        # never write it, even the value it forces - amd-pstate-epp answers EBUSY to
+        # every write there.
+        if forced is not None:
+            self._forced_epp(host, p, tgov, forced, epp)
+            return
+        if sec.epp == "auto":
+            epp.add(p.num, p.epp, f"auto (free under {tgov})", Status.OK, "left as it is")
+            return
+        want = sec.epp
+        if want not in p.epps:
+            epp.add(p.num, p.epp, want, Status.UNSUPPORTED,
+                    f"{p.driver} offers: {' '.join(p.epps) or 'none'}")
+        elif p.epp == want:
+            epp.add(p.num, p.epp, want, Status.OK)
+        else:
+            epp.add(p.num, p.epp, want, Status.DRIFT)
+            changes.append(action(
+                self.name, EppKnob.name, id=f"cpufreq/epp/policy{p.num}",
+                summary=f"policy{p.num} EPP: {p.epp} -> {want}",
+                path=f"{p.dir}/energy_performance_preference", value=want,
+                runtime=True, params={"driver": p.driver}))
+
+    @staticmethod
+    def _forced_epp(host: Host, p: Policy, tgov: str | None, forced: str,
+                    epp: _Grouper) -> None:
+        """An EPP the driver sets itself under the target governor: only reported."""
+        assert p.epp is not None
+        desired = f"{forced} (set by the {tgov} governor)"
+        if p.epp == forced:
+            epp.add(p.num, p.epp, desired, Status.OK)
+        elif p.governor != tgov:
+            epp.add(p.num, p.epp, desired, Status.DRIFT,
+                    f"{p.driver} sets it with the governor; never written (EBUSY)")
+        elif host.offline:
+            epp.add(p.num, p.epp, desired, Status.OFFLINE, "the kernel derives it from the "
+                    "governor; a --root tree cannot show that")
+        else:
+            epp.add(p.num, p.epp, desired, Status.DRIFT,
+                    f"{p.driver} did not force it: not in active mode?")
 
 def _write_epp(host: Host, path: str, value: str, driver: str) -> None:
     try:

@@ -21,7 +21,7 @@ import shlex
 from typing import Any
 
 from hosttune.host import Host
-from hosttune.host.gpu.nvml import NvmlState
+from hosttune.host.gpu.nvml import GpuInfo, NvmlState
 from hosttune.tunables._systemd import daemon_reload, find_unit
 from hosttune.tunables.base import (
     HEADER,
@@ -220,65 +220,80 @@ class GpuPersistenceTunable(Tunable):
             unit_text = host.read_text(unit_path) if unit_path else None
         except PermissionError:
             unit_text = None
-        files_changed = False
+        dropin: str | None = None
         if unit_path is None or (unit_path == OUR_UNIT and is_ours(unit_text)):
-            content = render_unit(binary, account)
-            row, ch = file_change(ctx, self.name, OUR_UNIT, content, key=f"{UNIT} (hosttune)")
-            if account is None:
-                row = Row(row.tunable, row.key, row.current, row.desired, row.status,
-                          "no nvidia-persistenced/nvpd account: the daemon stays root; create "
-                          "one (useradd --system --no-create-home nvidia-persistenced) and "
-                          "re-run apply", row.needs)
-            rows.append(row)
-            if ch:
-                changes.append(ch)
-                files_changed = True
-            unit_path, unit_text = OUR_UNIT, content
-            dropin: str | None = None
+            unit_path, unit_text = OUR_UNIT, render_unit(binary, account)
+            self._own_unit(ctx, unit_text, account, rows, changes)
         else:
             assert unit_text is not None
-            starts = [v for s, k, v, _ in unit_entries(unit_text)
-                      if s == "Service" and k == "ExecStart" and v]
-            argv = exec_argv(starts[-1]) if starts else [binary]
-            user = _user_of(argv)
-            problems = exec_problems(unit_text)
-            why: list[str] = []
-            if user is not None and user not in users:
-                why += [f"{unit_path} runs --user {user}, an account /etc/passwd lacks: the "
-                        "daemon exits at start; " + (f"use --user {account}" if account
-                                                     else "run it as root (no account)")]
-            if NO_PM in argv:
-                why += [f"{unit_path} passes {NO_PM}: the daemon runs but keeps no GPU "
-                        "initialised; drop the option"]
-            fixed = bool(why) and host.exists(DROPIN)
-            eff_user = (account if user is not None and user not in users else user) or "root"
-            rows.append(Row(self.name, f"{UNIT} ExecStart", shlex.join(argv[1:]) or "-",
-                            f"--user {eff_user}" + ("" if NO_PM not in argv else
-                                                    f", no {NO_PM}"),
-                            Status.OK if not why or fixed else Status.DRIFT,
-                            "; ".join(why) or unit_path))
-            dropin = render_dropin(argv, eff_user if eff_user != "root" else None, why) \
-                if why else None
-            if problems:
-                rows.append(Row(self.name, f"{UNIT} exec lines", "; ".join(problems),
-                                "runnable", Status.CONFLICT, f"{unit_path} is not hosttune's"))
+            dropin = self._their_unit(host, unit_path, unit_text, binary, account, users, rows)
         # our drop-in: present only when the unit needs the account fix
         if dropin is not None or host.exists(DROPIN):
             row, ch = file_change(ctx, self.name, DROPIN, dropin, key=f"{UNIT} drop-in")
             rows.append(row)
-            if ch:
-                changes.append(ch)
-                files_changed = True
+            changes.extend([ch] if ch else [])
+        files_changed = bool(changes)
         for target in wanted_by(unit_text or ""):
             row, ch = enable_link(ctx, self.name, UNIT, unit_path, target)
             rows.append(row)
-            if ch:
-                changes.append(ch)
+            changes.extend([ch] if ch else [])
         # runtime: persistence mode as NVML reports it (the daemon turns it on for every GPU)
         nv = host.nvml()
         off = unavailable_rows(self.name, nv, [("persistence mode", "enabled (daemon)")])
         if off is not None:
             return Evaluation(rows + off, changes)
+        disabled = self._daemon_gpus(host, rows)
+        if not host.offline and not ctx.runtime_only and (files_changed or disabled):
+            if files_changed and (dr := daemon_reload(ctx, self.name)):
+                changes.append(dr)
+            changes.append(start_change(self.name, UNIT, bool(is_active(host, UNIT))))
+        return Evaluation(rows, changes)
+
+    def _own_unit(self, ctx: Context, content: str, account: str | None, rows: list[Row],
+                  changes: list[Change]) -> None:
+        """hosttune's own unit, written where the driver ships none."""
+        row, ch = file_change(ctx, self.name, OUR_UNIT, content, key=f"{UNIT} (hosttune)")
+        if account is None:
+            row = Row(row.tunable, row.key, row.current, row.desired, row.status,
+                      "no nvidia-persistenced/nvpd account: the daemon stays root; create "
+                      "one (useradd --system --no-create-home nvidia-persistenced) and "
+                      "re-run apply", row.needs)
+        rows.append(row)
+        changes.extend([ch] if ch else [])
+
+    def _their_unit(self, host: Host, unit_path: str, unit_text: str, binary: str,
+                    account: str | None, users: set[str], rows: list[Row]) -> str | None:
+        """Rows for a vendor or hand-made unit; the drop-in that fixes it (None: none
+        needed)."""
+        starts = [v for s, k, v, _ in unit_entries(unit_text)
+                  if s == "Service" and k == "ExecStart" and v]
+        argv = exec_argv(starts[-1]) if starts else [binary]
+        user = _user_of(argv)
+        why: list[str] = []
+        if user is not None and user not in users:
+            why += [f"{unit_path} runs --user {user}, an account /etc/passwd lacks: the "
+                    "daemon exits at start; " + (f"use --user {account}" if account
+                                                 else "run it as root (no account)")]
+        if NO_PM in argv:
+            why += [f"{unit_path} passes {NO_PM}: the daemon runs but keeps no GPU "
+                    "initialised; drop the option"]
+        fixed = bool(why) and host.exists(DROPIN)
+        eff_user = (account if user is not None and user not in users else user) or "root"
+        rows.append(Row(self.name, f"{UNIT} ExecStart", shlex.join(argv[1:]) or "-",
+                        f"--user {eff_user}" + ("" if NO_PM not in argv else f", no {NO_PM}"),
+                        Status.OK if not why or fixed else Status.DRIFT,
+                        "; ".join(why) or unit_path))
+        problems = exec_problems(unit_text)
+        if problems:
+            rows.append(Row(self.name, f"{UNIT} exec lines", "; ".join(problems),
+                            "runnable", Status.CONFLICT, f"{unit_path} is not hosttune's"))
+        if not why:
+            return None
+        return render_dropin(argv, eff_user if eff_user != "root" else None, why)
+
+    def _daemon_gpus(self, host: Host, rows: list[Row]) -> list[GpuInfo]:
+        """A row per GPU for persistence mode under the daemon; the GPUs that have it off."""
+        nv = host.nvml()
         disabled = []
         for g in nv.devices():
             key = f"{gpu_label(g)} persistence mode"
@@ -297,10 +312,6 @@ class GpuPersistenceTunable(Tunable):
             disabled.append(g)
             rows.append(Row(self.name, key, "disabled", "enabled (daemon)", Status.DRIFT,
                             f"systemctl start {UNIT}"))
-        if not host.offline and not ctx.runtime_only and (files_changed or disabled):
-            if files_changed and (dr := daemon_reload(ctx, self.name)):
-                changes.append(dr)
-            changes.append(start_change(self.name, UNIT, bool(is_active(host, UNIT))))
-        return Evaluation(rows, changes)
+        return disabled
 
     # -- legacy actions ------------------------------------------------------------------------

@@ -641,77 +641,7 @@ class HugePagesTunable(Tunable):
                         "runtime only: lost at reboot (boot.unit is off)")
         sysctl_note = self._sysctl_note(host)
         for label in sorted(res.pools, key=lambda s: PAGE_BYTES[s]):
-            plan = res.pools[label]
-            pb = plan.page_bytes
-            if pb not in ctx.facts.hugepage_sizes:
-                rows.append(Row(self.name, f"{label} pool", "absent",
-                                _pages_desc(plan.pages, pb), Status.UNSUPPORTED,
-                                f"this kernel/CPU has no {label} huge pages"))
-                continue
-            notes = [persist_note]
-            files = hugetlbfs_files(host, pb)
-            if files:
-                notes.append("held by hugetlbfs files: " + ", ".join(
-                    f"{mp} {n} pages" for mp, n in sorted(files.items())))
-            if label == "1G":
-                notes.append(self._cmdline_note(host, plan, can_fall_back(ctx, plan)))
-            if sysctl_note and label == "2M":
-                notes.append(sysctl_note)
-            mode = reserve_mode(ctx, plan)
-            if mode != "runtime":
-                rows.append(self._boot_row(host, plan, files, mode))
-                continue
-            fallback = can_fall_back(ctx, plan) and not ctx.runtime_only
-            targets: dict[str, int] = {}
-            ok_all = True
-            if plan.mode == "global":
-                st = global_state(host, pb)
-                assert st is not None  # the size is in facts, so the directory exists
-                want = max(plan.pages, st.in_use)
-                row_note = list(notes)
-                status = Status.OK if st.nr - st.surplus == plan.pages else Status.DRIFT
-                if plan.pages < st.in_use:
-                    row_note.append(self._in_use_note(st.in_use, plan.pages, "the pool"))
-                rows.append(Row(self.name, f"{label} total", _pages_desc(st.nr, pb),
-                                _pages_desc(plan.pages, pb), status, "; ".join(row_note)))
-                if st.nr - st.surplus != want:
-                    targets["any"] = want
-                    ok_all = False
-                current = {"any": st.nr}
-            else:
-                current = {}
-                for node, pages in sorted(plan.targets.items()):
-                    st = node_state(host, node, pb)
-                    if st is None:
-                        rows.append(Row(self.name, f"{label} node{node}", "absent",
-                                        _pages_desc(pages, pb), Status.UNSUPPORTED,
-                                        f"no {node_file(node, pb)}"))
-                        continue
-                    want = max(pages, st.in_use)
-                    row_note = list(notes)
-                    if pages < st.in_use:
-                        row_note.append(self._in_use_note(st.in_use, pages, f"node {node}"))
-                    status = Status.OK if st.nr - st.surplus == pages else Status.DRIFT
-                    rows.append(Row(self.name, f"{label} node{node}", _pages_desc(st.nr, pb),
-                                    _pages_desc(pages, pb), status, "; ".join(row_note)))
-                    current[str(node)] = st.nr
-                    if st.nr - st.surplus != want:
-                        targets[str(node)] = want
-                        ok_all = False
-            if not ok_all and targets:
-                desc = ", ".join(f"{'total' if k == 'any' else 'node' + k} "
-                                 f"{current.get(k, '?')} -> {v}" for k, v in targets.items())
-                params: dict[str, Any] = {"page_bytes": pb, "targets": targets,
-                                          "retries": sec.retries}
-                if fallback:
-                    # the engine plans again after this step: a shortfall moves the pool to
-                    # the kernel_cmdline drop-in in the same run
-                    params.update(fallback="boot", label=label, pages=plan.pages, replan=True)
-                changes.append(action(
-                    self.name, PoolKnob.name, id=f"hugepages/{label}",
-                    summary=f"huge pages {label}: {desc} pages"
-                    + (" (boot reservation if the kernel falls short)" if fallback else ""),
-                    runtime=True, params=params))
+            self._pool(ctx, label, res.pools[label], persist_note, sysctl_note, rows, changes)
         if sec.thp is not None:
             self._thp(host, sec.thp, rows, changes)
         if sec.optimize_vmemmap is not None:
@@ -719,6 +649,74 @@ class HugePagesTunable(Tunable):
             changes[:0] = self._hvo(host, sec.optimize_vmemmap, rows,
                                     ctx.profile.kernel_cmdline is not None)
         return Evaluation(rows, changes)
+
+    def _pool(self, ctx: Context, label: str, plan: PoolPlan, persist_note: str,
+              sysctl_note: str, rows: list[Row], changes: list[Change]) -> None:
+        """The rows of one pool (its total, or each node) and the change that sizes it."""
+        host, pb = ctx.host, plan.page_bytes
+        if pb not in ctx.facts.hugepage_sizes:
+            rows.append(Row(self.name, f"{label} pool", "absent", _pages_desc(plan.pages, pb),
+                            Status.UNSUPPORTED, f"this kernel/CPU has no {label} huge pages"))
+            return
+        files = hugetlbfs_files(host, pb)
+        notes = [persist_note]
+        if files:
+            notes.append("held by hugetlbfs files: " + ", ".join(
+                f"{mp} {n} pages" for mp, n in sorted(files.items())))
+        if label == "1G":
+            notes.append(self._cmdline_note(host, plan, can_fall_back(ctx, plan)))
+        if sysctl_note and label == "2M":
+            notes.append(sysctl_note)
+        mode = reserve_mode(ctx, plan)
+        if mode != "runtime":
+            rows.append(self._boot_row(host, plan, files, mode))
+            return
+        where: list[tuple[str, int, NodeState | None, str, str]]  # target, pages, now, row
+        if plan.mode == "global":
+            st = global_state(host, pb)
+            assert st is not None  # the size is in facts, so the directory exists
+            where = [("any", plan.pages, st, f"{label} total", "the pool")]
+        else:
+            where = [(str(node), pages, node_state(host, node, pb), f"{label} node{node}",
+                      f"node {node}") for node, pages in sorted(plan.targets.items())]
+        targets: dict[str, int] = {}
+        current: dict[str, int] = {}
+        for target, pages, state, key, place in where:
+            if state is None:
+                rows.append(Row(self.name, key, "absent", _pages_desc(pages, pb),
+                                Status.UNSUPPORTED, f"no {node_file(int(target), pb)}"))
+                continue
+            row_note = list(notes)
+            if pages < state.in_use:
+                row_note.append(self._in_use_note(state.in_use, pages, place))
+            status = Status.OK if state.nr - state.surplus == pages else Status.DRIFT
+            rows.append(Row(self.name, key, _pages_desc(state.nr, pb), _pages_desc(pages, pb),
+                            status, "; ".join(row_note)))
+            current[target] = state.nr
+            want = max(pages, state.in_use)  # pages in use cannot be freed
+            if state.nr - state.surplus != want:
+                targets[target] = want
+        if targets:
+            changes.append(self._pool_change(ctx, label, plan, targets, current))
+
+    def _pool_change(self, ctx: Context, label: str, plan: PoolPlan, targets: dict[str, int],
+                     current: dict[str, int]) -> Change:
+        sec = ctx.profile.hugepages
+        assert sec is not None
+        fallback = can_fall_back(ctx, plan) and not ctx.runtime_only
+        desc = ", ".join(f"{'total' if k == 'any' else 'node' + k} "
+                         f"{current.get(k, '?')} -> {v}" for k, v in targets.items())
+        params: dict[str, Any] = {"page_bytes": plan.page_bytes, "targets": targets,
+                                  "retries": sec.retries}
+        if fallback:
+            # the engine plans again after this step: a shortfall moves the pool to the
+            # kernel_cmdline drop-in in the same run
+            params.update(fallback="boot", label=label, pages=plan.pages, replan=True)
+        return action(
+            self.name, PoolKnob.name, id=f"hugepages/{label}",
+            summary=f"huge pages {label}: {desc} pages"
+            + (" (boot reservation if the kernel falls short)" if fallback else ""),
+            runtime=True, params=params)
 
     def _boot_row(self, host: Host, plan: PoolPlan, files: dict[str, int],
                   mode: str = "boot") -> Row:

@@ -250,71 +250,68 @@ class SwapTunable(Tunable):
                             Status.NEEDS_ROOT))
         flines = fstab_swap_lines(fstab or "")
         units = swap_units(host, active)
-
         # runtime: one row and one swapoff per active area
         if swaps_text is not None and not active:
             rows.append(Row(self.name, "active", "off", "off", Status.OK))
         for d in active:
-            src = _fstab_source(host, d, flines)
-            unit = next((u for u in units if u.name == unit_name(d.path)), None)
-            tagged = [spec for _, spec, _ in flines if "=" in spec]
-            if src:
-                src = f"enabled at boot by {src}"
-            elif unit:
-                src = f"enabled at boot by unit {unit.name}"
-            elif d.path.startswith("/dev/zram"):
-                svc = [u.name for u in units if u.name in SWAP_SERVICES]
-                src = (f"zram swap, enabled at boot by {svc[0]}" if svc else
-                       "zram swap (zram-generator or zram-tools: neither is configured in /etc)")
-            elif tagged:
-                src = f"probably fstab {', '.join(tagged)} (device links not resolvable)"
-            else:
-                src = ("no fstab entry or swap unit found: something else enables it "
-                       "(dphys-swapfile, a script) and it comes back at boot")
-            cur = f"on ({d.type}, {format_size(d.size_bytes)}, {_prio_note(d)})"
-            deleted = d.path.endswith(" (deleted)")
-            if host.offline:
-                status = Status.OFFLINE
-                note = "swapoff is recorded, not run, under --root"
-            else:
-                status = Status.DRIFT
-                note = ""
-            note = "; ".join(x for x in (note, src) if x)
-            if deleted:
-                note = "its file was deleted while in use: swapoff by path is impossible; " \
-                       "reboot to release it"
-                status = Status.DRIFT
-            rows.append(Row(self.name, f"active {d.path}", cur, "off", status, note))
-            if deleted:
-                continue
-            changes.append(action(
-                self.name, SwapoffKnob.name, id=f"swap/swapoff:{d.path}",
-                summary=f"swapoff {d.path} ({format_size(d.size_bytes)}, {_prio_note(d)})",
-                path=d.path, runtime=True,
-                params={"path": d.path, "priority": d.priority, "type": d.type}))
-
+            self._active(host, d, _boot_source(host, d, flines, units), rows, changes)
         if not sec.persist or ctx.runtime_only:
             return Evaluation(rows, changes)
-
         # persistence: fstab swap lines (one change each), swap units (masked)
         if fstab is not None:
-            marked = sum(1 for ln in fstab.splitlines() if ln.startswith(MARKER))
-            if not flines:
-                rows.append(Row(self.name, f"fstab {FSTAB}", "no active swap entry"
-                                + (f" ({marked} disabled by hosttune)" if marked else ""),
-                                "no active swap entry", Status.OK))
-            seen: dict[str, int] = {}
-            full_diff = unified_diff(FSTAB, fstab, disable_swap_lines(fstab))
-            for i, (lineno, spec, raw) in enumerate(flines):
-                n = seen[raw] = seen.get(raw, 0) + 1
-                rows.append(Row(self.name, f"fstab {spec}", f"active ({FSTAB}:{lineno})",
-                                "disabled", Status.DRIFT, "swap at boot"))
-                changes.append(action(
-                    self.name, FstabSwapKnob.name,
-                    id=f"swap/fstab:{raw}" + (f"#{n}" if n > 1 else ""),
-                    summary=f"disable swap entry {spec} in {FSTAB}:{lineno}",
-                    path=FSTAB, runtime=False, params={"line": raw},
-                    diff=full_diff if i == 0 else ""))
+            self._fstab(fstab, flines, rows, changes)
+        self._units(units, rows, changes)
+        persistent = [c for c in changes if not c.runtime]
+        # systemd caches fstab-generated units: reload so it forgets the disabled entries.
+        if persistent and (reload := daemon_reload(
+                ctx, self.name, "fstab swap entries / swap units changed")):
+            changes.append(reload)
+        return Evaluation(rows, changes)
+
+    def _active(self, host: Host, d: SwapDevice, src: str, rows: list[Row],
+                changes: list[Change]) -> None:
+        """The row and the swapoff of one active swap area."""
+        cur = f"on ({d.type}, {format_size(d.size_bytes)}, {_prio_note(d)})"
+        if d.path.endswith(" (deleted)"):
+            rows.append(Row(self.name, f"active {d.path}", cur, "off", Status.DRIFT,
+                            "its file was deleted while in use: swapoff by path is "
+                            "impossible; reboot to release it"))
+            return
+        if host.offline:
+            status, note = Status.OFFLINE, "swapoff is recorded, not run, under --root"
+        else:
+            status, note = Status.DRIFT, ""
+        note = "; ".join(x for x in (note, src) if x)
+        rows.append(Row(self.name, f"active {d.path}", cur, "off", status, note))
+        changes.append(action(
+            self.name, SwapoffKnob.name, id=f"swap/swapoff:{d.path}",
+            summary=f"swapoff {d.path} ({format_size(d.size_bytes)}, {_prio_note(d)})",
+            path=d.path, runtime=True,
+            params={"path": d.path, "priority": d.priority, "type": d.type}))
+
+    def _fstab(self, fstab: str, flines: list[tuple[int, str, str]], rows: list[Row],
+               changes: list[Change]) -> None:
+        """One row and one change per active swap line of /etc/fstab."""
+        marked = sum(1 for ln in fstab.splitlines() if ln.startswith(MARKER))
+        if not flines:
+            rows.append(Row(self.name, f"fstab {FSTAB}", "no active swap entry"
+                            + (f" ({marked} disabled by hosttune)" if marked else ""),
+                            "no active swap entry", Status.OK))
+        seen: dict[str, int] = {}
+        full_diff = unified_diff(FSTAB, fstab, disable_swap_lines(fstab))
+        for i, (lineno, spec, raw) in enumerate(flines):
+            n = seen[raw] = seen.get(raw, 0) + 1
+            rows.append(Row(self.name, f"fstab {spec}", f"active ({FSTAB}:{lineno})",
+                            "disabled", Status.DRIFT, "swap at boot"))
+            changes.append(action(
+                self.name, FstabSwapKnob.name,
+                id=f"swap/fstab:{raw}" + (f"#{n}" if n > 1 else ""),
+                summary=f"disable swap entry {spec} in {FSTAB}:{lineno}",
+                path=FSTAB, runtime=False, params={"line": raw},
+                diff=full_diff if i == 0 else ""))
+
+    def _units(self, units: list[SwapUnit], rows: list[Row], changes: list[Change]) -> None:
+        """Swap units and the services that enable swap at boot: masked."""
         for u in units:
             key = f"unit {u.name}"
             if u.masked:
@@ -326,14 +323,26 @@ class SwapTunable(Tunable):
                 id=f"swap/mask:{u.name}", tunable=self.name, kind="symlink",
                 summary=f"mask {u.name} ({UNIT_DIR}/{u.name} -> /dev/null)",
                 path=f"{UNIT_DIR}/{u.name}", value="/dev/null", runtime=False))
-        persistent = [c for c in changes if not c.runtime]
-        # systemd caches fstab-generated units: reload so it forgets the disabled entries.
-        if persistent and (reload := daemon_reload(
-                ctx, self.name, "fstab swap entries / swap units changed")):
-            changes.append(reload)
-        return Evaluation(rows, changes)
 
-    # -- actions -----------------------------------------------------------------------------
+
+def _boot_source(host: Host, d: SwapDevice, flines: list[tuple[int, str, str]],
+                 units: list[SwapUnit]) -> str:
+    """What turns ``d`` on at boot, in words (the note of its row)."""
+    src = _fstab_source(host, d, flines)
+    if src:
+        return f"enabled at boot by {src}"
+    unit = next((u for u in units if u.name == unit_name(d.path)), None)
+    if unit:
+        return f"enabled at boot by unit {unit.name}"
+    if d.path.startswith("/dev/zram"):
+        svc = [u.name for u in units if u.name in SWAP_SERVICES]
+        return (f"zram swap, enabled at boot by {svc[0]}" if svc else
+                "zram swap (zram-generator or zram-tools: neither is configured in /etc)")
+    tagged = [spec for _, spec, _ in flines if "=" in spec]
+    if tagged:
+        return f"probably fstab {', '.join(tagged)} (device links not resolvable)"
+    return ("no fstab entry or swap unit found: something else enables it "
+            "(dphys-swapfile, a script) and it comes back at boot")
 
 
 def _is_active(host: Host, path: str) -> bool:
