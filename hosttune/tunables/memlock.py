@@ -185,11 +185,6 @@ def service_comm(svc: str) -> str:
     return SERVICE_COMM.get(svc, svc.removesuffix(".service")[:15])
 
 
-def scan_comms(host: Host, comms: set[str]) -> dict[str, list[int]]:
-    """PIDs per comm for several names in one pass over /proc."""
-    return host.pids_by_comm(comms)
-
-
 def _proc_hidepid(host: Host) -> bool:
     try:
         mounts = parse_mountinfo(host.read_text("/proc/self/mountinfo") or "")
@@ -290,7 +285,7 @@ class MemlockTunable(Tunable):
 
         # 2. services: LimitMEMLOCK drop-in, then the running daemon's real limit
         dropin_changed = False
-        pids_by_comm = scan_comms(host, {service_comm(s) for s in sec.services})
+        pids_by_comm = host.pids_by_comm({service_comm(s) for s in sec.services})
         for svc in sec.services:
             path = dropin_path(svc)
             restart = f"restart {svc}"
@@ -389,7 +384,7 @@ class MemlockTunable(Tunable):
                 v = m.group(1)
                 tuned[c.path.split("/")[-2].removesuffix(".d")] = (
                     None if v == "infinity" else int(v))
-        pids = scan_comms(host, {service_comm(s) for s in tuned})
+        pids = host.pids_by_comm({service_comm(s) for s in tuned})
         out = []
         for svc, want in tuned.items():
             for pid in pids.get(service_comm(svc), []):
