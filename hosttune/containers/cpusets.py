@@ -1,9 +1,10 @@
 """Checks of cpusets against the CPU topology: overlap, SMT-sibling sharing, L3/NUMA spans.
 
-Pure functions over ``HostFacts`` (also used by the doctor on hand-made compose files). The seed
-notes pinned llama-cpu-0..2 to 0-7 / 8-15 / 16-23 and the system to 24-31 on a 9950X, where CPU
-N+16 is the SMT sibling of CPU N: containers 0 and 2 share eight physical cores, as do container
-1 and the system CPUs. Nothing overlaps by CPU number, which is why it went unnoticed."""
+Pure functions over ``HostFacts`` (also used by the doctor on hand-made compose files). Pinning
+three containers to 0-7 / 8-15 / 16-23 and the system to 24-31 on a CPU where CPU N+16 is the
+SMT sibling of CPU N (a 9950X) makes containers 0 and 2 share eight physical cores, as do
+container 1 and the system CPUs. Nothing overlaps by CPU number, which is why it goes
+unnoticed."""
 
 from __future__ import annotations
 

@@ -6,8 +6,8 @@ system and the GPU-feeding threads keep, and why - or refuses with reasons.
 
 Rules, in order:
 - a physical core is never split between two workers, nor between a worker and the reserve
-  (SMT siblings share execution units and L1/L2: the seed's 0-7 / 16-23 pinning on a 9950X put
-  two llama.cpp containers on the same eight cores);
+  (SMT siblings share execution units and L1/L2: pinning two containers to 0-7 and 16-23 on a
+  CPU whose siblings are N and N+16, such as a 9950X, puts both on the same eight cores);
 - a worker lives inside one L3 domain, or - when workers are fewer than domains - on whole L3
   domains of one NUMA node; never across NUMA nodes;
 - reserved CPUs (profile ``reserved_cpus``, kernel ``isolcpus``) are never assigned;

@@ -343,7 +343,8 @@ def check_workers(facts: HostFacts, live_cpus: dict[str, tuple[int, ...]]) -> li
     """The planned workers' live cpusets against each other on this topology: no CPU and no
     physical core (through its SMT siblings) in two workers. Comparing each worker with its
     plan does not show this: a plan made on other facts, hand-made ``cpusets`` or a CPU
-    numbering mistake (the seed's N / N+16) would match itself and still share cores."""
+    numbering mistake (cores N and N+16 taken for different cores on a CPU whose SMT
+    siblings are numbered N and N+16) would match itself and still share cores."""
     findings = []
     pairs: set[tuple[str, ...]] = set()
     for f in check_cpusets(facts, live_cpus):  # per pair, an overlap before its siblings

@@ -65,7 +65,7 @@ def _looping(props: dict[str, str], restarts: int, state: str) -> bool:
     """A unit Restart= keeps starting. Between two tries it waits in "auto-restart" (systemd
     >= 254 also "auto-restart-queued"); during a try it is "start"/"start-pre" with
     NRestarts >= 1; right after a failed try it is deactivating ("stop-post", its
-    ExecStopPost= running, as the seed's persistenced unit's `rm -rf`) with the failure
+    ExecStopPost= running, e.g. a cleanup `rm -rf`) with the failure
     as Result. Asking for one of these misses the loop whenever the query lands in another
     - often on a slow host (seen under TCG while CI ran beside the guest)."""
     if state == "deactivating":  # stopping after a restart is a loop only if a try failed
@@ -75,8 +75,8 @@ def _looping(props: dict[str, str], restarts: int, state: str) -> bool:
 
 def failed_units(ctx: DoctorContext) -> list[FailedUnit]:
     """`systemctl --failed`, and units a Restart= setting keeps starting again after each
-    failure (activating or deactivating, never listed as failed, as with the seed's
-    nvidia-persistenced unit, Restart=on-failure every 5 s), with their journal lines.
+    failure (activating or deactivating, never listed as failed: e.g. a daemon that exits at
+    start under Restart=on-failure, RestartSec=5), with their journal lines.
     A unit is judged by its state when shown, a moment after it was listed."""
     found: list[FailedUnit] = []
     for unit, listed, desc in _units(ctx):

@@ -149,8 +149,8 @@ def _absent_cpus_finding(use: MaskUse, absent: list[int], width: int) -> Finding
         + ("" if none_left else f", of which {format_cpulist(absent)} do not exist")
         + ": the kernel refuses the whole write to smp_affinity (Value too large for defined "
         "data type) and the IRQs keep their affinity; a `2>/dev/null` or `> /dev/null 2>&1` "
-        "after it hides the error. A hex mask written for another machine (the seed's "
-        "f0000000 = CPUs 28-31 of a 32-CPU box) does not carry over.",
+        "after it hides the error. A hex mask written for another machine (f0000000 = CPUs "
+        "28-31 of a 32-CPU box) does not carry over.",
         "profile key gpu_irq.cpus (a CPU list checked against this host's CPUs; hosttune "
         "writes smp_affinity_list)")
 
@@ -177,7 +177,7 @@ def check_irq_affinity(ctx: DoctorContext) -> Iterator[Finding]:
         elif use.stated is not None:
             want, basis = use.stated, "the CPU list stated in the same file"
         else:
-            # the container cpuset the mask covers only part of (the seed: 28-31 of 24-31)
+            # the container cpuset the mask covers only part of (e.g. 28-31 of 24-31)
             part = [(n, c) for n, (_p, c) in containers.items()
                     if set(use.cpus) < set(c)]
             if part:
@@ -272,7 +272,7 @@ def _grep_pattern(argv: list[str]) -> re.Pattern[str] | None:
 
 def check_irq_selection(ctx: DoctorContext) -> Iterator[Finding]:
     """A script that finds "the GPU's IRQs" by grepping /proc/interrupts selects whatever
-    else matches: the seed's ``grep -E "nvidia|gpu"`` also takes the Ryzen iGPU's amdgpu IRQ
+    else matches: ``grep -E "nvidia|gpu"`` also takes an integrated GPU's amdgpu IRQ
     (and any handler with "gpu" in its name), and then pins it to the GPU feeder cores."""
     text = ctx.host.read_text("/proc/interrupts") or ""
     raw = {}

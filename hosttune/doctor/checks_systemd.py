@@ -191,7 +191,7 @@ def _default_deps(text: str) -> bool:
 def _deleted_in(breaks: list[boot.CycleBreak], cause: str, dragged: list[str]) -> list[str]:
     """The deleted jobs of this boot that belong to the cycle `cause` closes: systemd named
     `cause` in that cycle, or the job was of `cause` or of a unit dragged in. A cycle is
-    only attributed when its messages say so: two seed units can each open one."""
+    only attributed when its messages say so: two hand-made units can each open one."""
     ours = {cause, *(q.rsplit("/", 1)[1] for q in dragged)}
     return sorted({b.unit for b in breaks if cause in b.cycle or b.unit in ours})
 
@@ -203,7 +203,7 @@ def check_ordering_cycles(ctx: DoctorContext) -> Iterator[Finding]:
     after it: systemd leaves that edge out, a loop of two (src/core/unit.c
     unit_add_default_target_dependency, "Don't create loops"). So such a unit alone only
     starts after the rest of the boot (a warning). A cycle needs a third unit: one the target
-    wants that is ordered after it (the seed's gpu-clocks.service after nvidia-persistenced),
+    wants that is ordered after it (a gpu-clocks.service after nvidia-persistenced.service),
     and systemd breaks that at boot by deleting start jobs - whichever it meets first, often
     of units that did nothing wrong (tunables/_ordering.py)."""
     breaks = boot.cycle_breaks(ctx)

@@ -6,7 +6,7 @@ every chunk is zero-padded to 8 hex digits except the leading one, which is padd
 width of the bits it holds (nr_cpu_ids % 32, or 32). Zero chunks are printed, never trimmed:
 with 128 possible CPUs, CPU 0 alone reads ``00000000,00000000,00000000,00000001``; with 2
 possible CPUs, both CPUs read ``3``. Writing accepts fewer chunks (bitmap_parse()), so a mask
-like the seed notes' ``f0000000`` is valid input - it means CPUs 28-31, not 24-31 (that would
+like ``f0000000`` is valid input - it means CPUs 28-31, not 24-31 (that would
 be ``ff000000``). ``smp_affinity_list`` takes and prints a cpulist and is what hosttune writes.
 """
 
@@ -122,7 +122,7 @@ def parse_interrupts(text: str) -> list[InterruptLine]:
 
 def is_nvidia_action(name: str) -> bool:
     """The NVIDIA driver registers its handlers as 'nvidia' (and 'nvidia-*'). A grep for
-    'gpu' (the seed notes) also catches amdgpu - the 9950X's iGPU - which is not ours."""
+    'gpu' also catches amdgpu (an integrated AMD GPU, as on a 9950X), which is not ours."""
     return name == "nvidia" or name.startswith("nvidia-")
 
 

@@ -1,6 +1,6 @@
 """The huge-page model store: model files on hugetlbfs mounts, loaded once, mapped by every
-inference process with MAP_SHARED (no copy into anonymous memory: the seed's wrapper copied
-each model into a second set of huge pages).
+inference process with MAP_SHARED (no copy into anonymous memory: a wrapper that reads the
+model into its own buffer holds a second copy of it in huge pages).
 
 load: the store file is filled through a writable MAP_SHARED mapping (hugetlbfs has no
 write(2): EINVAL) by parallel preadv from the source, with an optional checksum computed on

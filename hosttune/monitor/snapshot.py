@@ -386,9 +386,9 @@ def cpuset_findings(name: str, cpus: set[int], online: set[int],
                     others: dict[str, set[int]], requested: str | None) -> list[str]:
     """Why a container's cpuset is not a clean pinning (empty list: compliant).
 
-    Clean = pinned to a strict subset of the online CPUs, whole physical cores (the seed pinned
-    0-7 / 8-15 / 16-23 on a 9950X, which splits SMT siblings 0/16...), no overlap with another
-    pinned container, and the cgroup holds what Docker was asked for."""
+    Clean = pinned to a strict subset of the online CPUs, whole physical cores (0-7 / 8-15 /
+    16-23 on a CPU whose SMT siblings are N and N+16 splits the pairs 0/16...), no overlap
+    with another pinned container, and the cgroup holds what Docker was asked for."""
     out: list[str] = []
     if not cpus or cpus >= online:
         out.append("not pinned (all CPUs)")

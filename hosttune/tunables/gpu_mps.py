@@ -3,7 +3,7 @@
 NVIDIA's procedure: set the GPUs to EXCLUSIVE_PROCESS (the ``gpu`` tunable does, before this
 one in apply order, and at boot hosttune-boot.service does, which this unit is ordered after),
 start ``nvidia-cuda-mps-control -d``, stop it by writing ``quit`` to the control program's
-stdin. systemd Exec lines have no shell, so the seed's ``ExecStop=/usr/bin/echo quit |
+stdin. systemd Exec lines have no shell, so an ``ExecStop=/usr/bin/echo quit |
 /usr/bin/nvidia-cuda-mps-control`` ran echo with the literal arguments "quit | /usr/bin/..."
 and never stopped anything: the pipe lives in a small helper script instead. The pipe and log
 directories are systemd-managed (RuntimeDirectory=, LogsDirectory=), never under a
@@ -114,7 +114,7 @@ class GpuMpsTunable(Tunable):
                 return Evaluation(off, [])
         rows: list[Row] = []
         changes: list[Change] = []
-        # hand-made MPS units (the seed's): report what systemd will really run
+        # hand-made MPS units: report what systemd will really run
         for name in FOREIGN_UNITS:
             for d in UNIT_DIRS:
                 p = f"{d}/{name}"

@@ -2,8 +2,8 @@
 
 Preferred: the nvidia-persistenced daemon (NVIDIA: legacy persistence mode is deprecated and
 slated for removal). The daemon drops privileges to its ``--user`` account, which must exist:
-``getpwnam`` fails otherwise and the daemon exits at start (the seed's unit ran
-``--user nvidia-persistenced`` without creating that user). hosttune therefore
+``getpwnam`` fails otherwise and the daemon exits at start (a unit running
+``--user nvidia-persistenced`` on a host without that user). hosttune therefore
 
 - keeps a vendor unit whose account exists as it is;
 - fixes a vendor or hand-made unit whose account is missing with a drop-in that re-runs the

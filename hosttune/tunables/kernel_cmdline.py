@@ -2,8 +2,8 @@
 GRUB_CMDLINE_LINUX_DEFAULT, then update-grub (Debian/Ubuntu) or grubby (RHEL family).
 
 grub-mkconfig sources /etc/default/grub and then /etc/default/grub.d/*.cfg as sh, so the
-drop-in is shell that extends the variable instead of rewriting /etc/default/grub (the seed
-notes' sed over that file). On the RHEL family, BLS entries carry their own options: grubby
+drop-in is shell that extends the variable instead of rewriting /etc/default/grub (as a sed
+over that file does). On the RHEL family, BLS entries carry their own options: grubby
 --update-kernel=ALL --args adds them, and rollback removes exactly the ones hosttune added.
 A parameter is active only after a reboot: reboot-required is computed against /proc/cmdline.
 """

@@ -1,6 +1,6 @@
 """memlock: RLIMIT_MEMLOCK for inference users and for the container runtimes.
 
-Two different mechanisms, and the seed notes only used the first:
+Two different mechanisms, and hand-made setups often use only the first:
 - /etc/security/limits.d is read by pam_limits, i.e. for PAM sessions (ssh, login, su) only
   (limits.conf(5)). A drop-in scoped to ``@group`` by default; ``*`` only with scope:
   everyone (and ``*`` never covers root: pam_limits skips the wildcard for uid 0).
@@ -399,7 +399,7 @@ class MemlockTunable(Tunable):
         return out
 
     def _wildcard_rows(self, host: Host, sec: MemlockSection) -> list[Row]:
-        """'*' memlock lines elsewhere (the seed notes appended them to limits.conf) give
+        """'*' memlock lines elsewhere (often appended to limits.conf by hand) give
         every PAM session the limit the profile meant for one group."""
         rows = []
         for f in limits_files(host):

@@ -191,8 +191,8 @@ class NvidiaModprobeTunable(Tunable):
         return out
 
     def _foreign_findings(self, host: Host, sec: NvidiaModulesSection) -> list[Row]:
-        """Broken options for our modules in other files (e.g. the seed notes' trailing
-        comments and NVreg_TCEBypass): they break or silently change the module load."""
+        """Broken options for our modules in other files (e.g. trailing comments on an
+        options line, or NVreg_TCEBypass): they break or silently change the module load."""
         mods = {module_key(m) for m in sec.options}
         rows: list[Row] = []
         known = {m: module_options(host, m).names for m in mods}

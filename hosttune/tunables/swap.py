@@ -5,7 +5,7 @@ with the original priority (``-p N`` only for a priority the admin chose: the ke
 negative "auto" priorities itself and swapon(8) cannot set one, so an auto priority is
 restored by a plain ``swapon``; mm/swapfile.c ``least_priority``).
 
-Persistence, never ``sed '/swap/d' /etc/fstab`` (the seed notes' mistake: it also deletes a
+Persistence, never ``sed '/swap/d' /etc/fstab`` (a common recipe that also deletes a
 backup mount whose path or comment says "swap"): exactly the active fstab entries whose type is
 ``swap`` are commented out with a marker, one journaled change per line, so a later edit of
 another line survives rollback. Swap units in /etc/systemd/system (own files or enabled in
