@@ -12,7 +12,8 @@ import signal
 import sys
 import threading
 import time
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Group
@@ -34,6 +35,19 @@ from hosttune.cli.common import (
     make_host,
     run_guarded,
 )
+
+if TYPE_CHECKING:
+    from hosttune.monitor.snapshot import (
+        AuditSummary,
+        ContainersReading,
+        CpuReading,
+        GpusReading,
+        HugePagesReading,
+        MemLockedReading,
+        MemoryReading,
+        StoreReading,
+        Unavailable,
+    )
 
 NoAuditOpt = Annotated[bool, typer.Option("--no-audit", help="Skip the audit summary.")]
 
@@ -61,137 +75,131 @@ def render(snap, *, cpu_pct: dict[str, float] | None = None, width: int = 80):
     """A rich renderable of a snapshot, laid out to stay readable at 80 columns."""
     from hosttune.monitor.snapshot import Unavailable
 
+    sections: list[tuple[str, Any, Callable[[Any], list[Any]]]] = [
+        ("CPU", snap.cpu, lambda cpu: _cpu_parts(cpu, width)),
+        ("Memory", snap.memory, lambda mem: _memory_parts(mem, snap.memlocked)),
+        ("HugePages", snap.hugepages, _hugepage_parts),
+        ("Store", snap.store, _store_parts),
+        ("Containers", snap.containers, lambda ct: _container_parts(ct, cpu_pct)),
+        ("GPU", snap.gpu, _gpu_parts),
+        ("Audit", snap.audit, lambda a: _audit_parts(a, width)),
+    ]
     parts: list[Any] = []
-
-    # CPU
-    cpu = snap.cpu
-    if isinstance(cpu, Unavailable):
-        parts.append(_unavail("CPU", cpu))
-    else:
-        mhz = [(c.cur_freq_hz / 1e6 if c.cur_freq_hz else c.cpuinfo_mhz) for c in cpu.cores]
-        vals = [m for m in mhz if m is not None]
-        govs = ", ".join(f"{g} x{n}" for g, n in cpu.governors.items())
-        head = f"{len(cpu.cores)} CPUs"
-        if vals:
-            head += f" · {min(vals):.0f}-{max(vals):.0f} MHz (avg {sum(vals) / len(vals):.0f})"
-        parts.append(Text.assemble(("CPU       ", "bold"), head, " · governor ", (govs, "cyan")))
-        if len(cpu.cores) <= 32:
-            cells = [f"{c.cpu:>2}:{m:>5.0f}" if m is not None else f"{c.cpu:>2}:    -"
-                     for c, m in zip(cpu.cores, mhz, strict=True)]
-            per = max(1, (width - 10) // 9)
-            for i in range(0, len(cells), per):
-                parts.append(Text("          " + " ".join(cells[i:i + per])))
-
-    # memory, swap, memlocked
-    mem = snap.memory
-    if isinstance(mem, Unavailable):
-        parts.append(_unavail("Memory", mem))
-    else:
-        swap = ("off" if mem.swap_total_bytes == 0 else
-                f"{_fmt_bytes(mem.swap_total_bytes - mem.swap_free_bytes)} used of "
-                f"{_fmt_bytes(mem.swap_total_bytes)} ({len(mem.swaps)} dev)")
-        ml = snap.memlocked
-        mls = _fmt_bytes(ml.mlocked_bytes) if not isinstance(ml, Unavailable) else "?"
-        parts.append(Text.assemble(
-            ("Memory    ", "bold"),
-            f"{_fmt_bytes(mem.available_bytes)} avail of {_fmt_bytes(mem.total_bytes)}"
-            f" · MemLocked {mls} · swap ",
-            (swap, "green" if swap == "off" else "yellow")))
-
-    # huge pages
-    hp = snap.hugepages
-    if isinstance(hp, Unavailable):
-        parts.append(_unavail("HugePages", hp))
-    else:
-        t = Table(title=None, box=None, header_style="bold", pad_edge=False, padding=(0, 1))
-        for col in ("huge pages", "node", "total", "free", "resv", "surp", "bytes"):
-            t.add_column(col, justify="left" if col in ("huge pages", "node") else "right")
-        for p in hp.pools:
-            t.add_row(_page(p.page_size_bytes), "all" if p.node is None else str(p.node),
-                      str(p.total), str(p.free), "-" if p.reserved is None else str(p.reserved),
-                      str(p.surplus), _fmt_bytes(p.total * p.page_size_bytes))
-        parts.append(t)
-        saved = ("" if hp.vmemmap_saved_bytes is None or hp.hvo != "on" else
-                 f" · saves {_fmt_bytes(hp.vmemmap_saved_bytes)} of struct pages")
-        parts.append(Text.assemble(("HVO       ", "bold"), f"{hp.hvo}{saved}"))
-
-    # store
-    st = snap.store
-    if isinstance(st, Unavailable):
-        parts.append(_unavail("Store", st))
-    else:
-        t = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 1))
-        t.add_column("model store", overflow="fold", max_width=36)
-        for col in ("page", "used", "limit", "files"):
-            t.add_column(col, justify="right")
-        for m in st.mounts:
-            t.add_row(escape(m.mount_point), _page(m.page_size_bytes), _fmt_bytes(m.used_bytes),
-                      _fmt_bytes(m.size_limit_bytes), str(len(m.files)))
-        parts.append(t)
-
-    # containers
-    ct = snap.containers
-    if isinstance(ct, Unavailable):
-        parts.append(_unavail("Containers", ct))
-    elif not ct.containers:
-        parts.append(Text.assemble(("Containers", "bold"), f" none (cgroup v{ct.cgroup_version})"))
-    else:
-        t = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 1))
-        t.add_column("container", overflow="ellipsis", max_width=20, no_wrap=True)
-        for col in ("cpu", "memory", "VmLck"):
-            t.add_column(col, justify="right")
-        t.add_column("cpuset", overflow="fold", max_width=24)
-        for c in ct.containers:
-            pct = (cpu_pct or {}).get(c.id)
-            cpu_s = f"{pct:.0f}%" if pct is not None else (
-                f"{c.cpu_seconds:.0f}s" if c.cpu_seconds is not None else "-")
-            cs_text = Text(_cpus(c.cpuset) + " ")
-            cs_text.append("ok" if c.cpuset_compliant else "; ".join(c.cpuset_findings),
-                           style="green" if c.cpuset_compliant else "red")
-            t.add_row(escape(c.name), cpu_s, _fmt_bytes(c.memory_bytes),
-                      _fmt_bytes(c.vmlck_bytes), cs_text)
-        parts.append(t)
-        if ct.note:
-            parts.append(Text(ct.note, style="dim"))
-
-    # GPU
-    g = snap.gpu
-    if isinstance(g, Unavailable):
-        parts.append(_unavail("GPU", g))
-    else:
-        t = Table(box=None, header_style="bold", pad_edge=False, padding=(0, 1))
-        t.add_column("gpu", overflow="ellipsis", max_width=22, no_wrap=True)
-        for col in ("power", "limit", "sm", "mem"):
-            t.add_column(col, justify="right")
-        t.add_column("mode")
-        for gr in g.gpus:
-            def opt(v, fmt, field, gr=gr):
-                if v is not None:
-                    return fmt(v)
-                return "unsupported" if field in gr.unsupported else "-"
-            t.add_row(escape(f"{gr.index} {gr.name}"),
-                      opt(gr.power_w, lambda v: f"{v:.0f} W", "power"),
-                      opt(gr.power_limit_w, lambda v: f"{v:.0f} W", "power_limit"),
-                      opt(gr.sm_clock_hz, lambda v: f"{v / 1e6:.0f} MHz", "sm_clock"),
-                      opt(gr.mem_clock_hz, lambda v: f"{v / 1e6:.0f} MHz", "mem_clock"),
-                      opt(gr.compute_mode, str, "compute_mode"))
-        parts.append(t)
-
-    # audit
-    a = snap.audit
-    if isinstance(a, Unavailable):
-        parts.append(_unavail("Audit", a))
-    else:
-        age = max(0.0, time.time() - a.at)
-        style = "bold red" if a.drift else "green"
-        parts.append(Text.assemble(
-            ("Audit     ", "bold"), f"profile {a.profile}: ",
-            (f"{a.drift} drift", style),
-            f" of {len(a.rows)} settings · {age:.0f}s ago"))
-        for r in [r for r in a.rows if not r.compliant][:6]:
-            parts.append(Text(f"          {r.tunable} {r.key}: {r.status}"[:width - 1],
-                              style="red"))
+    for title, reading, draw in sections:
+        parts += [_unavail(title, reading)] if isinstance(reading, Unavailable) else draw(reading)
     return Group(*parts)
+
+
+def _table() -> Table:
+    return Table(box=None, header_style="bold", pad_edge=False, padding=(0, 1))
+
+
+def _cpu_parts(cpu: CpuReading, width: int) -> list[Any]:
+    mhz = [(c.cur_freq_hz / 1e6 if c.cur_freq_hz else c.cpuinfo_mhz) for c in cpu.cores]
+    vals = [m for m in mhz if m is not None]
+    govs = ", ".join(f"{g} x{n}" for g, n in cpu.governors.items())
+    head = f"{len(cpu.cores)} CPUs"
+    if vals:
+        head += f" · {min(vals):.0f}-{max(vals):.0f} MHz (avg {sum(vals) / len(vals):.0f})"
+    parts: list[Any] = [
+        Text.assemble(("CPU       ", "bold"), head, " · governor ", (govs, "cyan"))]
+    if len(cpu.cores) <= 32:
+        cells = [f"{c.cpu:>2}:{m:>5.0f}" if m is not None else f"{c.cpu:>2}:    -"
+                 for c, m in zip(cpu.cores, mhz, strict=True)]
+        per = max(1, (width - 10) // 9)
+        for i in range(0, len(cells), per):
+            parts.append(Text("          " + " ".join(cells[i:i + per])))
+    return parts
+
+
+def _memory_parts(mem: MemoryReading, ml: MemLockedReading | Unavailable) -> list[Any]:
+    """Memory, swap and memlocked on one line."""
+    from hosttune.monitor.snapshot import Unavailable
+
+    swap = ("off" if mem.swap_total_bytes == 0 else
+            f"{_fmt_bytes(mem.swap_total_bytes - mem.swap_free_bytes)} used of "
+            f"{_fmt_bytes(mem.swap_total_bytes)} ({len(mem.swaps)} dev)")
+    mls = _fmt_bytes(ml.mlocked_bytes) if not isinstance(ml, Unavailable) else "?"
+    return [Text.assemble(
+        ("Memory    ", "bold"),
+        f"{_fmt_bytes(mem.available_bytes)} avail of {_fmt_bytes(mem.total_bytes)}"
+        f" · MemLocked {mls} · swap ",
+        (swap, "green" if swap == "off" else "yellow"))]
+
+
+def _hugepage_parts(hp: HugePagesReading) -> list[Any]:
+    t = _table()
+    for col in ("huge pages", "node", "total", "free", "resv", "surp", "bytes"):
+        t.add_column(col, justify="left" if col in ("huge pages", "node") else "right")
+    for p in hp.pools:
+        t.add_row(_page(p.page_size_bytes), "all" if p.node is None else str(p.node),
+                  str(p.total), str(p.free), "-" if p.reserved is None else str(p.reserved),
+                  str(p.surplus), _fmt_bytes(p.total * p.page_size_bytes))
+    saved = ("" if hp.vmemmap_saved_bytes is None or hp.hvo != "on" else
+             f" · saves {_fmt_bytes(hp.vmemmap_saved_bytes)} of struct pages")
+    return [t, Text.assemble(("HVO       ", "bold"), f"{hp.hvo}{saved}")]
+
+
+def _store_parts(st: StoreReading) -> list[Any]:
+    t = _table()
+    t.add_column("model store", overflow="fold", max_width=36)
+    for col in ("page", "used", "limit", "files"):
+        t.add_column(col, justify="right")
+    for m in st.mounts:
+        t.add_row(escape(m.mount_point), _page(m.page_size_bytes), _fmt_bytes(m.used_bytes),
+                  _fmt_bytes(m.size_limit_bytes), str(len(m.files)))
+    return [t]
+
+
+def _container_parts(ct: ContainersReading, cpu_pct: dict[str, float] | None) -> list[Any]:
+    if not ct.containers:
+        return [Text.assemble(("Containers", "bold"), f" none (cgroup v{ct.cgroup_version})")]
+    t = _table()
+    t.add_column("container", overflow="ellipsis", max_width=20, no_wrap=True)
+    for col in ("cpu", "memory", "VmLck"):
+        t.add_column(col, justify="right")
+    t.add_column("cpuset", overflow="fold", max_width=24)
+    for c in ct.containers:
+        pct = (cpu_pct or {}).get(c.id)
+        cpu_s = f"{pct:.0f}%" if pct is not None else (
+            f"{c.cpu_seconds:.0f}s" if c.cpu_seconds is not None else "-")
+        cs_text = Text(_cpus(c.cpuset) + " ")
+        cs_text.append("ok" if c.cpuset_compliant else "; ".join(c.cpuset_findings),
+                       style="green" if c.cpuset_compliant else "red")
+        t.add_row(escape(c.name), cpu_s, _fmt_bytes(c.memory_bytes),
+                  _fmt_bytes(c.vmlck_bytes), cs_text)
+    return [t, Text(ct.note, style="dim")] if ct.note else [t]
+
+
+def _gpu_parts(g: GpusReading) -> list[Any]:
+    t = _table()
+    t.add_column("gpu", overflow="ellipsis", max_width=22, no_wrap=True)
+    for col in ("power", "limit", "sm", "mem"):
+        t.add_column(col, justify="right")
+    t.add_column("mode")
+    for gr in g.gpus:
+        def opt(v, fmt, field, gr=gr):
+            if v is not None:
+                return fmt(v)
+            return "unsupported" if field in gr.unsupported else "-"
+        t.add_row(escape(f"{gr.index} {gr.name}"),
+                  opt(gr.power_w, lambda v: f"{v:.0f} W", "power"),
+                  opt(gr.power_limit_w, lambda v: f"{v:.0f} W", "power_limit"),
+                  opt(gr.sm_clock_hz, lambda v: f"{v / 1e6:.0f} MHz", "sm_clock"),
+                  opt(gr.mem_clock_hz, lambda v: f"{v / 1e6:.0f} MHz", "mem_clock"),
+                  opt(gr.compute_mode, str, "compute_mode"))
+    return [t]
+
+
+def _audit_parts(a: AuditSummary, width: int) -> list[Any]:
+    age = max(0.0, time.time() - a.at)
+    style = "bold red" if a.drift else "green"
+    parts: list[Any] = [Text.assemble(
+        ("Audit     ", "bold"), f"profile {a.profile}: ", (f"{a.drift} drift", style),
+        f" of {len(a.rows)} settings · {age:.0f}s ago")]
+    for r in [r for r in a.rows if not r.compliant][:6]:
+        parts.append(Text(f"          {r.tunable} {r.key}: {r.status}"[:width - 1], style="red"))
+    return parts
 
 
 def _cpus(cpus) -> str:

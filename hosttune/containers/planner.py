@@ -17,7 +17,7 @@ Rules, in order:
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from hosttune.containers.cpusets import CpusetFinding, check_cpusets, core_of
@@ -27,7 +27,7 @@ from hosttune.profile.sizes import format_size, parse_size
 from hosttune.tunables.hugepages import pool_bytes
 
 if TYPE_CHECKING:
-    from hosttune.profile.schema import Profile, WorkloadSection
+    from hosttune.profile.schema import CpuWorkers, GpuWorkers, Profile, WorkloadSection
 
 Core = tuple[int, ...]
 SHIM_TARGET_DIR = "/opt/hosttune/lib"
@@ -131,7 +131,7 @@ class _Domain:
     full: int  # cores before reservations (available ones only)
 
 
-def _domains(facts: HostFacts, excluded: set[int]) -> list[_Domain]:
+def _domains(facts: HostFacts, excluded: frozenset[int]) -> list[_Domain]:
     by_id = {c.id: c for c in facts.cpus}
     groups: dict[tuple[int, int], list[Core]] = defaultdict(list)
     for core in facts.physical_cores:
@@ -173,8 +173,12 @@ class _Reservation:
     nodes: frozenset[int] | None  # allowed NUMA nodes (None: any)
 
 
+# (cores left per domain index, reservation name -> cores it took per domain index)
+_Placed = tuple[dict[int, int], dict[str, dict[int, int]]]
+
+
 def _place_reservations(doms: list[_Domain], reservations: list[_Reservation], shape: _Shape
-                        ) -> tuple[dict[int, int], dict[str, dict[int, int]]] | None:
+                        ) -> _Placed | None:
     """Greedy, one core at a time: take each reserved core from the domain where it costs the
     fewest worker slots of ``shape``; ties go to a domain this reservation (then any reservation)
     already uses, then to the last domain - so reservations pack together at the end."""
@@ -222,8 +226,7 @@ def _shapes(doms: list[_Domain], cores: int | str) -> list[_Shape]:
 
 
 def _search(doms: list[_Domain], reservations: list[_Reservation], shapes: list[_Shape], n: int
-            ) -> tuple[_Shape | None, tuple[dict[int, int], dict[str, dict[int, int]]] | None,
-                       list[str]]:
+            ) -> tuple[_Shape | None, _Placed | None, list[str]]:
     """The largest shape of which ``n`` workers fit beside the reserve."""
     rejected: list[str] = []
     for s in shapes:
@@ -265,391 +268,583 @@ def plan_from_profile(profile: Profile, facts: HostFacts) -> ContainerPlan:
 
 def plan_workload(facts: HostFacts, wl: WorkloadSection, *, profile_name: str = "",
                   store: str | None = None, hugepage_bytes: int = 0) -> ContainerPlan:
-    notes: list[str] = []
-    refusals: list[str] = []
-    by_id = {c.id: c for c in facts.cpus}
-    cmap = core_of(facts)
+    """The workload placed on ``facts`` by the rules above, or refused with the reasons."""
+    log = _Log()
     store = store if store is not None else wl.store
+    excl = _exclusion(facts, wl, log)
+    doms = _domains(facts, excl.cpus)
+    if not facts.smt:
+        log.note("no SMT on this host: one CPU per core, the smt policy changes nothing")
+    reserve = _reserve(facts, wl, doms, log)
+    n_cpu, probe = _cpu_worker_count(wl, doms, reserve.reservations, log)
+    choice = _ShapeChoice(n_cpu, None, None, [])
+    if not log.refusals and wl.cpu_workers.cpusets is None:
+        choice = _choose_shape(wl.cpu_workers, doms, reserve.reservations, n_cpu, probe, log)
+    cores = _place_cores(facts, wl.cpu_workers, doms, reserve.reservations, choice, log)
 
-    # -- CPUs never assigned: whole cores of reserved_cpus and isolcpus ---------------------
-    try:
-        reserved = set(parse_cpulist(wl.reserved_cpus))
-    except ValueError as err:
-        reserved = set()
-        refusals.append(f"workload.reserved_cpus {wl.reserved_cpus!r}: {err}")
-    unknown = sorted(reserved - set(by_id))
-    if unknown:
-        notes.append(f"reserved_cpus {format_cpulist(unknown)} do not exist on this host")
-    isolated = set(facts.isolated_cpus)
-    if isolated:
-        notes.append(f"CPUs {format_cpulist(sorted(isolated))} are isolated (isolcpus): the "
-                     "scheduler does not balance threads across them, so no worker is placed "
-                     "there")
-    excluded_cores = [c for c in facts.physical_cores if set(c) & (reserved | isolated)]
-    excluded = {x for c in excluded_cores for x in c}
-    if excluded_cores and reserved:
-        notes.append(f"reserved CPUs {format_cpulist(sorted(reserved & set(by_id)))}: their "
-                     f"whole physical cores ({format_cpulist(sorted(excluded))}) stay out of "
-                     "every worker")
+    cpu_models = _models_for("cpu_workers", wl.cpu_workers.models, choice.n_cpu, log)
+    gpu_models = _models_for("gpu_workers", wl.gpu_workers.models, wl.gpu_workers.count, log)
+    if (choice.n_cpu or wl.gpu_workers.count) and not store:
+        log.refuse("no model store: set workload.store or a hugetlbfs mount in the profile")
+    cpu_mem, gpu_mem, tmpfs_bytes = _sizes(wl, log)
 
-    doms = _domains(facts, excluded)
-    smt = facts.smt
-    if not smt:
-        notes.append("no SMT on this host: one CPU per core, the smt policy changes nothing")
-
-    # -- GPU workers and their feed cores ---------------------------------------------------
-    gpu_spec = wl.gpu_workers
-    reservations: list[_Reservation] = []
-    gpu_of: list[int] = []
-    if gpu_spec.count:
-        if not facts.gpus:
-            refusals.append(f"{gpu_spec.count} GPU worker(s) asked for, but no NVIDIA GPU was "
-                            "found in /sys/bus/pci/devices (vendor 0x10de, class 0x03xxxx)")
-        else:
-            wanted = (list(range(gpu_spec.count)) if gpu_spec.gpus == "auto"
-                      else list(gpu_spec.gpus))
-            if len(wanted) != gpu_spec.count:
-                refusals.append(f"gpu_workers.gpus lists {len(wanted)} GPU(s) for "
-                                f"{gpu_spec.count} worker(s)")
-            for i, g in enumerate(wanted[:gpu_spec.count]):
-                if not 0 <= g < len(facts.gpus):
-                    refusals.append(f"gpu-{i}: GPU {g} does not exist (found "
-                                    f"{len(facts.gpus)}: "
-                                    f"{', '.join(x.address for x in facts.gpus)})")
-                    continue
-                gpu_of.append(g)
-                node = facts.gpus[g].numa_node
-                nodes = frozenset({node}) if node >= 0 and any(
-                    d.node == node for d in doms) else None
-                reservations.append(_Reservation(f"gpu-{i}", gpu_spec.feed_cores, nodes))
-    if wl.system_cores:
-        reservations.append(_Reservation("system", wl.system_cores, None))
-    else:
-        notes.append("system_cores: 0 - the OS, dockerd and IRQs share the workers' cores")
-
-    # -- how many CPU workers ----------------------------------------------------------------
-    cpu_spec = wl.cpu_workers
-    probe: tuple[dict[int, int], dict[str, dict[int, int]]] | None = None
-    total_cores = sum(d.full for d in doms)
-    reserved_cores = sum(r.cores for r in reservations)
-    if cpu_spec.cpusets is not None:
-        n_cpu = len(cpu_spec.cpusets)
-        if cpu_spec.count not in ("auto", n_cpu):
-            refusals.append(f"cpu_workers.cpusets lists {n_cpu} cpuset(s) for {cpu_spec.count} "
-                            "worker(s)")
-    elif cpu_spec.count == "auto":
-        probe = _place_reservations(doms, reservations, _Shape("in-domain", 1, 1))
-        n_cpu = sum(1 for i in range(len(doms)) if probe and probe[0][i] > 0)
-    else:
-        assert isinstance(cpu_spec.count, int)
-        n_cpu = cpu_spec.count
-    if n_cpu == 0 and gpu_spec.count == 0:
-        refusals.append("the workload asks for no workers (cpu_workers.count and "
-                        "gpu_workers.count are 0)")
-
-    if reserved_cores + n_cpu > total_cores and cpu_spec.cpusets is None:
-        refusals.append(
-            f"{n_cpu} CPU worker(s) need at least {n_cpu} whole core(s) and the reserve "
-            f"{reserved_cores} ({', '.join(f'{r.name}: {r.cores}' for r in reservations)}), "
-            f"but this host has {total_cores} usable physical core(s)")
-
-    # -- shape search ------------------------------------------------------------------------
-    shape: _Shape | None = None
-    placed: tuple[dict[int, int], dict[str, dict[int, int]]] | None = None
-    rejected: list[str] = []
-    if not refusals and cpu_spec.cpusets is None:
-        shapes = _shapes(doms, cpu_spec.cores)
-        if not shapes and cpu_spec.cores != "auto":
-            sizes = sorted({d.full for d in doms})
-            refusals.append(
-                f"cpu_workers.cores {cpu_spec.cores}: L3 domains here hold {sizes} core(s); a "
-                f"worker gets at most one domain's cores or whole domains of one NUMA node (use "
-                f"<= {max(sizes)} or a multiple of {min(sizes)})")
-        if cpu_spec.count == "auto" and n_cpu:
-            # one worker per L3 domain: per domain with free cores, or per domain the reserve
-            # left whole - whichever puts more cores to work
-            whole = sum(1 for i, d in enumerate(doms) if probe and probe[0][i] == d.full)
-            best_total = -1
-            for n in sorted({n_cpu, whole} - {0}, reverse=True):
-                cand = _search(doms, reservations, shapes, n)
-                if cand[0] is not None and n * cand[0].cores > best_total:
-                    best_total = n * cand[0].cores
-                    n_cpu, (shape, placed, rejected) = n, cand
-            notes.append(f"cpu_workers.count auto: one worker per L3 domain -> {n_cpu}")
-        else:
-            shape, placed, rejected = _search(doms, reservations, shapes, n_cpu)
-        if shape is None and shapes:
-            why = rejected[-1] if rejected else "no shape fits"
-            refusals.append(f"{n_cpu} CPU worker(s) do not fit without splitting a core, an L3 "
-                            f"domain or a NUMA node ({why})")
-
-    # -- materialise cores -------------------------------------------------------------------
-    system_cores: list[Core] = []
-    gpu_cores: dict[str, list[Core]] = {}
-    cpu_blocks: list[tuple[list[Core], int]] = []  # (cores, node)
-    if cpu_spec.cpusets is None and shape is not None and placed is not None:
-        avail, taken = placed
-        heads: dict[int, list[Core]] = {}
-        for i, d in enumerate(doms):
-            tail = list(reversed(d.cores))
-            for r in reservations:
-                n = taken.get(r.name, {}).get(i, 0)
-                got, tail = tail[:n], tail[n:]
-                (system_cores if r.name == "system" else
-                 gpu_cores.setdefault(r.name, [])).extend(sorted(got))
-            heads[i] = sorted(tail)
-        per_node: dict[int, list[list[Core]]] = defaultdict(list)
-        if shape.kind == "in-domain":
-            # round-robin over the node's L3 domains: with fewer workers than slots, each gets
-            # a CCD of its own (its own L3 and its own link to the memory controllers)
-            slots: dict[int, list[list[Core]]] = {}
-            for i in range(len(doms)):
-                h = heads[i]
-                slots[i] = [h[b * shape.size:(b + 1) * shape.size]
-                            for b in range(len(h) // shape.size)]
-            depth = max((len(v) for v in slots.values()), default=0)
-            for b in range(depth):
-                for i, d in enumerate(doms):
-                    if b < len(slots[i]):
-                        per_node[d.node].append(slots[i][b])
-        else:
-            for node in sorted({d.node for d in doms}):
-                full = [i for i, d in enumerate(doms) if d.node == node and avail[i] == d.full
-                        and d.full > 0]
-                for b in range(len(full) // shape.size):
-                    group = full[b * shape.size:(b + 1) * shape.size]
-                    per_node[node].append(sorted(c for i in group for c in heads[i]))
-        # round-robin over NUMA nodes: workers spread over the memory controllers
-        rr: list[tuple[list[Core], int]] = []
-        queues = {n: list(b) for n, b in sorted(per_node.items())}
-        while any(queues.values()):
-            for n in sorted(queues):
-                if queues[n]:
-                    rr.append((queues[n].pop(0), n))
-        cpu_blocks = sorted(rr[:n_cpu], key=lambda b: b[0][0][0])
-        if n_cpu:
-            msg = f"{n_cpu} CPU worker(s) x {shape.describe()}"
-            if rejected:
-                msg += f"; larger workers do not fit: {rejected[-1]}"
-            notes.append(msg)
-    elif cpu_spec.cpusets is not None:
-        for i, text in enumerate(cpu_spec.cpusets):
-            try:
-                cpus = parse_cpulist(text)
-            except ValueError as err:
-                refusals.append(f"cpu_workers.cpusets[{i}] {text!r}: {err}")
-                continue
-            cores_used = sorted({cmap.get(c, (c,)) for c in cpus})
-            node = by_id[cpus[0]].node if cpus and cpus[0] in by_id else 0
-            cpu_blocks.append(([tuple(c) for c in cores_used], node))
-        notes.append("cpu_workers.cpusets given by hand: checked, not planned")
-        # the reserve still comes from the cores nobody asked for, at the end
-        used = {x for b, _ in cpu_blocks for c in b for x in c}
-        free = [c for d in reversed(doms) for c in reversed(d.cores) if not set(c) & used]
-        for r in reservations:
-            got, free = free[:r.cores], free[r.cores:]
-            (system_cores if r.name == "system" else
-             gpu_cores.setdefault(r.name, [])).extend(sorted(got))
-            if len(got) < r.cores:
-                refusals.append(f"{r.name}: {r.cores} core(s) to reserve, {len(got)} left "
-                                "outside the hand-made cpusets")
-
-    # -- models, shim, memory ------------------------------------------------------------------
-    def models_for(group: str, models: list[str], n: int) -> list[str | None]:
-        if not models:
-            if n:
-                notes.append(f"{group}: no model configured - MODEL_PATH is left out")
-            return [None] * n
-        if len(models) == 1:
-            if n > 1:
-                notes.append(f"{group}: all {n} workers map the same model file: one copy in "
-                             "huge pages, shared MAP_SHARED")
-            return [models[0]] * n
-        if len(models) != n:
-            refusals.append(f"{group}.models lists {len(models)} model(s) for {n} worker(s) "
-                            "(give one per worker, or one for all)")
-            return [None] * n
-        return list(models)
-
-    cpu_models = models_for("cpu_workers", cpu_spec.models, n_cpu)
-    gpu_models = models_for("gpu_workers", gpu_spec.models, gpu_spec.count)
-    if (n_cpu or gpu_spec.count) and not store:
-        refusals.append("no model store: set workload.store or a hugetlbfs mount in the profile")
-
-    def model_path(model: str | None) -> str | None:
-        if model is None:
-            return None
-        if model.startswith("/"):
-            if store and model.startswith(store.rstrip("/") + "/"):
-                rel = model[len(store.rstrip("/")) + 1:]
-            else:
-                refusals.append(f"model {model} is not inside the store {store}")
-                return None
-        else:
-            rel = model
-        if ".." in rel.split("/"):
-            refusals.append(f"model {model}: '..' leaves the store")
-            return None
-        return f"{wl.store_target.rstrip('/')}/{rel}"
-
-    def needs_shim(model: str | None) -> bool:
-        return bool(model) and any(str(model).endswith(s) for s in wl.shim_for)
-
-    try:
-        cpu_mem = parse_size(cpu_spec.memory)
-        gpu_mem = parse_size(gpu_spec.memory)
-        tmpfs_bytes = parse_size(wl.tmpfs_size)
-    except ValueError as err:  # validated by the schema; kept for direct callers
-        refusals.append(str(err))
-        cpu_mem = gpu_mem = tmpfs_bytes = 0
-
-    # -- workers ----------------------------------------------------------------------------------
-    keep = wl.smt == "keep-together"
+    maker = _WorkerMaker(facts, wl, store, log)
     workers: list[WorkerPlan] = []
-    idle: set[int] = set()
-    port = wl.port_base
-
-    def make(name: str, kind: Literal["cpu", "gpu"], cores: list[Core], mem: int,
-             model: str | None, gpus: tuple[int, ...], why: list[str], handmade: list[int] | None
-             ) -> WorkerPlan:
-        nonlocal port
-        if handmade is not None:
-            cpus = sorted(handmade)
-        elif keep:
-            cpus = sorted(x for c in cores for x in c)
-        else:
-            cpus = sorted(c[0] for c in cores)
-            idle.update(x for c in cores for x in c[1:])
-        mems = sorted({by_id[c].node for c in cpus if c in by_id})
-        l3s = sorted({by_id[c].l3 for c in cpus if c in by_id and by_id[c].l3 >= 0})
-        threads = len(cores)
-        tb = len(cpus)
-        if handmade is None:
-            doms_txt = ", ".join(f"L3 #{i} ({format_cpulist(facts.l3_domains[i])})"
-                                 for i in l3s) or "the only cache domain"
-            why.insert(0, f"{len(cores)} whole physical core(s) {format_cpulist(cpus)} in "
-                          f"{doms_txt}, NUMA node {format_cpulist(mems)}")
-            if smt:
-                sib = sorted(x for c in cores for x in c[1:])
-                if keep:
-                    why.append(f"smt keep-together: siblings {format_cpulist(sib)} are in the "
-                               "cpuset, so no other container shares these cores")
-                else:
-                    why.append(f"smt leave-idle: siblings {format_cpulist(sib)} stay idle (in "
-                               "no cpuset): full core resources for one thread each")
-        why.append(f"cpuset.mems {format_cpulist(mems)}: memory from the node its cores sit on "
-                   "(compose cannot set it: `docker update --cpuset-mems` does)"
-                   if len(facts.nodes) > 1 else
-                   f"cpuset.mems {format_cpulist(mems)}: the only NUMA node")
-        why.append(f"llama.cpp threads {threads} (one per physical core: decode is "
-                   f"memory-bound) and threads-batch {tb} (every CPU of the cpuset for prompt "
-                   "processing)")
-        why.append(f"mem_limit {format_size(mem)}: KV cache and buffers - the model on "
-                   "hugetlbfs is charged to the hugetlb cgroup, not to memory.max")
-        path = model_path(model)
-        shim = needs_shim(model)
-        if path:
-            why.append(f"MODEL_PATH {path} (read-only bind of the huge-page store)")
-        if shim:
-            if wl.shim:
-                why.append(f"LD_PRELOAD {wl.shim}: {model} has a strict loader that refuses "
-                           "a padded hugetlbfs file")
-            else:
-                refusals.append(f"{name}: {model} has a strict loader (refuses the padded "
-                                "hugetlbfs file) and workload.shim is not set")
-        elif path:
-            why.append("no LD_PRELOAD: llama.cpp's GGUF loader accepts the padded hugetlbfs "
-                       "file as it is")
-        p = None
-        if port is not None:
-            p = port
-            port += 1
-        return WorkerPlan(
-            name=name, kind=kind, container=f"{wl.project}-{name}", cpus=tuple(cpus),
-            cores=tuple(tuple(c) for c in cores), mems=tuple(mems), l3_domains=tuple(l3s),
-            threads=threads, threads_batch=tb, memory_bytes=mem, model=model, model_path=path,
-            gpus=gpus, gpu_addresses=tuple(facts.gpus[g].address for g in gpus),
-            shim=shim and bool(wl.shim), port=p, why=tuple(why))
-
-    if not refusals or cpu_spec.cpusets is not None:
-        for i, (cores, _node) in enumerate(cpu_blocks):
-            handmade = None
-            if cpu_spec.cpusets is not None:
-                handmade = parse_cpulist(cpu_spec.cpusets[i])
-            workers.append(make(f"cpu-{i}", "cpu", cores, cpu_mem, cpu_models[i]
-                                if i < len(cpu_models) else None, (), [], handmade))
-        for i, g in enumerate(gpu_of):
-            cores = gpu_cores.get(f"gpu-{i}", [])
-            gpu = facts.gpus[g]
-            where = (f"NUMA node {gpu.numa_node}" if gpu.numa_node >= 0 else
-                     "no NUMA node reported (single-node host)")
-            workers.append(make(
-                f"gpu-{i}", "gpu", cores, gpu_mem, gpu_models[i] if i < len(gpu_models)
-                else None, (g,),
-                [f"GPU {g} ({gpu.address}, {where}): its feed cores are this worker's cpuset"],
-                None))
-
-    # -- memory fit ---------------------------------------------------------------------------
-    if workers:
-        total_mem = sum(w.memory_bytes for w in workers)
-        room = facts.mem_total_bytes - hugepage_bytes
-        if total_mem > room:
-            refusals.append(
-                f"workers' mem_limit add up to {format_size(total_mem)}, but RAM "
-                f"{format_size(facts.mem_total_bytes)} minus the huge-page pool "
-                f"{format_size(hugepage_bytes)} leaves {format_size(room)}")
-        elif room - total_mem < facts.mem_total_bytes // 10:
-            notes.append(f"workers' mem_limit ({format_size(total_mem)}) leave only "
-                         f"{format_size(room - total_mem)} for the OS beside the huge-page pool")
-        mem_nodes = [n for n in facts.nodes if n.mem_total_bytes > 0]
-        if len(mem_nodes) > 1:
-            per_node_pool = hugepage_bytes // len(mem_nodes)
-            for nd in mem_nodes:
-                need = sum(w.memory_bytes for w in workers if nd.id in w.mems)
-                if need > nd.mem_total_bytes - per_node_pool:
-                    refusals.append(
-                        f"NUMA node {nd.id}: workers' mem_limit {format_size(need)} exceed its "
-                        f"{format_size(nd.mem_total_bytes)} minus its share of the huge-page "
-                        f"pool {format_size(per_node_pool)}")
-
-    # -- hand-made cpusets: flag overlap and sibling sharing ------------------------------------
+    # hand-made cpusets become workers even after a refusal: check_cpusets reports on them
+    if not log.refusals or wl.cpu_workers.cpusets is not None:
+        workers += _cpu_workers(maker, wl.cpu_workers, cores.cpu_blocks, cpu_mem, cpu_models)
+        workers += _gpu_workers(maker, facts, reserve.gpus, cores.gpu, gpu_mem, gpu_models)
+    _check_memory(facts, workers, hugepage_bytes, log)
     findings: list[CpusetFinding] = []
-    if cpu_spec.cpusets is not None and workers:
-        sys_cpus = {x for c in system_cores for x in c}
-        findings = check_cpusets(
-            facts, {w.container: w.cpus for w in workers},
-            reserved=sorted((reserved & set(by_id)) | isolated | sys_cpus),
-            reserved_name="system/reserved")
-        for f in findings:
-            (refusals if f.severity == "error" else notes).append(f.message)
+    if wl.cpu_workers.cpusets is not None and workers:
+        findings = _check_handmade(facts, workers, excl, cores.system, log)
+    memlock_bytes = _memlock(wl, log)
 
-    memlock_bytes: int | None = None
-    if wl.memlock_limit != "unlimited":
-        memlock_bytes = parse_size(wl.memlock_limit)
-    if wl.memlock == "ipc_lock":
-        notes.append("memlock: cap_add IPC_LOCK - workers may mlock regardless of "
-                     "RLIMIT_MEMLOCK, so the daemon's own limit does not matter")
-    else:
-        lim = "unlimited" if memlock_bytes is None else format_size(memlock_bytes)
-        notes.append(f"memlock: ulimit {lim} - runc sets it from dockerd, which cannot exceed "
-                     "its own hard limit without CAP_SYS_RESOURCE (the memlock section's "
-                     "LimitMEMLOCK drop-in)")
-        if wl.mlock and memlock_bytes is not None:
-            # do_mlock() (mm/mlock.c) checks the whole length against RLIMIT_MEMLOCK before
-            # mlock_fixup() skips hugetlb VMAs: a huge-page model still needs the limit
-            notes.append(f"mlock with a {lim} memlock ulimit: llama.cpp's mlock of a larger "
-                         "model fails (ENOMEM) even on hugetlbfs; use 'unlimited' or ipc_lock")
-
-    assigned = {x for w in workers for x in w.cpus}
-    sys_cpus_t = tuple(sorted(x for c in system_cores for x in c))
-    unassigned = sorted(set(by_id) - assigned - set(sys_cpus_t) - idle - excluded)
-    if unassigned and not refusals:
-        notes.append(f"CPUs {format_cpulist(unassigned)} are in no cpuset: a bigger share "
-                     "would split an L3 domain or a core between workers; the OS may use them")
+    sys_cpus = tuple(sorted(x for c in cores.system for x in c))
+    unassigned = _unassigned(facts, workers, sys_cpus, maker.idle, excl, log)
     return ContainerPlan(
         profile=profile_name, image=wl.image, project=wl.project, smt=wl.smt,
         memlock_mode=wl.memlock, memlock_bytes=memlock_bytes, mlock=wl.mlock, store=store,
         store_target=wl.store_target, shim=wl.shim, tmpfs_bytes=tmpfs_bytes,
-        workers=tuple(workers), system_cpus=sys_cpus_t, excluded_cpus=tuple(sorted(excluded)),
-        idle_cpus=tuple(sorted(idle)), unassigned_cpus=tuple(unassigned), notes=tuple(notes),
-        refusals=tuple(dict.fromkeys(refusals)), findings=tuple(findings))
+        workers=tuple(workers), system_cpus=sys_cpus, excluded_cpus=tuple(sorted(excl.cpus)),
+        idle_cpus=tuple(sorted(maker.idle)), unassigned_cpus=tuple(unassigned),
+        notes=tuple(log.notes), refusals=tuple(dict.fromkeys(log.refusals)),
+        findings=tuple(findings))
+
+
+# --- plan_workload's steps -------------------------------------------------------------------
+# Each step adds its notes and refusals to one _Log, in the order the plan lists them. Later
+# steps look at whether an earlier one refused: no shape search and no workers after a refusal.
+
+
+@dataclass
+class _Log:
+    notes: list[str] = field(default_factory=list)
+    refusals: list[str] = field(default_factory=list)
+
+    def note(self, msg: str) -> None:
+        self.notes.append(msg)
+
+    def refuse(self, msg: str) -> None:
+        self.refusals.append(msg)
+
+
+@dataclass(frozen=True)
+class _Exclusion:
+    reserved: frozenset[int]  # workload.reserved_cpus as written (may name absent CPUs)
+    isolated: frozenset[int]  # kernel isolcpus
+    cpus: frozenset[int]  # the whole physical cores of both: never in any cpuset
+
+
+def _exclusion(facts: HostFacts, wl: WorkloadSection, log: _Log) -> _Exclusion:
+    """CPUs never assigned: whole cores of reserved_cpus and isolcpus."""
+    known = {c.id for c in facts.cpus}
+    try:
+        reserved = set(parse_cpulist(wl.reserved_cpus))
+    except ValueError as err:
+        reserved = set()
+        log.refuse(f"workload.reserved_cpus {wl.reserved_cpus!r}: {err}")
+    unknown = sorted(reserved - known)
+    if unknown:
+        log.note(f"reserved_cpus {format_cpulist(unknown)} do not exist on this host")
+    isolated = set(facts.isolated_cpus)
+    if isolated:
+        log.note(f"CPUs {format_cpulist(sorted(isolated))} are isolated (isolcpus): the "
+                 "scheduler does not balance threads across them, so no worker is placed there")
+    excluded_cores = [c for c in facts.physical_cores if set(c) & (reserved | isolated)]
+    excluded = {x for c in excluded_cores for x in c}
+    if excluded_cores and reserved:
+        log.note(f"reserved CPUs {format_cpulist(sorted(reserved & known))}: their whole "
+                 f"physical cores ({format_cpulist(sorted(excluded))}) stay out of every worker")
+    return _Exclusion(frozenset(reserved), frozenset(isolated), frozenset(excluded))
+
+
+@dataclass(frozen=True)
+class _Reserve:
+    gpus: list[int]  # the GPU of each GPU worker that exists, in worker order
+    reservations: list[_Reservation]  # each GPU worker's feed cores, then the system's
+
+
+def _reserve(facts: HostFacts, wl: WorkloadSection, doms: list[_Domain], log: _Log
+             ) -> _Reserve:
+    gpus, reservations = _gpu_reservations(facts, wl.gpu_workers, doms, log)
+    if wl.system_cores:
+        reservations.append(_Reservation("system", wl.system_cores, None))
+    else:
+        log.note("system_cores: 0 - the OS, dockerd and IRQs share the workers' cores")
+    return _Reserve(gpus, reservations)
+
+
+def _gpu_reservations(facts: HostFacts, spec: GpuWorkers, doms: list[_Domain], log: _Log
+                      ) -> tuple[list[int], list[_Reservation]]:
+    """GPU workers and their feed cores, kept on the GPU's NUMA node when it has cores."""
+    gpus: list[int] = []
+    reservations: list[_Reservation] = []
+    if not spec.count:
+        return gpus, reservations
+    if not facts.gpus:
+        log.refuse(f"{spec.count} GPU worker(s) asked for, but no NVIDIA GPU was found in "
+                   "/sys/bus/pci/devices (vendor 0x10de, class 0x03xxxx)")
+        return gpus, reservations
+    wanted = list(range(spec.count)) if spec.gpus == "auto" else list(spec.gpus)
+    if len(wanted) != spec.count:
+        log.refuse(f"gpu_workers.gpus lists {len(wanted)} GPU(s) for {spec.count} worker(s)")
+    for i, g in enumerate(wanted[:spec.count]):
+        if not 0 <= g < len(facts.gpus):
+            log.refuse(f"gpu-{i}: GPU {g} does not exist (found {len(facts.gpus)}: "
+                       f"{', '.join(x.address for x in facts.gpus)})")
+            continue
+        gpus.append(g)
+        node = facts.gpus[g].numa_node
+        nodes = frozenset({node}) if node >= 0 and any(d.node == node for d in doms) else None
+        reservations.append(_Reservation(f"gpu-{i}", spec.feed_cores, nodes))
+    return gpus, reservations
+
+
+def _cpu_worker_count(wl: WorkloadSection, doms: list[_Domain],
+                      reservations: list[_Reservation], log: _Log
+                      ) -> tuple[int, _Placed | None]:
+    """How many CPU workers: one per hand-made cpuset, the count asked for, or ('auto') one per
+    L3 domain the reserve leaves a core in. Also the reserve placed as 'auto' probed it."""
+    spec = wl.cpu_workers
+    probe: _Placed | None = None
+    total_cores = sum(d.full for d in doms)
+    reserved_cores = sum(r.cores for r in reservations)
+    if spec.cpusets is not None:
+        n_cpu = len(spec.cpusets)
+        if spec.count not in ("auto", n_cpu):
+            log.refuse(f"cpu_workers.cpusets lists {n_cpu} cpuset(s) for {spec.count} "
+                       "worker(s)")
+    elif spec.count == "auto":
+        probe = _place_reservations(doms, reservations, _Shape("in-domain", 1, 1))
+        n_cpu = sum(1 for i in range(len(doms)) if probe and probe[0][i] > 0)
+    else:
+        assert isinstance(spec.count, int)
+        n_cpu = spec.count
+    if n_cpu == 0 and wl.gpu_workers.count == 0:
+        log.refuse("the workload asks for no workers (cpu_workers.count and gpu_workers.count "
+                   "are 0)")
+    if reserved_cores + n_cpu > total_cores and spec.cpusets is None:
+        log.refuse(
+            f"{n_cpu} CPU worker(s) need at least {n_cpu} whole core(s) and the reserve "
+            f"{reserved_cores} ({', '.join(f'{r.name}: {r.cores}' for r in reservations)}), "
+            f"but this host has {total_cores} usable physical core(s)")
+    return n_cpu, probe
+
+
+@dataclass(frozen=True)
+class _ShapeChoice:
+    n_cpu: int  # 'auto' may settle on fewer workers than it probed
+    shape: _Shape | None  # None: nothing searched, or nothing fits
+    placed: _Placed | None  # the reserve placed for that shape
+    rejected: list[str]  # the larger shapes tried first, and why each did not fit
+
+
+def _choose_shape(spec: CpuWorkers, doms: list[_Domain], reservations: list[_Reservation],
+                  n_cpu: int, probe: _Placed | None, log: _Log) -> _ShapeChoice:
+    """The largest worker shape of which ``n_cpu`` workers fit beside the reserve."""
+    shapes = _shapes(doms, spec.cores)
+    if not shapes and spec.cores != "auto":
+        sizes = sorted({d.full for d in doms})
+        log.refuse(
+            f"cpu_workers.cores {spec.cores}: L3 domains here hold {sizes} core(s); a worker "
+            f"gets at most one domain's cores or whole domains of one NUMA node (use "
+            f"<= {max(sizes)} or a multiple of {min(sizes)})")
+    choice = _ShapeChoice(n_cpu, None, None, [])
+    if spec.count == "auto" and n_cpu:
+        # one worker per L3 domain: per domain with free cores, or per domain the reserve
+        # left whole - whichever puts more cores to work
+        whole = sum(1 for i, d in enumerate(doms) if probe and probe[0][i] == d.full)
+        best_total = -1
+        for n in sorted({n_cpu, whole} - {0}, reverse=True):
+            shape, placed, rejected = _search(doms, reservations, shapes, n)
+            if shape is not None and n * shape.cores > best_total:
+                best_total = n * shape.cores
+                choice = _ShapeChoice(n, shape, placed, rejected)
+        log.note(f"cpu_workers.count auto: one worker per L3 domain -> {choice.n_cpu}")
+    else:
+        choice = _ShapeChoice(n_cpu, *_search(doms, reservations, shapes, n_cpu))
+    if choice.shape is None and shapes:
+        why = choice.rejected[-1] if choice.rejected else "no shape fits"
+        log.refuse(f"{choice.n_cpu} CPU worker(s) do not fit without splitting a core, an L3 "
+                   f"domain or a NUMA node ({why})")
+    return choice
+
+
+@dataclass
+class _Cores:
+    """Whole physical cores by owner: the system's, each GPU worker's feed cores, and one block
+    per CPU worker with the NUMA node it sits on."""
+    system: list[Core] = field(default_factory=list)
+    gpu: dict[str, list[Core]] = field(default_factory=dict)
+    cpu_blocks: list[tuple[list[Core], int]] = field(default_factory=list)  # (cores, node)
+
+    def reserve(self, name: str, cores: list[Core]) -> None:
+        (self.system if name == "system" else self.gpu.setdefault(name, [])).extend(sorted(cores))
+
+
+def _place_cores(facts: HostFacts, spec: CpuWorkers, doms: list[_Domain],
+                 reservations: list[_Reservation], choice: _ShapeChoice, log: _Log) -> _Cores:
+    """Materialise the cores: hand-made cpusets as given, else the chosen shape's blocks."""
+    if spec.cpusets is not None:
+        return _handmade_cores(facts, spec.cpusets, doms, reservations, log)
+    if choice.shape is None or choice.placed is None:
+        return _Cores()
+    cores = _planned_cores(doms, reservations, choice.shape, choice.placed, choice.n_cpu)
+    if choice.n_cpu:
+        msg = f"{choice.n_cpu} CPU worker(s) x {choice.shape.describe()}"
+        if choice.rejected:
+            msg += f"; larger workers do not fit: {choice.rejected[-1]}"
+        log.note(msg)
+    return cores
+
+
+def _planned_cores(doms: list[_Domain], reservations: list[_Reservation], shape: _Shape,
+                   placed: _Placed, n_cpu: int) -> _Cores:
+    avail, taken = placed
+    cores = _Cores()
+    heads = _take_reserve(doms, reservations, taken, cores)
+    if shape.kind == "in-domain":
+        per_node = _in_domain_blocks(doms, heads, shape)
+    else:
+        per_node = _whole_domain_blocks(doms, avail, heads, shape)
+    cores.cpu_blocks = sorted(_round_robin(per_node)[:n_cpu], key=lambda b: b[0][0][0])
+    return cores
+
+
+def _take_reserve(doms: list[_Domain], reservations: list[_Reservation],
+                  taken: dict[str, dict[int, int]], cores: _Cores) -> dict[int, list[Core]]:
+    """Give each reservation the cores _place_reservations counted for it, from the top of each
+    domain; what is left of each domain (ascending) is for the workers."""
+    heads: dict[int, list[Core]] = {}
+    for i, d in enumerate(doms):
+        tail = list(reversed(d.cores))
+        for r in reservations:
+            n = taken.get(r.name, {}).get(i, 0)
+            got, tail = tail[:n], tail[n:]
+            cores.reserve(r.name, got)
+        heads[i] = sorted(tail)
+    return heads
+
+
+def _in_domain_blocks(doms: list[_Domain], heads: dict[int, list[Core]], shape: _Shape
+                      ) -> dict[int, list[list[Core]]]:
+    # round-robin over the node's L3 domains: with fewer workers than slots, each gets
+    # a CCD of its own (its own L3 and its own link to the memory controllers)
+    per_node: dict[int, list[list[Core]]] = defaultdict(list)
+    slots: dict[int, list[list[Core]]] = {}
+    for i in range(len(doms)):
+        h = heads[i]
+        slots[i] = [h[b * shape.size:(b + 1) * shape.size] for b in range(len(h) // shape.size)]
+    depth = max((len(v) for v in slots.values()), default=0)
+    for b in range(depth):
+        for i, d in enumerate(doms):
+            if b < len(slots[i]):
+                per_node[d.node].append(slots[i][b])
+    return per_node
+
+
+def _whole_domain_blocks(doms: list[_Domain], avail: dict[int, int],
+                         heads: dict[int, list[Core]], shape: _Shape
+                         ) -> dict[int, list[list[Core]]]:
+    """Groups of ``shape.size`` domains of one node that the reserve left whole."""
+    per_node: dict[int, list[list[Core]]] = defaultdict(list)
+    for node in sorted({d.node for d in doms}):
+        full = [i for i, d in enumerate(doms) if d.node == node and avail[i] == d.full
+                and d.full > 0]
+        for b in range(len(full) // shape.size):
+            group = full[b * shape.size:(b + 1) * shape.size]
+            per_node[node].append(sorted(c for i in group for c in heads[i]))
+    return per_node
+
+
+def _round_robin(per_node: dict[int, list[list[Core]]]) -> list[tuple[list[Core], int]]:
+    # round-robin over NUMA nodes: workers spread over the memory controllers
+    rr: list[tuple[list[Core], int]] = []
+    queues = {n: list(b) for n, b in sorted(per_node.items())}
+    while any(queues.values()):
+        for n in sorted(queues):
+            if queues[n]:
+                rr.append((queues[n].pop(0), n))
+    return rr
+
+
+def _handmade_cores(facts: HostFacts, cpusets: list[str], doms: list[_Domain],
+                    reservations: list[_Reservation], log: _Log) -> _Cores:
+    by_id = {c.id: c for c in facts.cpus}
+    cmap = core_of(facts)
+    cores = _Cores()
+    for i, text in enumerate(cpusets):
+        try:
+            cpus = parse_cpulist(text)
+        except ValueError as err:
+            log.refuse(f"cpu_workers.cpusets[{i}] {text!r}: {err}")
+            continue
+        cores_used = sorted({cmap.get(c, (c,)) for c in cpus})
+        node = by_id[cpus[0]].node if cpus and cpus[0] in by_id else 0
+        cores.cpu_blocks.append(([tuple(c) for c in cores_used], node))
+    log.note("cpu_workers.cpusets given by hand: checked, not planned")
+    # the reserve still comes from the cores nobody asked for, at the end
+    used = {x for b, _ in cores.cpu_blocks for c in b for x in c}
+    free = [c for d in reversed(doms) for c in reversed(d.cores) if not set(c) & used]
+    for r in reservations:
+        got, free = free[:r.cores], free[r.cores:]
+        cores.reserve(r.name, got)
+        if len(got) < r.cores:
+            log.refuse(f"{r.name}: {r.cores} core(s) to reserve, {len(got)} left outside the "
+                       "hand-made cpusets")
+    return cores
+
+
+# -- models, shim, memory ------------------------------------------------------------------
+
+
+def _models_for(group: str, models: list[str], n: int, log: _Log) -> list[str | None]:
+    if not models:
+        if n:
+            log.note(f"{group}: no model configured - MODEL_PATH is left out")
+        return [None] * n
+    if len(models) == 1:
+        if n > 1:
+            log.note(f"{group}: all {n} workers map the same model file: one copy in huge "
+                     "pages, shared MAP_SHARED")
+        return [models[0]] * n
+    if len(models) != n:
+        log.refuse(f"{group}.models lists {len(models)} model(s) for {n} worker(s) (give one "
+                   "per worker, or one for all)")
+        return [None] * n
+    return list(models)
+
+
+def _model_path(model: str | None, store: str | None, store_target: str, log: _Log
+                ) -> str | None:
+    """Where ``model`` appears inside the container; None (refused) when outside the store."""
+    if model is None:
+        return None
+    if model.startswith("/"):
+        if store and model.startswith(store.rstrip("/") + "/"):
+            rel = model[len(store.rstrip("/")) + 1:]
+        else:
+            log.refuse(f"model {model} is not inside the store {store}")
+            return None
+    else:
+        rel = model
+    if ".." in rel.split("/"):
+        log.refuse(f"model {model}: '..' leaves the store")
+        return None
+    return f"{store_target.rstrip('/')}/{rel}"
+
+
+def _sizes(wl: WorkloadSection, log: _Log) -> tuple[int, int, int]:
+    """(cpu worker mem_limit, gpu worker mem_limit, tmpfs size) in bytes."""
+    try:
+        return (parse_size(wl.cpu_workers.memory), parse_size(wl.gpu_workers.memory),
+                parse_size(wl.tmpfs_size))
+    except ValueError as err:  # validated by the schema; kept for direct callers
+        log.refuse(str(err))
+        return 0, 0, 0
+
+
+# -- workers ----------------------------------------------------------------------------------
+
+
+class _WorkerMaker:
+    """Builds each WorkerPlan and its reasons; numbers the ports in order and collects the SMT
+    siblings left idle (smt: leave-idle) across all workers."""
+
+    def __init__(self, facts: HostFacts, wl: WorkloadSection, store: str | None, log: _Log
+                 ) -> None:
+        self.facts = facts
+        self.wl = wl
+        self.store = store
+        self.log = log
+        self.by_id = {c.id: c for c in facts.cpus}
+        self.keep = wl.smt == "keep-together"
+        self.idle: set[int] = set()
+        self.port = wl.port_base
+
+    def make(self, name: str, kind: Literal["cpu", "gpu"], cores: list[Core], mem: int,
+             model: str | None, gpus: tuple[int, ...], why: list[str],
+             handmade: list[int] | None) -> WorkerPlan:
+        """``why``: the caller's reasons; a planned cpuset's placement goes before them, its
+        SMT policy after."""
+        by_id = self.by_id
+        cpus = self._cpuset(cores, handmade)
+        mems = sorted({by_id[c].node for c in cpus if c in by_id})
+        l3s = sorted({by_id[c].l3 for c in cpus if c in by_id and by_id[c].l3 >= 0})
+        if handmade is None:
+            why.insert(0, self._why_placement(cores, cpus, mems, l3s))
+            why.extend(self._why_smt(cores))
+        why.extend(self._why_limits(mems, len(cores), len(cpus), mem))
+        path = _model_path(model, self.store, self.wl.store_target, self.log)
+        shim = bool(model) and any(str(model).endswith(s) for s in self.wl.shim_for)
+        why.extend(self._why_model(name, model, path, shim))
+        return WorkerPlan(
+            name=name, kind=kind, container=f"{self.wl.project}-{name}", cpus=tuple(cpus),
+            cores=tuple(tuple(c) for c in cores), mems=tuple(mems), l3_domains=tuple(l3s),
+            threads=len(cores), threads_batch=len(cpus), memory_bytes=mem, model=model,
+            model_path=path, gpus=gpus,
+            gpu_addresses=tuple(self.facts.gpus[g].address for g in gpus),
+            shim=shim and bool(self.wl.shim), port=self._next_port(), why=tuple(why))
+
+    def _cpuset(self, cores: list[Core], handmade: list[int] | None) -> list[int]:
+        if handmade is not None:
+            return sorted(handmade)
+        if self.keep:
+            return sorted(x for c in cores for x in c)
+        self.idle.update(x for c in cores for x in c[1:])
+        return sorted(c[0] for c in cores)
+
+    def _next_port(self) -> int | None:
+        if self.port is None:
+            return None
+        self.port += 1
+        return self.port - 1
+
+    def _why_placement(self, cores: list[Core], cpus: list[int], mems: list[int],
+                       l3s: list[int]) -> str:
+        doms_txt = ", ".join(f"L3 #{i} ({format_cpulist(self.facts.l3_domains[i])})"
+                             for i in l3s) or "the only cache domain"
+        return (f"{len(cores)} whole physical core(s) {format_cpulist(cpus)} in {doms_txt}, "
+                f"NUMA node {format_cpulist(mems)}")
+
+    def _why_smt(self, cores: list[Core]) -> list[str]:
+        if not self.facts.smt:
+            return []
+        sib = sorted(x for c in cores for x in c[1:])
+        if self.keep:
+            return [f"smt keep-together: siblings {format_cpulist(sib)} are in the cpuset, so "
+                    "no other container shares these cores"]
+        return [f"smt leave-idle: siblings {format_cpulist(sib)} stay idle (in no cpuset): "
+                "full core resources for one thread each"]
+
+    def _why_limits(self, mems: list[int], threads: int, tb: int, mem: int) -> list[str]:
+        return [
+            f"cpuset.mems {format_cpulist(mems)}: memory from the node its cores sit on "
+            "(compose cannot set it: `docker update --cpuset-mems` does)"
+            if len(self.facts.nodes) > 1 else
+            f"cpuset.mems {format_cpulist(mems)}: the only NUMA node",
+            f"llama.cpp threads {threads} (one per physical core: decode is memory-bound) and "
+            f"threads-batch {tb} (every CPU of the cpuset for prompt processing)",
+            f"mem_limit {format_size(mem)}: KV cache and buffers - the model on hugetlbfs is "
+            "charged to the hugetlb cgroup, not to memory.max"]
+
+    def _why_model(self, name: str, model: str | None, path: str | None, shim: bool
+                   ) -> list[str]:
+        why = []
+        if path:
+            why.append(f"MODEL_PATH {path} (read-only bind of the huge-page store)")
+        if shim:
+            if self.wl.shim:
+                why.append(f"LD_PRELOAD {self.wl.shim}: {model} has a strict loader that "
+                           "refuses a padded hugetlbfs file")
+            else:
+                self.log.refuse(f"{name}: {model} has a strict loader (refuses the padded "
+                                "hugetlbfs file) and workload.shim is not set")
+        elif path:
+            why.append("no LD_PRELOAD: llama.cpp's GGUF loader accepts the padded hugetlbfs "
+                       "file as it is")
+        return why
+
+
+def _cpu_workers(maker: _WorkerMaker, spec: CpuWorkers, blocks: list[tuple[list[Core], int]],
+                 mem: int, models: list[str | None]) -> list[WorkerPlan]:
+    out: list[WorkerPlan] = []
+    for i, (cores, _node) in enumerate(blocks):
+        handmade = None
+        if spec.cpusets is not None:
+            handmade = parse_cpulist(spec.cpusets[i])
+        out.append(maker.make(f"cpu-{i}", "cpu", cores, mem,
+                              models[i] if i < len(models) else None, (), [], handmade))
+    return out
+
+
+def _gpu_workers(maker: _WorkerMaker, facts: HostFacts, gpus: list[int],
+                 feed: dict[str, list[Core]], mem: int, models: list[str | None]
+                 ) -> list[WorkerPlan]:
+    out: list[WorkerPlan] = []
+    for i, g in enumerate(gpus):
+        gpu = facts.gpus[g]
+        where = (f"NUMA node {gpu.numa_node}" if gpu.numa_node >= 0 else
+                 "no NUMA node reported (single-node host)")
+        out.append(maker.make(
+            f"gpu-{i}", "gpu", feed.get(f"gpu-{i}", []), mem,
+            models[i] if i < len(models) else None, (g,),
+            [f"GPU {g} ({gpu.address}, {where}): its feed cores are this worker's cpuset"],
+            None))
+    return out
+
+
+# -- checks on the workers ------------------------------------------------------------------
+
+
+def _check_memory(facts: HostFacts, workers: list[WorkerPlan], hugepage_bytes: int, log: _Log
+                  ) -> None:
+    """The workers' mem_limit fit in RAM beside the huge-page pool, in total and per node."""
+    if not workers:
+        return
+    total_mem = sum(w.memory_bytes for w in workers)
+    room = facts.mem_total_bytes - hugepage_bytes
+    if total_mem > room:
+        log.refuse(
+            f"workers' mem_limit add up to {format_size(total_mem)}, but RAM "
+            f"{format_size(facts.mem_total_bytes)} minus the huge-page pool "
+            f"{format_size(hugepage_bytes)} leaves {format_size(room)}")
+    elif room - total_mem < facts.mem_total_bytes // 10:
+        log.note(f"workers' mem_limit ({format_size(total_mem)}) leave only "
+                 f"{format_size(room - total_mem)} for the OS beside the huge-page pool")
+    mem_nodes = [n for n in facts.nodes if n.mem_total_bytes > 0]
+    if len(mem_nodes) > 1:
+        per_node_pool = hugepage_bytes // len(mem_nodes)
+        for nd in mem_nodes:
+            need = sum(w.memory_bytes for w in workers if nd.id in w.mems)
+            if need > nd.mem_total_bytes - per_node_pool:
+                log.refuse(
+                    f"NUMA node {nd.id}: workers' mem_limit {format_size(need)} exceed its "
+                    f"{format_size(nd.mem_total_bytes)} minus its share of the huge-page "
+                    f"pool {format_size(per_node_pool)}")
+
+
+def _check_handmade(facts: HostFacts, workers: list[WorkerPlan], excl: _Exclusion,
+                    system: list[Core], log: _Log) -> list[CpusetFinding]:
+    """Hand-made cpusets: flag overlap and sibling sharing."""
+    known = {c.id for c in facts.cpus}
+    sys_cpus = {x for c in system for x in c}
+    findings = check_cpusets(
+        facts, {w.container: w.cpus for w in workers},
+        reserved=sorted((excl.reserved & known) | excl.isolated | sys_cpus),
+        reserved_name="system/reserved")
+    for f in findings:
+        (log.refusals if f.severity == "error" else log.notes).append(f.message)
+    return findings
+
+
+def _memlock(wl: WorkloadSection, log: _Log) -> int | None:
+    """The memlock ulimit in bytes (None: unlimited), with a note on how workers may mlock."""
+    memlock_bytes: int | None = None
+    if wl.memlock_limit != "unlimited":
+        memlock_bytes = parse_size(wl.memlock_limit)
+    if wl.memlock == "ipc_lock":
+        log.note("memlock: cap_add IPC_LOCK - workers may mlock regardless of RLIMIT_MEMLOCK, "
+                 "so the daemon's own limit does not matter")
+        return memlock_bytes
+    lim = "unlimited" if memlock_bytes is None else format_size(memlock_bytes)
+    log.note(f"memlock: ulimit {lim} - runc sets it from dockerd, which cannot exceed its own "
+             "hard limit without CAP_SYS_RESOURCE (the memlock section's LimitMEMLOCK drop-in)")
+    if wl.mlock and memlock_bytes is not None:
+        # do_mlock() (mm/mlock.c) checks the whole length against RLIMIT_MEMLOCK before
+        # mlock_fixup() skips hugetlb VMAs: a huge-page model still needs the limit
+        log.note(f"mlock with a {lim} memlock ulimit: llama.cpp's mlock of a larger model "
+                 "fails (ENOMEM) even on hugetlbfs; use 'unlimited' or ipc_lock")
+    return memlock_bytes
+
+
+def _unassigned(facts: HostFacts, workers: list[WorkerPlan], sys_cpus: tuple[int, ...],
+                idle: set[int], excl: _Exclusion, log: _Log) -> list[int]:
+    assigned = {x for w in workers for x in w.cpus}
+    unassigned = sorted({c.id for c in facts.cpus} - assigned - set(sys_cpus) - idle
+                        - excl.cpus)
+    if unassigned and not log.refusals:
+        log.note(f"CPUs {format_cpulist(unassigned)} are in no cpuset: a bigger share would "
+                 "split an L3 domain or a core between workers; the OS may use them")
+    return unassigned

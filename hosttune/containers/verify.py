@@ -215,89 +215,125 @@ def _mount_at(live: LiveContainer, target: str) -> Mount | None:
 
 def compare(plan: ContainerPlan, w: WorkerPlan, live: LiveContainer) -> list[Check]:
     """Pure: the checks of one planned worker against its live container."""
-    name = live.name or w.container
-    out: list[Check] = []
-
-    def add(check: str, expected: str, actual: str, ok: bool, note: str = "") -> None:
-        out.append(Check(name, check, expected, actual, ok, note))
-
+    checks = _Checks(live.name or w.container)
     if not live.running:
-        add("state", "running", f"{live.status} (exit code {live.exit_code})", False,
-            live.error)
-        return out
+        checks.add("state", "running", f"{live.status} (exit code {live.exit_code})", False,
+                   live.error)
+        return checks.out
+    _check_cgroup(checks, w, live)
+    _check_privileges(checks, plan, live)
+    _check_memlock(checks, plan, live)
+    _check_mounts(checks, plan, w, live)
+    _check_preload(checks, plan, w, live)
+    threads = live.env.get("LLAMA_ARG_THREADS", "unset")
+    checks.add("llama.cpp threads", str(w.threads), threads, threads == str(w.threads))
+    if w.gpus or live.device_ids:
+        exp_g = ",".join(str(g) for g in w.gpus) or "none"
+        act_g = ",".join(live.device_ids) or "none"
+        checks.add("GPU devices", exp_g, act_g, exp_g == act_g)
+    return checks.out
+
+
+@dataclass
+class _Checks:
+    """The checks of one container, in the order they are reported."""
+    name: str
+    out: list[Check] = field(default_factory=list)
+
+    def add(self, check: str, expected: str, actual: str, ok: bool, note: str = "") -> None:
+        self.out.append(Check(self.name, check, expected, actual, ok, note))
+
+
+def _check_cgroup(checks: _Checks, w: WorkerPlan, live: LiveContainer) -> None:
+    """cpuset.cpus, cpuset.mems and the memory limit, as the cgroup has them."""
     exp_cpus = format_cpulist(w.cpus)
     act = "unknown" if live.cpus is None else format_cpulist(live.cpus)
     note = "" if live.cpuset_configured else "started without a cpuset"
-    add("cpuset.cpus", exp_cpus, act, live.cpus == w.cpus, note if act != exp_cpus else "")
+    checks.add("cpuset.cpus", exp_cpus, act, live.cpus == w.cpus,
+               note if act != exp_cpus else "")
     exp_mems = format_cpulist(w.mems)
     act_mems = "unknown" if live.mems is None else format_cpulist(live.mems)
-    add("cpuset.mems", exp_mems, act_mems, live.mems == w.mems,
-        "" if act_mems == exp_mems else f"docker update --cpuset-mems {exp_mems} {name}")
-    add("memory limit", format_size(w.memory_bytes),
-        _lim(live.memory_limit) if live.memory_known else "unknown",
-        live.memory_known and live.memory_limit == w.memory_bytes)
+    checks.add("cpuset.mems", exp_mems, act_mems, live.mems == w.mems,
+               "" if act_mems == exp_mems else f"docker update --cpuset-mems {exp_mems} "
+               f"{checks.name}")
+    checks.add("memory limit", format_size(w.memory_bytes),
+               _lim(live.memory_limit) if live.memory_known else "unknown",
+               live.memory_known and live.memory_limit == w.memory_bytes)
+
+
+def _check_privileges(checks: _Checks, plan: ContainerPlan, live: LiveContainer) -> None:
+    """Capabilities: IPC_LOCK only in ipc_lock mode, nothing otherwise; no-new-privileges."""
     want_caps = {"IPC_LOCK"} if plan.memlock_mode == "ipc_lock" else set()
     for key, mask in (("capabilities (effective)", live.cap_eff),
                       ("capabilities (bounding)", live.cap_bnd)):
         have = set(cap_names(mask)) if mask is not None else None
-        add(key, ",".join(sorted(want_caps)) or "none",
-            "unknown" if have is None else (",".join(sorted(have)) or "none"), have == want_caps)
-    add("no-new-privileges", "1", "unknown" if live.no_new_privs is None else
-        str(int(live.no_new_privs)), live.no_new_privs is True)
+        checks.add(key, ",".join(sorted(want_caps)) or "none",
+                   "unknown" if have is None else (",".join(sorted(have)) or "none"),
+                   have == want_caps)
+    checks.add("no-new-privileges", "1", "unknown" if live.no_new_privs is None else
+               str(int(live.no_new_privs)), live.no_new_privs is True)
+
+
+def _check_memlock(checks: _Checks, plan: ContainerPlan, live: LiveContainer) -> None:
+    """RLIMIT_MEMLOCK as planned (ulimit mode), and VmLck within it."""
     if live.memlock is None:
-        add("memlock", "readable", "unknown", False)
+        checks.add("memlock", "readable", "unknown", False)
     else:
         soft, hard = live.memlock
         actual = f"{_lim(soft)}/{_lim(hard)}"
         if plan.memlock_mode == "ulimit":
             exp = f"{_lim(plan.memlock_bytes)}/{_lim(plan.memlock_bytes)}"
-            add("memlock soft/hard", exp, actual,
-                soft == plan.memlock_bytes and hard == plan.memlock_bytes)
+            checks.add("memlock soft/hard", exp, actual,
+                       soft == plan.memlock_bytes and hard == plan.memlock_bytes)
         else:
-            add("memlock soft/hard", "any (IPC_LOCK)", actual, True)
+            checks.add("memlock soft/hard", "any (IPC_LOCK)", actual, True)
     if live.vmlck_bytes is not None:
         limit = live.memlock[0] if live.memlock else None
         over = (plan.memlock_mode == "ulimit" and limit is not None
                 and live.vmlck_bytes > limit)
-        add("VmLck", f"<= {_lim(limit)}" if plan.memlock_mode == "ulimit" else "any",
-            format_size(live.vmlck_bytes), not over,
-            "hugetlb mappings never count in VmLck (mm/mlock.c skips hugetlb VMAs)")
+        checks.add("VmLck", f"<= {_lim(limit)}" if plan.memlock_mode == "ulimit" else "any",
+                   format_size(live.vmlck_bytes), not over,
+                   "hugetlb mappings never count in VmLck (mm/mlock.c skips hugetlb VMAs)")
+
+
+def _check_mounts(checks: _Checks, plan: ContainerPlan, w: WorkerPlan, live: LiveContainer
+                  ) -> None:
+    """A read-only rootfs; the store read-only on hugetlbfs, with the model visible in it."""
     root = _mount_at(live, "/")
-    add("rootfs", "read-only", "unknown" if root is None else
-        ("read-only" if "ro" in root.options else "writable"),
-        root is not None and "ro" in root.options)
-    if w.model_path and plan.store:
-        m = _mount_at(live, plan.store_target)
-        if m is None:
-            add(f"mount {plan.store_target}", "hugetlbfs read-only", "absent", False)
-        else:
-            ro = "ro" in m.options
-            add(f"mount {plan.store_target}", "hugetlbfs read-only",
-                f"{m.fstype} {'read-only' if ro else 'writable'}",
-                m.fstype == "hugetlbfs" and ro)
-        add("MODEL_PATH", w.model_path, live.env.get("MODEL_PATH", "unset"),
-            live.env.get("MODEL_PATH") == w.model_path)
-        seen = live.visible.get(w.model_path)
-        if seen is not None:
-            add("model file", "visible", "visible" if seen else "missing", seen,
-                "" if seen else "not in the store (hosttune models load?)")
+    checks.add("rootfs", "read-only", "unknown" if root is None else
+               ("read-only" if "ro" in root.options else "writable"),
+               root is not None and "ro" in root.options)
+    if not (w.model_path and plan.store):
+        return
+    m = _mount_at(live, plan.store_target)
+    if m is None:
+        checks.add(f"mount {plan.store_target}", "hugetlbfs read-only", "absent", False)
+    else:
+        ro = "ro" in m.options
+        checks.add(f"mount {plan.store_target}", "hugetlbfs read-only",
+                   f"{m.fstype} {'read-only' if ro else 'writable'}",
+                   m.fstype == "hugetlbfs" and ro)
+    checks.add("MODEL_PATH", w.model_path, live.env.get("MODEL_PATH", "unset"),
+               live.env.get("MODEL_PATH") == w.model_path)
+    seen = live.visible.get(w.model_path)
+    if seen is not None:
+        checks.add("model file", "visible", "visible" if seen else "missing", seen,
+                   "" if seen else "not in the store (hosttune models load?)")
+
+
+def _check_preload(checks: _Checks, plan: ContainerPlan, w: WorkerPlan, live: LiveContainer
+                   ) -> None:
+    """LD_PRELOAD of the shim exactly where planned, and the shim mounted read-only."""
     want_preload = plan.shim_target if w.shim else None
     have_preload = live.env.get("LD_PRELOAD") or None
     if want_preload or have_preload:
-        add("LD_PRELOAD", want_preload or "unset", have_preload or "unset",
-            want_preload == have_preload)
+        checks.add("LD_PRELOAD", want_preload or "unset", have_preload or "unset",
+                   want_preload == have_preload)
     if want_preload:
         sm = _mount_at(live, want_preload)
-        add(f"mount {want_preload}", "read-only", "absent" if sm is None else
-            ("read-only" if "ro" in sm.options else "writable"),
-            sm is not None and "ro" in sm.options)
-    threads = live.env.get("LLAMA_ARG_THREADS", "unset")
-    add("llama.cpp threads", str(w.threads), threads, threads == str(w.threads))
-    if w.gpus or live.device_ids:
-        exp_g = ",".join(str(g) for g in w.gpus) or "none"
-        act_g = ",".join(live.device_ids) or "none"
-        add("GPU devices", exp_g, act_g, exp_g == act_g)
-    return out
+        checks.add(f"mount {want_preload}", "read-only", "absent" if sm is None else
+                   ("read-only" if "ro" in sm.options else "writable"),
+                   sm is not None and "ro" in sm.options)
 
 
 def check_daemons(host: Host, plan: ContainerPlan) -> list[Check]:

@@ -97,7 +97,41 @@ def read_facts(host: Host) -> HostFacts:
             int(d[3:]) for d in host.listdir("/sys/devices/system/cpu")
             if d.startswith("cpu") and d[3:].isdigit()
         )
+    nodes, node_of = _read_nodes(host, online, meminfo)
+    cpu_objs, l3_domains = _read_cpus(host, online, node_of)
 
+    sizes: list[int] = []
+    for d in host.listdir("/sys/kernel/mm/hugepages"):
+        try:
+            sizes.append(parse_kb_dirname(d))
+        except ValueError:
+            continue
+    default_hp = meminfo.get("Hugepagesize", 2 * 1024 * 1024)
+
+    policies = tuple(
+        d for d in host.listdir("/sys/devices/system/cpu/cpufreq") if d.startswith("policy")
+    )
+    vendor, model = _cpu_identity(host)
+    isolated = tuple(read_cpulist(host, "/sys/devices/system/cpu/isolated"))
+    return HostFacts(
+        mem_total_bytes=meminfo.get("MemTotal", 0),
+        cpus=cpu_objs,
+        nodes=tuple(sorted(nodes, key=lambda n: n.id)),
+        l3_domains=l3_domains,
+        hugepage_sizes=tuple(sorted(sizes)),
+        default_hugepage_bytes=default_hp,
+        isolated_cpus=isolated,
+        cpufreq_policies=policies,
+        cpu_vendor=vendor,
+        cpu_model=model,
+        meminfo=meminfo,
+        gpus=read_gpus(host),
+    )
+
+
+def _read_nodes(host: Host, online: list[int], meminfo: dict[str, int]
+                ) -> tuple[list[NumaNode], dict[int, int]]:
+    """The NUMA nodes, and the node of each CPU."""
     # NUMA nodes (absent on kernels without CONFIG_NUMA: treat as one node 0)
     node_of: dict[int, int] = {}
     nodes: list[NumaNode] = []
@@ -115,7 +149,12 @@ def read_facts(host: Host) -> HostFacts:
     if not nodes:
         nodes = [NumaNode(0, tuple(online), meminfo.get("MemTotal", 0))]
         node_of = dict.fromkeys(online, 0)
+    return nodes, node_of
 
+
+def _read_cpus(host: Host, online: list[int], node_of: dict[int, int]
+               ) -> tuple[tuple[Cpu, ...], tuple[tuple[int, ...], ...]]:
+    """Each online CPU's topology, and the L3 domains (ordered by their first CPU)."""
     l3_lists: dict[tuple[int, ...], None] = {}
     raw: list[tuple[int, int, int, tuple[int, ...], tuple[int, ...] | None]] = []
     for cid in online:
@@ -126,33 +165,30 @@ def read_facts(host: Host) -> HostFacts:
         if not host.read_value(sib_file):
             sib_file = f"{base}/topology/core_cpus_list"
         sibs = tuple(read_cpulist(host, sib_file)) or (cid,)
-        l3: tuple[int, ...] | None = None
-        for idx in host.listdir(f"{base}/cache"):
-            if not idx.startswith("index"):
-                continue
-            if host.read_value(f"{base}/cache/{idx}/level") == "3":
-                l3 = tuple(read_cpulist(host, f"{base}/cache/{idx}/shared_cpu_list"))
-                break
+        l3 = _l3_of(host, base)
         if l3:
             l3_lists.setdefault(l3, None)
         raw.append((cid, pkg, core, sibs, l3))
     l3_domains = tuple(sorted(l3_lists, key=lambda t: t[0]))
-    cpu_objs = tuple(
+    cpus = tuple(
         Cpu(cid, pkg, core, node_of.get(cid, 0), l3_domains.index(l3) if l3 else -1, sibs)
         for cid, pkg, core, sibs, l3 in raw
     )
+    return cpus, l3_domains
 
-    sizes: list[int] = []
-    for d in host.listdir("/sys/kernel/mm/hugepages"):
-        try:
-            sizes.append(parse_kb_dirname(d))
-        except ValueError:
+
+def _l3_of(host: Host, base: str) -> tuple[int, ...] | None:
+    """The CPUs sharing this CPU's L3 cache (None: no level-3 cache index)."""
+    for idx in host.listdir(f"{base}/cache"):
+        if not idx.startswith("index"):
             continue
-    default_hp = meminfo.get("Hugepagesize", 2 * 1024 * 1024)
+        if host.read_value(f"{base}/cache/{idx}/level") == "3":
+            return tuple(read_cpulist(host, f"{base}/cache/{idx}/shared_cpu_list"))
+    return None
 
-    policies = tuple(
-        d for d in host.listdir("/sys/devices/system/cpu/cpufreq") if d.startswith("policy")
-    )
+
+def _cpu_identity(host: Host) -> tuple[str, str]:
+    """(vendor_id, model name) of the first CPU in /proc/cpuinfo."""
     vendor = model = ""
     for line in (host.read_text("/proc/cpuinfo") or "").splitlines():
         k, _, v = line.partition(":")
@@ -163,21 +199,7 @@ def read_facts(host: Host) -> HostFacts:
             model = v.strip()
         if vendor and model:
             break
-    isolated = tuple(read_cpulist(host, "/sys/devices/system/cpu/isolated"))
-    return HostFacts(
-        mem_total_bytes=meminfo.get("MemTotal", 0),
-        cpus=cpu_objs,
-        nodes=tuple(sorted(nodes, key=lambda n: n.id)),
-        l3_domains=l3_domains,
-        hugepage_sizes=tuple(sorted(sizes)),
-        default_hugepage_bytes=default_hp,
-        isolated_cpus=isolated,
-        cpufreq_policies=policies,
-        cpu_vendor=vendor,
-        cpu_model=model,
-        meminfo=meminfo,
-        gpus=read_gpus(host),
-    )
+    return vendor, model
 
 
 def find_pids(host: Host, comm: str) -> list[int]:

@@ -100,6 +100,79 @@ def _compliance(aud: AuditSummary) -> dict[tuple[str, str], bool]:
     return out
 
 
+def families(snap: Snapshot) -> list[Metric]:
+    """Prometheus metric families for a snapshot (pure: testable without a server)."""
+    out = [_collector_up(snap), *_audit_families(snap.audit)]
+    if isinstance(snap.cpu, CpuReading):
+        out += _cpu_families(snap.cpu)
+    if isinstance(snap.memory, MemoryReading):
+        out += _memory_families(snap.memory)
+    if isinstance(snap.hugepages, HugePagesReading):
+        out += _hugepage_families(snap.hugepages)
+    if isinstance(snap.memlocked, MemLockedReading):
+        out.append(_single("memlocked_bytes", float(snap.memlocked.mlocked_bytes)))
+    if isinstance(snap.store, StoreReading):
+        out += _store_families(snap.store)
+    if isinstance(snap.containers, ContainersReading):
+        out += _container_families(snap.containers)
+    if isinstance(snap.gpu, GpusReading):
+        out += _gpu_families(snap.gpu)
+    return out
+
+
+def _single(name: str, value: float) -> Metric:
+    """A family of one unlabelled sample."""
+    fam = _fam(name, [])
+    fam.add_metric([], value)
+    return fam
+
+
+def _collector_up(snap: Snapshot) -> Metric:
+    up = _fam("collector_up", ["collector", "reason"])
+    for cname in ("cpu", "memory", "hugepages", "memlocked", "store", "containers", "gpu",
+                  "audit"):
+        v = getattr(snap, cname)
+        up.add_metric([cname, v.reason if isinstance(v, Unavailable) else ""],
+                      0.0 if isinstance(v, Unavailable) else 1.0)
+    return up
+
+
+def _audit_families(aud: AuditSummary | Unavailable) -> list[Metric]:
+    a_up = _single("audit_up", 1.0 if isinstance(aud, AuditSummary) else 0.0)
+    if not isinstance(aud, AuditSummary):
+        return [a_up]
+    # No status label: a label that changes with the value would start a new series.
+    comp = _fam("setting_compliant", ["tunable", "key", "profile"])
+    for (tunable, key), ok in _compliance(aud).items():
+        comp.add_metric([tunable, key, aud.profile], 1.0 if ok else 0.0)
+    drift = _fam("drift_settings", ["profile"])
+    drift.add_metric([aud.profile], float(aud.drift))
+    ts = _fam("audit_last_timestamp_seconds", ["profile"])
+    ts.add_metric([aud.profile], aud.at)
+    dur = _fam("audit_duration_seconds", ["profile"])
+    dur.add_metric([aud.profile], aud.duration_s)
+    return [a_up, comp, drift, ts, dur]
+
+
+def _cpu_families(cpu: CpuReading) -> list[Metric]:
+    f = _fam("cpu_frequency_hertz", ["cpu", "source"])
+    g = _fam("cpu_governor_info", ["cpu", "governor"])
+    for core in cpu.cores:
+        if core.cur_freq_hz is not None:
+            f.add_metric([str(core.cpu), "cpufreq"], float(core.cur_freq_hz))
+        if core.cpuinfo_mhz is not None:
+            f.add_metric([str(core.cpu), "cpuinfo"], core.cpuinfo_mhz * 1e6)
+        if core.governor:
+            g.add_metric([str(core.cpu), core.governor], 1.0)
+    return [f, g]
+
+
+def _memory_families(m: MemoryReading) -> list[Metric]:
+    return [_single(name, float(val)) for name, val in (
+        ("memory_total_bytes", m.total_bytes), ("memory_available_bytes", m.available_bytes),
+        ("swap_total_bytes", m.swap_total_bytes), ("swap_free_bytes", m.swap_free_bytes))]
+
+
 def _hugepage_families(hp: HugePagesReading) -> list[Metric]:
     sys_labels, node_labels = ["page_size_bytes"], ["node", "page_size_bytes"]
     pool, free, surp, resv = (_fam(n, sys_labels) for n in (
@@ -120,120 +193,62 @@ def _hugepage_families(hp: HugePagesReading) -> list[Metric]:
             npool.add_metric(lv, float(p.total))
             nfree.add_metric(lv, float(p.free))
             nsurp.add_metric(lv, float(p.surplus))
-    return [pool, free, surp, resv, npool, nfree, nsurp]
-
-
-def families(snap: Snapshot) -> list[Metric]:
-    """Prometheus metric families for a snapshot (pure: testable without a server)."""
-    out: list[Metric] = []
-    up = _fam("collector_up", ["collector", "reason"])
-    for cname in ("cpu", "memory", "hugepages", "memlocked", "store", "containers", "gpu",
-                  "audit"):
-        v = getattr(snap, cname)
-        up.add_metric([cname, v.reason if isinstance(v, Unavailable) else ""],
-                      0.0 if isinstance(v, Unavailable) else 1.0)
-    out.append(up)
-
-    aud = snap.audit
-    a_up = _fam("audit_up", [])
-    a_up.add_metric([], 1.0 if isinstance(aud, AuditSummary) else 0.0)
-    out.append(a_up)
-    if isinstance(aud, AuditSummary):
-        # No status label: a label that changes with the value would start a new series.
-        comp = _fam("setting_compliant", ["tunable", "key", "profile"])
-        for (tunable, key), ok in _compliance(aud).items():
-            comp.add_metric([tunable, key, aud.profile], 1.0 if ok else 0.0)
-        drift = _fam("drift_settings", ["profile"])
-        drift.add_metric([aud.profile], float(aud.drift))
-        ts = _fam("audit_last_timestamp_seconds", ["profile"])
-        ts.add_metric([aud.profile], aud.at)
-        dur = _fam("audit_duration_seconds", ["profile"])
-        dur.add_metric([aud.profile], aud.duration_s)
-        out += [comp, drift, ts, dur]
-
-    if isinstance(snap.cpu, CpuReading):
-        f = _fam("cpu_frequency_hertz", ["cpu", "source"])
-        g = _fam("cpu_governor_info", ["cpu", "governor"])
-        for core in snap.cpu.cores:
-            if core.cur_freq_hz is not None:
-                f.add_metric([str(core.cpu), "cpufreq"], float(core.cur_freq_hz))
-            if core.cpuinfo_mhz is not None:
-                f.add_metric([str(core.cpu), "cpuinfo"], core.cpuinfo_mhz * 1e6)
-            if core.governor:
-                g.add_metric([str(core.cpu), core.governor], 1.0)
-        out += [f, g]
-
-    if isinstance(snap.memory, MemoryReading):
-        m = snap.memory
-        for name, val in (("memory_total_bytes", m.total_bytes),
-                          ("memory_available_bytes", m.available_bytes),
-                          ("swap_total_bytes", m.swap_total_bytes),
-                          ("swap_free_bytes", m.swap_free_bytes)):
-            fam = _fam(name, [])
-            fam.add_metric([], float(val))
-            out.append(fam)
-
-    if isinstance(snap.hugepages, HugePagesReading):
-        out += _hugepage_families(snap.hugepages)
-        if snap.hugepages.vmemmap_saved_bytes is not None:
-            hvo = _fam("hugetlb_vmemmap_saved_bytes", [])
-            hvo.add_metric([], float(snap.hugepages.vmemmap_saved_bytes))
-            out.append(hvo)
-
-    if isinstance(snap.memlocked, MemLockedReading):
-        ml = _fam("memlocked_bytes", [])
-        ml.add_metric([], float(snap.memlocked.mlocked_bytes))
-        out.append(ml)
-
-    if isinstance(snap.store, StoreReading):
-        used = _fam("model_store_used_bytes", ["mount", "page_size_bytes"])
-        size = _fam("model_store_size_bytes", ["mount", "page_size_bytes"])
-        nfiles = _fam("model_store_files", ["mount", "page_size_bytes"])
-        for mnt in snap.store.mounts:
-            lv = [mnt.mount_point, str(mnt.page_size_bytes)]
-            used.add_metric(lv, float(mnt.used_bytes))
-            nfiles.add_metric(lv, float(len(mnt.files)))
-            if mnt.size_limit_bytes is not None:
-                size.add_metric(lv, float(mnt.size_limit_bytes))
-        out += [used, size, nfiles]
-
-    if isinstance(snap.containers, ContainersReading):
-        lab = ["container", "id"]
-        vm, mem = _fam("container_vmlck_bytes", lab), _fam("container_memory_bytes", lab)
-        cpu, cs = _fam("container_cpu_seconds", lab), _fam("container_cpuset_compliant", lab)
-        for c in snap.containers.containers:
-            lv = [c.name, c.id[:12]]
-            vm.add_metric(lv, float(c.vmlck_bytes))
-            if c.memory_bytes is not None:
-                mem.add_metric(lv, float(c.memory_bytes))
-            if c.cpu_seconds is not None:
-                cpu.add_metric(lv, c.cpu_seconds)
-            cs.add_metric(lv, 1.0 if c.cpuset_compliant else 0.0)
-        out += [vm, mem, cpu, cs]
-
-    if isinstance(snap.gpu, GpusReading):
-        lab = ["gpu", "uuid", "name"]
-        pw, pl = _fam("gpu_power_watts", lab), _fam("gpu_power_limit_watts", lab)
-        clk = _fam("gpu_clock_hertz", [*lab, "clock"])
-        mode = _fam("gpu_compute_mode", [*lab, "mode"])
-        pers = _fam("gpu_persistence_mode", lab)
-        for gr in snap.gpu.gpus:
-            lv = [str(gr.index), gr.uuid, gr.name]
-            if gr.power_w is not None:
-                pw.add_metric(lv, gr.power_w)
-            if gr.power_limit_w is not None:
-                pl.add_metric(lv, gr.power_limit_w)
-            if gr.sm_clock_hz is not None:
-                clk.add_metric([*lv, "sm"], float(gr.sm_clock_hz))
-            if gr.mem_clock_hz is not None:
-                clk.add_metric([*lv, "mem"], float(gr.mem_clock_hz))
-            if gr.compute_mode is not None:
-                for mname in COMPUTE_MODES.values():
-                    mode.add_metric([*lv, mname], 1.0 if mname == gr.compute_mode else 0.0)
-            if gr.persistence is not None:
-                pers.add_metric(lv, 1.0 if gr.persistence else 0.0)
-        out += [pw, pl, clk, mode, pers]
+    out: list[Metric] = [pool, free, surp, resv, npool, nfree, nsurp]
+    if hp.vmemmap_saved_bytes is not None:
+        out.append(_single("hugetlb_vmemmap_saved_bytes", float(hp.vmemmap_saved_bytes)))
     return out
+
+
+def _store_families(st: StoreReading) -> list[Metric]:
+    used = _fam("model_store_used_bytes", ["mount", "page_size_bytes"])
+    size = _fam("model_store_size_bytes", ["mount", "page_size_bytes"])
+    nfiles = _fam("model_store_files", ["mount", "page_size_bytes"])
+    for mnt in st.mounts:
+        lv = [mnt.mount_point, str(mnt.page_size_bytes)]
+        used.add_metric(lv, float(mnt.used_bytes))
+        nfiles.add_metric(lv, float(len(mnt.files)))
+        if mnt.size_limit_bytes is not None:
+            size.add_metric(lv, float(mnt.size_limit_bytes))
+    return [used, size, nfiles]
+
+
+def _container_families(ct: ContainersReading) -> list[Metric]:
+    lab = ["container", "id"]
+    vm, mem = _fam("container_vmlck_bytes", lab), _fam("container_memory_bytes", lab)
+    cpu, cs = _fam("container_cpu_seconds", lab), _fam("container_cpuset_compliant", lab)
+    for c in ct.containers:
+        lv = [c.name, c.id[:12]]
+        vm.add_metric(lv, float(c.vmlck_bytes))
+        if c.memory_bytes is not None:
+            mem.add_metric(lv, float(c.memory_bytes))
+        if c.cpu_seconds is not None:
+            cpu.add_metric(lv, c.cpu_seconds)
+        cs.add_metric(lv, 1.0 if c.cpuset_compliant else 0.0)
+    return [vm, mem, cpu, cs]
+
+
+def _gpu_families(gpus: GpusReading) -> list[Metric]:
+    lab = ["gpu", "uuid", "name"]
+    pw, pl = _fam("gpu_power_watts", lab), _fam("gpu_power_limit_watts", lab)
+    clk = _fam("gpu_clock_hertz", [*lab, "clock"])
+    mode = _fam("gpu_compute_mode", [*lab, "mode"])
+    pers = _fam("gpu_persistence_mode", lab)
+    for gr in gpus.gpus:
+        lv = [str(gr.index), gr.uuid, gr.name]
+        if gr.power_w is not None:
+            pw.add_metric(lv, gr.power_w)
+        if gr.power_limit_w is not None:
+            pl.add_metric(lv, gr.power_limit_w)
+        if gr.sm_clock_hz is not None:
+            clk.add_metric([*lv, "sm"], float(gr.sm_clock_hz))
+        if gr.mem_clock_hz is not None:
+            clk.add_metric([*lv, "mem"], float(gr.mem_clock_hz))
+        if gr.compute_mode is not None:
+            for mname in COMPUTE_MODES.values():
+                mode.add_metric([*lv, mname], 1.0 if mname == gr.compute_mode else 0.0)
+        if gr.persistence is not None:
+            pers.add_metric(lv, 1.0 if gr.persistence else 0.0)
+    return [pw, pl, clk, mode, pers]
 
 
 class HosttuneCollector(PromCollector):
