@@ -1,7 +1,6 @@
 """Model store on a real hugetlbfs (root, CI-mandatory): load -> list -> verify -> unload of a
 real GGUF, and every failure case leaves no file and every huge-page counter where it was."""
 
-# ruff: noqa: F811 - pytest fixtures imported from tests/test_models_fixtures.py
 from __future__ import annotations
 
 import json
@@ -15,13 +14,14 @@ from hosttune.host import Host
 from hosttune.models import store
 from hosttune.models.trailer import TRAILER_LEN, stored_size
 from tests.conftest import run_cli
-from tests.test_models_fixtures import (  # noqa: F401 - fixtures
+from tests.models_helpers import (
     POOL_PAGES,
     counters,
-    hugestore,
+    mount_hugetlbfs,
     py,
-    shim_so,
-    small_mount,
+    read_int,
+    umount,
+    write_int,
 )
 
 MiB = 1 << 20
@@ -409,31 +409,28 @@ def gigstore(kernel_lock, tmp_path):
     """A hugetlbfs mount with pagesize=1G over one 1 GiB page allocated at runtime (restored
     afterwards). Skips (fails in CI) where the kernel cannot allocate one now: a guest booted
     with hugepagesz=1G hugepages=1 on its command line can host the test."""
-    import subprocess
     import time
 
     from tests.conftest import need
-    from tests.test_models_fixtures import _read, _umount, _write
 
     need(os.geteuid() == 0 and os.path.isdir(GIG), "needs root and 1 GiB huge pages")
-    orig = _read(f"{GIG}/nr_hugepages")
+    orig = read_int(f"{GIG}/nr_hugepages")
     mnt = tmp_path / "gig"
     mnt.mkdir()
     mounted = False
     try:
-        if _read(f"{GIG}/free_hugepages") - _read(f"{GIG}/resv_hugepages") < 1:
-            _write(f"{GIG}/nr_hugepages", orig + 1)
+        if read_int(f"{GIG}/free_hugepages") - read_int(f"{GIG}/resv_hugepages") < 1:
+            write_int(f"{GIG}/nr_hugepages", orig + 1)
             time.sleep(0.1)
-        need(_read(f"{GIG}/free_hugepages") - _read(f"{GIG}/resv_hugepages") >= 1,
+        need(read_int(f"{GIG}/free_hugepages") - read_int(f"{GIG}/resv_hugepages") >= 1,
              "the kernel could not allocate a 1 GiB page at runtime (no contiguous GiB free)")
-        subprocess.run(["mount", "-t", "hugetlbfs", "-o", "pagesize=1G,size=1G", "none",
-                        str(mnt)], check=True, capture_output=True)
+        mount_hugetlbfs(mnt, "1G", pagesize="1G")
         mounted = True
         yield mnt
     finally:
         if mounted:
-            _umount(mnt)
-        _write(f"{GIG}/nr_hugepages", orig)
+            umount(mnt)
+        write_int(f"{GIG}/nr_hugepages", orig)
 
 
 def test_1g_page_store(gigstore, tmp_path, shim_so):
