@@ -10,6 +10,11 @@ import pytest
 
 from tests import fakehost
 
+# Fixtures shared by several test modules live in plugin modules (not test modules), so that no
+# test module imports another; their helpers' asserts are rewritten like a test module's.
+pytest_plugins = ["tests.models_fixtures"]
+pytest.register_assert_rewrite("tests.models_helpers")
+
 # The suite's own profile cache (hosttune caches validated profiles under
 # $XDG_CACHE_HOME/hosttune/profiles): every test tree and profile file makes new entries, which
 # must not pile up in the user's ~/.cache. Subprocesses (run_cli, ansible) inherit it; removed at

@@ -16,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
+from hosttune import engine
 from hosttune.errors import ApplyError
+from hosttune.host import Host
+from hosttune.profile import load_profile
 from tests.conftest import REPO, need, run_cli
 from tests.helpers import snapshot
 
@@ -182,14 +185,12 @@ def test_non_utf8_bytes_in_fstab_and_environment_are_kept_byte_for_byte(ryzen):
         f = ryzen / rel
         f.write_bytes(f.read_bytes() + latin if f.exists() else latin)
     original = snapshot(ryzen)
-    p = run_cli("apply", "--root", str(ryzen), "--profile", "ryzen9950x-rtx5090", "--yes")
-    assert p.returncode in (0, 1), p.stderr
+    engine.apply(Host(ryzen), load_profile("ryzen9950x-rtx5090"))  # raises on a refusal
     assert latin in (ryzen / "etc/fstab").read_bytes()
     assert latin in (ryzen / "etc/environment").read_bytes()
     assert b"# BEGIN hosttune" in (ryzen / "etc/environment").read_bytes() or \
         (ryzen / "etc/environment").read_bytes() != original
-    r = run_cli("rollback", "--root", str(ryzen), "--yes")
-    assert r.returncode == 0, r.stderr
+    assert engine.rollback(Host(ryzen)).ok
     assert snapshot(ryzen) == original
 
 
@@ -249,13 +250,11 @@ def test_read_only_state_dir_is_exit_2_and_changes_nothing(ryzen):
 def test_recovery_removes_hosttunes_temp_files(ryzen):
     assert not (ryzen / "etc/hosttune").exists()
     original = snapshot(ryzen)
-    p = run_cli("apply", "--root", str(ryzen), "--yes")
-    assert p.returncode in (0, 1), p.stderr
+    engine.apply(Host(ryzen), load_profile("inference"))  # raises on a refusal
     # a kill between the temp file and the rename leaves these behind
     (ryzen / "etc/.fstab.hosttune-tmp-4242").write_text("partial")
     (ryzen / "etc/hosttune/.profile.yaml.hosttune-tmp-4243").write_text("partial")
-    r = run_cli("rollback", "--root", str(ryzen), "--yes")
-    assert r.returncode == 0, r.stdout + r.stderr
+    assert engine.rollback(Host(ryzen)).ok
     assert snapshot(ryzen) == original  # etc/hosttune (created by apply) is gone too
 
 

@@ -3,8 +3,6 @@ and carries the plan's hardening."""
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,32 +15,7 @@ from hosttune.errors import HosttuneError
 from hosttune.host import Host
 from hosttune.profile import load_profile
 from hosttune.profile.schema import WorkloadSection
-from tests.conftest import REPO, need
-from tests.containers_trees import add_nvidia_gpu
-
-SCHEMA_REL = "shared/data/compose-spec/compose-spec.json"
-
-
-def _schema_path() -> Path | None:
-    cands = [os.environ.get("HOSTTUNE_COMPOSE_SCHEMA"), REPO.parent / SCHEMA_REL,
-             REPO / SCHEMA_REL, Path("/work") / SCHEMA_REL]
-    for c in cands:
-        if c and Path(c).is_file():
-            return Path(c)
-    return None
-
-
-def compose_schema_validator() -> Any:
-    import jsonschema
-
-    path = _schema_path()
-    need(path is not None, f"Compose Specification schema not found (../{SCHEMA_REL})")
-    assert path is not None
-    schema = json.loads(path.read_text())
-    # the file says "$schema": ".../draft-07/schema" (without '#'): name the draft explicitly
-    cls = jsonschema.Draft7Validator
-    cls.check_schema(schema)
-    return cls(schema)
+from tests.containers_trees import add_nvidia_gpu, compose_schema_validator
 
 
 def _validate(doc: dict[str, Any]) -> None:

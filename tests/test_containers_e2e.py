@@ -20,8 +20,8 @@ import yaml
 
 from hosttune.host import Host
 from tests.conftest import need, run_cli
+from tests.containers_trees import compose_schema_validator
 from tests.dockerd import ensure_dockerd
-from tests.test_containers_compose import compose_schema_validator
 
 HP = 2 * 1024 * 1024
 NR = "/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages"

@@ -21,18 +21,9 @@ from hosttune.profile.schema import Profile, WorkloadSection
 from hosttune.profile.sizes import format_size
 from hosttune.tunables.base import Context
 from hosttune.tunables.hugepages import resolve
-from tests.containers_trees import add_nvidia_gpu, add_pci_device
+from tests.containers_trees import SEED_COMPOSE, add_nvidia_gpu, add_pci_device
 
 GiB = 1024**3
-
-SEED_COMPOSE = """\
-services:
-  llama-cpu-0: {image: llama, cpuset: "0-7", mem_limit: 32g}
-  llama-cpu-1: {image: llama, cpuset: "8-15", mem_limit: 32g}
-  llama-cpu-2: {image: llama, cpuset: "16-23", mem_limit: 32g}
-  gpu-feeder: {image: feeder, cpuset: "24-31"}
-  unpinned: {image: other}
-"""
 
 
 def wl(**kw) -> WorkloadSection:

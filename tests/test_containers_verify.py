@@ -21,9 +21,8 @@ from hosttune.containers.verify import (
 from hosttune.host import Host
 from hosttune.host.parsers import parse_mountinfo
 from hosttune.profile.schema import WorkloadSection
-from tests.containers_trees import add_nvidia_gpu
+from tests.containers_trees import SEED_COMPOSE, add_nvidia_gpu
 from tests.fakehost import limits_text, w
-from tests.test_containers_planner import SEED_COMPOSE
 
 MiB = 1024**2
 

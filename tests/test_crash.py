@@ -8,14 +8,16 @@ import signal
 
 import pytest
 
+from hosttune import engine
+from hosttune.host import Host
+from hosttune.profile import load_profile
 from tests.conftest import run_cli
 from tests.helpers import snapshot
 
 
 def _steps(tree, profile):
-    p = run_cli("plan", "--root", str(tree), "--profile", profile, "--json")
-    assert p.returncode in (0, 1), p.stderr
-    return len(json.loads(p.stdout)["changes"])
+    """The number of steps an apply of ``profile`` takes on ``tree``."""
+    return len(engine.plan(Host(tree), load_profile(profile)).changes)
 
 
 # two CLI runs per step (~40 steps): ~3 min alone, past the suite's 300 s limit when CI's
@@ -43,15 +45,12 @@ def test_apply_after_kill_completes_and_keeps_originals(ryzen):
     p = run_cli("apply", "--root", str(ryzen), "--profile", profile, "--yes",
                 env={"HOSTTUNE_TEST_CRASH": f"{n // 2}:after"})
     assert p.returncode == -signal.SIGKILL
-    p = run_cli("apply", "--root", str(ryzen), "--profile", profile, "--yes", "--json")
-    assert p.returncode == 0, p.stdout + p.stderr
-    data = json.loads(p.stdout)
-    assert data["recovered"], "the interrupted run must be undone first"
-    assert data["ok"]
-    a = run_cli("audit", "--root", str(ryzen), "--profile", profile, "--json")
-    assert json.loads(a.stdout)["drift"] == 0, a.stdout
-    r = run_cli("rollback", "--root", str(ryzen), "--yes")
-    assert r.returncode == 0, r.stdout + r.stderr
+    rep = engine.apply(Host(ryzen), load_profile(profile))
+    assert rep.recovered, "the interrupted run must be undone first"
+    assert rep.ok, rep.error
+    drift = engine.audit(Host(ryzen), load_profile(profile)).drift
+    assert drift == [], drift
+    assert engine.rollback(Host(ryzen)).ok
     assert snapshot(ryzen) == original
 
 
@@ -74,11 +73,9 @@ def test_failed_step_reverts_the_whole_run(ryzen):
     # relative: an absolute target would resolve inside the tree (--root is a chroot)
     target.symlink_to("../../../planted")  # O_NOFOLLOW: the write fails with ELOOP
     original = snapshot(ryzen)
-    p = run_cli("apply", "--root", str(ryzen), "--yes", "--json", "--only", "sysctl")
-    assert p.returncode == 1, p.stdout + p.stderr
-    data = json.loads(p.stdout)
-    assert not data["ok"]
-    statuses = {s["status"] for s in data["steps"]}
+    rep = engine.apply(Host(ryzen), load_profile("inference"), only={"sysctl"})
+    assert not rep.ok
+    statuses = {s.status for s in rep.steps}
     assert "failed" in statuses and "reverted" in statuses
     assert snapshot(ryzen) == original
     j = json.loads((ryzen / "var/lib/hosttune/journal.json").read_text())
@@ -88,10 +85,6 @@ def test_failed_step_reverts_the_whole_run(ryzen):
 def test_rollback_killed_midway_keeps_only_what_is_left(ryzen):
     """Each reverted step leaves the journal before the next one starts: a rollback killed
     after step k repeats at most the step in flight, and the next rollback finishes."""
-    from hosttune import engine
-    from hosttune.host import Host
-    from hosttune.profile import load_profile
-
     before = snapshot(ryzen)
     assert engine.apply(Host(ryzen), load_profile("inference")).ok
     journal = ryzen / "var/lib/hosttune/journal.json"

@@ -11,10 +11,10 @@ import pytest
 
 from hosttune import doctor, engine
 from hosttune.doctor.base import Severity
-from hosttune.host import CommandResult, Host, Runner
+from hosttune.host import Host
 from hosttune.profile import load_profile
-from tests import fakehost
 from tests.conftest import run_cli
+from tests.doctor_helpers import booted, minimal
 from tests.seed_tree import seed_tree
 
 
@@ -24,14 +24,6 @@ def findings(root: Path, **kw):
 
 def ids(fs):
     return [f.check for f in fs]
-
-
-def minimal(tmp_path: Path) -> fakehost.TreeBuilder:
-    b = fakehost.TreeBuilder(tmp_path / "t")
-    b.base_etc()
-    b.proc(64 * 1024**3)
-    b.nodes({0: ([0, 1], 64 * 1024**3)})
-    return b
 
 
 # --- the seed -----------------------------------------------------------------
@@ -405,29 +397,6 @@ JOURNAL_CPUFREQ = (
     "cpufreq-performance.service: Main process exited, code=exited, status=1/FAILURE\n"
     "cpufreq-performance.service: Failed with result 'exit-code'.\n"
     "Failed to start cpufreq-performance.service - Set CPU Governor to Performance.\n")
-
-
-class CannedRunner(Runner):
-    """Answers systemctl/journalctl from canned output keyed by argv; anything else is
-    recorded as skipped, as under --root."""
-
-    def __init__(self, answers: dict[tuple[str, ...], str]) -> None:
-        super().__init__(offline=True)
-        self.answers = answers
-
-    def run(self, argv, **kw):  # type: ignore[override]
-        args = tuple(argv)
-        for key, out in self.answers.items():
-            if args[:len(key)] == key or (key[0] == args[0] and set(key) <= set(args)):
-                return CommandResult(args, 0, out)
-        self.skipped.append(args)
-        return CommandResult(args, 0, skipped=True)
-
-
-def booted(root: Path, answers: dict[tuple[str, ...], str]) -> Host:
-    h = Host(root)
-    h.runner = CannedRunner(answers)
-    return h
 
 
 def test_failed_units_with_the_journals_reason(tmp_path):

@@ -3,7 +3,13 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+from hosttune import engine
+from hosttune.engine import AuditReport
+from hosttune.host import Host
+from hosttune.profile import load_profile
+from hosttune.tunables.base import Status
 from tests.conftest import run_cli
 from tests.helpers import snapshot
 
@@ -26,40 +32,42 @@ def test_sysctl_apply_idempotent_and_rollback_exact(ryzen, cli):
     assert snapshot(ryzen) == before
 
 
+def _audit(root: Path) -> AuditReport:
+    """What `hosttune audit --root ROOT --only sysctl` reports (the default profile)."""
+    return engine.audit(Host(root), load_profile("inference"), only={"sysctl"})
+
+
 def test_sysctl_conflict_in_sysctl_conf_is_reported(ryzen):
     (ryzen / "etc/sysctl.conf").write_text("vm.swappiness = 10\n")
     (ryzen / "proc/sys/vm/swappiness").write_text("0\n")
-    p = run_cli("audit", "--root", str(ryzen), "--only", "sysctl", "--json")
-    rows = {r["key"]: r for r in json.loads(p.stdout)["rows"]}
-    assert rows["vm.swappiness"]["status"] == "conflict"
-    assert "/etc/sysctl.conf:1" in rows["vm.swappiness"]["note"]
-    assert p.returncode == 1
+    rep = _audit(ryzen)
+    rows = {r.key: r for r in rep.rows}
+    assert rows["vm.swappiness"].status == Status.CONFLICT
+    assert "/etc/sysctl.conf:1" in rows["vm.swappiness"].note
+    assert rows["vm.swappiness"] in rep.drift  # a conflict is drift (audit exits 1)
 
 
 def test_trailing_comment_after_the_same_number_is_no_conflict(ryzen):
     # the kernel reads "0   # off" as 0 (integer sysctls ignore what follows the number)
     (ryzen / "etc/sysctl.conf").write_text("vm.swappiness = 0   # off\n")
     (ryzen / "proc/sys/vm/swappiness").write_text("0\n")
-    p = run_cli("audit", "--root", str(ryzen), "--only", "sysctl", "--json")
-    rows = {r["key"]: r for r in json.loads(p.stdout)["rows"]}
-    assert rows["vm.swappiness"]["status"] == "ok", rows["vm.swappiness"]
+    rows = {r.key: r for r in _audit(ryzen).rows}
+    assert rows["vm.swappiness"].status == Status.OK, rows["vm.swappiness"]
     (ryzen / "etc/sysctl.conf").write_text("vm.swappiness = 10   # off\n")
-    p = run_cli("audit", "--root", str(ryzen), "--only", "sysctl", "--json")
-    rows = {r["key"]: r for r in json.loads(p.stdout)["rows"]}
-    assert rows["vm.swappiness"]["status"] == "conflict"
+    rows = {r.key: r for r in _audit(ryzen).rows}
+    assert rows["vm.swappiness"].status == Status.CONFLICT
 
 
 def test_floor_respects_higher_distro_default(ryzen):
     (ryzen / "usr/lib/sysctl.d").mkdir(parents=True)
     (ryzen / "usr/lib/sysctl.d/50-default.conf").write_text("vm.max_map_count = 1048576\n")
     (ryzen / "proc/sys/vm/max_map_count").write_text("1048576\n")
-    p = run_cli("plan", "--root", str(ryzen), "--only", "sysctl", "--json")
-    data = json.loads(p.stdout)
-    rows = {r["key"]: r for r in data["rows"]}
-    assert rows["vm.max_map_count"]["status"] == "ok"
-    (conf,) = [c for c in data["changes"] if c["kind"] == "file"]
-    assert "vm.max_map_count = 262144" not in conf["value"]
-    assert not any(c["id"] == "sysctl/vm.max_map_count" for c in data["changes"])
+    p = engine.plan(Host(ryzen), load_profile("inference"), only={"sysctl"})
+    rows = {r.key: r for r in p.audit.rows}
+    assert rows["vm.max_map_count"].status == Status.OK
+    (conf,) = [c for c in p.changes if c.kind == "file"]
+    assert conf.value is not None and "vm.max_map_count = 262144" not in conf.value
+    assert not any(c.id == "sysctl/vm.max_map_count" for c in p.changes)
 
 
 def test_kernel_change_of_bracketed_file_reverts_to_the_selected_choice(tmp_path):
@@ -108,10 +116,6 @@ def test_the_drop_in_comes_after_every_live_value(ryzen):
     """Once the drop-in is on disk the next boot applies it; a power cut right after it must
     find every live original in the journal already (seen on a real boot: rollback kept the
     tuned values a boot had read from the file it removed)."""
-    from hosttune import engine
-    from hosttune.host import Host
-    from hosttune.profile import load_profile
-
     p = engine.plan(Host(ryzen), load_profile("inference"), only={"sysctl"})
     kinds = [c.kind for c in p.changes]
     assert kinds.count("file") == 1 and kinds.count("kernel") >= 1

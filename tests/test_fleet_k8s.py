@@ -291,7 +291,7 @@ def _node(tmp_path: Path, profile: Path) -> Path:
     from hosttune import engine
     from hosttune.host import Host
     from tests.fake_nvidia import add_nvidia
-    from tests.test_monitor import full_ryzen
+    from tests.monitor_trees import full_ryzen
 
     node = full_ryzen(tmp_path)
     add_nvidia(node, ["rtx5090"])

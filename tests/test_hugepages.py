@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
@@ -13,7 +12,6 @@ from hosttune.host import Host
 from hosttune.profile import load_profile
 from hosttune.tunables.base import Context, Status
 from hosttune.tunables.hugepages import HugePagesTunable, allocate, resolve
-from tests.conftest import run_cli
 from tests.helpers import snapshot
 
 MiB2 = 2 * 1024**2
@@ -118,18 +116,18 @@ def test_inference_profile_sizes_pool_from_the_40pc_mount(any_tree):
 def test_refusals_write_nothing(ryzen, tmp_path, size, floor, words):
     prof = pool_profile(tmp_path, size=size, floor=floor, thp="never")
     before = snapshot(ryzen)
-    p = run_cli("apply", "--root", str(ryzen), "--yes", "--profile", str(prof))
-    assert p.returncode == 2, p.stdout + p.stderr
-    err = " ".join(p.stderr.split())
+    with pytest.raises(ProfileError) as ei:
+        engine.apply(Host(ryzen), load_profile(str(prof)))
+    err = str(ei.value)
     assert f"{prof}: hugepages.pools.0.size:" in err, err
     assert words in err
     assert snapshot(ryzen) == before
 
 
 def test_ryzen_profile_refused_on_the_small_vm_names_builtin_file(vm):
-    p = run_cli("audit", "--root", str(vm), "--profile", "ryzen9950x-rtx5090")
-    assert p.returncode == 2
-    err = " ".join(p.stderr.split())
+    with pytest.raises(ProfileError) as ei:
+        engine.audit(Host(vm), load_profile("ryzen9950x-rtx5090"))
+    err = str(ei.value)
     assert "builtin:ryzen9950x-rtx5090: hugepages.pools.0.size:" in err
     assert "larger than RAM" in err
 
@@ -265,13 +263,13 @@ def test_unsupported_page_size(ryzen, tmp_path):
     assert ev.rows[0].status == Status.UNSUPPORTED and not ev.changes[:-1]
 
 
-def test_audit_json_rows(ryzen, tmp_path):
+def test_audit_rows(ryzen, tmp_path):
     prof = pool_profile(tmp_path, thp="never")
-    p = run_cli("audit", "--root", str(ryzen), "--profile", str(prof), "--json")
-    assert p.returncode == 1
-    rows = {r["key"]: r for r in json.loads(p.stdout)["rows"]}
-    assert rows["2M node0"]["desired"] == "4096 (8 GiB)"
-    assert rows["thp"]["current"] == "always" and rows["thp"]["status"] == "drift"
+    rep = engine.audit(Host(ryzen), load_profile(str(prof)))
+    assert rep.drift
+    rows = {r.key: r for r in rep.rows}
+    assert rows["2M node0"].desired == "4096 (8 GiB)"
+    assert rows["thp"].current == "always" and rows["thp"].status == Status.DRIFT
 
 
 # --- HugeTLB Vmemmap Optimization ----------------------------------------------------------------

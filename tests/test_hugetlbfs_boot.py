@@ -157,9 +157,9 @@ def test_offline_mode_plans_no_mount_command(ryzen, tmp_path):
 def test_mount_larger_than_pool_is_refused_and_nothing_written(ryzen, tmp_path):
     prof = mount_profile(tmp_path, pool="10GiB", size="20GiB")
     before = snapshot(ryzen)
-    p = run_cli("apply", "--root", str(ryzen), "--yes", "--profile", str(prof))
-    assert p.returncode == 2
-    err = " ".join(p.stderr.split())
+    with pytest.raises(ProfileError) as ei:
+        engine.apply(Host(ryzen), load_profile(str(prof)))
+    err = str(ei.value)
     assert f"{prof}: hugetlbfs.mounts.0.size:" in err and "larger than its 2M pool" in err
     assert snapshot(ryzen) == before
 

@@ -29,3 +29,25 @@ def test_suite_uses_its_own_profile_cache(tmp_path: Path) -> None:
 def test_only_failed_tests_keep_their_trees(pytestconfig) -> None:
     assert pytestconfig.getini("tmp_path_retention_policy") == "failed"
     assert int(pytestconfig.getini("tmp_path_retention_count")) == 1
+
+
+def test_no_test_module_imports_another() -> None:
+    """What test modules share lives in helper modules (tests/helpers.py, tests/*_trees.py,
+    tests/*_helpers.py) or in fixtures (conftest.py and the plugins it names): a test module
+    imported by another would have its tests depend on the other's and run twice under
+    ``from tests.test_x import *``."""
+    import ast
+
+    tests = Path(__file__).resolve().parent
+    offenders = []
+    for f in sorted(tests.glob("*.py")):  # tests/vm/ (guest tests) is not covered yet
+        for node in ast.walk(ast.parse(f.read_text(), str(f))):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            else:
+                continue
+            offenders += [f"{f.name}:{node.lineno}: {n}" for n in names
+                          if n.rsplit(".", 1)[-1].startswith("test_")]
+    assert offenders == []

@@ -25,7 +25,7 @@ from hosttune.tunables.memlock import (
     memlock_settings,
     unit_dropin,
 )
-from tests.conftest import need, run_cli
+from tests.conftest import need
 from tests.dockerd import ensure_dockerd
 from tests.fakehost import limits_text
 from tests.helpers import NonRootHost, snapshot
@@ -375,8 +375,8 @@ def test_root_apply_on_a_fresh_tree_creates_the_group_in_the_tree(ryzen):
     assert "inference:x:" in (ryzen / "etc/group").read_text()
     assert "g inference -\n" in (ryzen / "etc/sysusers.d/90-hosttune-memlock.conf").read_text()
     assert _rows(ryzen)["group inference"].status == Status.OK
-    r = run_cli("audit", "--root", str(ryzen), "-p", "inference", "--only", "memlock")
-    assert r.returncode == 0, r.stdout
+    drift = engine.audit(Host(ryzen), load_profile("inference"), only={"memlock"}).drift
+    assert drift == [], drift
     assert engine.rollback(Host(ryzen)).ok
     after = snapshot(ryzen)
     # shadow's backups and lock file: written by the tools, byte-exact originals restored

@@ -1,7 +1,6 @@
 """Model store on a real hugetlbfs (root, CI-mandatory): load -> list -> verify -> unload of a
 real GGUF, and every failure case leaves no file and every huge-page counter where it was."""
 
-# ruff: noqa: F811 - pytest fixtures imported from tests/test_models_fixtures.py
 from __future__ import annotations
 
 import json
@@ -15,13 +14,14 @@ from hosttune.host import Host
 from hosttune.models import store
 from hosttune.models.trailer import TRAILER_LEN, stored_size
 from tests.conftest import run_cli
-from tests.test_models_fixtures import (  # noqa: F401 - fixtures
+from tests.models_helpers import (
     POOL_PAGES,
     counters,
-    hugestore,
+    mount_hugetlbfs,
     py,
-    shim_so,
-    small_mount,
+    read_int,
+    umount,
+    write_int,
 )
 
 MiB = 1 << 20
@@ -139,16 +139,15 @@ def test_exact_multiple_gets_one_more_page(hugestore, tmp_path):
 def test_node_placement(hugestore, tmp_path):
     src = tmp_path / "n.bin"
     src.write_bytes(os.urandom(5 * MiB))
-    r = run_cli("models", "load", str(src), "--mount", str(hugestore.mount), "--node", "0",
-                "--json")
-    assert r.returncode == 0, r.stderr
-    assert json.loads(r.stdout)["model"]["pages_per_node"] == {"0": 3}
+    h = Host("/")
+    res = store.load_model(h, str(src), mount_of(hugestore), node=0)
+    assert res.model.pages_per_node == {0: 3}
     assert counters()["node0/free_hugepages"] == hugestore.baseline["node0/free_hugepages"] - 3
-    assert run_cli("models", "unload", "n.bin", "--mount", str(hugestore.mount)).returncode == 0
+    store.unload_model(h, res.model)
     hugestore.assert_clean()
     # a node without memory / that does not exist: refused up front
-    r = run_cli("models", "load", str(src), "--mount", str(hugestore.mount), "--node", "7")
-    assert r.returncode == 2 and "node 7" in r.stderr
+    with pytest.raises(store.ModelStoreError, match="node 7"):
+        store.load_model(h, str(src), mount_of(hugestore), node=7)
     hugestore.assert_clean()
 
 
@@ -178,9 +177,9 @@ def test_not_enough_pages(hugestore, tmp_path):
     src = tmp_path / "big.bin"
     with open(src, "wb") as fh:  # sparse: bigger than the pool, cheap to make
         fh.truncate((POOL_PAGES + 40) * 2 * MiB)
-    r = run_cli("models", "load", str(src), "--mount", str(hugestore.mount))
-    assert r.returncode == 2
-    err = " ".join(r.stderr.split())
+    with pytest.raises(store.ModelStoreError) as exc:
+        store.load_model(Host("/"), str(src), mount_of(hugestore))
+    err = str(exc.value)
     assert "not enough free 2M huge pages" in err
     assert f"needs {POOL_PAGES + 41}" in err and f"{hugestore.baseline['2M/free_hugepages']} free" \
         in err
@@ -192,51 +191,60 @@ def test_mount_too_small(hugestore, small_mount, tmp_path):
     src = tmp_path / "m.bin"
     src.write_bytes(os.urandom(5 * MiB))
     before = counters()
-    r = run_cli("models", "load", str(src), "--mount", str(small_mount))
-    assert r.returncode == 2
-    assert "too small" in r.stderr
+    h = Host("/")
+    with pytest.raises(store.ModelStoreError, match="too small"):
+        store.load_model(h, str(src), store.resolve_mount(h, None, str(small_mount)))
     assert os.listdir(small_mount) == []
     assert counters() == before
 
 
 def test_not_hugetlbfs(hugestore, tmp_path):
-    src = tmp_path / "m.bin"
-    src.write_bytes(b"x" * 1000)
-    r = run_cli("models", "load", str(src), "--mount", str(tmp_path))
-    assert r.returncode == 2
-    assert "not hugetlbfs" in r.stderr
-    r = run_cli("models", "load", str(src), "--mount", str(tmp_path / "nope"))
-    assert r.returncode == 2 and "does not exist" in r.stderr
+    h = Host("/")
+    with pytest.raises(store.ModelStoreError, match="not hugetlbfs"):
+        store.resolve_mount(h, None, str(tmp_path))
+    with pytest.raises(store.ModelStoreError, match="does not exist"):
+        store.resolve_mount(h, None, str(tmp_path / "nope"))
     hugestore.assert_clean()
 
 
 def test_unreadable_source(hugestore, tmp_path):
     for bad, why in ((tmp_path / "missing.gguf", "No such file"), (tmp_path, "not a regular")):
-        r = run_cli("models", "load", str(bad), "--mount", str(hugestore.mount), "--name",
-                    "x.gguf")
-        assert r.returncode == 2
-        assert "cannot read the source" in r.stderr and why in r.stderr
+        with pytest.raises(store.ModelStoreError) as exc:
+            store.load_model(Host("/"), str(bad), mount_of(hugestore), name="x.gguf")
+        assert "cannot read the source" in str(exc.value) and why in str(exc.value)
     hugestore.assert_clean()
 
 
 def test_name_taken(hugestore, tmp_path):
     src = tmp_path / "m.bin"
     src.write_bytes(os.urandom(3 * MiB))
-    assert run_cli("models", "load", str(src), "--mount", str(hugestore.mount)).returncode == 0
+    h = Host("/")
+    store.load_model(h, str(src), mount_of(hugestore))
     after_first = counters()
-    r = run_cli("models", "load", str(src), "--mount", str(hugestore.mount))
-    assert r.returncode == 2 and "name taken" in r.stderr
+    with pytest.raises(store.ModelStoreError, match="name taken"):
+        store.load_model(h, str(src), mount_of(hugestore))
     assert counters() == after_first
     assert sorted(os.listdir(hugestore.mount)) == ["m.bin"]
-    # --replace swaps atomically and frees the old pages
+    # replace=True swaps atomically and frees the old pages
     src.write_bytes(os.urandom(3 * MiB))
-    r = run_cli("models", "load", str(src), "--mount", str(hugestore.mount), "--replace",
-                "--json")
-    assert r.returncode == 0 and json.loads(r.stdout)["replaced"] is True
+    res = store.load_model(h, str(src), mount_of(hugestore), replace=True)
+    assert res.replaced is True
     assert counters() == after_first
     with open(hugestore.mount / "m.bin", "rb") as fh:
         assert fh.read(3 * MiB) == src.read_bytes()
-    assert run_cli("models", "unload", "m.bin", "--mount", str(hugestore.mount)).returncode == 0
+    store.unload_model(h, res.model)
+    hugestore.assert_clean()
+
+
+def test_load_errors_cli(hugestore, tmp_path):
+    """`models load` turns a refused load into one error line and exit 2."""
+    src = tmp_path / "m.bin"
+    src.write_bytes(b"x" * 1000)
+    r = run_cli("models", "load", str(src), "--mount", str(tmp_path))
+    assert r.returncode == 2 and "not hugetlbfs" in r.stderr
+    r = run_cli("models", "load", str(tmp_path / "missing.gguf"), "--mount",
+                str(hugestore.mount))
+    assert r.returncode == 2 and "cannot read the source" in r.stderr
     hugestore.assert_clean()
 
 
@@ -409,31 +417,28 @@ def gigstore(kernel_lock, tmp_path):
     """A hugetlbfs mount with pagesize=1G over one 1 GiB page allocated at runtime (restored
     afterwards). Skips (fails in CI) where the kernel cannot allocate one now: a guest booted
     with hugepagesz=1G hugepages=1 on its command line can host the test."""
-    import subprocess
     import time
 
     from tests.conftest import need
-    from tests.test_models_fixtures import _read, _umount, _write
 
     need(os.geteuid() == 0 and os.path.isdir(GIG), "needs root and 1 GiB huge pages")
-    orig = _read(f"{GIG}/nr_hugepages")
+    orig = read_int(f"{GIG}/nr_hugepages")
     mnt = tmp_path / "gig"
     mnt.mkdir()
     mounted = False
     try:
-        if _read(f"{GIG}/free_hugepages") - _read(f"{GIG}/resv_hugepages") < 1:
-            _write(f"{GIG}/nr_hugepages", orig + 1)
+        if read_int(f"{GIG}/free_hugepages") - read_int(f"{GIG}/resv_hugepages") < 1:
+            write_int(f"{GIG}/nr_hugepages", orig + 1)
             time.sleep(0.1)
-        need(_read(f"{GIG}/free_hugepages") - _read(f"{GIG}/resv_hugepages") >= 1,
+        need(read_int(f"{GIG}/free_hugepages") - read_int(f"{GIG}/resv_hugepages") >= 1,
              "the kernel could not allocate a 1 GiB page at runtime (no contiguous GiB free)")
-        subprocess.run(["mount", "-t", "hugetlbfs", "-o", "pagesize=1G,size=1G", "none",
-                        str(mnt)], check=True, capture_output=True)
+        mount_hugetlbfs(mnt, "1G", pagesize="1G")
         mounted = True
         yield mnt
     finally:
         if mounted:
-            _umount(mnt)
-        _write(f"{GIG}/nr_hugepages", orig)
+            umount(mnt)
+        write_int(f"{GIG}/nr_hugepages", orig)
 
 
 def test_1g_page_store(gigstore, tmp_path, shim_so):

@@ -21,6 +21,7 @@ from hosttune.models.trailer import (
     parse_trailer,
     stored_size,
 )
+from hosttune.profile import load_profile
 from tests.conftest import run_cli
 
 MiB = 1 << 20
@@ -87,19 +88,45 @@ def _store_file(path, data: bytes, *, checksum: bool = True) -> None:
     path.write_bytes(data + bytes(total - len(data) - TRAILER_LEN) + tr.pack())
 
 
+def _tree_store(root) -> tuple[Host, list[store.StoreMount]]:
+    """The tree's /dev/hugepages as `models list|verify --root ROOT --mount /dev/hugepages`
+    resolves it (the default profile, inference)."""
+    h = Host(root)
+    return h, [store.resolve_mount(h, load_profile("inference").profile, "/dev/hugepages")]
+
+
 def test_root_list_and_verify(ryzen):
     d = ryzen / "dev/hugepages"
     d.mkdir(parents=True, exist_ok=True)
     _store_file(d / "good.gguf", b"GGUF" + os.urandom(3 * MiB))
     (d / "junk.bin").write_bytes(b"x" * 100)
     _store_file(d / ".x.gguf.hosttune-loading-42", b"partial")
-    r = run_cli("models", "list", "--root", str(ryzen), "--mount", "/dev/hugepages", "--json")
-    assert r.returncode == 0, r.stderr
-    by = {m["name"]: m for m in json.loads(r.stdout)["models"]}
-    assert by["good.gguf"]["valid"] and by["good.gguf"]["true_size_bytes"] == 3 * MiB + 4
-    assert by["good.gguf"]["pages"] == 2 and by["good.gguf"]["pages_per_node"] is None
-    assert not by["junk.bin"]["valid"]
-    assert by[".x.gguf.hosttune-loading-42"]["partial"]
+    h, mounts = _tree_store(ryzen)
+    by = {m.name: m for m in store.list_models(h, mounts)}
+    assert by["good.gguf"].trailer is not None and by["good.gguf"].true_size == 3 * MiB + 4
+    assert by["good.gguf"].pages == 2 and by["good.gguf"].pages_per_node is None
+    assert by["junk.bin"].trailer is None
+    assert by[".x.gguf.hosttune-loading-42"].partial
+    good = store.verify_model(h, store.find_model(h, mounts, "good.gguf"))
+    assert good.ok and good.checksum_checked, good.problems
+    res = {r.model.name: r for r in (store.verify_model(h, m)
+                                     for m in store.list_models(h, mounts, nodes=False))}
+    assert res["good.gguf"].ok and not res["junk.bin"].ok
+    assert "interrupted load" in res[".x.gguf.hosttune-loading-42"].problems[0]
+    # corrupt one byte of the data: verify fails with a checksum mismatch
+    raw = bytearray((d / "good.gguf").read_bytes())
+    raw[10] ^= 0xFF
+    (d / "good.gguf").write_bytes(bytes(raw))
+    bad = store.verify_model(h, store.find_model(h, mounts, "good.gguf"))
+    assert not bad.ok and any("checksum mismatch" in x for x in bad.problems)
+
+
+def test_root_verify_cli_exit_codes(ryzen):
+    """`models verify` prints "checksum ok" and exits 0 for a sound model, 1 when one fails."""
+    d = ryzen / "dev/hugepages"
+    d.mkdir(parents=True, exist_ok=True)
+    _store_file(d / "good.gguf", b"GGUF" + os.urandom(3 * MiB))
+    (d / "junk.bin").write_bytes(b"x" * 100)
     r = run_cli("models", "verify", "good.gguf", "--root", str(ryzen), "--mount",
                 "/dev/hugepages")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -108,14 +135,6 @@ def test_root_list_and_verify(ryzen):
     assert r.returncode == 1
     res = {x["name"]: x for x in json.loads(r.stdout)}
     assert res["good.gguf"]["ok"] and not res["junk.bin"]["ok"]
-    assert "interrupted load" in res[".x.gguf.hosttune-loading-42"]["problems"][0]
-    # corrupt one byte of the data: verify fails with a checksum mismatch
-    raw = bytearray((d / "good.gguf").read_bytes())
-    raw[10] ^= 0xFF
-    (d / "good.gguf").write_bytes(bytes(raw))
-    r = run_cli("models", "verify", "good.gguf", "--root", str(ryzen), "--mount",
-                "/dev/hugepages")
-    assert r.returncode == 1 and "checksum mismatch" in r.stdout
 
 
 def test_root_refuses_load_and_unload(ryzen, tmp_path):
@@ -150,7 +169,7 @@ models:
 """
 
 
-def test_pool_needs_on_tree(ryzen, tmp_path):
+def _pool_tree(ryzen, tmp_path):
     d = ryzen / "dev/hugepages"
     d.mkdir(parents=True, exist_ok=True)
     _store_file(d / "good.gguf", os.urandom(3 * MiB))  # stored: counts as stored, not planned
@@ -159,16 +178,25 @@ def test_pool_needs_on_tree(ryzen, tmp_path):
         fh.truncate(5 * MiB)
     prof = tmp_path / "p.yaml"
     prof.write_text(PROFILE)
-    r = run_cli("models", "pool", "--root", str(ryzen), "--profile", str(prof), "--json")
-    assert r.returncode == 1, r.stdout + r.stderr  # the fake pool is empty: too small
-    (n,) = json.loads(r.stdout)
+    return prof
+
+
+def test_pool_needs_on_tree(ryzen, tmp_path):
+    prof = _pool_tree(ryzen, tmp_path)
+    (n,) = store.pool_needs(Host(ryzen), load_profile(str(prof)).profile)
+    assert n.short_pages > 0  # the fake pool is empty: too small
     planned = stored_size(10 << 30, HP) // HP + stored_size(5 * MiB, HP) // HP
-    assert n["stored_pages"] == 2 and n["planned_pages"] == planned
-    assert n["needed_bytes"] == (2 + planned) * HP
-    assert n["short_pages"] == 2 + planned - n["pool_pages"]
-    assert n["unknown_size"] == ["mystery.gguf"]
+    assert n.stored_pages == 2 and n.planned_pages == planned
+    assert n.needed_pages * n.page_size == (2 + planned) * HP
+    assert n.short_pages == 2 + planned - n.pool.total
+    assert n.unknown == ("mystery.gguf",)
+
+
+def test_pool_too_small_cli(ryzen, tmp_path):
+    """`models pool` exits 1 and says what to change when the pool is too small."""
+    prof = _pool_tree(ryzen, tmp_path)
     r = run_cli("models", "pool", "--root", str(ryzen), "--profile", str(prof))
-    assert r.returncode == 1
+    assert r.returncode == 1, r.stdout + r.stderr
     assert "pool too small" in r.stdout and "hosttune apply" in r.stdout
 
 

@@ -24,7 +24,7 @@ from hosttune.host import Host
 from hosttune.monitor import exporter as exp
 from hosttune.monitor.snapshot import Monitor
 from tests.conftest import REPO, need
-from tests.test_monitor import CID_A, CID_B, CID_C, MiB, full_ryzen, two_gpus
+from tests.monitor_trees import CID_A, CID_B, CID_C, MiB, full_ryzen, two_gpus
 
 DASHBOARD = REPO / "docs/grafana-dashboard.json"
 UNIT = REPO / "hosttune/monitor/units/hosttune-exporter.service"

@@ -13,7 +13,7 @@ import uuid
 from pathlib import Path
 
 from tests.conftest import REPO, need
-from tests.test_monitor import full_ryzen
+from tests.monitor_trees import full_ryzen
 
 
 def _tmux(sock: str, *args: str) -> str:

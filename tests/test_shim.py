@@ -1,7 +1,6 @@
 """The LD_PRELOAD shim with real loaders on a real hugetlbfs store (root, CI-mandatory), and
 its pass-through behaviour everywhere else."""
 
-# ruff: noqa: F811 - pytest fixtures imported from tests/test_models_fixtures.py
 from __future__ import annotations
 
 import os
@@ -14,11 +13,7 @@ from hosttune.host import Host
 from hosttune.models import store
 from hosttune.models.trailer import Trailer
 from tests.conftest import run_cli
-from tests.test_models_fixtures import (  # noqa: F401 - fixtures
-    hugestore,
-    py,
-    shim_so,
-)
+from tests.models_helpers import py
 
 MiB = 1 << 20
 

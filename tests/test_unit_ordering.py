@@ -19,8 +19,8 @@ from hosttune.tunables._ordering import after_of, safe_after, waits_for_boot
 from hosttune.tunables.base import Context
 from hosttune.tunables.bootunit import UNIT_PATH, BootUnitTunable
 from hosttune.tunables.gpu_persistence import render_unit
+from tests.doctor_helpers import booted, minimal
 from tests.seed_tree import CPUFREQ_UNIT, GPU_CLOCKS_UNIT, PERSISTENCED_UNIT
-from tests.test_doctor import booted, minimal
 
 ETC = "etc/systemd/system"
 OURS = frozenset({"hosttune-boot.service", "docker.service", "containerd.service"})
