@@ -13,12 +13,13 @@ nvmlDeviceGetSupported*Clocks, power values from nvmlDeviceGetPowerManagementLim
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from abc import abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from hosttune.errors import HostError
 from hosttune.host import Host
 from hosttune.host.gpu import markers
-from hosttune.host.gpu.nvml import ComputeMode, GpuInfo, Nvml, NvmlUnsupportedError
+from hosttune.host.gpu.nvml import ComputeMode, GpuInfo, Nvml, NvmlUnsupportedError, Reading
 from hosttune.profile.sizes import parse_watts
 from hosttune.tunables.base import Change, Context, Evaluation, Row, Status, Tunable
 from hosttune.tunables.gpu_common import (
@@ -129,33 +130,67 @@ def resolve_clock(nv: Nvml, gpu: GpuInfo, what: str, spec: ClockSpec) -> ClockPl
     return ClockPlan(snapped, note=note)
 
 
-class PowerLimitKnob(Knob):
-    """A GPU's power limit in watts (``nvidia-smi -pl``)."""
+class NvmlValueKnob(Knob):
+    """One NVML value of one GPU that NVML reads back (``params["uuid"]``); its journal value
+    is ``{key: value}`` and the change's ``params[key]`` holds the wanted one. Restore is
+    idempotent: a step that failed to apply (e.g. NO_PERMISSION) is reverted too by the
+    engine, and when the value already is the original NVML is not called again. A GPU that
+    is gone took its NVML state with it (settings do not survive a driver unload)."""
 
-    name = "power-limit"
+    key: ClassVar[str]
+
+    @abstractmethod
+    def _get(self, nv: Nvml, g: GpuInfo) -> Reading[Any]:
+        """The reading, as NVML answers it."""
+
+    @abstractmethod
+    def _set(self, nv: Nvml, g: GpuInfo, value: Any) -> None: ...
+
+    @staticmethod
+    def _plain(value: Any) -> Any:
+        """A reading's value as JSON."""
+        return value
+
+    @staticmethod
+    def _same(current: Any, wanted: Any) -> bool:
+        return bool(current == wanted)
 
     def read(self, host: Host) -> dict[str, Any]:
         nv = host.nvml()
-        return {"watts": nv.power_limit_w(nv.find(self.params["uuid"])).get()}
+        return {self.key: self._plain(self._get(nv, nv.find(self.params["uuid"])).get())}
 
     def desired(self) -> dict[str, Any]:
-        return {"watts": float(self.params["watts"])}
+        return {self.key: self.params[self.key]}
 
     def write(self, host: Host, value: dict[str, Any]) -> None:
         nv = host.nvml()
-        nv.set_power_limit_w(nv.find(self.params["uuid"]), float(value["watts"]))
+        self._set(nv, nv.find(self.params["uuid"]), value[self.key])
 
     def restore(self, host: Host, original: dict[str, Any]) -> None:
-        # Idempotent: a step that failed to apply (e.g. NO_PERMISSION) is reverted too by the
-        # engine; when the value already is the original, NVML is not called again. A GPU
-        # that is gone took its NVML state with it (settings do not survive a driver unload).
         nv = host.nvml()
         g = gone_gpu_or(nv, self.params["uuid"])
         if g is None:
             return
-        cur = nv.power_limit_w(g)
-        if not (cur.ok and abs(cur.get() - float(original["watts"])) < 0.5):
-            nv.set_power_limit_w(g, float(original["watts"]))
+        cur = self._get(nv, g)
+        if not (cur.ok and self._same(self._plain(cur.get()), original[self.key])):
+            self._set(nv, g, original[self.key])
+
+
+class PowerLimitKnob(NvmlValueKnob):
+    """A GPU's power limit in watts (``nvidia-smi -pl``)."""
+
+    name = "power-limit"
+    key = "watts"
+
+    def _get(self, nv: Nvml, g: GpuInfo) -> Reading[Any]:
+        return nv.power_limit_w(g)
+
+    def _set(self, nv: Nvml, g: GpuInfo, value: Any) -> None:
+        nv.set_power_limit_w(g, float(value))
+
+    @staticmethod
+    def _same(current: Any, wanted: Any) -> bool:
+        return abs(float(current) - float(wanted)) < 0.5
 
 
 class GraphicsClockKnob(Knob):
@@ -211,30 +246,21 @@ class MemoryClockKnob(GraphicsClockKnob):
     name = MEMORY
 
 
-class ComputeModeKnob(Knob):
+class ComputeModeKnob(NvmlValueKnob):
     """A GPU's compute mode (``nvidia-smi -c``)."""
 
     name = "compute-mode"
+    key = "mode"
 
-    def read(self, host: Host) -> dict[str, Any]:
-        nv = host.nvml()
-        return {"mode": nv.compute_mode(nv.find(self.params["uuid"])).get().value}
+    def _get(self, nv: Nvml, g: GpuInfo) -> Reading[Any]:
+        return nv.compute_mode(g)
 
-    def desired(self) -> dict[str, Any]:
-        return {"mode": self.params["mode"]}
+    def _set(self, nv: Nvml, g: GpuInfo, value: Any) -> None:
+        nv.set_compute_mode(g, ComputeMode(value))
 
-    def write(self, host: Host, value: dict[str, Any]) -> None:
-        nv = host.nvml()
-        nv.set_compute_mode(nv.find(self.params["uuid"]), ComputeMode(value["mode"]))
-
-    def restore(self, host: Host, original: dict[str, Any]) -> None:
-        nv = host.nvml()
-        g = gone_gpu_or(nv, self.params["uuid"])
-        if g is None:
-            return
-        cur = nv.compute_mode(g)
-        if not (cur.ok and cur.get().value == original["mode"]):
-            nv.set_compute_mode(g, ComputeMode(original["mode"]))
+    @staticmethod
+    def _plain(value: Any) -> Any:
+        return value.value
 
 
 class GpuTunable(Tunable):

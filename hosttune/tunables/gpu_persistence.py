@@ -21,7 +21,7 @@ import shlex
 from typing import Any
 
 from hosttune.host import Host
-from hosttune.host.gpu.nvml import GpuInfo, NvmlState
+from hosttune.host.gpu.nvml import GpuInfo, Nvml, NvmlState, Reading
 from hosttune.tunables._systemd import daemon_reload, find_unit
 from hosttune.tunables.base import (
     HEADER,
@@ -34,7 +34,7 @@ from hosttune.tunables.base import (
     file_change,
 )
 from hosttune.tunables.gpu_common import gpu_label, reading_row, section, unavailable_rows
-from hosttune.tunables.gpu_nvml import gone_gpu_or
+from hosttune.tunables.gpu_nvml import NvmlValueKnob
 from hosttune.tunables.gpu_units import (
     enable_link,
     exec_argv,
@@ -46,7 +46,7 @@ from hosttune.tunables.gpu_units import (
     unit_entries,
     wanted_by,
 )
-from hosttune.tunables.knob import Knob, action
+from hosttune.tunables.knob import action
 
 UNIT = "nvidia-persistenced.service"
 OUR_UNIT = f"/etc/systemd/system/{UNIT}"
@@ -111,30 +111,22 @@ def _user_of(argv: list[str]) -> str | None:
     return None
 
 
-class PersistenceModeKnob(Knob):
-    """Legacy NVML persistence mode of one GPU (``nvidia-smi -pm``)."""
+class PersistenceModeKnob(NvmlValueKnob):
+    """Legacy NVML persistence mode of one GPU (``nvidia-smi -pm``); a driver that is gone
+    took it with it."""
 
     name = "persistence-mode"
+    key = "enabled"
 
-    def read(self, host: Host) -> dict[str, Any]:
-        nv = host.nvml()
-        return {"enabled": nv.persistence_mode(nv.find(self.params["uuid"])).get()}
+    def _get(self, nv: Nvml, g: GpuInfo) -> Reading[Any]:
+        return nv.persistence_mode(g)
 
-    def desired(self) -> dict[str, Any]:
-        return {"enabled": bool(self.params["enabled"])}
+    def _set(self, nv: Nvml, g: GpuInfo, value: Any) -> None:
+        nv.set_persistence_mode(g, bool(value))
 
-    def write(self, host: Host, value: dict[str, Any]) -> None:
-        nv = host.nvml()
-        nv.set_persistence_mode(nv.find(self.params["uuid"]), bool(value["enabled"]))
-
-    def restore(self, host: Host, original: dict[str, Any]) -> None:
-        nv = host.nvml()
-        g = gone_gpu_or(nv, self.params["uuid"])
-        if g is None:
-            return  # the driver (and with it persistence mode) is gone
-        cur = nv.persistence_mode(g)
-        if not (cur.ok and cur.get() == bool(original["enabled"])):  # idempotent (failed step)
-            nv.set_persistence_mode(g, bool(original["enabled"]))
+    @staticmethod
+    def _same(current: Any, wanted: Any) -> bool:
+        return bool(current) == bool(wanted)
 
 
 class GpuPersistenceTunable(Tunable):
