@@ -85,7 +85,9 @@ def _fstab_knob() -> FstabMountKnob:
                                          "line": OURS}))
 
 
-def test_shared_file_knob_restores_exact_bytes_when_nobody_else_edited(tmp_path):
+@pytest.fixture
+def applied_fstab(tmp_path):
+    """/etc/fstab in a tree with hosttune's line applied: (host, knob, original, the file)."""
     (tmp_path / "etc").mkdir()
     fstab = tmp_path / "etc/fstab"
     fstab.write_bytes(FSTAB)
@@ -93,19 +95,18 @@ def test_shared_file_knob_restores_exact_bytes_when_nobody_else_edited(tmp_path)
     knob = _fstab_knob()
     original = knob.read(host)
     knob.write(host, knob.desired())
+    return host, knob, original, fstab
+
+
+def test_shared_file_knob_restores_exact_bytes_when_nobody_else_edited(applied_fstab):
+    host, knob, original, fstab = applied_fstab
     assert OURS in fstab.read_text() and fstab.read_bytes().startswith(FSTAB)
     knob.restore(host, original)
     assert fstab.read_bytes() == FSTAB
 
 
-def test_shared_file_knob_keeps_an_edit_made_after_apply(tmp_path):
-    (tmp_path / "etc").mkdir()
-    fstab = tmp_path / "etc/fstab"
-    fstab.write_bytes(FSTAB)
-    host = Host(tmp_path)
-    knob = _fstab_knob()
-    original = knob.read(host)
-    knob.write(host, knob.desired())
+def test_shared_file_knob_keeps_an_edit_made_after_apply(applied_fstab):
+    host, knob, original, fstab = applied_fstab
     fstab.write_bytes(fstab.read_bytes() + b"/dev/sdb1 /data xfs defaults 0 2\n")
     knob.restore(host, original)
     text = fstab.read_text()
