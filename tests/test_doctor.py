@@ -446,6 +446,31 @@ def test_unit_in_a_restart_loop(tmp_path, state, sub):
     assert f.where == f"live: systemctl list-units --state={state} (nvidia-persistenced.service)"
 
 
+# a Type=forking unit whose program is missing, three tries: the child's "Failed at step"
+# lines are not in `journalctl -u` (journald lost the exited child's cgroup), PID 1's are
+LOOP_TRY = (
+    "Starting nvidia-persistenced.service - NVIDIA Persistence Daemon...\n"
+    "nvidia-persistenced.service: Control process exited, code=exited, status=203/EXEC\n"
+    "nvidia-persistenced.service: Failed with result 'exit-code'.\n"
+    "Failed to start nvidia-persistenced.service - NVIDIA Persistence Daemon.\n"
+    "nvidia-persistenced.service: Scheduled restart job, restart counter is at 7.\n"
+    "Stopped nvidia-persistenced.service - NVIDIA Persistence Daemon.\n")
+
+
+def test_a_restart_loops_reason_once_with_the_exit_status_explained(tmp_path):
+    b = minimal(tmp_path)
+    h = booted(b.root, {
+        LISTED: "nvidia-persistenced.service loaded activating auto-restart NVIDIA P D\n",
+        ("systemctl", "show", "NRestarts"):
+            "ActiveState=activating\nSubState=auto-restart\nNRestarts=7\nResult=exit-code\n",
+        ("journalctl", "-u", "nvidia-persistenced.service"): LOOP_TRY * 3,
+    })
+    (f,) = [f for f in doctor.run(h).findings if f.check == "systemd.unit-restart-loop"]
+    assert f.why.count("status=203/EXEC") == 1 and f.why.count("Failed with result") == 1
+    assert "status EXEC: the program could not be executed (execve failed)" in f.why
+    assert "Scheduled restart" not in f.why and "Starting" not in f.why
+
+
 @pytest.mark.parametrize(("listed", "shown", "loop"), [
     # listed during a try's ExecStopPost=, shown while it waits for the next try
     ("deactivating stop-post", "activating\nSubState=auto-restart\nNRestarts=1", True),

@@ -86,7 +86,7 @@ def failed_units(ctx: DoctorContext) -> list[FailedUnit]:
         restarts = int(n) if n.isdigit() else 0
         if state != "failed" and not (state in STATES and _looping(props, restarts, state)):
             continue  # starting for the first time, stopping, or started after all
-        log = _run(ctx, ["journalctl", "--no-pager", "-q", "-b", "-o", "cat", "-n", "8",
+        log = _run(ctx, ["journalctl", "--no-pager", "-q", "-b", "-o", "cat", "-n", "40",
                          "-u", unit]) or ""
         found.append(FailedUnit(unit, desc, tuple(s for s in log.splitlines() if s.strip()),
                                 restarts, state))

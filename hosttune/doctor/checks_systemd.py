@@ -150,14 +150,44 @@ def check_units_verify(ctx: DoctorContext) -> Iterator[Finding]:
             "fix the unit, or let hosttune manage the setting it was written for")
 
 
-_GENERIC = re.compile(r"^(Starting |Started |Stopped |Failed to start |Scheduled restart job"
-                      r"|Stopping )")
+# systemd's progress lines, which say nothing about why; some carry the unit as a prefix
+# ("X.service: Scheduled restart job, restart counter is at 7.")
+_GENERIC = re.compile(r"^(?:\S+\.service: )?(Starting |Started |Stopped |Failed to start "
+                      r"|Scheduled restart job|Stopping |Consumed |Deactivated successfully)")
+_STATUS = re.compile(r"status=(2\d\d)/([A-Z_]+)")
+# The exit statuses systemd itself sets when it could not start the program, from
+# systemd.exec(5), "Process Exit Codes". The child's own "Failed at step EXEC spawning ..."
+# line is not always in `journalctl -u`: journald attributes a message to a unit by the
+# sender's cgroup, read from /proc after the fact, and a child that exits at once can be gone
+# by then (seen in a Debian 12 guest, systemd 252). PID 1's "status=203/EXEC" always is.
+_STEPS = {
+    "CHDIR": "the WorkingDirectory= is missing or not accessible",
+    "EXEC": "the program could not be executed (execve failed): most likely it does not "
+            "exist or is not executable",
+    "GROUP": "the Group= (or the User='s group) does not exist",
+    "USER": "the User= does not exist or could not be switched to",
+    "NAMESPACE": "the namespace set-up failed (a path in ReadWritePaths=, BindPaths= etc. is "
+                 "missing)",
+    "STDOUT": "the StandardOutput= target could not be opened",
+}
+
+
+def _reason(lines: tuple[str, ...]) -> list[str]:
+    """The journal lines that say why, each once (a restart loop repeats them every try),
+    newest last, and what systemd's own exit status means."""
+    specific = [s for s in lines if not _GENERIC.match(s)] or list(lines)
+    seen: dict[str, None] = {}
+    for s in reversed(specific):
+        seen.setdefault(s, None)
+    reason = list(reversed(list(seen)))[-4:]
+    steps = {m.group(2) for s in lines for m in _STATUS.finditer(s) if m.group(2) in _STEPS}
+    return reason + [f"status {step}: {_STEPS[step]}" for step in sorted(steps)]
 
 
 def check_failed_units(ctx: DoctorContext) -> Iterator[Finding]:
     """Units that failed at this boot (`systemctl --failed`), with the journal's reason."""
     for fu in boot.failed_units(ctx):
-        reason = [s for s in fu.journal if not _GENERIC.match(s)] or list(fu.journal)
+        reason = _reason(fu.journal)
         local = f"/etc/systemd/system/{fu.unit}"
         has_file = ctx.host.exists(local)
         looping = fu.looping
@@ -169,7 +199,7 @@ def check_failed_units(ctx: DoctorContext) -> Iterator[Finding]:
             f"live: systemctl list-units --state={fu.listed} ({fu.unit})" if looping
             else f"live: systemctl --failed ({fu.unit})",
             (f"{fu.description}: " if fu.description else "")
-            + ("the journal says: " + " | ".join(reason[-4:]) if reason
+            + ("the journal says: " + " | ".join(reason) if reason
                else "no journal lines for it are readable (journalctl -b -u " + fu.unit + ")")
             + ".",
             (f"see the findings for {local}; " if has_file else "")
