@@ -19,6 +19,18 @@ snap_etc() { tar --numeric-owner -cpf "$o/$1" -C / etc; }
 """
 
 
+# the swap file the persistence and power-cut scenarios start with, active and in fstab
+SWAP = "/swapfile"
+
+# Files under /etc that may differ after apply + rollback, and why.
+ETC_EXCEPTIONS = {
+    # groupadd/groupdel (shadow) keep the previous /etc/group and /etc/gshadow as these
+    # backups; rollback's groupdel leaves them holding the file with the group in it.
+    "etc/group-": "shadow's backup of /etc/group, rewritten by groupadd/groupdel",
+    "etc/gshadow-": "shadow's backup of /etc/gshadow, rewritten by groupadd/groupdel",
+}
+
+
 def audit_rows(text: str) -> list[dict[str, Any]]:
     return json.loads(text)["rows"]
 

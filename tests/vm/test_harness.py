@@ -7,7 +7,7 @@ import tarfile
 from pathlib import Path
 
 from tests.vm import checks, guest
-from tests.vm.test_power_cut import _cut_matcher, _plan
+from tests.vm.power_cut_plan import cut_matcher, plan
 
 
 def test_mbr_has_one_bootable_linux_partition_at_1mib():
@@ -55,14 +55,14 @@ def test_audits_compare_without_pids():
 
 
 def test_cut_points_spread_over_apply_and_rollback():
-    p = _plan(12)
+    p = plan(12)
     assert [x[0] for x in p].count("apply") == 9 and [x[0] for x in p].count("rollback") == 3
     assert all(0 < f < 1 for _, f in p)
     assert len({f for ph, f in p if ph == "apply"}) == 9
 
 
 def test_cut_matcher_waits_for_the_announced_point():
-    m = _cut_matcher()
+    m = cut_matcher()
     assert not m("HOSTTUNE-STEP apply 1:after\n")
     text = "HT-CUT-AT apply 1:after of 46\nHOSTTUNE-STEP apply 0:before\n"
     assert not m(text)

@@ -15,7 +15,6 @@ from tests.vm.conftest import VmEnv, stage_ok
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(5400)]
 
-SWAP = "/swapfile"
 
 BOOT1 = checks.PRELUDE + """
 swapon --show=NAME --noheadings > $o/swap-pristine
@@ -44,25 +43,19 @@ snap_etc etc-final.tar
 swapon --show=NAME --noheadings > $o/swap-final
 """
 
-# Files under /etc that may differ after apply + rollback, and why.
-ETC_EXCEPTIONS = {
-    # groupadd/groupdel (shadow) keep the previous /etc/group and /etc/gshadow as these
-    # backups; rollback's groupdel leaves them holding the file with the group in it.
-    "etc/group-": "shadow's backup of /etc/group, rewritten by groupadd/groupdel",
-    "etc/gshadow-": "shadow's backup of /etc/gshadow, rewritten by groupadd/groupdel",
-}
 
 
 def test_apply_reboot_rollback_reboot(vm_env: VmEnv) -> None:
     tree = vm_env.tree("persist")
-    tree.swapfile(SWAP, 64)
+    tree.swapfile(checks.SWAP, 64)
     fstab = (tree.path / "etc/fstab").read_text()
-    tree.write("/etc/fstab", fstab + f"{SWAP} none swap sw 0 0\n")
+    tree.write("/etc/fstab", fstab + f"{checks.SWAP} none swap sw 0 0\n")
     vm = vm_env.guest("persist", tree)
 
     r1 = vm.boot(BOOT1, label="pristine-apply")
     stage_ok(r1)
-    assert r1.out["swap-pristine"].split() == [SWAP], "the swap file must be active at first"
+    assert r1.out["swap-pristine"].split() == [checks.SWAP], \
+        "the swap file must be active at first"
     assert r1.out["apply.json.rc"].strip() in ("0", "1"), r1.out["apply.json.err"]
     applied = json.loads(r1.out["apply.json"])
     assert applied["changed"] and not [s for s in applied["steps"]
@@ -88,9 +81,9 @@ def test_apply_reboot_rollback_reboot(vm_env: VmEnv) -> None:
 
     r3 = vm.boot(BOOT3, label="rolled-back")
     stage_ok(r3)
-    assert r3.out["swap-final"].split() == [SWAP]
+    assert r3.out["swap-final"].split() == [checks.SWAP]
     assert checks.comparable(checks.audit_rows(r3.out["audit-final.json"])) == \
         checks.comparable(checks.audit_rows(r1.out["audit-pristine.json"]))
     assert r1.out_dir and r3.out_dir
     assert checks.etc_differences(r1.out_dir / "etc-pristine.tar", r3.out_dir / "etc-final.tar",
-                                  ETC_EXCEPTIONS) == []
+                                  checks.ETC_EXCEPTIONS) == []

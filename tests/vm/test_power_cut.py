@@ -25,7 +25,7 @@ import pytest
 
 from tests.vm import checks
 from tests.vm.conftest import VmEnv
-from tests.vm.test_persistence import ETC_EXCEPTIONS, SWAP
+from tests.vm.power_cut_plan import announced_points, cut_matcher, plan
 
 pytestmark = [pytest.mark.vm, pytest.mark.timeout(5400)]
 
@@ -81,34 +81,6 @@ find /etc -xdev -type f -size 0 > $o/zero-pristine
 """
 
 
-def _plan(n: int) -> list[tuple[str, float]]:
-    """n cut runs: three quarters in apply, a quarter in rollback, evenly spread."""
-    n_rb = max(1, n // 4)
-    n_ap = n - n_rb
-    return ([("apply", (i + 0.5) / n_ap) for i in range(n_ap)]
-            + [("rollback", (i + 0.5) / n_rb) for i in range(n_rb)])
-
-
-# a cut run's announcement on the console: "HT-CUT-AT apply 3:before of 46"
-CUT_AT = re.compile(r"HT-CUT-AT (\w+) (\d+:\w+) of (\d+)")
-
-
-def _points(console: str) -> dict[str, str]:
-    """run -> its step points, as announced on a boot's console: every apply from pristine
-    (and every rollback of a full apply) has as many, so later boots reuse the count instead
-    of asking `hosttune plan` again under TCG."""
-    return {m[1]: m[3] for m in CUT_AT.finditer(console)}
-
-
-def _cut_matcher():
-    def match(console: str) -> bool:
-        m = CUT_AT.search(console)
-        if m is None:
-            return False
-        return f"HOSTTUNE-STEP {m.group(1)} {m.group(2)}" in console[m.end():]
-    return match
-
-
 def _check(res, run: tuple[str, float], pristine, prev_console: str) -> dict[str, object]:
     """What the recovery (in boot ``res``, before its own cut) left, against pristine."""
     o = res.out
@@ -120,7 +92,8 @@ def _check(res, run: tuple[str, float], pristine, prev_console: str) -> dict[str
         problems.append(f"rollback exit {o.get('recover.json.rc', '?').strip()}: "
                         f"{o.get('recover.json', '')[-500:]} {o.get('recover.json.err', '')}")
     diffs = checks.etc_differences(pristine.out_dir / "etc-pristine.tar",
-                                   res.out_dir / "etc-recovered.tar", ETC_EXCEPTIONS)
+                                   res.out_dir / "etc-recovered.tar",
+                                   checks.ETC_EXCEPTIONS)
     problems += [f"/etc: {d}" for d in diffs]
     zero = set(pristine.out["zero-pristine"].split())
     left = [f for f in o.get("suspicious", "").split() if f not in zero]
@@ -144,11 +117,11 @@ def _check(res, run: tuple[str, float], pristine, prev_console: str) -> dict[str
 
 def test_power_cuts(vm_env: VmEnv) -> None:
     tree = vm_env.tree("cut")
-    tree.swapfile(SWAP, 64)
+    tree.swapfile(checks.SWAP, 64)
     fstab = (tree.path / "etc/fstab").read_text()
-    tree.write("/etc/fstab", fstab + f"{SWAP} none swap sw 0 0\n")
+    tree.write("/etc/fstab", fstab + f"{checks.SWAP} none swap sw 0 0\n")
     vm = vm_env.guest("cut", tree)
-    runs = _plan(CUTS)
+    runs = plan(CUTS)
     results: list[dict[str, object]] = []
     pristine = None
     prev_console = ""
@@ -161,7 +134,7 @@ def test_power_cuts(vm_env: VmEnv) -> None:
         elif phase == "rollback":
             script += ("hosttune apply -p inference --yes --json > /dev/null 2>&1\n"
                        f"cut_run rollback {frac} {points.get('rollback', '')}\n")
-        res = vm.boot(script, label=f"{i:02d}-{phase}", cut_at=_cut_matcher(),
+        res = vm.boot(script, label=f"{i:02d}-{phase}", cut_at=cut_matcher(),
                       stage_timeout_s=900)
         if i == 0:
             pristine = res
@@ -169,7 +142,7 @@ def test_power_cuts(vm_env: VmEnv) -> None:
         else:
             results.append(_check(res, runs[i - 1], pristine, prev_console))
         prev_console = res.console
-        points.update(_points(res.console))
+        points.update(announced_points(res.console))
         if phase != "final":
             assert res.cut, f"boot {i} ({phase}) was not cut (console {res.log}):\n{res.tail()}"
             assert "HT-NOT-CUT" not in res.console
