@@ -10,7 +10,7 @@ from hosttune.errors import HostError, ProfileError
 from hosttune.host import Host
 from hosttune.profile import builtin_names, load_profile
 from hosttune.tunables import all_tunables, knob_for
-from hosttune.tunables.base import Change
+from hosttune.tunables.base import Change, Evaluation, Status, setting
 from hosttune.tunables.hugetlbfs import FstabMountKnob
 from hosttune.tunables.knob import GENERIC
 
@@ -142,3 +142,18 @@ def test_every_planned_change_has_a_knob_that_can_read_it(any_tree, profile):
         assert knob.id == ch.id
         if ch.kind != "command":
             knob.read(host)  # the original can be captured before anything is written
+
+
+def test_setting_gives_a_row_and_its_change_only_when_it_drifts():
+    ch = _file("/proc/sys/vm/swappiness", "0", kind="kernel")
+    out = Evaluation()
+    out.add(*setting("sysctl", "vm.swappiness", "0", "0", ch, note="n"))
+    out.add(*setting("sysctl", "vm.swappiness", "60", "0", ch, note="n", drift_note="d"))
+    # shown differently from how it compares: a floor
+    out.add(*setting("sysctl", "vm.max_map_count", "70000", ">= 65530", ch, ok=True))
+    # holds now, but a file loaded later at boot sets it back: nothing to change now
+    out.add(*setting("sysctl", "vm.swappiness", "0", "0", ch, overridden=True))
+    assert [(r.current, r.status, r.note) for r in out.rows] == [
+        ("0", Status.OK, "n"), ("60", Status.DRIFT, "d"), ("70000", Status.OK, ""),
+        ("0", Status.CONFLICT, "")]
+    assert out.changes == [ch]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from hosttune.tunables.base import Change, Context, Row, Status
+from hosttune.tunables.base import Change, Context, Row, setting
 
 if TYPE_CHECKING:
     from hosttune.host import Host
@@ -57,18 +57,13 @@ def symlink_change(ctx: Context, tunable: str, path: str, target: str | None, *,
            else ("a regular file" if st.exists else "absent"))
     want = f"-> {target}" if target is not None else "absent"
     ok = st.link_target == target if target is not None else st.link_target != ours
-    if ok:
-        return Row(tunable, key, cur, want, Status.OK), None
-    row = Row(tunable, key, cur, want, Status.DRIFT)
-    if ctx.runtime_only:
-        return row, None
     if target is None:
         ch = Change(id=f"{tunable}/{path}", tunable=tunable, kind="file", path=path,
                     value=None, summary=f"remove {path}")
     else:
         ch = Change(id=f"{tunable}/{path}", tunable=tunable, kind="symlink", path=path,
                     value=target, summary=f"ln -s {target} {path}")
-    return row, ch
+    return setting(tunable, key, cur, want, None if ctx.runtime_only else ch, ok=ok)
 
 
 def daemon_reload(ctx: Context, tunable: str, why: str = "", *,

@@ -99,6 +99,29 @@ class Evaluation:
     rows: list[Row] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
 
+    def add(self, row: Row, change: Change | None = None) -> None:
+        """One setting's row, and its change when there is one (what :func:`setting` gives)."""
+        self.rows.append(row)
+        if change is not None:
+            self.changes.append(change)
+
+
+def setting(tunable: str, key: str, current: str, desired: str, change: Change | None, *,
+            ok: bool | None = None, note: str = "", drift_note: str | None = None,
+            overridden: bool = False) -> tuple[Row, Change | None]:
+    """One setting as a row and, when it drifts, the change (its knob) that sets it.
+
+    ``ok`` defaults to ``current == desired`` (pass it when the two are shown differently
+    from how they compare). A setting that holds now but that a later file overrides at boot
+    (``overridden``) is a conflict, with nothing to change now. ``drift_note`` replaces
+    ``note`` on a drifting row (e.g. the GPU's limits, worth saying only when it changes)."""
+    same = current == desired if ok is None else ok
+    if same:
+        return Row(tunable, key, current, desired,
+                   Status.CONFLICT if overridden else Status.OK, note), None
+    return Row(tunable, key, current, desired, Status.DRIFT,
+               note if drift_note is None else drift_note), change
+
 
 @dataclass
 class Context:

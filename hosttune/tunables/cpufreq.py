@@ -23,7 +23,7 @@ from hosttune.errors import ApplyError, HostError
 from hosttune.host import Host
 from hosttune.host.fsops import is_ebusy
 from hosttune.host.parsers import format_cpulist
-from hosttune.tunables.base import Change, Context, Evaluation, Row, Status, Tunable
+from hosttune.tunables.base import Change, Context, Evaluation, Row, Status, Tunable, setting
 from hosttune.tunables.knob import KernelKnob, action
 
 if TYPE_CHECKING:
@@ -129,6 +129,13 @@ class _Grouper:
     def add(self, num: int, current: str, desired: str, status: Status, note: str = "") -> None:
         self.groups.setdefault((current, desired, status, note), []).append(num)
 
+    def take(self, num: int, found: tuple[Row, Change | None], changes: list[Change]) -> None:
+        """A policy's row and change, from :func:`setting`."""
+        row, change = found
+        self.add(num, row.current, row.desired, row.status, row.note)
+        if change is not None:
+            changes.append(change)
+
     def rows(self) -> list[Row]:
         out = []
         keys = [_group_key(self.label, nums) for nums in self.groups.values()]
@@ -217,14 +224,11 @@ class CpuFreqTunable(Tunable):
         if want not in p.governors:
             gov.add(p.num, cur, want, Status.UNSUPPORTED,
                     f"{p.driver} offers: {' '.join(p.governors) or 'none'}")
-        elif cur == want:
-            gov.add(p.num, cur, want, Status.OK)
-        else:
-            gov.add(p.num, cur, want, Status.DRIFT)
-            changes.append(Change(
-                id=f"cpufreq/governor/policy{p.num}", tunable=self.name, kind="kernel",
-                summary=f"policy{p.num} governor: {cur} -> {want}",
-                path=f"{p.dir}/scaling_governor", value=want, runtime=True))
+            return
+        gov.take(p.num, setting(self.name, "governor", cur, want, Change(
+            id=f"cpufreq/governor/policy{p.num}", tunable=self.name, kind="kernel",
+            summary=f"policy{p.num} governor: {cur} -> {want}",
+            path=f"{p.dir}/scaling_governor", value=want, runtime=True)), changes)
 
     def _epp(self, host: Host, sec: CpuSection, p: Policy, epp: _Grouper,
              changes: list[Change]) -> None:
@@ -247,15 +251,12 @@ class CpuFreqTunable(Tunable):
         if want not in p.epps:
             epp.add(p.num, p.epp, want, Status.UNSUPPORTED,
                     f"{p.driver} offers: {' '.join(p.epps) or 'none'}")
-        elif p.epp == want:
-            epp.add(p.num, p.epp, want, Status.OK)
-        else:
-            epp.add(p.num, p.epp, want, Status.DRIFT)
-            changes.append(action(
-                self.name, EppKnob.name, id=f"cpufreq/epp/policy{p.num}",
-                summary=f"policy{p.num} EPP: {p.epp} -> {want}",
-                path=f"{p.dir}/energy_performance_preference", value=want,
-                runtime=True, params={"driver": p.driver}))
+            return
+        epp.take(p.num, setting(self.name, "epp", p.epp, want, action(
+            self.name, EppKnob.name, id=f"cpufreq/epp/policy{p.num}",
+            summary=f"policy{p.num} EPP: {p.epp} -> {want}",
+            path=f"{p.dir}/energy_performance_preference", value=want,
+            runtime=True, params={"driver": p.driver})), changes)
 
     @staticmethod
     def _forced_epp(host: Host, p: Policy, tgov: str | None, forced: str,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import stat
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from hosttune.errors import HostError
@@ -29,6 +30,7 @@ from hosttune.tunables.base import (
     Row,
     Status,
     Tunable,
+    setting,
     unified_diff,
 )
 from hosttune.tunables.knob import Knob, SharedFileKnob, action
@@ -274,20 +276,17 @@ class CudaEnvTunable(Tunable):
                 st = Status.OK
             rows.append(Row(self.name, k, cur, values[k], st, note))
         svc_note = "read by pam_env at login; systemd services need Environment=/EnvironmentFile="
-        if block_ok:
-            rows.insert(0, Row(self.name, f"block in {sec.file}", "present", "present",
-                               Status.OK, svc_note))
-        else:
-            rows.insert(0, Row(self.name, f"block in {sec.file}",
-                               "differs" if block_body(text) is not None else "absent",
-                               "present", Status.DRIFT, svc_note, needs=("re-login",)))
-            if not ctx.runtime_only:
-                changes.append(action(
-                    self.name, EnvBlockKnob.name, id=f"{self.name}/{sec.file}",
-                    summary=f"write hosttune's block in {sec.file} (other lines untouched)",
-                    path=sec.file, value="\n".join(body), runtime=False, needs=("re-login",),
-                    diff=unified_diff(sec.file, text if state.exists else None, new_text),
-                    params={"op": "block", "body": body}))
+        now = "present" if block_ok else "differs" if block_body(text) is not None else "absent"
+        row, change = setting(
+            self.name, f"block in {sec.file}", now, "present", action(
+                self.name, EnvBlockKnob.name, id=f"{self.name}/{sec.file}",
+                summary=f"write hosttune's block in {sec.file} (other lines untouched)",
+                path=sec.file, value="\n".join(body), runtime=False, needs=("re-login",),
+                diff=unified_diff(sec.file, text if state.exists else None, new_text),
+                params={"op": "block", "body": body}), note=svc_note)
+        rows.insert(0, row if block_ok else replace(row, needs=("re-login",)))
+        if change is not None and not ctx.runtime_only:
+            changes.append(change)
         path = values.get("CUDA_CACHE_PATH")
         if path is not None:
             r, c = self._cache_dir(ctx, os.path.normpath(path))
@@ -312,12 +311,12 @@ class CudaEnvTunable(Tunable):
         if st is not None and not stat.S_ISDIR(st.st_mode):
             raise ctx.error("cuda_env.variables.CUDA_CACHE_PATH", f"{path} exists and is not "
                             "a directory")
-        if st is not None and stat.S_IMODE(st.st_mode) == mode and st.st_gid == gid:
-            return Row(self.name, key, want, want, Status.OK), None
-        cur = "absent" if st is None else f"dir mode {stat.S_IMODE(st.st_mode):o} gid {st.st_gid}"
-        ch = action(self.name, CacheDirKnob.name, id=f"{self.name}/cache-dir",
-                    summary=f"{'create' if st is None else 'fix'} {path} ({want})", path=path,
-                    mode=mode, runtime=False, params={"op": "dir", "gid": gid})
-        return Row(self.name, key, cur, want, Status.DRIFT), ch
+        ok = st is not None and stat.S_IMODE(st.st_mode) == mode and st.st_gid == gid
+        cur = want if ok else "absent" if st is None else \
+            f"dir mode {stat.S_IMODE(st.st_mode):o} gid {st.st_gid}"
+        return setting(self.name, key, cur, want, action(
+            self.name, CacheDirKnob.name, id=f"{self.name}/cache-dir",
+            summary=f"{'create' if st is None else 'fix'} {path} ({want})", path=path,
+            mode=mode, runtime=False, params={"op": "dir", "gid": gid}), ok=ok)
 
 

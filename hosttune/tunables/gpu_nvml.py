@@ -14,6 +14,7 @@ nvmlDeviceGetSupported*Clocks, power values from nvmlDeviceGetPowerManagementLim
 from __future__ import annotations
 
 from abc import abstractmethod
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from hosttune.errors import HostError
@@ -21,7 +22,7 @@ from hosttune.host import Host
 from hosttune.host.gpu import markers
 from hosttune.host.gpu.nvml import ComputeMode, GpuInfo, Nvml, NvmlUnsupportedError, Reading
 from hosttune.profile.sizes import parse_watts
-from hosttune.tunables.base import Change, Context, Evaluation, Row, Status, Tunable
+from hosttune.tunables.base import Change, Context, Evaluation, Row, Status, Tunable, setting
 from hosttune.tunables.gpu_common import (
     DeviceSettings,
     device_matches,
@@ -349,49 +350,47 @@ class GpuTunable(Tunable):
         for g in gpus:
             ds = device_settings(sec, g)
             for fn in (self._power, self._clocks, self._compute):
-                r, c = fn(ctx, nv, g, ds)
+                found = fn(ctx, nv, g, ds)
                 if live_non_root:
-                    r = [Row(x.tunable, x.key, x.current, x.desired, x.status, x.note,
-                             (*x.needs, "root")) if x.status is Status.DRIFT else x for x in r]
-                rows.extend(r)
-                changes.extend(c)
+                    found.rows[:] = [replace(x, needs=(*x.needs, "root"))
+                                     if x.status is Status.DRIFT else x for x in found.rows]
+                rows.extend(found.rows)
+                changes.extend(found.changes)
         return Evaluation(rows, changes)
 
-    def _power(self, ctx: Context, nv: Nvml, g: GpuInfo, ds: DeviceSettings
-               ) -> tuple[list[Row], list[Change]]:
+    def _power(self, ctx: Context, nv: Nvml, g: GpuInfo, ds: DeviceSettings) -> Evaluation:
+        out = Evaluation()
         if ds.power_limit is None:
-            return [], []
+            return out
         key = f"{gpu_label(g)} power limit"
         desired = _desc_power(ds.power_limit)
         cons = nv.power_limit_constraints_w(g)
         cur = nv.power_limit_w(g)
         for r in (cons, cur):
             if not r.ok:
-                return [reading_row(self.name, key, desired, r)], []
+                out.add(reading_row(self.name, key, desired, r))
+                return out
         dflt = nv.default_power_limit_w(g)
         target = resolve_power(ds.power_limit, cons.get(), dflt.value if dflt.ok else None)
         desired = f"{target:g} W ({desired})" if ds.power_limit in ("max", "default") else desired
         current = f"{cur.get():g} W"
         lo, hi = cons.get()
         if not lo <= target <= hi:  # validate() refuses this; keep evaluate total anyway
-            return [Row(self.name, key, current, desired, Status.ERROR,
-                        f"outside the GPU's limits {lo:g}-{hi:g} W")], []
-        if abs(cur.get() - target) < 0.5:
-            return [Row(self.name, key, current, desired, Status.OK)], []
-        ch = action(
+            out.add(Row(self.name, key, current, desired, Status.ERROR,
+                        f"outside the GPU's limits {lo:g}-{hi:g} W"))
+            return out
+        out.add(*setting(self.name, key, current, desired, action(
             self.name, PowerLimitKnob.name, id=f"gpu/{g.uuid}/power-limit", runtime=True,
             summary=f"{gpu_label(g)} power limit {current} -> {target:g} W "
                     f"(nvidia-smi -i {g.index} -pl {target:g})",
-            params={"op": "power-limit", "uuid": g.uuid, "watts": target})
-        return [Row(self.name, key, current, desired, Status.DRIFT,
-                    f"limits {lo:g}-{hi:g} W")], [ch]
+            params={"op": "power-limit", "uuid": g.uuid, "watts": target}),
+            ok=abs(cur.get() - target) < 0.5, drift_note=f"limits {lo:g}-{hi:g} W"))
+        return out
 
-    def _clocks(self, ctx: Context, nv: Nvml, g: GpuInfo, ds: DeviceSettings
-                ) -> tuple[list[Row], list[Change]]:
-        rows: list[Row] = []
-        changes: list[Change] = []
+    def _clocks(self, ctx: Context, nv: Nvml, g: GpuInfo, ds: DeviceSettings) -> Evaluation:
+        out = Evaluation()
         if ds.locked_clocks is None:
-            return rows, changes
+            return out
         for what, spec, label, flag in (
                 (GRAPHICS, ds.locked_clocks.graphics, "graphics", "-lgc"),
                 (MEMORY, ds.locked_clocks.memory, "memory", "-lmc")):
@@ -401,16 +400,16 @@ class GpuTunable(Tunable):
             desired = _desc_clock(spec)
             mark = markers.read_marker(ctx.host, g.uuid, what)
             if mark and "unsupported" in mark:
-                rows.append(Row(self.name, key, "—", desired, Status.UNSUPPORTED,
-                                f"the GPU refused it: {mark['unsupported']}"))
+                out.add(Row(self.name, key, "—", desired, Status.UNSUPPORTED,
+                            f"the GPU refused it: {mark['unsupported']}"))
                 continue
             plan = resolve_clock(nv, g, what, spec)
             if plan.unsupported:
-                rows.append(Row(self.name, key, "—", desired, Status.UNSUPPORTED,
-                                plan.unsupported))
+                out.add(Row(self.name, key, "—", desired, Status.UNSUPPORTED,
+                            plan.unsupported))
                 continue
             if plan.error or plan.rng is None:
-                rows.append(Row(self.name, key, "—", desired, Status.ERROR, plan.error))
+                out.add(Row(self.name, key, "—", desired, Status.ERROR, plan.error))
                 continue
             locked = (mark["min_mhz"], mark["max_mhz"]) if mark and "min_mhz" in mark else None
             current = _fmt_range(locked)
@@ -421,34 +420,31 @@ class GpuTunable(Tunable):
             desired_full = f"{_fmt_range(plan.rng)}"
             if desired_full != desired:
                 desired_full += f" ({desired})"
-            if locked == plan.rng:
-                rows.append(Row(self.name, key, current, desired_full, Status.OK, plan.note))
-                continue
             lo, hi = plan.rng
-            rows.append(Row(self.name, key, current, desired_full, Status.DRIFT, plan.note))
-            changes.append(action(
+            out.add(*setting(self.name, key, current, desired_full, action(
                 self.name, what, id=f"gpu/{g.uuid}/{what}", runtime=True,
                 summary=f"{gpu_label(g)} lock {label} clocks {_fmt_range(plan.rng)} "
                         f"(nvidia-smi -i {g.index} {flag} {lo},{hi})",
-                params={"op": what, "uuid": g.uuid, "min_mhz": lo, "max_mhz": hi}))
-        return rows, changes
+                params={"op": what, "uuid": g.uuid, "min_mhz": lo, "max_mhz": hi}),
+                ok=locked == plan.rng, note=plan.note))
+        return out
 
-    def _compute(self, ctx: Context, nv: Nvml, g: GpuInfo, ds: DeviceSettings
-                 ) -> tuple[list[Row], list[Change]]:
+    def _compute(self, ctx: Context, nv: Nvml, g: GpuInfo, ds: DeviceSettings) -> Evaluation:
+        out = Evaluation()
         if ds.compute_mode is None:
-            return [], []
+            return out
         want = ComputeMode(ds.compute_mode)
         key = f"{gpu_label(g)} compute mode"
         cur = nv.compute_mode(g)
         if not cur.ok:
-            return [reading_row(self.name, key, want.smi, cur)], []
+            out.add(reading_row(self.name, key, want.smi, cur))
+            return out
         note = "set before the MPS control daemon starts" if ds.origin["compute_mode"] == \
             "gpu.mps" else ""
-        if cur.get() is want:
-            return [Row(self.name, key, cur.get().smi, want.smi, Status.OK, note)], []
-        ch = action(
+        out.add(*setting(self.name, key, cur.get().smi, want.smi, action(
             self.name, ComputeModeKnob.name, id=f"gpu/{g.uuid}/compute-mode", runtime=True,
             summary=f"{gpu_label(g)} compute mode {cur.get().smi} -> {want.smi} "
                     f"(nvidia-smi -i {g.index} -c {want.smi})",
-            params={"op": "compute-mode", "uuid": g.uuid, "mode": want.value})
-        return [Row(self.name, key, cur.get().smi, want.smi, Status.DRIFT, note)], [ch]
+            params={"op": "compute-mode", "uuid": g.uuid, "mode": want.value}),
+            ok=cur.get() is want, note=note))
+        return out

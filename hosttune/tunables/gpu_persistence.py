@@ -32,6 +32,7 @@ from hosttune.tunables.base import (
     Status,
     Tunable,
     file_change,
+    setting,
 )
 from hosttune.tunables.gpu_common import gpu_label, reading_row, section, unavailable_rows
 from hosttune.tunables.gpu_nvml import NvmlValueKnob
@@ -187,16 +188,15 @@ class GpuPersistenceTunable(Tunable):
                 rows.append(reading_row(self.name, key, desired, cur))
                 continue
             current = "enabled" if cur.get() else "disabled"
-            if cur.get() == want:
-                rows.append(Row(self.name, key, current, desired, Status.OK, note))
-                continue
-            rows.append(Row(self.name, key, current, desired, Status.DRIFT, note))
-            changes.append(action(
+            row, change = setting(self.name, key, current, desired, action(
                 self.name, PersistenceModeKnob.name, id=f"gpu/{g.uuid}/persistence-mode",
                 runtime=True,
                 summary=f"{gpu_label(g)} persistence mode {current} -> {desired} "
                         f"(nvidia-smi -i {g.index} -pm {int(want)})",
-                params={"op": "persistence-mode", "uuid": g.uuid, "enabled": want}))
+                params={"op": "persistence-mode", "uuid": g.uuid, "enabled": want}),
+                note=note)
+            rows.append(row)
+            changes.extend([change] if change else [])
         return Evaluation(rows, changes)
 
     # -- the daemon --------------------------------------------------------------------------

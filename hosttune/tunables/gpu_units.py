@@ -9,7 +9,7 @@ import shlex
 
 from hosttune.errors import HostError
 from hosttune.host import Host
-from hosttune.tunables.base import HEADER, Change, Context, Row, Status
+from hosttune.tunables.base import HEADER, Change, Context, Row, setting
 
 EXEC_KEYS = ("ExecStart", "ExecStartPre", "ExecStartPost", "ExecStop", "ExecStopPost",
              "ExecReload", "ExecCondition")
@@ -103,24 +103,15 @@ def enable_link(ctx: Context, tunable: str, name: str, unit_path: str, target: s
                 *, enable: bool = True) -> tuple[Row, Change | None]:
     """Row + change for the WantedBy symlink ``systemctl enable`` would create."""
     link = f"/etc/systemd/system/{target}.wants/{name}"
-    key = f"{name} enabled"
-    host = ctx.host
-    st = host.file_state(link)
+    exists = ctx.host.file_state(link).exists
+    now, want = ("enabled" if exists else "disabled"), ("enabled" if enable else "disabled")
     if enable:
-        if st.exists:
-            return Row(tunable, key, "enabled", "enabled", Status.OK), None
-        row = Row(tunable, key, "disabled", "enabled", Status.DRIFT)
-        if ctx.runtime_only:
-            return row, None
-        return row, Change(id=f"{tunable}/{link}", tunable=tunable, kind="symlink",
-                           summary=f"enable {name} (link {link})", path=link, value=unit_path)
-    if not st.exists:
-        return Row(tunable, key, "disabled", "disabled", Status.OK), None
-    row = Row(tunable, key, "enabled", "disabled", Status.DRIFT)
-    if ctx.runtime_only:
-        return row, None
-    return row, Change(id=f"{tunable}/{link}", tunable=tunable, kind="file",
-                       summary=f"disable {name} (remove {link})", path=link, value=None)
+        change = Change(id=f"{tunable}/{link}", tunable=tunable, kind="symlink",
+                        summary=f"enable {name} (link {link})", path=link, value=unit_path)
+    else:
+        change = Change(id=f"{tunable}/{link}", tunable=tunable, kind="file",
+                        summary=f"disable {name} (remove {link})", path=link, value=None)
+    return setting(tunable, f"{name} enabled", now, want, None if ctx.runtime_only else change)
 
 
 def is_active(host: Host, name: str) -> bool | None:

@@ -55,7 +55,7 @@ from hosttune.profile.sizes import (
     parse_percent,
     parse_size,
 )
-from hosttune.tunables.base import Change, Context, Evaluation, Row, Status, Tunable
+from hosttune.tunables.base import Change, Context, Evaluation, Row, Status, Tunable, setting
 from hosttune.tunables.knob import Knob, action
 
 if TYPE_CHECKING:
@@ -633,22 +633,22 @@ class HugePagesTunable(Tunable):
         assert sec is not None
         host = ctx.host
         res = resolve(ctx)
-        rows: list[Row] = []
-        changes: list[Change] = []
+        out = Evaluation()
         boot = ctx.profile.boot
         persist_note = ("re-applied at boot by hosttune-boot.service"
                         if boot is not None and boot.unit else
                         "runtime only: lost at reboot (boot.unit is off)")
         sysctl_note = self._sysctl_note(host)
         for label in sorted(res.pools, key=lambda s: PAGE_BYTES[s]):
-            self._pool(ctx, label, res.pools[label], persist_note, sysctl_note, rows, changes)
+            self._pool(ctx, label, res.pools[label], persist_note, sysctl_note, out.rows,
+                       out.changes)
         if sec.thp is not None:
-            self._thp(host, sec.thp, rows, changes)
+            out.add(*self._thp(host, sec.thp))
         if sec.optimize_vmemmap is not None:
             # first: HVO only optimizes pages allocated after it is on
-            changes[:0] = self._hvo(host, sec.optimize_vmemmap, rows,
-                                    ctx.profile.kernel_cmdline is not None)
-        return Evaluation(rows, changes)
+            out.changes[:0] = self._hvo(host, sec.optimize_vmemmap, out.rows,
+                                        ctx.profile.kernel_cmdline is not None)
+        return out
 
     def _pool(self, ctx: Context, label: str, plan: PoolPlan, persist_note: str,
               sysctl_note: str, rows: list[Row], changes: list[Change]) -> None:
@@ -825,25 +825,19 @@ class HugePagesTunable(Tunable):
         return (f"{s.file}:{s.a.lineno} also sets vm.nr_hugepages = {s.a.value} at boot "
                 "(global, before hosttune-boot.service re-applies this pool): remove it")
 
-    def _thp(self, host: Host, want: str, rows: list[Row], changes: list[Change]) -> None:
+    def _thp(self, host: Host, want: str) -> tuple[Row, Change | None]:
         text = host.read_value(THP_PATH)
         if text is None:
-            rows.append(Row(self.name, "thp", "absent", want, Status.UNSUPPORTED,
-                            "kernel without transparent huge pages"))
-            return
+            return Row(self.name, "thp", "absent", want, Status.UNSUPPORTED,
+                       "kernel without transparent huge pages"), None
         selected, choices = parse_bracketed_choice(text)
         if want not in choices:
-            rows.append(Row(self.name, "thp", str(selected), want, Status.UNSUPPORTED,
-                            f"choices here: {' '.join(choices)}"))
-            return
-        ok = selected == want
-        rows.append(Row(self.name, "thp", str(selected), want,
-                        Status.OK if ok else Status.DRIFT))
-        if not ok:
-            changes.append(Change(
-                id="hugepages/thp", tunable=self.name, kind="choice", path=THP_PATH,
-                value=want, summary=f"transparent_hugepage/enabled: {selected} -> {want}",
-                runtime=True))
+            return Row(self.name, "thp", str(selected), want, Status.UNSUPPORTED,
+                       f"choices here: {' '.join(choices)}"), None
+        return setting(self.name, "thp", str(selected), want, Change(
+            id="hugepages/thp", tunable=self.name, kind="choice", path=THP_PATH,
+            value=want, summary=f"transparent_hugepage/enabled: {selected} -> {want}",
+            runtime=True))
 
 
 def _target_path(key: str, page_bytes: int) -> str:

@@ -31,6 +31,7 @@ from hosttune.tunables.base import (
     Status,
     Tunable,
     file_change,
+    setting,
 )
 
 if TYPE_CHECKING:
@@ -117,16 +118,15 @@ class IrqAffinityTunable(Tunable):
     def evaluate(self, ctx: Context) -> Evaluation:
         sec = self._sec(ctx)
         host = ctx.host
-        rows: list[Row] = []
-        changes: list[Change] = []
+        out = Evaluation()
         irqs = gpu_irqs(host)
         if not irqs:
             gpus = nvidia_gpus(host)
             why = ("NVIDIA GPU(s) " + ", ".join(g.bdf for g in gpus)
                    + " have no MSI/MSI-X IRQs yet (driver not loaded?)") if gpus else \
                 "no NVIDIA GPU on this host"
-            rows.append(Row(self.name, "irqs", "none", sec.cpus, Status.UNSUPPORTED, why))
-            return Evaluation(rows, changes)
+            out.add(Row(self.name, "irqs", "none", sec.cpus, Status.UNSUPPORTED, why))
+            return out
         devs = {d.bdf: d for d in nvidia_gpus(host)}
         width = nr_cpu_ids(host)
         for gi in irqs:
@@ -137,31 +137,28 @@ class IrqAffinityTunable(Tunable):
             try:
                 cur_text = host.read_value(path)
             except PermissionError:
-                rows.append(Row(self.name, key, "?", format_cpulist(want), Status.NEEDS_ROOT))
+                out.add(Row(self.name, key, "?", format_cpulist(want), Status.NEEDS_ROOT))
                 continue
             if cur_text is None:
-                rows.append(Row(self.name, key, "absent", format_cpulist(want),
-                                Status.UNSUPPORTED, f"{path} missing"))
+                out.add(Row(self.name, key, "absent", format_cpulist(want),
+                            Status.UNSUPPORTED, f"{path} missing"))
                 continue
             try:
                 cur = parse_cpulist(cur_text)
             except ValueError:
                 cur = []
             mask = cpus_to_mask(want, max(width, max(want) + 1))
-            ok = set(cur) == set(want)
-            rows.append(Row(self.name, key, format_cpulist(cur) or cur_text, format_cpulist(want),
-                            Status.OK if ok else Status.DRIFT, f"mask {mask}"))
-            if not ok:
-                changes.append(Change(
-                    id=f"{self.name}/irq{gi.irq}", tunable=self.name, kind="kernel",
-                    summary=f"IRQ {gi.irq} affinity: {format_cpulist(cur) or cur_text} -> "
-                    f"{format_cpulist(want)}", path=path, value=format_cpulist(want),
-                    runtime=True))
+            shown = format_cpulist(cur) or cur_text
+            out.add(*setting(self.name, key, shown, format_cpulist(want), Change(
+                id=f"{self.name}/irq{gi.irq}", tunable=self.name, kind="kernel",
+                summary=f"IRQ {gi.irq} affinity: {shown} -> {format_cpulist(want)}",
+                path=path, value=format_cpulist(want), runtime=True),
+                ok=set(cur) == set(want), note=f"mask {mask}"))
         if sec.irqbalance:
             r, c = self._irqbalance(ctx)
-            rows.extend(r)
-            changes.extend(c)
-        return Evaluation(rows, changes)
+            out.rows.extend(r)
+            out.changes.extend(c)
+        return out
 
     def _irqbalance(self, ctx: Context) -> tuple[list[Row], list[Change]]:
         host = ctx.host

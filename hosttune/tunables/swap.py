@@ -32,6 +32,7 @@ from hosttune.tunables.base import (
     Row,
     Status,
     Tunable,
+    setting,
     unified_diff,
 )
 from hosttune.tunables.knob import Knob, action
@@ -230,13 +231,12 @@ class SwapTunable(Tunable):
         sec = ctx.profile.swap
         assert sec is not None  # the family runs only when its section is set
         host = ctx.host
-        rows: list[Row] = []
-        changes: list[Change] = []
+        out = Evaluation()
         try:
             swaps_text = host.read_text("/proc/swaps")
         except PermissionError:
             swaps_text = None
-            rows.append(Row(self.name, "active", "?", "off", Status.NEEDS_ROOT))
+            out.add(Row(self.name, "active", "?", "off", Status.NEEDS_ROOT))
         active = parse_swaps(swaps_text or "")
         if sec.enabled:
             cur = ", ".join(d.path for d in active) or "off"
@@ -246,83 +246,78 @@ class SwapTunable(Tunable):
             fstab = host.read_text(FSTAB)
         except PermissionError:
             fstab = None
-            rows.append(Row(self.name, f"fstab {FSTAB}", "?", "no active swap entry",
-                            Status.NEEDS_ROOT))
+            out.add(Row(self.name, f"fstab {FSTAB}", "?", "no active swap entry",
+                        Status.NEEDS_ROOT))
         flines = fstab_swap_lines(fstab or "")
         units = swap_units(host, active)
         # runtime: one row and one swapoff per active area
         if swaps_text is not None and not active:
-            rows.append(Row(self.name, "active", "off", "off", Status.OK))
+            out.add(Row(self.name, "active", "off", "off", Status.OK))
         for d in active:
-            self._active(host, d, _boot_source(host, d, flines, units), rows, changes)
+            self._active(host, d, _boot_source(host, d, flines, units), out)
         if not sec.persist or ctx.runtime_only:
-            return Evaluation(rows, changes)
+            return out
         # persistence: fstab swap lines (one change each), swap units (masked)
         if fstab is not None:
-            self._fstab(fstab, flines, rows, changes)
-        self._units(units, rows, changes)
-        persistent = [c for c in changes if not c.runtime]
+            self._fstab(fstab, flines, out)
+        self._units(units, out)
+        persistent = [c for c in out.changes if not c.runtime]
         # systemd caches fstab-generated units: reload so it forgets the disabled entries.
         if persistent and (reload := daemon_reload(
                 ctx, self.name, "fstab swap entries / swap units changed")):
-            changes.append(reload)
-        return Evaluation(rows, changes)
+            out.changes.append(reload)
+        return out
 
-    def _active(self, host: Host, d: SwapDevice, src: str, rows: list[Row],
-                changes: list[Change]) -> None:
+    def _active(self, host: Host, d: SwapDevice, src: str, out: Evaluation) -> None:
         """The row and the swapoff of one active swap area."""
         cur = f"on ({d.type}, {format_size(d.size_bytes)}, {_prio_note(d)})"
         if d.path.endswith(" (deleted)"):
-            rows.append(Row(self.name, f"active {d.path}", cur, "off", Status.DRIFT,
-                            "its file was deleted while in use: swapoff by path is "
-                            "impossible; reboot to release it"))
+            out.add(Row(self.name, f"active {d.path}", cur, "off", Status.DRIFT,
+                        "its file was deleted while in use: swapoff by path is "
+                        "impossible; reboot to release it"))
             return
         if host.offline:
             status, note = Status.OFFLINE, "swapoff is recorded, not run, under --root"
         else:
             status, note = Status.DRIFT, ""
         note = "; ".join(x for x in (note, src) if x)
-        rows.append(Row(self.name, f"active {d.path}", cur, "off", status, note))
-        changes.append(action(
+        out.add(Row(self.name, f"active {d.path}", cur, "off", status, note))
+        out.changes.append(action(
             self.name, SwapoffKnob.name, id=f"swap/swapoff:{d.path}",
             summary=f"swapoff {d.path} ({format_size(d.size_bytes)}, {_prio_note(d)})",
             path=d.path, runtime=True,
             params={"path": d.path, "priority": d.priority, "type": d.type}))
 
-    def _fstab(self, fstab: str, flines: list[tuple[int, str, str]], rows: list[Row],
-               changes: list[Change]) -> None:
+    def _fstab(self, fstab: str, flines: list[tuple[int, str, str]], out: Evaluation) -> None:
         """One row and one change per active swap line of /etc/fstab."""
         marked = sum(1 for ln in fstab.splitlines() if ln.startswith(MARKER))
         if not flines:
-            rows.append(Row(self.name, f"fstab {FSTAB}", "no active swap entry"
-                            + (f" ({marked} disabled by hosttune)" if marked else ""),
-                            "no active swap entry", Status.OK))
+            out.add(Row(self.name, f"fstab {FSTAB}", "no active swap entry"
+                        + (f" ({marked} disabled by hosttune)" if marked else ""),
+                        "no active swap entry", Status.OK))
         seen: dict[str, int] = {}
         full_diff = unified_diff(FSTAB, fstab, disable_swap_lines(fstab))
         for i, (lineno, spec, raw) in enumerate(flines):
             n = seen[raw] = seen.get(raw, 0) + 1
-            rows.append(Row(self.name, f"fstab {spec}", f"active ({FSTAB}:{lineno})",
-                            "disabled", Status.DRIFT, "swap at boot"))
-            changes.append(action(
+            out.add(Row(self.name, f"fstab {spec}", f"active ({FSTAB}:{lineno})",
+                        "disabled", Status.DRIFT, "swap at boot"))
+            out.changes.append(action(
                 self.name, FstabSwapKnob.name,
                 id=f"swap/fstab:{raw}" + (f"#{n}" if n > 1 else ""),
                 summary=f"disable swap entry {spec} in {FSTAB}:{lineno}",
                 path=FSTAB, runtime=False, params={"line": raw},
                 diff=full_diff if i == 0 else ""))
 
-    def _units(self, units: list[SwapUnit], rows: list[Row], changes: list[Change]) -> None:
+    def _units(self, units: list[SwapUnit], out: Evaluation) -> None:
         """Swap units and the services that enable swap at boot: masked."""
         for u in units:
-            key = f"unit {u.name}"
-            if u.masked:
-                rows.append(Row(self.name, key, "masked", "masked", Status.OK))
-                continue
-            rows.append(Row(self.name, key, f"enabled ({u.source})", "masked", Status.DRIFT,
-                            "turns swap on at boot"))
-            changes.append(Change(
-                id=f"swap/mask:{u.name}", tunable=self.name, kind="symlink",
-                summary=f"mask {u.name} ({UNIT_DIR}/{u.name} -> /dev/null)",
-                path=f"{UNIT_DIR}/{u.name}", value="/dev/null", runtime=False))
+            out.add(*setting(
+                self.name, f"unit {u.name}", "masked" if u.masked else f"enabled ({u.source})",
+                "masked", Change(
+                    id=f"swap/mask:{u.name}", tunable=self.name, kind="symlink",
+                    summary=f"mask {u.name} ({UNIT_DIR}/{u.name} -> /dev/null)",
+                    path=f"{UNIT_DIR}/{u.name}", value="/dev/null", runtime=False),
+                ok=u.masked, drift_note="turns swap on at boot"))
 
 
 def _boot_source(host: Host, d: SwapDevice, flines: list[tuple[int, str, str]],

@@ -35,10 +35,11 @@ from hosttune.tunables.base import (
     Status,
     Tunable,
     file_change,
+    setting,
 )
 
 if TYPE_CHECKING:
-    pass
+    from hosttune.profile.schema import SysctlSection
 
 SYSCTL_DIRS = ("/etc/sysctl.d", "/run/sysctl.d", "/usr/local/lib/sysctl.d", "/usr/lib/sysctl.d",
                "/lib/sysctl.d")
@@ -159,8 +160,7 @@ class SysctlTunable(Tunable):
         sec = ctx.profile.sysctl
         assert sec is not None  # the family runs only when its section is set
         host = ctx.host
-        rows: list[Row] = []
-        changes: list[Change] = []
+        out = Evaluation()
         assigns = boot_assignments(host)
         others = [s for s in assigns if s.file != sec.file]
         lines = [HEADER, f"# profile: {ctx.profile.name}\n"]
@@ -173,7 +173,7 @@ class SysctlTunable(Tunable):
             try:
                 current = host.read_value(path)
             except PermissionError:
-                rows.append(Row(self.name, key, "?", desired_desc, Status.NEEDS_ROOT))
+                out.add(Row(self.name, key, "?", desired_desc, Status.NEEDS_ROOT))
                 continue
             # persistent value for the drop-in
             later = [s for s in others if s.a.key == key]
@@ -187,44 +187,41 @@ class SysctlTunable(Tunable):
             else:
                 lines.append(f"{key} = {want}\n")
             if current is None:
-                rows.append(Row(self.name, key, "absent", desired_desc, Status.UNSUPPORTED,
-                                "this kernel has no such sysctl"))
+                out.add(Row(self.name, key, "absent", desired_desc, Status.UNSUPPORTED,
+                            "this kernel has no such sysctl"))
                 continue
-            cur_n = normalise_sysctl_value(current)
-            if floor is not None:
-                cur_i = _int_or_none(cur_n)
-                ok = cur_i is not None and cur_i >= floor
-                new_val = str(floor)
-            else:
-                ok = cur_n == want
-                new_val = str(want)
-            status = Status.OK if ok else Status.DRIFT
-            note = ""
-            # conflicts: files applied after ours that set a different value
-            after_ours = [s for s in assigns if s.a.key == key and _loads_after(
-                sysctl_files(host), s.file, sec.file)]
-            bad = [s for s in after_ours
-                   if not _satisfies(effective_value(key, s.a.value, current), want, floor)]
-            if bad:
-                s = bad[-1]
-                status = Status.CONFLICT if ok else Status.DRIFT
-                note = (f"{s.file}:{s.a.lineno} sets {key} = {s.a.value} after "
-                        f"{os.path.basename(sec.file)}; at boot the last one wins")
-            rows.append(Row(self.name, key, cur_n, desired_desc, status, note))
-            if not ok:
-                changes.append(Change(
-                    id=f"sysctl/{key}", tunable=self.name, kind="kernel",
-                    summary=f"sysctl {key}: {cur_n} -> {new_val}", path=path, value=new_val,
-                    runtime=True))
-        row, ch = file_change(ctx, self.name, sec.file, "".join(lines))
-        rows.append(row)
-        if ch:
-            # The drop-in goes last: once it is on disk, the next boot applies it
-            # (systemd-sysctl), so after a power cut there the journal must already hold the
-            # original of every live value - seen on a real power cut, where the recovered
-            # host kept the tuned values the boot had read from a file rollback removed.
-            changes.append(ch)
-        return Evaluation(rows, changes)
+            out.add(*self._live(host, sec, assigns, key, current, want, floor))
+        # The drop-in goes last: once it is on disk, the next boot applies it
+        # (systemd-sysctl), so after a power cut there the journal must already hold the
+        # original of every live value - seen on a real power cut, where the recovered
+        # host kept the tuned values the boot had read from a file rollback removed.
+        out.add(*file_change(ctx, self.name, sec.file, "".join(lines)))
+        return out
+
+    def _live(self, host: Host, sec: SysctlSection, assigns: list[SourcedAssignment], key: str,
+              current: str, want: str | None, floor: int | None) -> tuple[Row, Change | None]:
+        """The live value of ``key`` against the profile's, and a file loaded after ours at
+        boot that would set it back."""
+        cur_n = normalise_sysctl_value(current)
+        if floor is not None:
+            cur_i = _int_or_none(cur_n)
+            ok = cur_i is not None and cur_i >= floor
+            new_val = str(floor)
+        else:
+            ok = cur_n == want
+            new_val = str(want)
+        after_ours = [s for s in assigns if s.a.key == key and _loads_after(
+            sysctl_files(host), s.file, sec.file)]
+        bad = [s for s in after_ours
+               if not _satisfies(effective_value(key, s.a.value, current), want, floor)]
+        note = (f"{bad[-1].file}:{bad[-1].a.lineno} sets {key} = {bad[-1].a.value} after "
+                f"{os.path.basename(sec.file)}; at boot the last one wins") if bad else ""
+        return setting(
+            self.name, key, cur_n, f">= {floor}" if floor is not None else str(want),
+            Change(id=f"sysctl/{key}", tunable=self.name, kind="kernel",
+                   summary=f"sysctl {key}: {cur_n} -> {new_val}", path=sysctl_key_to_path(key),
+                   value=new_val, runtime=True),
+            ok=ok, note=note, overridden=bool(bad))
 
 
 def _loads_after(order: list[str], a: str, b: str) -> bool:
