@@ -312,6 +312,25 @@ def test_hugetlbfs_mount_vs_pool(tmp_path):
     assert ids(findings(b.root)) == ["hugetlbfs.mount-larger-than-pool"]
 
 
+@pytest.mark.parametrize(("options", "found"), [
+    # size= a percentage of the pool of the mount's page size (not of RAM): 50% of 2 GiB
+    ("pagesize=2M,size=50%", ["hugetlbfs.mount-smaller-than-pool"]),
+    ("size=100%", []),
+    # pagesize= read like the kernel does (memparse): 2MiB and 0x200000 are 2M
+    ("pagesize=2MiB,size=2G", []), ("pagesize=0x200000,size=2G", []),
+    # no such pool here, or no number at all: the mount fails at boot (EINVAL)
+    ("pagesize=4M,size=2G", ["hugetlbfs.bad-pagesize"]),
+    ("pagesize=bogus,size=2G", ["hugetlbfs.bad-pagesize"])])
+def test_hugetlbfs_mount_options_read_like_the_kernel(tmp_path, options, found):
+    b = minimal(tmp_path)
+    b.write("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages", "1024\n")  # 2 GiB
+    b.write("/etc/fstab", f"UUID=1 / ext4 defaults 0 1\nnone /mnt/hp hugetlbfs {options} 0 0\n")
+    fs = findings(b.root)
+    assert ids(fs) == found
+    if found == ["hugetlbfs.bad-pagesize"]:
+        assert fs[0].where == "/etc/fstab:2" and "Sizes here: 2 MiB" in fs[0].why, fs[0]
+
+
 def test_pool_leaves_little_ram(tmp_path):
     b = minimal(tmp_path)
     b.write("/sys/kernel/mm/hugepages/hugepages-2048kB/nr_hugepages", str(31 * 1024) + "\n")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -100,3 +101,13 @@ def test_cpulist_examples():
 @given(st.sets(st.integers(0, 511)))
 def test_cpulist_round_trip(cpus):
     assert P.parse_cpulist(P.format_cpulist(cpus)) == sorted(cpus)
+
+
+@pytest.mark.parametrize(("text", "parsed"), [
+    ("2M", (2 << 20, "")), ("2MiB", (2 << 20, "iB")), ("1g", (1 << 30, "")),
+    ("2097152", (2 << 20, "")), ("0x200000", (2 << 20, "")), ("010", (8, "")),
+    ("50%", (50, "%")), ("0", (0, "")), ("bogus", None), ("", None)])
+def test_memparse_reads_sizes_like_the_kernel(text, parsed):
+    # lib/cmdline.c: simple_strtoull(base 0), then one K/M/G/T/P/E suffix; the rest is the
+    # caller's (hugetlbfs size= takes a trailing '%')
+    assert P.memparse(text) == parsed

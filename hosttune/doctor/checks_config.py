@@ -13,6 +13,7 @@ from hosttune.doctor.shellcmds import SedDelete, history_lines, sed_deletions, s
 from hosttune.host.facts import find_pids
 from hosttune.host.parsers import (
     FSTAB_DISABLED,
+    memparse,
     parse_cmdline,
     parse_fstab,
     parse_limits,
@@ -592,16 +593,33 @@ def check_fstab(ctx: DoctorContext) -> Iterator[Finding]:
 # --- huge pages and hugetlbfs -----------------------------------------------------------------
 
 
-def _mount_size(opts: dict[str, str], total_ram: int) -> int | None:
+def _mount_size(opts: dict[str, str], pool: int) -> int | None:
+    """Bytes a hugetlbfs mount may hold (size=), None when it sets none or the kernel reads
+    no number there. The kernel parses it with memparse, and ``size=N%`` is a percentage of
+    the huge-page pool of the mount's page size, not of RAM (fs/hugetlbfs/inode.c,
+    hugetlbfs_size_to_hpages; Documentation/admin-guide/mm/hugetlbpage.rst)."""
     v = opts.get("size")
+    parsed = memparse(v) if v else None
+    if parsed is None:
+        return None
+    value, rest = parsed
+    return pool * value // 100 if rest.startswith("%") else value
+
+
+def _limit(opts: dict[str, str], pools: _Pools) -> int | None:
+    """Bytes a mount with these options holds (the live mount shows size= in bytes)."""
+    return _mount_size(opts, pools.for_page(_mount_page(opts, pools) or pools.page))
+
+
+def _mount_page(opts: dict[str, str], pools: _Pools) -> int | None:
+    """The page size of a hugetlbfs mount: pagesize= as the kernel reads it (memparse), else
+    the default huge page size; None when the kernel has no pool of that size."""
+    v = opts.get("pagesize")
     if not v:
-        return None
-    if v.endswith("%"):
-        return int(total_ram * float(v[:-1]) / 100)
-    try:
-        return parse_size(v)
-    except ValueError:
-        return None
+        return pools.page
+    parsed = memparse(v)
+    page = parsed[0] if parsed else 0
+    return page if page in pools.live or page == pools.page else None
 
 
 @dataclass(frozen=True)
@@ -704,7 +722,7 @@ def _fstab_hugetlbfs(ctx: DoctorContext) -> tuple[list[_HugeMount], set[str]]:
 
 
 def _with_live_mounts(ctx: DoctorContext, fstab: list[_HugeMount],
-                      total: int) -> tuple[list[_HugeMount], dict[str, str]]:
+                      pools: _Pools) -> tuple[list[_HugeMount], dict[str, str]]:
     """What is mounted now (size= in bytes): evidence for the fstab line (mount point ->
     where), or a mount of its own, added after the fstab ones."""
     try:
@@ -717,7 +735,7 @@ def _with_live_mounts(ctx: DoctorContext, fstab: list[_HugeMount],
     for m in live:
         mp = _norm(m.mount_point)
         same = [x for x in mounts if _norm(x[1]) == mp]
-        if same and _mount_size(same[0][2], total) == _mount_size(m.options, total):
+        if same and _limit(same[0][2], pools) == _limit(m.options, pools):
             evidence[mp] = f"live: /proc/self/mountinfo ({mp})"
         elif m.options.get("size"):
             mounts.append((f"live: /proc/self/mountinfo ({mp})", mp, m.options))
@@ -743,9 +761,19 @@ def _mount_findings(pools: _Pools, mount: _HugeMount, owned: bool, ev: tuple[str
     """One hugetlbfs mount against the pool of its page size and the models meant for it
     (``owned``: hosttune wrote its fstab line; ``ev``: the live mount that confirms it)."""
     where, mp, opts = mount
-    size = _mount_size(opts, pools.ram)
-    ps = parse_size(opts["pagesize"]) if opts.get("pagesize") else pools.page
+    ps = _mount_page(opts, pools)
+    if ps is None:
+        yield Finding(
+            "hugetlbfs.bad-pagesize", Severity.ERROR,
+            f"{mp}: pagesize={opts['pagesize']} is not a huge page size of this kernel", where,
+            "the mount fails with EINVAL (the kernel logs 'Unsupported page size'): nothing "
+            f"is mounted on {mp} and models meant for it land on the disk below. Sizes here: "
+            + (", ".join(format_size(p) for p in sorted(pools.live)) or format_size(pools.page))
+            + ".", "profile key hugetlbfs.mounts[].pagesize (checked against the kernel)",
+            also=ev)
+        return
     pool = pools.for_page(ps)
+    size = _mount_size(opts, pool)
     if size is None:
         return
     if pool and size < pool:
@@ -793,7 +821,7 @@ def check_hugepages(ctx: DoctorContext) -> Iterator[Finding]:
         yield little
     # hugetlbfs mounts (fstab and live) vs the pool of their page size
     fstab, owned = _fstab_hugetlbfs(ctx)
-    mounts, evidence = _with_live_mounts(ctx, fstab, pools.ram)
+    mounts, evidence = _with_live_mounts(ctx, fstab, pools)
     declared_models = _declared_model_bytes(ctx)
     for mount in mounts:
         where, mp = mount[0], _norm(mount[1])

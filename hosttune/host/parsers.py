@@ -315,3 +315,21 @@ def parse_bracketed_choice(text: str) -> tuple[str | None, list[str]]:
             selected = tok
         choices.append(tok)
     return selected, choices
+
+
+_MEMPARSE = re.compile(r"\s*(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)([kKmMgGtTpPeE]?)")
+
+
+def memparse(text: str) -> tuple[int, str] | None:
+    """A size as the kernel reads mount options and boot parameters (lib/cmdline.c memparse):
+    a C integer (0x hex, leading-0 octal) and an optional K/M/G/T/P/E suffix (binary); the
+    rest of the text is returned, as the caller decides what may follow ('%', 'iB', ...).
+    None when no number starts the text (the kernel then reads 0)."""
+    m = _MEMPARSE.match(text)
+    if m is None:
+        return None
+    number, suffix = m.groups()
+    value = int(number, 0) if not number.startswith("0") or number.lower().startswith("0x") \
+        else int(number, 8)
+    shift = 10 * ("kmgtpe".index(suffix.lower()) + 1) if suffix else 0
+    return value << shift, text[m.end():]
