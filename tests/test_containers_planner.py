@@ -71,6 +71,15 @@ def test_seed_pinning_is_flagged(ryzen: Path) -> None:
     assert not [x for x in f if x.kind == "spans-l3"]
 
 
+def test_a_cpuset_that_does_not_parse_is_refused_and_the_others_checked(ryzen: Path) -> None:
+    plan = plan_workload(Host(ryzen).facts, wl(cpu_workers={
+        "count": 2, "cpusets": ["bogus", "0-3,16-19"], "memory": "4GiB"}))
+    assert not plan.ok
+    assert any(r.startswith("cpu_workers.cpusets[0] 'bogus':") for r in plan.refusals), \
+        plan.refusals
+    assert [format_cpulist(w.cpus) for w in plan.workers if w.kind == "cpu"] == ["0-3,16-19"]
+
+
 def test_seed_pinning_in_a_profile_is_refused(ryzen: Path) -> None:
     plan = plan_workload(Host(ryzen).facts, wl(
         cpu_workers={"cpusets": ["0-7", "8-15", "16-23"], "count": 3, "memory": "6GiB"},

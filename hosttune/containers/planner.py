@@ -750,12 +750,23 @@ class _WorkerMaker:
 def _cpu_workers(maker: _WorkerMaker, spec: CpuWorkers, blocks: list[tuple[list[Core], int]],
                  mem: int, models: list[str | None]) -> list[WorkerPlan]:
     out: list[WorkerPlan] = []
+    # the blocks of hand-made cpusets are those that parse, in order (_handmade_cores refuses
+    # the others)
+    handmade = _parsed(spec.cpusets) if spec.cpusets is not None else None
     for i, (cores, _node) in enumerate(blocks):
-        handmade = None
-        if spec.cpusets is not None:
-            handmade = parse_cpulist(spec.cpusets[i])
         out.append(maker.make(f"cpu-{i}", "cpu", cores, mem,
-                              models[i] if i < len(models) else None, (), [], handmade))
+                              models[i] if i < len(models) else None, (), [],
+                              handmade[i] if handmade is not None else None))
+    return out
+
+
+def _parsed(cpusets: list[str]) -> list[list[int]]:
+    out = []
+    for text in cpusets:
+        try:
+            out.append(parse_cpulist(text))
+        except ValueError:
+            continue
     return out
 
 
