@@ -155,6 +155,21 @@ def test_epyc_gpu_feed_cores_on_the_gpu_node(epyc: Path) -> None:
     assert gpu.threads == 2 and gpu.gpu_addresses == ("0000:c1:00.0",)
 
 
+def test_a_missing_gpu_leaves_the_next_workers_feed_cores_in_place(epyc: Path) -> None:
+    node1 = [c for c in range(128) if (c % 64) >= 32]
+    add_nvidia_gpu(epyc, "0000:c1:00.0", numa_node=1, local_cpus=node1, pci_class="0x030200")
+    # hand-made cpusets: the workers are made (and checked) even after a refusal
+    plan = plan_workload(Host(epyc).facts, wl(
+        cpu_workers={"count": 1, "cpusets": ["0-3,64-67"], "memory": "8GiB"},
+        gpu_workers={"count": 2, "gpus": [7, 0], "feed_cores": 2}, system_cores=1))
+    assert any(r.startswith("gpu-0: GPU 7 does not exist") for r in plan.refusals), \
+        plan.refusals
+    # gpu-1 (GPU 0) keeps its name and the feed cores reserved for it, on the GPU's node
+    (gpu,) = [w for w in plan.workers if w.kind == "gpu"]
+    assert gpu.name == "gpu-1" and gpu.gpus == (0,)
+    assert len(gpu.cpus) == 4 and set(gpu.cpus) <= set(node1) and gpu.mems == (1,)
+
+
 def test_memory_that_does_not_fit_is_refused(epyc: Path) -> None:
     plan = plan_workload(Host(epyc).facts, wl(cpu_workers={"count": 2, "memory": "300GiB"}),
                          hugepage_bytes=0)

@@ -361,7 +361,9 @@ def _exclusion(facts: HostFacts, wl: WorkloadSection, log: _Log) -> _Exclusion:
 
 @dataclass(frozen=True)
 class _Reserve:
-    gpus: list[int]  # the GPU of each GPU worker that exists, in worker order
+    # (worker number, GPU) of each GPU worker whose GPU exists, in worker order: the number
+    # names the worker and its feed-core reservation (gpu-N), also when an earlier one is gone
+    gpus: list[tuple[int, int]]
     reservations: list[_Reservation]  # each GPU worker's feed cores, then the system's
 
 
@@ -376,9 +378,9 @@ def _reserve(facts: HostFacts, wl: WorkloadSection, doms: list[_Domain], log: _L
 
 
 def _gpu_reservations(facts: HostFacts, spec: GpuWorkers, doms: list[_Domain], log: _Log
-                      ) -> tuple[list[int], list[_Reservation]]:
+                      ) -> tuple[list[tuple[int, int]], list[_Reservation]]:
     """GPU workers and their feed cores, kept on the GPU's NUMA node when it has cores."""
-    gpus: list[int] = []
+    gpus: list[tuple[int, int]] = []
     reservations: list[_Reservation] = []
     if not spec.count:
         return gpus, reservations
@@ -394,7 +396,7 @@ def _gpu_reservations(facts: HostFacts, spec: GpuWorkers, doms: list[_Domain], l
             log.refuse(f"gpu-{i}: GPU {g} does not exist (found {len(facts.gpus)}: "
                        f"{', '.join(x.address for x in facts.gpus)})")
             continue
-        gpus.append(g)
+        gpus.append((i, g))
         node = facts.gpus[g].numa_node
         nodes = frozenset({node}) if node >= 0 and any(d.node == node for d in doms) else None
         reservations.append(_Reservation(f"gpu-{i}", spec.feed_cores, nodes))
@@ -770,11 +772,11 @@ def _parsed(cpusets: list[str]) -> list[list[int]]:
     return out
 
 
-def _gpu_workers(maker: _WorkerMaker, facts: HostFacts, gpus: list[int],
+def _gpu_workers(maker: _WorkerMaker, facts: HostFacts, gpus: list[tuple[int, int]],
                  feed: dict[str, list[Core]], mem: int, models: list[str | None]
                  ) -> list[WorkerPlan]:
     out: list[WorkerPlan] = []
-    for i, g in enumerate(gpus):
+    for i, g in gpus:
         gpu = facts.gpus[g]
         where = (f"NUMA node {gpu.numa_node}" if gpu.numa_node >= 0 else
                  "no NUMA node reported (single-node host)")
