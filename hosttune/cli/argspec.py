@@ -150,23 +150,33 @@ def _convert(opt: Option, value: str) -> Any:
 
 
 # --- the typer side ---------------------------------------------------------------------------
+def hint(p: Param) -> Any:
+    """The Python type typer sees for ``p`` (the value the run function gets)."""
+    if isinstance(p, Argument):
+        return str if p.required else str | None
+    if p.flag:
+        return bool
+    if p.repeatable:
+        return list[p.value_type] | None  # type: ignore[name-defined]
+    return p.value_type if p.default is not None else p.value_type | None
+
+
+def typer_info(p: Param) -> Any:
+    """``p`` as typer's typer.Option(...) / typer.Argument(...), for Annotated[hint, ...]."""
+    import typer
+
+    if isinstance(p, Argument):
+        return typer.Argument(help=p.help)
+    decls = (f"{p.flags[0]}/{p.off}", *p.flags[1:]) if p.off else p.flags
+    return typer.Option(*decls, help=p.help, metavar=p.metavar, envvar=p.envvar, min=p.min,
+                        max=p.max)
+
+
 def annotated(p: Param) -> Any:
     """``p`` as typer's parameter annotation: Annotated[type, typer.Option(...)]."""
     from typing import Annotated
 
-    import typer
-
-    if isinstance(p, Argument):
-        return Annotated[str if p.required else str | None, typer.Argument(help=p.help)]
-    if p.flag:
-        hint: Any = bool
-    elif p.repeatable:
-        hint = list[p.value_type] | None  # type: ignore[name-defined]
-    else:
-        hint = p.value_type if p.default is not None else p.value_type | None
-    decls = (f"{p.flags[0]}/{p.off}", *p.flags[1:]) if p.off else p.flags
-    return Annotated[hint, typer.Option(*decls, help=p.help, metavar=p.metavar,
-                                        envvar=p.envvar, min=p.min, max=p.max)]
+    return Annotated[hint(p), typer_info(p)]
 
 
 def typer_params(spec: Spec) -> Callable[[F], F]:
