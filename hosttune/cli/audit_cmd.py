@@ -2,11 +2,11 @@
 
 audit is the command operators and monitoring run most, and its whole-process time is budgeted
 (<= 0.3 s on a 2-vCPU VM). typer + click cost ~0.1 s to import and build, so ``main`` sends
-the plain forms of ``hosttune audit`` here (`parse_args` understands exactly the options of the
-typer command) and everything else - ``--help``, a typo, an option it does not know - to the
-typer app, which gives the usual usage errors. The typer command calls `run_audit` too: one
-implementation, two ways in. The table is plain text (`render_rows`), and rich is imported
-only to print an error.
+the plain forms of ``hosttune audit`` here (`parse_args`: the options of argspec.AUDIT, which
+the typer command is built from too) and everything else - ``--help``, a typo, an option it
+does not know - to the typer app, which gives the usual usage errors. The typer command calls
+`run_audit` too: one implementation, two ways in. The table is plain text (`render_rows`), and
+rich is imported only to print an error.
 """
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+from hosttune.cli import argspec
 
 EXIT_OK = 0
 EXIT_FINDINGS = 1
@@ -65,40 +67,8 @@ def print_error(message: str) -> None:
 def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> dict[str, Any] | None:
     """The arguments of ``hosttune audit ARGV`` as `run_audit` keywords, or None for anything
     that is not one of the command's plain forms (typer then parses it, and explains errors).
-
-    Mirrors click: a later ``--profile`` wins, ``--only`` repeats, ``--opt=value`` and
-    ``--opt value`` both work, an unset option falls back to its (non-empty) environment
-    variable."""
-    out: dict[str, Any] = {"profile": None, "root": None, "json_out": False, "only": None}
-    only: list[str] = []
-    i = 0
-    while i < len(argv):
-        a = argv[i]
-        i += 1
-        if a == "--json":
-            out["json_out"] = True
-            continue
-        name, eq, value = a.partition("=")
-        if name not in ("--profile", "-p", "--root", "--only") or (eq and name == "-p"):
-            return None
-        if not eq:
-            if i >= len(argv) or argv[i].startswith("-"):
-                return None  # a missing value, or one that looks like an option: typer decides
-            value = argv[i]
-            i += 1
-        if name in ("--profile", "-p"):
-            out["profile"] = value
-        elif name == "--root":
-            out["root"] = Path(value)
-        else:
-            only.append(value)
-    if only:
-        out["only"] = only
-    if out["profile"] is None:
-        out["profile"] = environ.get("HOSTTUNE_PROFILE") or None
-    if out["root"] is None and environ.get("HOSTTUNE_ROOT"):
-        out["root"] = Path(environ["HOSTTUNE_ROOT"])
-    return out
+    The options are argspec.AUDIT, which the typer command is built from too."""
+    return argspec.parse(argspec.AUDIT, argv, environ)
 
 
 # ANSI SGR codes for STATUS_STYLE's words

@@ -10,6 +10,8 @@ from typing import Annotated, NoReturn
 import typer
 from rich.console import Console
 
+from hosttune.cli import argspec
+
 # the typer-free audit path owns these; every other command shares them
 from hosttune.cli.audit_cmd import (
     EXIT_ERROR,
@@ -27,18 +29,10 @@ __all__ = ["EXIT_ERROR", "EXIT_FINDINGS", "EXIT_OK", "emit_json"]
 console = Console(highlight=False, emoji=False)
 err_console = Console(stderr=True, highlight=False, emoji=False)
 
-RootOpt = Annotated[
-    Path | None,
-    typer.Option("--root", help="Work on a filesystem tree (image, chroot, fixture) instead of "
-                 "/: paths map under DIR, no command is run.", metavar="DIR",
-                 envvar="HOSTTUNE_ROOT"),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
-ProfileOpt = Annotated[
-    str | None,
-    typer.Option("--profile", "-p", help="Built-in profile name or YAML path "
-                 "(default: $HOSTTUNE_PROFILE, else 'inference').", envvar="HOSTTUNE_PROFILE"),
-]
+# the declarations in argspec, which the fast paths (audit, models load|list|verify) parse too
+RootOpt = Annotated[Path | None, argspec.typer_info(argspec.ROOT)]
+JsonOpt = Annotated[bool, argspec.typer_info(argspec.JSON)]
+ProfileOpt = Annotated[str | None, argspec.typer_info(argspec.PROFILE)]
 
 
 def make_host(root: Path | None):  # -> Host

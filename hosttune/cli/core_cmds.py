@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import sys
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 
+from hosttune.cli import argspec
 from hosttune.cli.audit_cmd import render_rows, term_options
 from hosttune.cli.common import (
     EXIT_FINDINGS,
@@ -24,23 +25,17 @@ from hosttune.cli.common import (
     run_guarded,
 )
 
-OnlyOpt = Annotated[
-    list[str] | None,
-    typer.Option("--only", help="Limit to these tunable families (repeatable)."),
-]
+OnlyOpt = Annotated[list[str] | None, argspec.typer_info(argspec.ONLY)]
 
 
-def audit(
-    profile: ProfileOpt = None,
-    root: RootOpt = None,
-    json_out: JsonOpt = False,
-    only: OnlyOpt = None,
-) -> None:
+@argspec.typer_params(argspec.AUDIT)
+def audit(**args: Any) -> None:
     """Compare the host with a profile (read-only; works without root)."""
     from hosttune.cli.audit_cmd import run_audit
 
-    # `hosttune audit` usually does not get here: main() runs run_audit without typer
-    raise typer.Exit(run_audit(profile, root, json_out, only))
+    # `hosttune audit` usually does not get here: main() runs run_audit without typer, on the
+    # same declaration (argspec.AUDIT)
+    raise typer.Exit(run_audit(**args))
 
 
 def plan(

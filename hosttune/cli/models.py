@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.markup import escape
 
+from hosttune.cli import argspec
 from hosttune.cli.common import (
     EXIT_FINDINGS,
     EXIT_OK,
@@ -25,9 +26,7 @@ app = typer.Typer(help="Huge-page model store: load models into hugetlbfs once, 
 shim_app = typer.Typer(help="The LD_PRELOAD shim that shows loaders a stored model's true "
                        "size.", no_args_is_help=True)
 
-MountOpt = Annotated[str | None, typer.Option(
-    "--mount", "-m", help="hugetlbfs mount of the store (default: the profile's models.mount, "
-    "else the only hugetlbfs mount).")]
+MountOpt = Annotated[str | None, argspec.typer_info(argspec.MOUNT)]
 
 
 def _profile(profile: str | None):
@@ -45,29 +44,12 @@ def _fmt(n: int) -> str:
 
 
 @app.command("load")
-def load_cmd(
-    file: Annotated[str, typer.Argument(help="Model file to load (GGUF, safetensors, ...).")],
-    name: Annotated[str | None, typer.Option("--name", "-n",
-                                             help="Name in the store (default: file name).")]
-    = None,
-    mount: MountOpt = None,
-    node: Annotated[int | None, typer.Option("--node", help="Put the pages on this NUMA "
-                                             "node (memory policy, checked).")] = None,
-    replace: Annotated[bool, typer.Option("--replace", help="Replace a stored model of the "
-                                          "same name (atomically, after the copy).")] = False,
-    checksum: Annotated[bool, typer.Option("--checksum/--no-checksum", help="Record an "
-                                           "xxh3 checksum for `models verify`.")] = True,
-    threads: Annotated[int | None, typer.Option("--threads", min=1, max=64,
-                                                help="Copy threads (default: up to 4).")] = None,
-    profile: ProfileOpt = None,
-    root: RootOpt = None,
-    json_out: JsonOpt = False,
-) -> None:
+@argspec.typer_params(argspec.MODELS_LOAD)
+def load_cmd(**args: Any) -> None:
     """Copy a model into a hugetlbfs store (parallel reads, no partial file on failure)."""
     from hosttune.cli.models_fast import run_load
 
-    raise typer.Exit(run_load(file, name, mount, node, replace, checksum, threads, profile,
-                              root, json_out))
+    raise typer.Exit(run_load(**args))
 
 
 def _mounts(host, profile, mount):
@@ -80,30 +62,21 @@ def _mounts(host, profile, mount):
 
 
 @app.command("list")
-def list_cmd(
-    mount: MountOpt = None,
-    profile: ProfileOpt = None,
-    root: RootOpt = None,
-    json_out: JsonOpt = False,
-) -> None:
+@argspec.typer_params(argspec.MODELS_LIST)
+def list_cmd(**args: Any) -> None:
     """List stored models: true size, pages, pages per NUMA node, checksum."""
     from hosttune.cli.models_fast import run_list
 
-    raise typer.Exit(run_list(mount, profile, root, json_out))
+    raise typer.Exit(run_list(**args))
 
 
 @app.command("verify")
-def verify_cmd(
-    name: Annotated[str | None, typer.Argument(help="Model name (default: all).")] = None,
-    mount: MountOpt = None,
-    profile: ProfileOpt = None,
-    root: RootOpt = None,
-    json_out: JsonOpt = False,
-) -> None:
+@argspec.typer_params(argspec.MODELS_VERIFY)
+def verify_cmd(**args: Any) -> None:
     """Check trailers, padding and checksums (exit 1 when a model fails)."""
     from hosttune.cli.models_fast import run_verify
 
-    raise typer.Exit(run_verify(name, mount, profile, root, json_out))
+    raise typer.Exit(run_verify(**args))
 
 
 @app.command("unload")

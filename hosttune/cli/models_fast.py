@@ -3,10 +3,11 @@
 A load's whole-process time is its start plus the copy, and the copy of a few GiB takes a few
 tenths of a second: typer + click + rich + pydantic + PyYAML (~0.25 s of imports and profile
 validation on a 2-vCPU VM) would cost as much as the copy itself. So, as for audit
-(audit_cmd.py), ``main`` sends the plain forms of these commands here: `parse_args`
-understands exactly the options of the typer commands (cli/models.py), and everything else -
-``--help``, a typo, an option it does not know - goes to the typer app, which explains usage
-errors. The typer commands call the same `run_*` functions: one implementation, two ways in.
+(audit_cmd.py), ``main`` sends the plain forms of these commands here: `parse_args` reads
+the options of argspec.MODELS, which the typer commands (cli/models.py) are built from too,
+and everything else - ``--help``, a typo, an option it does not know - goes to the typer app,
+which explains usage errors. The typer commands call the same `run_*` functions: one
+implementation, two ways in.
 
 The profile (for the default mount and the declared models) is read as the cache's read-only
 views (profile/view.py: no PyYAML, no pydantic on a cache hit); the progress line and the
@@ -21,84 +22,17 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from hosttune.cli import argspec
 from hosttune.cli.audit_cmd import EXIT_ERROR, EXIT_FINDINGS, EXIT_OK, emit_json, print_error
-
-# option -> (keyword, takes a value); per command
-_COMMON = {"--mount": ("mount", True), "-m": ("mount", True), "--profile": ("profile", True),
-           "-p": ("profile", True), "--root": ("root", True), "--json": ("json_out", False)}
-_OPTIONS: dict[str, dict[str, tuple[str, bool]]] = {
-    "load": {**_COMMON, "--name": ("name", True), "-n": ("name", True),
-             "--node": ("node", True), "--replace": ("replace", False),
-             "--checksum": ("checksum", False), "--no-checksum": ("no_checksum", False),
-             "--threads": ("threads", True)},
-    "list": dict(_COMMON),
-    "verify": dict(_COMMON),
-}
-_POSITIONAL = {"load": ("file",), "list": (), "verify": ("name",)}
-_REQUIRED = {"load": 1, "list": 0, "verify": 0}
 
 
 def parse_args(argv: Sequence[str], environ: Mapping[str, str]) -> dict[str, Any] | None:
     """``models COMMAND ARGS`` as (command, `run_*` keywords), or None for anything that is
-    not a plain form of the command (typer then parses it and explains errors). Mirrors click:
-    a later option wins, ``--opt=value`` and ``--opt value`` both work, an unset --profile /
-    --root falls back to its (non-empty) environment variable."""
-    if not argv or argv[0] not in _OPTIONS:
-        return None
-    cmd, opts = argv[0], _OPTIONS[argv[0]]
-    out: dict[str, Any] = {"mount": None, "profile": None, "root": None, "json_out": False}
-    if cmd == "load":
-        out.update(name=None, node=None, replace=False, checksum=True, threads=None)
-    positional: list[str] = []
-    i = 1
-    while i < len(argv):
-        a = argv[i]
-        i += 1
-        if not a.startswith("-") or a == "-":
-            positional.append(a)
-            continue
-        name, eq, value = a.partition("=")
-        spec = opts.get(name)
-        if spec is None or (eq and (not spec[1] or not name.startswith("--"))):
-            return None
-        key, takes = spec
-        if not takes:
-            if key == "no_checksum":
-                out["checksum"] = False
-            elif key == "checksum":
-                out["checksum"] = True
-            else:
-                out[key] = True
-            continue
-        if not eq:
-            if i >= len(argv) or argv[i].startswith("-"):
-                return None
-            value = argv[i]
-            i += 1
-        if key in ("node", "threads"):
-            try:
-                n = int(value)
-            except ValueError:
-                return None
-            if key == "threads" and not 1 <= n <= 64:
-                return None
-            out[key] = n
-        elif key == "root":
-            out[key] = Path(value)
-        else:
-            out[key] = value
-    names = _POSITIONAL[cmd]
-    if len(positional) < _REQUIRED[cmd] or len(positional) > len(names):
-        return None
-    for k, v in zip(names, positional, strict=False):
-        out[k] = v
-    for k in names[len(positional):]:
-        out[k] = None
-    if out["profile"] is None:
-        out["profile"] = environ.get("HOSTTUNE_PROFILE") or None
-    if out["root"] is None and environ.get("HOSTTUNE_ROOT"):
-        out["root"] = Path(environ["HOSTTUNE_ROOT"])
-    return {"command": cmd, **out}
+    not a plain form of the command (typer then parses it and explains errors). The options
+    are argspec.MODELS[COMMAND], which the typer commands are built from too."""
+    spec = argspec.MODELS.get(argv[0]) if argv else None
+    args = None if spec is None else argspec.parse(spec, argv[1:], environ)
+    return None if args is None else {"command": argv[0], **args}
 
 
 def run(args: dict[str, Any]) -> int:
