@@ -12,9 +12,10 @@ profile (``cache.py``); the rules beyond types are each section's ``__post_init_
 msgspec runs on both paths. A rule about one key raises `FieldError` naming that key, so the
 loader's error says ``hugepages.pools.0.size``, not just ``hugepages.pools.0``.
 
-This module imports msgspec and nothing heavy: `hosttune audit` imports it on every run."""
-
-from __future__ import annotations
+`hosttune audit` imports this module on every run (a cached profile is decoded into these
+classes): it imports msgspec and nothing heavy, and its annotations are plain ones rather than
+``Annotated[..., Meta(description=...)]`` (each costs ~30 us to build, at import or when msgspec
+first resolves the types); the comment above each key says what it means."""
 
 import re
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -77,7 +78,7 @@ def confined_file(v: str, directory: str, suffixes: tuple[str, ...],
     return v
 
 
-SizeOrPercent = Annotated[str | int, Meta(description="bytes ('90GiB') or percent of RAM")]
+SizeOrPercent = str | int  # bytes ('90GiB') or percent of RAM
 
 
 def _check_size_or_percent(v: str | int, *, allow_auto: bool = False) -> str | int:
@@ -91,18 +92,19 @@ def _check_size_or_percent(v: str | int, *, allow_auto: bool = False) -> str | i
 
 # --- swap --------------------------------------------------------------------------------------
 class SwapSection(Section, frozen=True):
-    enabled: Annotated[bool, Meta(description="false: swapoff every device and file")] = False
-    persist: Annotated[bool, Meta(
-        description="disable fstab swap entries / systemd swap units")] = True
+    # false: swapoff every device and file
+    enabled: bool = False
+    # disable fstab swap entries / systemd swap units
+    persist: bool = True
 
 
 # --- cpu frequency -----------------------------------------------------------------------------
 class CpuSection(Section, frozen=True):
-    governor: Annotated[str | None, Meta(
-        description="scaling_governor for every policy")] = "performance"
-    epp: Annotated[str | None, Meta(
-        description="energy_performance_preference; 'auto' = what the governor implies "
-        "(performance under the performance governor), null = leave alone")] = "auto"
+    # scaling_governor for every policy
+    governor: str | None = "performance"
+    # energy_performance_preference; 'auto' = what the governor implies (performance under the
+    # performance governor), null = leave alone
+    epp: str | None = "auto"
 
 
 # --- sysctl ------------------------------------------------------------------------------------
@@ -110,12 +112,11 @@ _FLOOR_RE = re.compile(r"^>=\s*(-?\d+)$")
 
 
 class SysctlSection(Section, frozen=True):
-    file: Annotated[str, Meta(
-        description="a file name in /etc/sysctl.d/ (*.conf)")] = "/etc/sysctl.d/90-hosttune.conf"
-    # bool is in the type only to be refused by name below: a YAML true is no sysctl value
-    settings: Annotated[dict[str, str | int | bool], Meta(
-        description="key -> value; '>= N' is a floor: ok when the kernel already has more",
-    )] = {}
+    # a file name in /etc/sysctl.d/ (*.conf)
+    file: str = "/etc/sysctl.d/90-hosttune.conf"
+    # key -> value; '>= N' is a floor: ok when the kernel already has more. bool is in the type
+    # only to be refused by name below: a YAML true is no sysctl value
+    settings: dict[str, str | int | bool] = {}
 
     def __post_init__(self) -> None:
         with _Field("file"):
@@ -139,18 +140,16 @@ class SysctlSection(Section, frozen=True):
 
 # --- memlock -----------------------------------------------------------------------------------
 class MemlockSection(Section, frozen=True):
-    limit: Annotated[str | int, Meta(
-        description="'unlimited' or a size ('64GiB')")] = "unlimited"
+    # 'unlimited' or a size ('64GiB')
+    limit: str | int = "unlimited"
     scope: Literal["group", "everyone"] = "group"
-    group: Annotated[str, Meta(
-        description="limits.d applies to @group (scope: group)")] = "inference"
-    limits_file: Annotated[str, Meta(
-        description="a file name in /etc/security/limits.d/ (*.conf)",
-    )] = "/etc/security/limits.d/90-hosttune-memlock.conf"
-    services: Annotated[list[str], Meta(
-        description="systemd services that get LimitMEMLOCK drop-ins (container runtimes do "
-        "not read limits.d: that is PAM only)",
-    )] = field(default_factory=lambda: ["docker.service", "containerd.service"])
+    # limits.d applies to @group (scope: group)
+    group: str = "inference"
+    # a file name in /etc/security/limits.d/ (*.conf)
+    limits_file: str = "/etc/security/limits.d/90-hosttune-memlock.conf"
+    # systemd services that get LimitMEMLOCK drop-ins (container runtimes do not read limits.d: that
+    # is PAM only)
+    services: list[str] = field(default_factory=lambda: ["docker.service", "containerd.service"])
 
     def __post_init__(self) -> None:
         with _Field("limit"):
@@ -163,19 +162,18 @@ class MemlockSection(Section, frozen=True):
 # --- huge pages ----------------------------------------------------------------------------------
 class HugePagePool(Section, frozen=True):
     pagesize: Literal["2M", "1G"] = "2M"
-    size: Annotated[str | int, Meta(
-        description="page count (int), bytes ('90GiB'), percent of RAM ('50%'), or 'auto' = "
-        "what this pagesize's hugetlbfs mounts hold")] = "auto"
-    nodes: Annotated[Literal["spread", "any"] | dict[int, str | int], Meta(
-        description="'spread': split evenly over NUMA nodes with memory; 'any': the global "
-        "counter; or {node: size} per node")] = "spread"
-    reserve: Annotated[Literal["auto", "runtime", "boot"], Meta(
-        description="'runtime': allocate the pool now (sysfs; re-applied at boot "
-        "by the boot unit); 'boot': reserve it on the kernel command line (hugepagesz= "
-        "hugepages=, written by the kernel_cmdline section) - for 1G pools the kernel cannot "
-        "allocate once memory is fragmented; 'auto': runtime, and a 1G pool the kernel "
-        "allocates only in part at apply keeps what it got and is reserved on the kernel "
-        "command line from then on (needs a kernel_cmdline section; 2M pools: runtime)")] = "auto"
+    # page count (int), bytes ('90GiB'), percent of RAM ('50%'), or 'auto' = what this pagesize's
+    # hugetlbfs mounts hold
+    size: str | int = "auto"
+    # 'spread': split evenly over NUMA nodes with memory; 'any': the global counter; or {node: size}
+    # per node
+    nodes: Literal["spread", "any"] | dict[int, str | int] = "spread"
+    # 'runtime': allocate the pool now (sysfs; re-applied at boot by the boot unit); 'boot': reserve
+    # it on the kernel command line (hugepagesz= hugepages=, written by the kernel_cmdline section)
+    # - for 1G pools the kernel cannot allocate once memory is fragmented; 'auto': runtime, and a 1G
+    # pool the kernel allocates only in part at apply keeps what it got and is reserved on the
+    # kernel command line from then on (needs a kernel_cmdline section; 2M pools: runtime)
+    reserve: Literal["auto", "runtime", "boot"] = "auto"
 
     def __post_init__(self) -> None:
         with _Field("size"):
@@ -192,14 +190,14 @@ class HugePagePool(Section, frozen=True):
 
 class HugePagesSection(Section, frozen=True):
     pools: list[HugePagePool] = []
-    min_free_ram: Annotated[str | int, Meta(
-        description="refuse a pool that leaves less RAM than this for the OS")] = "8GiB"
+    # refuse a pool that leaves less RAM than this for the OS
+    min_free_ram: str | int = "8GiB"
     retries: Annotated[int, Meta(ge=1, le=50)] = 5
-    thp: Annotated[Literal["always", "madvise", "never"] | None, Meta(
-        description="transparent huge pages mode; null = leave alone")] = "madvise"
-    optimize_vmemmap: Annotated[bool | None, Meta(
-        description="HugeTLB Vmemmap Optimization (vm.hugetlb_optimize_vmemmap): free "
-        "the struct-page memory of huge pages (~1.4% of a 2M pool); null = leave alone")] = None
+    # transparent huge pages mode; null = leave alone
+    thp: Literal["always", "madvise", "never"] | None = "madvise"
+    # HugeTLB Vmemmap Optimization (vm.hugetlb_optimize_vmemmap): free the struct-page memory of
+    # huge pages (~1.4% of a 2M pool); null = leave alone
+    optimize_vmemmap: bool | None = None
 
     def __post_init__(self) -> None:
         with _Field("min_free_ram"):
@@ -210,15 +208,16 @@ class HugePagesSection(Section, frozen=True):
 class HugetlbfsMount(Section, frozen=True):
     path: str
     pagesize: Literal["2M", "1G"] = "2M"
-    size: Annotated[str | int, Meta(
-        description="bytes, percent of RAM, or 'auto' = the pool")] = "auto"
+    # bytes, percent of RAM, or 'auto' = the pool
+    size: str | int = "auto"
     mode: Annotated[str, Meta(pattern=r"^0?[0-7]{3,4}$")] = "0770"
     uid: Annotated[int, Meta(ge=0, le=2**32 - 2)] = 0  # (uid_t)-1 means "no change" to chown(2)
-    gid: Annotated[int | str, Meta(description="numeric gid or a group name")] = 0
+    # numeric gid or a group name
+    gid: int | str = 0
     persist: Literal["fstab", "unit"] = "fstab"
-    models: Annotated[list[str], Meta(
-        description="model files (host paths) meant to live on this mount: the audit flags a "
-        "mount too small to hold them (each rounded up to whole huge pages)")] = []
+    # model files (host paths) meant to live on this mount: the audit flags a mount too small to
+    # hold them (each rounded up to whole huge pages)
+    models: list[str] = []
 
     def __post_init__(self) -> None:
         with _Field("path"):
@@ -251,14 +250,12 @@ class HugetlbfsSection(Section, frozen=True):
 
 # --- boot-time re-apply --------------------------------------------------------------------------
 class BootSection(Section, frozen=True):
-    unit: Annotated[bool, Meta(
-        description="install hosttune-boot.service (re-applies runtime settings at boot, "
-        "before docker.service)")] = True
-    profile_path: Annotated[str, Meta(
-        description="a file name in /etc/hosttune/ (*.yaml)")] = "/etc/hosttune/profile.yaml"
-    exec: Annotated[str | None, Meta(
-        description="hosttune command in ExecStart; default: the running Python with "
-        "-m hosttune")] = None
+    # install hosttune-boot.service (re-applies runtime settings at boot, before docker.service)
+    unit: bool = True
+    # a file name in /etc/hosttune/ (*.yaml)
+    profile_path: str = "/etc/hosttune/profile.yaml"
+    # hosttune command in ExecStart; default: the running Python with -m hosttune
+    exec: str | None = None
 
     def __post_init__(self) -> None:
         with _Field("profile_path"):
@@ -282,13 +279,12 @@ def _check_clock(v: ClockSpec | None) -> ClockSpec | None:
 
 
 class GpuLockedClocks(Section, frozen=True):
-    graphics: Annotated[ClockSpec | None, Meta(
-        description="nvidia-smi -lgc: MHz, [min, max], or 'max-sustained' (the rated boost "
-        "clock); checked against nvmlDeviceGetSupportedGraphicsClocks; Volta+")] = None
-    memory: Annotated[ClockSpec | None, Meta(
-        description="nvidia-smi -lmc: MHz, [min, max], or 'max-sustained' (highest "
-        "supported memory clock); Ampere+, datacenter/workstation boards (GeForce: "
-        "unsupported)")] = None
+    # nvidia-smi -lgc: MHz, [min, max], or 'max-sustained' (the rated boost clock); checked against
+    # nvmlDeviceGetSupportedGraphicsClocks; Volta+
+    graphics: ClockSpec | None = None
+    # nvidia-smi -lmc: MHz, [min, max], or 'max-sustained' (highest supported memory clock);
+    # Ampere+, datacenter/workstation boards (GeForce: unsupported)
+    memory: ClockSpec | None = None
 
     def __post_init__(self) -> None:
         with _Field("graphics"):
@@ -319,10 +315,10 @@ class GpuDeviceSettings(Section, frozen=True):
 
 class GpuMps(Section, frozen=True):
     enabled: bool = True
-    pipe_dir: Annotated[str, Meta(
-        description="CUDA_MPS_PIPE_DIRECTORY (under /run)")] = "/run/nvidia-mps"
-    log_dir: Annotated[str, Meta(
-        description="CUDA_MPS_LOG_DIRECTORY (under /var/log)")] = "/var/log/nvidia-mps"
+    # CUDA_MPS_PIPE_DIRECTORY (under /run)
+    pipe_dir: str = "/run/nvidia-mps"
+    # CUDA_MPS_LOG_DIRECTORY (under /var/log)
+    log_dir: str = "/var/log/nvidia-mps"
 
     def __post_init__(self) -> None:
         for name, base in (("pipe_dir", "/run/"), ("log_dir", "/var/log/")):
@@ -355,25 +351,23 @@ else:
 
 
 class GpuSection(Section, frozen=True):
-    persistence: Annotated[bool | Literal["daemon", "legacy"] | None, Meta(
-        description="true: the nvidia-persistenced daemon, legacy NVML persistence mode "
-        "(nvidia-smi -pm 1, deprecated) only when the daemon is not installed")] = None
-    persistenced_user: Annotated[str | None, Meta(
-        description="account nvidia-persistenced drops to (--user); default: an "
-        "existing 'nvidia-persistenced' or 'nvpd' account")] = None
-    mps: Annotated[_MpsSpec | None, Meta(
-        description="CUDA MPS control daemon; true/false or a mapping")] = None
-    clients: Annotated[Annotated[int, Meta(ge=1)] | None, Meta(
-        description="how many GPU processes/containers share each GPU (the workload "
-        "section, when present, wins)")] = None
-    power_limit: Annotated[PowerSpec | None, Meta(
-        description="'max', 'default' or watts")] = None
+    # true: the nvidia-persistenced daemon, legacy NVML persistence mode (nvidia-smi -pm 1,
+    # deprecated) only when the daemon is not installed
+    persistence: bool | Literal["daemon", "legacy"] | None = None
+    # account nvidia-persistenced drops to (--user); default: an existing 'nvidia-persistenced' or
+    # 'nvpd' account
+    persistenced_user: str | None = None
+    # CUDA MPS control daemon; true/false or a mapping
+    mps: _MpsSpec | None = None
+    # how many GPU processes/containers share each GPU (the workload section, when present, wins)
+    clients: Annotated[int, Meta(ge=1)] | None = None
+    # 'max', 'default' or watts
+    power_limit: PowerSpec | None = None
     locked_clocks: GpuLockedClocks | None = None
-    compute_mode: Annotated[ComputeModeName | None, Meta(
-        description="default | exclusive_process | prohibited; with MPS on, "
-        "exclusive_process is implied")] = None
-    devices: Annotated[dict[str, GpuDeviceSettings], Meta(
-        description="per-GPU overrides keyed by index, UUID or bus id")] = {}
+    # default | exclusive_process | prohibited; with MPS on, exclusive_process is implied
+    compute_mode: ComputeModeName | None = None
+    # per-GPU overrides keyed by index, UUID or bus id
+    devices: dict[str, GpuDeviceSettings] = {}
 
     def __post_init__(self) -> None:
         mps: Any = self.mps
@@ -416,17 +410,14 @@ _MODPROBE_VALUE_RE = re.compile(r"^[A-Za-z0-9_./:;,=+@%-]*$")
 
 
 class NvidiaModulesSection(Section, frozen=True):
-    file: Annotated[str, Meta(
-        description="a file name in /etc/modprobe.d/ (*.conf)",
-    )] = "/etc/modprobe.d/90-hosttune-nvidia.conf"
+    # a file name in /etc/modprobe.d/ (*.conf)
+    file: str = "/etc/modprobe.d/90-hosttune-nvidia.conf"
     # bool in the type only to be refused by name below (write 1/0)
-    options: Annotated[dict[str, dict[str, str | int | bool]], Meta(
-        description="module -> {parameter: value}, e.g. nvidia: {NVreg_EnableGpuFirmware: 1}; "
-        "validated against the installed driver's parameters",
-    )] = {}
-    initramfs: Annotated[bool, Meta(
-        description="regenerate the initramfs after a change (update-initramfs -u / "
-        "dracut -f)")] = True
+    # module -> {parameter: value}, e.g. nvidia: {NVreg_EnableGpuFirmware: 1}; validated against the
+    # installed driver's parameters
+    options: dict[str, dict[str, str | int | bool]] = {}
+    # regenerate the initramfs after a change (update-initramfs -u / dracut -f)
+    initramfs: bool = True
 
     def __post_init__(self) -> None:
         with _Field("file"):
@@ -450,12 +441,12 @@ class NvidiaModulesSection(Section, frozen=True):
 
 
 class GpuIrqSection(Section, frozen=True):
-    cpus: Annotated[str, Meta(
-        description="CPU list ('15,31') for the IRQs of every NVIDIA GPU, or "
-        "'node-local' = the CPUs of each GPU's NUMA node (local_cpulist)")]
-    irqbalance: Annotated[bool, Meta(
-        description="keep irqbalance off the GPU IRQs (policy script + irqbalance.service "
-        "drop-in; no edit of /etc/default/irqbalance)")] = True
+    # CPU list ('15,31') for the IRQs of every NVIDIA GPU, or 'node-local' = the CPUs of each GPU's
+    # NUMA node (local_cpulist)
+    cpus: str
+    # keep irqbalance off the GPU IRQs (policy script + irqbalance.service drop-in; no edit of
+    # /etc/default/irqbalance)
+    irqbalance: bool = True
 
     def __post_init__(self) -> None:
         if self.cpus == "node-local":
@@ -471,17 +462,16 @@ class GpuIrqSection(Section, frozen=True):
 
 
 class CudaEnvSection(Section, frozen=True):
-    file: Annotated[str, Meta(
-        description="/etc/environment (pam_env) or a file name in /etc/environment.d/ "
-        "(*.conf, systemd user sessions)")] = "/etc/environment"
+    # /etc/environment (pam_env) or a file name in /etc/environment.d/ (*.conf, systemd user
+    # sessions)
+    file: str = "/etc/environment"
     # bool in the type only to be refused by name below (write 0/1)
-    variables: Annotated[dict[str, str | int | bool], Meta(
-        description="NAME -> value, written in a marked block")] = {}
-    cache_dir_mode: Annotated[str, Meta(
-        pattern=r"^0?[0-7]{3,4}$", description="mode of the CUDA_CACHE_PATH directory")] = "0770"
-    cache_dir_group: Annotated[str | None, Meta(
-        description="group owning CUDA_CACHE_PATH (members share the JIT cache)",
-    )] = "inference"
+    # NAME -> value, written in a marked block
+    variables: dict[str, str | int | bool] = {}
+    # mode of the CUDA_CACHE_PATH directory
+    cache_dir_mode: Annotated[str, Meta(pattern="^0?[0-7]{3,4}$")] = "0770"
+    # group owning CUDA_CACHE_PATH (members share the JIT cache)
+    cache_dir_group: str | None = "inference"
 
     def __post_init__(self) -> None:
         with _Field("file"):
@@ -500,17 +490,16 @@ class CudaEnvSection(Section, frozen=True):
 
 
 class KernelCmdlineSection(Section, frozen=True):
-    params: Annotated[list[str], Meta(
-        description="parameters appended to GRUB_CMDLINE_LINUX_DEFAULT")] = []
-    hugepages_1g: Annotated[Annotated[int, Meta(ge=1)] | None, Meta(
-        description="reserve N 1 GiB pages at boot (hugepagesz=1G hugepages=N): 1 GiB pages "
-        "rarely allocate at runtime once memory is fragmented")] = None
-    default_hugepagesz: Annotated[Literal["2M", "1G"] | None, Meta(
-        description="default_hugepagesz= (the page size of vm.nr_hugepages, of "
-        "hugetlbfs mounts without pagesize= and of MAP_HUGETLB without a size flag)")] = None
-    file: Annotated[str, Meta(
-        description="a file name in /etc/default/grub.d/ (*.cfg)",
-    )] = "/etc/default/grub.d/90-hosttune.cfg"
+    # parameters appended to GRUB_CMDLINE_LINUX_DEFAULT
+    params: list[str] = []
+    # reserve N 1 GiB pages at boot (hugepagesz=1G hugepages=N): 1 GiB pages rarely allocate at
+    # runtime once memory is fragmented
+    hugepages_1g: Annotated[int, Meta(ge=1)] | None = None
+    # default_hugepagesz= (the page size of vm.nr_hugepages, of hugetlbfs mounts without pagesize=
+    # and of MAP_HUGETLB without a size flag)
+    default_hugepagesz: Literal["2M", "1G"] | None = None
+    # a file name in /etc/default/grub.d/ (*.cfg)
+    file: str = "/etc/default/grub.d/90-hosttune.cfg"
 
     def __post_init__(self) -> None:
         with _Field("params"):
@@ -527,15 +516,16 @@ class KernelCmdlineSection(Section, frozen=True):
 
 # --- model store (hosttune models) ----------------------------------------------------------
 class DeclaredModel(Section, frozen=True):
-    name: Annotated[str, Meta(description="file name in the store")]
-    file: Annotated[str | None, Meta(description="source file to load from")] = None
-    size: Annotated[str | int | None, Meta(
-        description="model size when the file is not here yet (for `hosttune models "
-        "pool`)")] = None
-    mount: Annotated[str | None, Meta(
-        description="hugetlbfs mount (default: models.mount)")] = None
-    node: Annotated[Annotated[int, Meta(ge=0)] | None, Meta(
-        description="NUMA node for its pages")] = None
+    # file name in the store
+    name: str
+    # source file to load from
+    file: str | None = None
+    # model size when the file is not here yet (for `hosttune models pool`)
+    size: str | int | None = None
+    # hugetlbfs mount (default: models.mount)
+    mount: str | None = None
+    # NUMA node for its pages
+    node: Annotated[int, Meta(ge=0)] | None = None
 
     def __post_init__(self) -> None:
         with _Field("name"):
@@ -546,10 +536,97 @@ class DeclaredModel(Section, frozen=True):
 
 
 class ModelsSection(Section, frozen=True):
-    mount: Annotated[str | None, Meta(
-        description="default store mount (one of the hugetlbfs mounts); default: the only "
-        "hugetlbfs mount")] = None
+    # default store mount (one of the hugetlbfs mounts); default: the only hugetlbfs mount
+    mount: str | None = None
     declared: list[DeclaredModel] = []
+
+
+# --- container workload (hosttune containers plan|compose|verify) -------------------------------
+class _Workers(Section, frozen=True):
+    # mem_limit per worker: KV cache and buffers. A model on hugetlbfs is charged to the hugetlb
+    # cgroup, not to this limit
+    memory: str | int = "8GiB"
+    # model file per worker (relative to the store); one entry = shared by all workers (one copy in
+    # huge pages)
+    models: list[str] = []
+
+    def __post_init__(self) -> None:
+        with _Field("memory"):
+            parse_size(self.memory)
+
+
+class CpuWorkers(_Workers, frozen=True):
+    # llama.cpp CPU workers; 'auto' = one per L3 domain (CCD) left free
+    count: int | Literal["auto"] = 0
+    # physical cores per worker; 'auto' = the largest equal share that keeps each worker inside one
+    # L3 domain (or whole L3 domains of one NUMA node)
+    cores: int | Literal["auto"] = "auto"
+    # hand-made cpusets, one per worker: checked (overlap, SMT siblings, L3/NUMA spans) instead of
+    # planned
+    cpusets: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if isinstance(self.count, int) and self.count < 0:
+            raise FieldError("count", "a worker count cannot be negative")
+        if isinstance(self.cores, int) and self.cores < 1:
+            raise FieldError("cores", "a worker needs at least one core")
+
+
+class GpuWorkers(_Workers, frozen=True):
+    # GPU workers (llama.cpp with CUDA)
+    count: Annotated[int, Meta(ge=0)] = 0
+    # physical cores per GPU worker for the host threads that feed its GPU, on the GPU's NUMA node
+    feed_cores: Annotated[int, Meta(ge=1)] = 2
+    # GPU index (PCI bus order) per worker; 'auto' = worker i -> GPU i
+    gpus: Literal["auto"] | list[int] = "auto"
+
+
+class WorkloadSection(Section, frozen=True):
+    # image of every worker
+    image: str = "local/llama-cpp:server"
+    # compose project name; prefixes container names
+    project: Annotated[str, Meta(pattern="^[a-z0-9][a-z0-9_-]*$")] = "hosttune"
+    cpu_workers: CpuWorkers = field(default_factory=CpuWorkers)
+    gpu_workers: GpuWorkers = field(default_factory=GpuWorkers)
+    # physical cores kept for the OS, dockerd, IRQs - never in a worker cpuset
+    system_cores: Annotated[int, Meta(ge=0)] = 1
+    # extra logical CPUs never assigned (cpulist); their whole physical cores are kept out
+    reserved_cpus: str = ""
+    # SMT siblings of a worker's cores: in its cpuset, or idle
+    smt: Literal["keep-together", "leave-idle"] = "keep-together"
+    # how workers may mlock: a memlock ulimit (bounded by the daemon's own limit) or cap_add
+    # IPC_LOCK (mlock regardless of RLIMIT_MEMLOCK)
+    memlock: Literal["ipc_lock", "ulimit"] = "ulimit"
+    # memlock ulimit: 'unlimited' or a size
+    memlock_limit: str | int = "unlimited"
+    # ask llama.cpp to mlock the model (LLAMA_ARG_MLOCK)
+    mlock: bool = True
+    # host path of the hugetlbfs model store; default: the profile's first hugetlbfs mount
+    store: str | None = None
+    # where the store appears in containers
+    store_target: str = "/models"
+    # host path of the huge-page loader shim (.so), LD_PRELOADed only for models whose loader is
+    # strict
+    shim: str | None = None
+    # model suffixes whose loaders refuse a padded hugetlbfs file (safetensors: 'incomplete
+    # metadata, file not fully covered')
+    shim_for: list[str] = field(default_factory=lambda: [".safetensors"])
+    # size of the writable /tmp tmpfs
+    tmpfs_size: str | int = "64MiB"
+    # worker i listens on 127.0.0.1:(port_base+i); null = no published ports
+    port_base: Annotated[int, Meta(ge=1, le=65000)] | None = 8080
+
+    def __post_init__(self) -> None:
+        with _Field("memlock_limit"):
+            if self.memlock_limit != "unlimited":
+                parse_size(self.memlock_limit)
+        for name in ("store", "store_target", "shim"):
+            v = getattr(self, name)
+            if v is not None and not v.startswith("/"):
+                raise FieldError(name, f"expected an absolute path, got {v!r}")
+        with _Field("tmpfs_size"):
+            parse_size(self.tmpfs_size)
 
 
 # --- the profile ---------------------------------------------------------------------------
@@ -571,97 +648,3 @@ class Profile(Section, frozen=True):
     cuda_env: CudaEnvSection | None = None
     kernel_cmdline: KernelCmdlineSection | None = None
     models: ModelsSection | None = None
-
-
-# --- container workload (hosttune containers plan|compose|verify) -------------------------------
-class _Workers(Section, frozen=True):
-    memory: Annotated[str | int, Meta(
-        description="mem_limit per worker: KV cache and buffers. A model on hugetlbfs is "
-        "charged to the hugetlb cgroup, not to this limit")] = "8GiB"
-    models: Annotated[list[str], Meta(
-        description="model file per worker (relative to the store); one entry = shared by "
-        "all workers (one copy in huge pages)")] = []
-
-    def __post_init__(self) -> None:
-        with _Field("memory"):
-            parse_size(self.memory)
-
-
-class CpuWorkers(_Workers, frozen=True):
-    count: Annotated[int | Literal["auto"], Meta(
-        description="llama.cpp CPU workers; 'auto' = one per L3 domain (CCD) left free")] = 0
-    cores: Annotated[int | Literal["auto"], Meta(
-        description="physical cores per worker; 'auto' = the largest equal share that keeps "
-        "each worker inside one L3 domain (or whole L3 domains of one NUMA node)")] = "auto"
-    cpusets: Annotated[list[str] | None, Meta(
-        description="hand-made cpusets, one per worker: checked (overlap, SMT siblings, "
-        "L3/NUMA spans) instead of planned")] = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if isinstance(self.count, int) and self.count < 0:
-            raise FieldError("count", "a worker count cannot be negative")
-        if isinstance(self.cores, int) and self.cores < 1:
-            raise FieldError("cores", "a worker needs at least one core")
-
-
-class GpuWorkers(_Workers, frozen=True):
-    count: Annotated[int, Meta(ge=0, description="GPU workers (llama.cpp with CUDA)")] = 0
-    feed_cores: Annotated[int, Meta(
-        ge=1, description="physical cores per GPU worker for the host threads that feed its "
-        "GPU, on the GPU's NUMA node")] = 2
-    gpus: Annotated[Literal["auto"] | list[int], Meta(
-        description="GPU index (PCI bus order) per worker; 'auto' = worker i -> GPU i")] = "auto"
-
-
-class WorkloadSection(Section, frozen=True):
-    image: Annotated[str, Meta(description="image of every worker")] = "local/llama-cpp:server"
-    project: Annotated[str, Meta(
-        pattern=r"^[a-z0-9][a-z0-9_-]*$",
-        description="compose project name; prefixes container names")] = "hosttune"
-    cpu_workers: CpuWorkers = field(default_factory=CpuWorkers)
-    gpu_workers: GpuWorkers = field(default_factory=GpuWorkers)
-    system_cores: Annotated[int, Meta(
-        ge=0, description="physical cores kept for the OS, dockerd, IRQs - never in a worker "
-        "cpuset")] = 1
-    reserved_cpus: Annotated[str, Meta(
-        description="extra logical CPUs never assigned (cpulist); their whole physical cores "
-        "are kept out")] = ""
-    smt: Annotated[Literal["keep-together", "leave-idle"], Meta(
-        description="SMT siblings of a worker's cores: in its cpuset, or idle",
-    )] = "keep-together"
-    memlock: Annotated[Literal["ipc_lock", "ulimit"], Meta(
-        description="how workers may mlock: a memlock ulimit (bounded by the daemon's own "
-        "limit) or cap_add IPC_LOCK (mlock regardless of RLIMIT_MEMLOCK)")] = "ulimit"
-    memlock_limit: Annotated[str | int, Meta(
-        description="memlock ulimit: 'unlimited' or a size")] = "unlimited"
-    mlock: Annotated[bool, Meta(
-        description="ask llama.cpp to mlock the model (LLAMA_ARG_MLOCK)")] = True
-    store: Annotated[str | None, Meta(
-        description="host path of the hugetlbfs model store; default: the profile's first "
-        "hugetlbfs mount")] = None
-    store_target: Annotated[str, Meta(
-        description="where the store appears in containers")] = "/models"
-    shim: Annotated[str | None, Meta(
-        description="host path of the huge-page loader shim (.so), LD_PRELOADed only for "
-        "models whose loader is strict")] = None
-    shim_for: Annotated[list[str], Meta(
-        description="model suffixes whose loaders refuse a padded hugetlbfs file "
-        "(safetensors: 'incomplete metadata, file not fully covered')",
-    )] = field(default_factory=lambda: [".safetensors"])
-    tmpfs_size: Annotated[str | int, Meta(
-        description="size of the writable /tmp tmpfs")] = "64MiB"
-    port_base: Annotated[Annotated[int, Meta(ge=1, le=65000)] | None, Meta(
-        description="worker i listens on 127.0.0.1:(port_base+i); null = no published "
-        "ports")] = 8080
-
-    def __post_init__(self) -> None:
-        with _Field("memlock_limit"):
-            if self.memlock_limit != "unlimited":
-                parse_size(self.memlock_limit)
-        for name in ("store", "store_target", "shim"):
-            v = getattr(self, name)
-            if v is not None and not v.startswith("/"):
-                raise FieldError(name, f"expected an absolute path, got {v!r}")
-        with _Field("tmpfs_size"):
-            parse_size(self.tmpfs_size)
