@@ -1,8 +1,8 @@
 """`hosttune models load|list|verify`, without typer, rich or PyYAML.
 
 A load's whole-process time is its start plus the copy, and the copy of a few GiB takes a few
-tenths of a second: typer + click + rich + PyYAML and parsing the profile (~0.2 s of imports
-and profile loading on a 2-vCPU VM) would cost as much as the copy itself. So, as for audit
+tenths of a second: typer + click + rich + PyYAML (~0.2 s of imports and profile
+validation on a 2-vCPU VM) would cost as much as the copy itself. So, as for audit
 (audit_cmd.py), ``main`` sends the plain forms of these commands here: `parse_args`
 understands exactly the options of the typer commands (cli/models.py), and everything else -
 ``--help``, a typo, an option it does not know - goes to the typer app, which explains usage
