@@ -1,10 +1,9 @@
-"""`hosttune audit` without typer, rich, PyYAML or pydantic (the 0.3 s budget): the argv
-parser agrees with typer's, read-only profile views audit exactly like the pydantic models,
-and the fast process really leaves those libraries out."""
+"""`hosttune audit` without typer, rich or PyYAML (the 0.3 s budget): the argv parser agrees
+with typer's, a profile from the cache is the very Struct a validated one is (and audits
+alike), and the fast process really leaves those libraries out."""
 
 from __future__ import annotations
 
-import inspect
 import io
 import json
 import os
@@ -12,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import msgspec
 import pytest
 
 from hosttune import engine
@@ -19,7 +19,7 @@ from hosttune.cli.audit_cmd import parse_args, render_rows, term_options
 from hosttune.errors import HosttuneError
 from hosttune.host import Host
 from hosttune.host.gpu.fake import FakeNvml
-from hosttune.profile import builtin_names, load_profile, schema, view
+from hosttune.profile import builtin_names, cache, load_profile, schema
 from tests import fakehost
 from tests.conftest import REPO, run_cli
 from tests.fake_nvidia import add_nvidia
@@ -79,72 +79,96 @@ def _audit(host: Host, loaded) -> object:
         return f"{type(err).__name__}: {err}"
 
 
-@pytest.mark.parametrize("profile", builtin_names())
-def test_views_audit_exactly_like_the_models(tmp_path, monkeypatch, profile):
+# a profile with what JSON alone would lose: integer NUMA-node keys, [min, max] tuples, a
+# per-device mapping of sections, mps given as a boolean
+CUSTOM = """name: custom
+extends: ryzen9950x-rtx5090
+hugepages:
+  pools:
+    - {pagesize: 2M, size: 4GiB, nodes: {0: 1GiB, 1: 1536}}
+hugetlbfs:
+  mounts:
+    - {path: /srv/models/, pagesize: 2M, size: 4GiB, gid: inference}
+gpu:
+  mps: true
+  locked_clocks: {graphics: [1200, 2400], memory: max-sustained}
+  devices: {'0': {power_limit: 450W, locked_clocks: {graphics: 2100}}}
+"""
+
+
+def _profiles(tmp: Path) -> list[str]:
+    custom = tmp / "custom.yaml"
+    custom.write_text(CUSTOM)
+    os.utime(custom, ns=(1, 1))  # not "racy" (cache.RACY_NS): cached at once
+    return [*builtin_names(), str(custom)]
+
+
+def test_cached_profile_audits_exactly_like_the_validated_one(tmp_path, monkeypatch):
+    """One model type on every path: a profile from the cache is the same Struct, equal to
+    the validated one, and audits the same on every tree."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    models = load_profile(profile)  # validates and caches
-    views = load_profile(profile, views=True)
-    assert isinstance(models.profile, schema.Profile)
-    assert isinstance(views.profile, view.View)
-    assert (views.files, views.origin, views.raw) == (models.files, models.origin, models.raw)
-    for name, (tree, fake) in _trees(tmp_path).items():
-        a = _audit(Host(tree, nvml_backend=fake), models)
-        b = _audit(Host(tree, nvml_backend=fake), views)
-        assert a == b, name
-    # nothing cached yet: the models, validated (a view is only ever built from the cache)
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty"))
-    assert isinstance(load_profile(profile, views=True).profile, schema.Profile)
+    trees = _trees(tmp_path)
+    for profile in _profiles(tmp_path):
+        validated = load_profile(profile)  # validates and caches
+        key = cache.cache_key(profile, "")
+        assert cache.load(key) is not None, profile
+        cached = load_profile(profile)
+        assert type(cached.profile) is schema.Profile and cached.profile == validated.profile
+        assert (cached.files, cached.origin) == (validated.files, validated.origin)
+        for name, (tree, fake) in trees.items():
+            a = _audit(Host(tree, nvml_backend=fake), validated)
+            b = _audit(Host(tree, nvml_backend=fake), cached)
+            assert a == b, (profile, name)
 
 
-def test_views_decode_every_value_like_the_models(monkeypatch, tmp_path):
+def test_cache_decodes_every_value_with_its_type(monkeypatch, tmp_path):
+    """The cache's JSON comes back as the same classes and value types (tuples, int keys)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    for name in builtin_names():
+    for name in _profiles(tmp_path):
         m = load_profile(name).profile
-        v = load_profile(name, views=True).profile
+        hit = cache.load(cache.cache_key(name, ""))
+        assert hit is not None, name
+        v = hit.profile
 
         def same(a, b, where):
-            if isinstance(b, view.View):
-                for f in type(a).model_fields:
-                    same(getattr(a, f), getattr(b, f), f"{where}.{f}")
-                for prop in view.DERIVED.get(type(a).__name__, {}):
-                    assert getattr(a, prop) == getattr(b, prop), f"{where}.{prop}"
+            assert type(a) is type(b), where
+            if isinstance(a, msgspec.Struct):
+                for f in msgspec.structs.fields(a):
+                    same(getattr(a, f.name), getattr(b, f.name), f"{where}.{f.name}")
             elif isinstance(a, dict):
                 assert list(a) == list(b), where  # keys keep type and order (int NUMA nodes)
                 for k in a:
+                    assert type(k) is type(next(x for x in b if x == k)), where
                     same(a[k], b[k], f"{where}[{k!r}]")
             elif isinstance(a, list | tuple):
-                assert type(a) is type(b) and len(a) == len(b), where
+                assert len(a) == len(b), where
                 for i, (x, y) in enumerate(zip(a, b, strict=True)):
                     same(x, y, f"{where}[{i}]")
             else:
-                assert type(a) is type(b) and a == b, where
+                assert a == b, where
 
         same(m, v, name)
+    custom = load_profile(str(tmp_path / "custom.yaml")).profile
+    assert custom.hugepages.pools[0].nodes == {0: "1GiB", 1: 1536}
+    assert custom.gpu.locked_clocks.graphics == (1200, 2400)
+    assert custom.gpu.mps == schema.GpuMps() and custom.gpu.mps_enabled
+    assert custom.hugetlbfs.mounts[0].path == "/srv/models"  # normalised, and so cached
 
 
-def test_every_model_property_has_a_view():
-    for cls in vars(schema).values():
-        if isinstance(cls, type) and issubclass(cls, schema.BaseModel) and \
-                cls.__module__ == schema.__name__:
-            props = {n for n, o in inspect.getmembers(cls) if isinstance(o, property)
-                     and not n.startswith(("model_", "__"))}
-            assert props <= set(view.DERIVED.get(cls.__name__, {})), cls.__name__
-
-
-def test_view_is_read_only_and_strict():
-    v = view.View("SwapSection", {"enabled": False, "persist": True})
-    assert v.persist is True and v == view.View("SwapSection", dict(persist=True, enabled=False))
-    with pytest.raises(AttributeError, match="no attribute 'persit'"):
-        _ = v.persit
-    with pytest.raises(AttributeError, match="read-only"):
-        v.enabled = True  # type: ignore[misc]
-    with pytest.raises(TypeError):
-        view.encode({"when": object()})
+def test_profile_is_read_only():
+    p = load_profile("inference").profile
+    assert p.swap is not None
+    with pytest.raises(AttributeError):
+        p.swap.enabled = True  # type: ignore[misc]
+    with pytest.raises(AttributeError):
+        _ = p.swap.enabeld  # type: ignore[attr-defined]
+    changed = msgspec.structs.replace(p.swap, enabled=True)
+    assert changed.enabled is True and p.swap.enabled is False
 
 
 def test_fast_audit_process_imports_no_cli_or_schema_libraries(tmp_path, ryzen):
     """The second run (profile cached) of `hosttune audit` - JSON or the table - loads none of
-    typer, click, rich, PyYAML, pydantic (nor asyncio, which pydantic drags in)."""
+    typer, click, rich, PyYAML (nor pydantic, nor asyncio)."""
     code = (
         "import sys, io, contextlib\n"
         "from hosttune.cli import main\n"
@@ -168,7 +192,7 @@ def test_fast_audit_process_imports_no_cli_or_schema_libraries(tmp_path, ryzen):
         return eval(r.stderr.strip().splitlines()[-1])  # noqa: S307 - our own repr
 
     first = run("audit", "--json", "--root", str(ryzen))
-    assert first[0] == 1 and "pydantic" in first[1]  # first run: validated
+    assert first[0] == 1 and "yaml" in first[1]  # first run: parsed and validated
     code_, heavy = run("audit", "--json", "--root", str(ryzen))
     assert code_ == 1 and heavy == []
     code_, heavy = run("audit", "--root", str(ryzen))

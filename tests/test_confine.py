@@ -24,7 +24,7 @@ from tests.conftest import REPO, need, run_cli
 from tests.helpers import snapshot
 
 HOSTILE = Path(__file__).parent / "hostile"
-MEM_LIMIT = 1 << 30  # address space: python + pydantic reserve ~400 MB of it before any work
+MEM_LIMIT = 1 << 30  # address space: python and its libraries reserve some of it before any work
 
 
 def _manifest(name: str) -> list[tuple[str, str]]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import yaml
 
@@ -74,10 +75,10 @@ def test_seed_profile_compose_validates_and_is_hardened(ryzen: Path) -> None:
 @pytest.mark.parametrize("memlock", ["ipc_lock", "ulimit"])
 def test_compose_validates_on_every_topology(tree: str, memlock: str, request) -> None:
     root = request.getfixturevalue(tree)
-    wl = WorkloadSection.model_validate({
+    wl = msgspec.convert({
         "cpu_workers": {"count": 1, "memory": "1GiB", "models": ["a.gguf"]},
         "system_cores": 1, "memlock": memlock, "memlock_limit": "4MiB", "store": "/srv/m",
-        "smt": "leave-idle", "port_base": 9000})
+        "smt": "leave-idle", "port_base": 9000}, WorkloadSection, strict=False)
     plan = plan_workload(Host(root).facts, wl, profile_name="t")
     assert plan.ok, plan.refusals
     doc = render_compose(plan)
@@ -92,10 +93,11 @@ def test_compose_validates_on_every_topology(tree: str, memlock: str, request) -
 
 
 def test_shim_only_for_strict_loaders(vm: Path) -> None:
-    wl = WorkloadSection.model_validate({
+    wl = msgspec.convert({
         "cpu_workers": {"count": 2, "memory": "1GiB",
                         "models": ["a.gguf", "b.safetensors"]},
-        "system_cores": 0, "store": "/srv/m", "shim": "/usr/lib/hosttune/libhp.so"})
+        "system_cores": 0, "store": "/srv/m", "shim": "/usr/lib/hosttune/libhp.so"},
+        WorkloadSection, strict=False)
     plan = plan_workload(Host(vm).facts, wl)
     assert plan.ok, plan.refusals
     doc = render_compose(plan)
@@ -109,9 +111,9 @@ def test_shim_only_for_strict_loaders(vm: Path) -> None:
 
 
 def test_strict_loader_without_shim_is_refused(vm: Path) -> None:
-    wl = WorkloadSection.model_validate({
+    wl = msgspec.convert({
         "cpu_workers": {"count": 1, "memory": "1GiB", "models": ["b.safetensors"]},
-        "system_cores": 0, "store": "/srv/m"})
+        "system_cores": 0, "store": "/srv/m"}, WorkloadSection, strict=False)
     plan = plan_workload(Host(vm).facts, wl)
     assert not plan.ok
     assert any("workload.shim is not set" in r for r in plan.refusals)

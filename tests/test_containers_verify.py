@@ -7,6 +7,7 @@ import dataclasses
 import json
 from pathlib import Path
 
+import msgspec
 import yaml
 
 from hosttune.containers.planner import ContainerPlan, plan_workload
@@ -40,7 +41,7 @@ def _plan(root: Path, **kw) -> ContainerPlan:
             "system_cores": 0, "store": "/srv/store", "memlock": "ulimit",
             "memlock_limit": "4MiB", "port_base": None}
     base.update(kw)
-    return plan_workload(Host(root).facts, WorkloadSection.model_validate(base))
+    return plan_workload(Host(root).facts, msgspec.convert(base, WorkloadSection, strict=False))
 
 
 def _live(plan: ContainerPlan, i: int = 0, **kw) -> LiveContainer:

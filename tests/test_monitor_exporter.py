@@ -383,7 +383,7 @@ from hosttune.monitor.snapshot import Monitor
 import encodings.idna, hosttune.engine, hosttune.profile, pynvml  # noqa
 from hosttune.tunables import all_tunables
 all_tunables()
-# build the (deferred) profile schema while pydantic's own lazy imports are still readable
+# load the profile (msgspec, the schema, PyYAML) while site-packages is still readable
 os.environ["HOSTTUNE_NO_CACHE"] = "1"
 hosttune.profile.load_profile("inference")
 del os.environ["HOSTTUNE_NO_CACHE"]

@@ -6,6 +6,7 @@ import json
 import os
 import time
 
+import msgspec
 import pytest
 
 from hosttune.errors import ProfileError
@@ -102,7 +103,7 @@ def test_cache_round_trip_equals_validation(tmp_path, monkeypatch):
         a = load_profile(name).profile  # validates and stores
         b = load_profile(name).profile  # from the cache
         assert a == b
-        assert json.dumps(a.model_dump(mode="json")) == json.dumps(b.model_dump(mode="json"))
+        assert msgspec.json.encode(a) == msgspec.json.encode(b)
     cached = load_profile("inference").profile
     monkeypatch.setenv("HOSTTUNE_NO_CACHE", "1")
     assert load_profile("inference").profile == cached

@@ -5,13 +5,8 @@ only when the app is built: the plain forms of `hosttune audit` run without it (
 
 from __future__ import annotations
 
-import os
-
-# pydantic scans installed entry points for plugins (logfire & co.) on first use: ~20 ms of
-# audit's 0.3 s budget, for nothing hosttune uses.
-os.environ.setdefault("PYDANTIC_DISABLE_PLUGINS", "1")
-
 import importlib
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 

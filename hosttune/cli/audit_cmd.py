@@ -169,8 +169,7 @@ def run_audit(profile: str | None, root: Path | None, json_out: bool,
         return EXIT_ERROR
     host = Host(root if root is not None else "/")
     try:
-        # a cached profile as read-only views: no pydantic import (see profile/view.py)
-        loaded = load_profile(profile or "inference", views=True)
+        loaded = load_profile(profile or "inference")  # cached: no PyYAML (profile/cache.py)
         report = engine.audit(host, loaded, only=set(only) if only else None)
     except HosttuneError as err:
         print_error(str(err))

@@ -1,7 +1,7 @@
-"""`hosttune models load|list|verify`, without typer, rich or pydantic.
+"""`hosttune models load|list|verify`, without typer, rich or PyYAML.
 
 A load's whole-process time is its start plus the copy, and the copy of a few GiB takes a few
-tenths of a second: typer + click + rich + pydantic + PyYAML (~0.25 s of imports and profile
+tenths of a second: typer + click + rich + PyYAML (~0.2 s of imports and profile
 validation on a 2-vCPU VM) would cost as much as the copy itself. So, as for audit
 (audit_cmd.py), ``main`` sends the plain forms of these commands here: `parse_args` reads
 the options of argspec.MODELS, which the typer commands (cli/models.py) are built from too,
@@ -9,9 +9,9 @@ and everything else - ``--help``, a typo, an option it does not know - goes to t
 which explains usage errors. The typer commands call the same `run_*` functions: one
 implementation, two ways in.
 
-The profile (for the default mount and the declared models) is read as the cache's read-only
-views (profile/view.py: no PyYAML, no pydantic on a cache hit); the progress line and the
-table are plain text; rich is imported only to print an error.
+The profile (for the default mount and the declared models) comes from the profile cache on a
+hit (profile/cache.py: the schema's Structs, decoded with msgspec, no PyYAML); the progress
+line and the table are plain text; rich is imported only to print an error.
 """
 
 from __future__ import annotations
@@ -59,11 +59,10 @@ def _host(root: Path | None) -> Any:
 
 
 def _profile(profile: str | None) -> Any:
-    """The profile (default 'inference') as the cache's read-only views when it is cached;
-    models commands only read it."""
+    """The profile (default 'inference'); from the cache without PyYAML when it is cached."""
     from hosttune.profile.loader import load_profile
 
-    return load_profile(profile or "inference", views=True).profile
+    return load_profile(profile or "inference").profile
 
 
 def _guard(fn: Any, *args: Any, **kwargs: Any) -> int:

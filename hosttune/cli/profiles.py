@@ -40,12 +40,13 @@ def show(
     json_out: JsonOpt = False,
 ) -> None:
     """Show a profile with every knob explicit (inheritance resolved, defaults filled in)."""
+    import msgspec
     import yaml
 
     from hosttune.profile import load_profile
 
     lp = run_guarded(load_profile, profile)
-    data = lp.profile.model_dump(mode="json")
+    data = msgspec.to_builtins(lp.profile, str_keys=True)  # as JSON has it: "0" for node 0
     if json_out:
         emit_json({"profile": data, "files": list(lp.files)})
         return

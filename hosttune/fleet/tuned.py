@@ -15,7 +15,8 @@ tuned reads profiles with ``configparser`` (``delimiters=('=',)``,
 Everything tuned has no plugin for (memlock limits, swap, hugetlbfs mounts, NVML settings, the
 CUDA environment, the model store, container placement ...) is listed in a comment at the top
 and in :attr:`TunedExport.unexpressed`. Sections other families add to the profile schema are
-discovered generically (``Profile.model_fields``), so a new section is never silently dropped.
+discovered generically (``msgspec.structs.fields(Profile)``), so a new section is never
+silently dropped.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel
+import msgspec
 
 from hosttune import __version__
 from hosttune.errors import ProfileError
@@ -196,7 +197,7 @@ def export_tuned(loaded: LoadedProfile, host: Host | None = None) -> TunedExport
 
     handled = {"swap", "cpu", "sysctl", "memlock", "hugepages", "hugetlbfs", "boot",
                "kernel", "cmdline", "kernel_cmdline", "irq", "nvidia_modules"}
-    for fname in type(p).model_fields:
+    for fname in _field_names(p):
         if fname in _META or fname in handled:
             continue
         if getattr(p, fname, None) is not None:
@@ -356,7 +357,7 @@ def _hostless_pool(i: int, pool: Any, loaded: LoadedProfile
     # this pool alone (the others may need the RAM); the nodes it names are taken as they are
     hp = p.hugepages
     assert hp is not None  # the pool came from it
-    alone = p.model_copy(update={"hugepages": hp.model_copy(update={"pools": [pool]})})
+    alone = msgspec.structs.replace(p, hugepages=msgspec.structs.replace(hp, pools=[pool]))
     named = sorted(pool.nodes) if isinstance(pool.nodes, dict) else []
 
     def error(key: str, msg: str) -> ProfileError:
@@ -398,12 +399,16 @@ def _hugepages(p: Any, b: _Builder, loaded: LoadedProfile, host: Host | None) ->
            "is not applied")
 
 
+def _field_names(section: msgspec.Struct) -> list[str]:
+    return [f.name for f in msgspec.structs.fields(section)]
+
+
 def _as_cmdline(value: Any) -> list[str] | None:
     """kernel command line parameters from a dict / list / string / model field."""
     if value is None:
         return None
-    if isinstance(value, BaseModel):
-        value = value.model_dump()
+    if isinstance(value, msgspec.Struct):
+        value = msgspec.to_builtins(value)
     if isinstance(value, str):
         return value.split()
     if isinstance(value, dict):
@@ -431,14 +436,14 @@ def _kernel(p: Any, b: _Builder) -> None:
         if sec is None:
             continue
         found: list[str] = []
-        if isinstance(sec, BaseModel):
+        if isinstance(sec, msgspec.Struct):
             used: set[str] = set()
             for fld in ("cmdline", "params", "parameters", "args", "add"):
                 got = _as_cmdline(getattr(sec, fld, None))
                 if got is not None:
                     found.extend(got)
                     used.add(fld)
-            for fld in type(sec).model_fields:
+            for fld in _field_names(sec):
                 val = getattr(sec, fld, None)
                 if fld not in used and val not in (None, False, "", [], {}, ()):
                     b.skip(f"{sec_name}.{fld}", "tuned's bootloader plugin only adds "
@@ -489,7 +494,7 @@ def _irq(p: Any, b: _Builder) -> None:
         b.add("variables", "hosttune_irqbalance_banned_cpus", banned, setting="irq cpus")
         b.add("irqbalance", "banned_cpus", "${hosttune_irqbalance_banned_cpus}",
               "irqbalance keeps IRQs off these CPUs", setting="irq cpus", variables_ok=True)
-    others = [f for f in (type(irq).model_fields if isinstance(irq, BaseModel) else [])
+    others = [f for f in (_field_names(irq) if isinstance(irq, msgspec.Struct) else [])
               if f not in ("banned_cpus", "irqbalance_banned_cpus")
               and getattr(irq, f, None) not in (None, False, "", [], {}, ())]
     if others or not banned:

@@ -1,7 +1,7 @@
-"""Profiles: pydantic schema, YAML loading with precise errors, built-in profiles.
+"""Profiles: the schema (msgspec Structs), YAML loading with precise errors, built-in profiles.
 
 Names are resolved on first use (PEP 562), so importing a submodule such as
-``hosttune.profile.sizes`` does not import pydantic: `hosttune audit` runs without it."""
+``hosttune.profile.sizes`` imports neither the schema nor the loader."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""A loaded profile and where its keys came from (no pydantic here: see cache.py)."""
+"""A loaded profile and where its keys came from (no schema import here: see cache.py)."""
 
 from __future__ import annotations
 
@@ -13,9 +13,7 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class LoadedProfile:
-    # the validated model; for audit from the cache a read-only view.View with the same
-    # attributes (load_profile(views=True))
-    profile: Profile
+    profile: Profile  # validated, or decoded from the cache: the same frozen Structs either way
     files: tuple[str, ...]  # child first
     origin: dict[str, str] = field(default_factory=dict)  # "a.b.c" -> file that set it
     raw: dict[str, Any] = field(default_factory=dict)  # merged YAML (for `profiles show`)

@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
 from typing import Any
 
 from hosttune.errors import ProfileError
 from hosttune.profile.loaded import LoadedProfile
 
-# pydantic (hosttune.profile.schema) is imported where a profile is validated, not here: a
-# cached profile loads without it (cache.py)
+# PyYAML is imported where a profile is parsed, not here: a cached profile loads without it
+# (cache.py)
 
 # the package directory itself (not importlib.resources): hosttune is never installed zipped,
 # and the profile cache stats these files on every load
@@ -285,66 +284,40 @@ def _string_problem(v: Any, key: str) -> tuple[str, str] | None:
     return None
 
 
-_KEY_RE = re.compile(r"[A-Za-z0-9_.@+-]{1,100}")
-
-
-def _loc_to_key(loc: tuple[Any, ...]) -> str:
-    """The dotted key of a pydantic error location. A key that is not a plain name is shown
-    as <...>: it may be a line of some other file given as a profile (a shadow entry parses
-    as a YAML key), and error messages never print another file's lines."""
-    parts = []
-    for p in loc:
-        # pydantic puts union-member names (e.g. 'str', 'int', 'literal[...]') in loc; drop them
-        if isinstance(p, str) and (p in {"str", "int", "float", "bool", "dict[int,union[str,int]]"}
-                                   or p.startswith(("literal[", "function-", "dict["))):
-            continue
-        parts.append(str(p) if _KEY_RE.fullmatch(str(p)) else "<a key that is not a name>")
-    return ".".join(parts)
-
-
-def load_profile(ref: str, base_dir: Path | None = None, *,
-                 views: bool = False) -> LoadedProfile:
+def load_profile(ref: str, base_dir: Path | None = None) -> LoadedProfile:
     """Load a built-in name or a YAML path, resolving ``extends``. Raises ProfileError.
 
-    ``views``: a cached profile comes back as read-only `view.View` objects, without
-    importing pydantic (for audit, which only reads it); a profile that is not cached yet is
-    validated and comes back as the pydantic models either way."""
+    The profile is validated into the schema's Structs, or decoded into the very same Structs
+    from the cache (cache.py: no PyYAML on a hit)."""
     from hosttune.profile import cache
 
     relative = _is_path(ref) and not ref.startswith("/")
     base = str((base_dir or Path.cwd()).absolute()) if relative else ""
     key = cache.cache_key(ref, base)
-    hit = cache.load(key, views=views)
+    hit = cache.load(key)
     if hit is not None:
         return LoadedProfile(hit.profile, tuple(hit.files), hit.origin, hit.raw)
     stamps: list[tuple[str, list[int] | None]] = []
     merged, files, origin = load_raw(ref, base_dir, stamps)
     if "name" not in merged:
         merged["name"] = Path(files[0]).stem if not files[0].startswith("builtin:") else ref
-    from pydantic import ValidationError
+    import msgspec
 
     from hosttune.profile.schema import Profile
 
     bad = _string_problem(merged, "")
     if bad:
-        lp = LoadedProfile(Profile.model_construct(name="?"), tuple(files), origin, merged)
+        lp = LoadedProfile(Profile(name="?"), tuple(files), origin, merged)
         raise lp.error(*bad)
     try:
-        profile = Profile.model_validate(merged)
-    except ValidationError as err:
-        first = err.errors()[0]
-        where = _loc_to_key(first["loc"])
-        msg = first["msg"].removeprefix("Value error, ")
-        if first["type"] == "extra_forbidden":
-            msg = "unknown key (not part of the profile schema)"
-        got = first.get("input")
-        if first["type"] != "extra_forbidden" and not isinstance(got, dict | list) \
-                and repr(got) not in msg:
-            msg += f" (got {got!r})"
-        more = len(err.errors()) - 1
-        if more:
-            msg += f"; and {more} more error{'s' if more > 1 else ''}"
-        lp = LoadedProfile(Profile.model_construct(name="?"), tuple(files), origin, merged)
+        # strict=False: '5' for an int, 1.0 for 1, 0/1 and 'true'/'false' for a boolean, as
+        # operators write them (never a boolean for a number, nor a number for a string)
+        profile = msgspec.convert(merged, Profile, strict=False)
+    except msgspec.ValidationError as err:
+        from hosttune.profile.explain import explain
+
+        where, msg = explain(err, merged, Profile)
+        lp = LoadedProfile(Profile(name="?"), tuple(files), origin, merged)
         raise lp.error(where, msg) from err
     cache.store(key, stamps, cache.Entry(profile, files, origin, merged))
     return LoadedProfile(profile, tuple(files), origin, merged)

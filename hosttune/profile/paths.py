@@ -1,4 +1,4 @@
-"""Path rules of the profile (no pydantic: the audit path imports this)."""
+"""Path rules of the profile (the schema and the cuda_env family share them)."""
 
 from __future__ import annotations
 

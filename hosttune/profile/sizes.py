@@ -83,7 +83,7 @@ _MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]{0,199}$")
 
 def check_model_name(v: str) -> str:
     """A model's file name in the store (the schema's models.declared[].name and `models load
-    --name`); here, not in schema.py, so the store's lean start needs no pydantic."""
+    --name`)."""
     if not _MODEL_NAME_RE.match(v):
         raise ValueError(f"model name {v!r}: use letters, digits and ._+- (not starting with "
                          "a dot or a dash, at most 200 characters)")
