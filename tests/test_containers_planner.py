@@ -81,6 +81,17 @@ def test_a_cpuset_that_does_not_parse_is_refused_and_the_others_checked(ryzen: P
     assert [format_cpulist(w.cpus) for w in plan.workers if w.kind == "cpu"] == ["0-3,16-19"]
 
 
+def test_hand_made_cpusets_without_a_count_are_one_worker_each(ryzen: Path) -> None:
+    plan = plan_workload(Host(ryzen).facts, wl(cpu_workers={
+        "cpusets": ["0-3,16-19", "4-7,20-23"], "memory": "4GiB"}))
+    assert plan.ok, plan.refusals
+    assert cpus_of(plan) == ["0-3,16-19", "4-7,20-23"]
+    # a count that disagrees is still refused
+    plan = plan_workload(Host(ryzen).facts, wl(cpu_workers={
+        "count": 3, "cpusets": ["0-3,16-19", "4-7,20-23"], "memory": "4GiB"}))
+    assert "cpu_workers.cpusets lists 2 cpuset(s) for 3 worker(s)" in plan.refusals
+
+
 def test_seed_pinning_in_a_profile_is_refused(ryzen: Path) -> None:
     plan = plan_workload(Host(ryzen).facts, wl(
         cpu_workers={"cpusets": ["0-7", "8-15", "16-23"], "count": 3, "memory": "6GiB"},

@@ -414,15 +414,14 @@ def _cpu_worker_count(wl: WorkloadSection, doms: list[_Domain],
     reserved_cores = sum(r.cores for r in reservations)
     if spec.cpusets is not None:
         n_cpu = len(spec.cpusets)
-        if spec.count not in ("auto", n_cpu):
+        if spec.count not in (None, "auto", n_cpu):
             log.refuse(f"cpu_workers.cpusets lists {n_cpu} cpuset(s) for {spec.count} "
                        "worker(s)")
     elif spec.count == "auto":
         probe = _place_reservations(doms, reservations, _Shape("in-domain", 1, 1))
         n_cpu = sum(1 for i in range(len(doms)) if probe and probe[0][i] > 0)
     else:
-        assert isinstance(spec.count, int)
-        n_cpu = spec.count
+        n_cpu = spec.count or 0
     if n_cpu == 0 and wl.gpu_workers.count == 0:
         log.refuse("the workload asks for no workers (cpu_workers.count and gpu_workers.count "
                    "are 0)")

@@ -556,8 +556,9 @@ class _Workers(Section, frozen=True):
 
 
 class CpuWorkers(_Workers, frozen=True):
-    # llama.cpp CPU workers; 'auto' = one per L3 domain (CCD) left free
-    count: int | Literal["auto"] = 0
+    # llama.cpp CPU workers; 'auto' = one per L3 domain (CCD) left free; unset: one per
+    # hand-made cpuset, else none
+    count: int | Literal["auto"] | None = None
     # physical cores per worker; 'auto' = the largest equal share that keeps each worker inside one
     # L3 domain (or whole L3 domains of one NUMA node)
     cores: int | Literal["auto"] = "auto"
