@@ -1,0 +1,51 @@
+#!/usr/bin/env python3
+"""`hosttune audit --json` of two installs side by side, interleaved (this machine is noisy).
+
+Each install is a virtualenv made the way the README does it (`python3 -m venv V && V/bin/pip
+install SRC`), so neither pays for an editable-install finder or other .pth files of the
+developer's interpreter. One round runs `python -c pass` (the floor), then each install once.
+Usage: bench/audit_ab.py [-n 30] VENV_A VENV_B
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import time
+
+
+def timed(argv: list[str], env: dict[str, str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
+                   cwd="/", check=False)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-n", type=int, default=30)
+    ap.add_argument("venvs", nargs=2)
+    args = ap.parse_args()
+    # PYTHONPATH would make both runs import the same checkout; PYTHONDONTWRITEBYTECODE would
+    # recompile every module on every run
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
+    cmds = {"python -c pass": [f"{args.venvs[0]}/bin/python", "-c", "pass"]}
+    cmds.update({v: [f"{v}/bin/hosttune", "audit", "--json"] for v in args.venvs})
+    for argv in cmds.values():  # warm the page cache and write the profile caches
+        timed(argv, env)
+    times: dict[str, list[float]] = {k: [] for k in cmds}
+    for _ in range(args.n):
+        for k, argv in cmds.items():
+            times[k].append(timed(argv, env))
+    print(f"{'command':<40} {'median':>8} {'min':>8} {'max':>8}   (seconds, n={args.n})")
+    for k, ts in times.items():
+        print(f"{k:<40} {statistics.median(ts):8.3f} {min(ts):8.3f} {max(ts):8.3f}")
+    a, b = (statistics.median(times[v]) for v in args.venvs)
+    print(f"B / A = {b / a:.3f}")
+
+
+if __name__ == "__main__":
+    main()
