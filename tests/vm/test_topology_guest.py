@@ -120,7 +120,9 @@ run build docker build -q -t hosttune-topo:scratch /tmp/img
 t image
 run plan.json hosttune containers plan -p ./topo.yaml --json
 run compose hosttune containers compose -p ./topo.yaml -o $o/compose.yml
-run up docker-compose -f $o/compose.yml -p httopo up -d
+# compose waits 60 s for each dockerd answer by default; under TCG on a loaded host dockerd took
+# longer to create the two containers (they were up, compose had given up: "Read timed out")
+run up env COMPOSE_HTTP_TIMEOUT=600 docker-compose -f $o/compose.yml -p httopo up -d
 run update-mems python3 set_mems.py $o/plan.json
 t up
 run verify.json hosttune containers verify -p ./topo.yaml --json
