@@ -12,15 +12,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
-import time
 
-
-def timed(argv: list[str], env: dict[str, str]) -> float:
-    t0 = time.perf_counter()
-    subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                   cwd="/", check=False)
-    return time.perf_counter() - t0
+from audit_time import interleaved, print_table  # bench/ is sys.path[0]
 
 
 def main() -> None:
@@ -34,15 +27,8 @@ def main() -> None:
            if k not in ("PYTHONPATH", "PYTHONDONTWRITEBYTECODE")}
     cmds = {"python -c pass": [f"{args.venvs[0]}/bin/python", "-c", "pass"]}
     cmds.update({v: [f"{v}/bin/hosttune", "audit", "--json"] for v in args.venvs})
-    for argv in cmds.values():  # warm the page cache and write the profile caches
-        timed(argv, env)
-    times: dict[str, list[float]] = {k: [] for k in cmds}
-    for _ in range(args.n):
-        for k, argv in cmds.items():
-            times[k].append(timed(argv, env))
-    print(f"{'command':<40} {'median':>8} {'min':>8} {'max':>8}   (seconds, n={args.n})")
-    for k, ts in times.items():
-        print(f"{k:<40} {statistics.median(ts):8.3f} {min(ts):8.3f} {max(ts):8.3f}")
+    times = interleaved(cmds, env, args.n, cwd="/")
+    print_table(times, 40)
     a, b = (statistics.median(times[v]) for v in args.venvs)
     print(f"B / A = {b / a:.3f}")
 

@@ -23,10 +23,30 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 
-def timed(argv: list[str], env: dict[str, str]) -> float:
+def interleaved(cmds: dict[str, list[str]], env: dict[str, str], n: int,
+                cwd: str | None = None) -> dict[str, list[float]]:
+    """Each command once per round, n rounds, after one warm-up run each (the page cache and
+    the profile cache), so machine noise hits all of them alike."""
+    for argv in cmds.values():
+        timed(argv, env, cwd)
+    res: dict[str, list[float]] = {k: [] for k in cmds}
+    for _ in range(n):
+        for k, argv in cmds.items():
+            res[k].append(timed(argv, env, cwd))
+    return res
+
+
+def print_table(res: dict[str, list[float]], width: int) -> None:
+    n = len(next(iter(res.values())))
+    print(f"{'command':<{width}} {'median':>8} {'min':>8} {'max':>8}   (seconds, n={n})")
+    for k, v in res.items():
+        print(f"{k:<{width}} {statistics.median(v):8.3f} {min(v):8.3f} {max(v):8.3f}")
+
+
+def timed(argv: list[str], env: dict[str, str], cwd: str | None = None) -> float:
     t0 = time.perf_counter()
     subprocess.run(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-                   check=False)
+                   cwd=cwd, check=False)
     return time.perf_counter() - t0
 
 
@@ -47,15 +67,8 @@ def main() -> None:
         "audit-tree": [py, "-m", "hosttune", "audit", "--json", "--root", str(tree)],
         "audit-table": [py, "-m", "hosttune", "audit"],
     }
-    for argv in cmds.values():  # warm the page cache and the profile cache
-        timed(argv, env)
-    res: dict[str, list[float]] = {k: [] for k in cmds}
-    for _ in range(args.n):
-        for k, argv in cmds.items():
-            res[k].append(timed(argv, env))
-    print(f"{'command':<12} {'median':>8} {'min':>8} {'max':>8}   (seconds, n={args.n})")
-    for k, v in res.items():
-        print(f"{k:<12} {statistics.median(v):8.3f} {min(v):8.3f} {max(v):8.3f}")
+    res = interleaved(cmds, env, args.n)
+    print_table(res, 12)
     base = statistics.median(res["python"])
     for k in ("audit", "audit-tree", "audit-table"):
         print(f"{k} / python = {statistics.median(res[k]) / base:.2f}x")
