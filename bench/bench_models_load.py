@@ -2,8 +2,9 @@
 
 The ceiling: a minimal Python process that creates a new file on the same hugetlbfs mount,
 maps it MAP_SHARED and has one thread per CPU `preadv` the page-cached source straight into
-the mapping, 32 MiB at a time (it pays the kernel's zeroing of every fresh huge page, as a load
-does). The load: `python3 -m hosttune models load SRC --mount M --json`, checksum on and off.
+the mapping, 32 MiB at a time (it pays the kernel's zeroing of every fresh huge page; a load
+that fills its pages with UFFDIO_COPY does not - each arm's "fill" says how it copied). The
+load: `python3 -m hosttune models load SRC --mount M --json`, checksum on and off.
 Both are separate processes started the same way (same interpreter, site and PYTHONPATH).
 
 Per size, every round runs each arm once, in an order rotated each round (drift on this shared
@@ -80,6 +81,12 @@ print(time.perf_counter() - t0)
 """
 
 
+# `hosttune models load` with userfaultfd unavailable (as on an architecture without it, or
+# under a seccomp filter): the store's pages are faulted (zeroed) and filled by preadv.
+PREADV_LOAD = ("import sys; from hosttune.models import kernel; kernel._SYS_USERFAULTFD.clear(); "
+               "sys.argv[0] = 'hosttune'; from hosttune.cli import main; main()")
+
+
 @contextlib.contextmanager
 def hugetlbfs_scratch(pages: int, prefix: str) -> Iterator[tuple[str, str]]:
     """(scratch dir under /var/tmp, a 2 MiB hugetlbfs mounted at <dir>/store) with the pool
@@ -139,17 +146,20 @@ def _child_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_arm(arm: str, src: str, mnt: str, env: dict[str, str]) -> tuple[float, float, float]:
-    """(whole-process seconds, in-process seconds, CPU seconds of the process) of one run;
-    the stored file is removed afterwards (outside the timing)."""
-    dst = os.path.join(mnt, "bench-" + arm.replace(" --", "-"))
+def run_arm(arm: str, src: str, mnt: str,
+            env: dict[str, str]) -> tuple[float, float, float, str]:
+    """(whole-process seconds, in-process seconds, CPU seconds of the process, how the load
+    filled the pages) of one run; the stored file is removed afterwards (outside the timing)."""
+    dst = os.path.join(mnt, "bench-" + "".join(c for c in arm if c.isalnum()))
     if arm == "ceiling":
         argv = [sys.executable, "-c", CEILING, src, dst]
     else:
-        argv = [sys.executable, "-m", "hosttune", "models", "load", src, "--mount", mnt,
-                "--name", os.path.basename(dst), "--json"]
+        load = ["models", "load", src, "--mount", mnt, "--name", os.path.basename(dst), "--json"]
+        argv = [sys.executable, "-m", "hosttune", *load]
         if arm == "load --no-checksum":
             argv.append("--no-checksum")
+        elif arm == "load (preadv)":  # as where userfaultfd is unavailable
+            argv = [sys.executable, "-c", PREADV_LOAD, *load]
     c0 = _child_cpu()
     t0 = time.perf_counter()
     r = subprocess.run(argv, capture_output=True, text=True, env=env, check=False)
@@ -158,11 +168,12 @@ def run_arm(arm: str, src: str, mnt: str, env: dict[str, str]) -> tuple[float, f
     try:
         if r.returncode != 0:
             raise RuntimeError(f"{arm} failed ({r.returncode}): {r.stderr.strip()}")
-        inner = float(r.stdout) if arm == "ceiling" else float(json.loads(r.stdout)["seconds"])
+        out = {"seconds": r.stdout, "fill": "preadv"} if arm == "ceiling" else json.loads(r.stdout)
+        inner, fill = float(out["seconds"]), str(out["fill"])
     finally:
         if os.path.exists(dst):
             os.unlink(dst)
-    return whole, inner, cpu
+    return whole, inner, cpu, fill
 
 
 def bench_size(size: int, mnt: str, tmp: str, rounds: int, env: dict[str, str]) -> dict:
@@ -171,14 +182,14 @@ def bench_size(size: int, mnt: str, tmp: str, rounds: int, env: dict[str, str]) 
     with open(src, "wb") as fh:
         for _ in range(size // len(block)):
             fh.write(block)
-    arms = ["ceiling", "load", "load --no-checksum"]
+    arms = ["ceiling", "load", "load --no-checksum", "load (preadv)"]
     try:
         with open(src, "rb") as fh:  # into the page cache
             while fh.read(64 << 20):
                 pass
         for arm in arms:  # warm-up: fresh pool pages, interpreter caches
             run_arm(arm, src, mnt, env)
-        t: dict[str, list[tuple[float, float, float]]] = {a: [] for a in arms}
+        t: dict[str, list[tuple[float, float, float, str]]] = {a: [] for a in arms}
         for r in range(rounds):
             for arm in arms[r % len(arms):] + arms[:r % len(arms)]:
                 t[arm].append(run_arm(arm, src, mnt, env))
@@ -191,7 +202,8 @@ def bench_size(size: int, mnt: str, tmp: str, rounds: int, env: dict[str, str]) 
         out[a] = {"whole_s": round(w, 4), "inner_s": round(i, 4),
                   "inner_gbps": round(size / i / 1e9, 2), "cpu_s": round(c, 4),
                   "whole_ratio": round(cw / w, 3), "inner_ratio": round(ci / i, 3),
-                  "cpu_ratio": round(cc / c, 3)}
+                  "cpu_ratio": round(cc / c, 3),
+                  "fill": "/".join(sorted({x[3] for x in t[a]}))}
     return out
 
 

@@ -98,6 +98,8 @@ ALLOWED: dict[tuple[str, str, str], str] = {
         "a mapping of a descriptor the door opened",
     ("hosttune/models/store.py", "_map_store_file", "mmap.mmap"):
         "a mapping of a descriptor the door opened",
+    ("hosttune/models/store.py", "__init__", "mmap.mmap"):
+        "anonymous memory (fd -1, no file): a copy thread's page-sized buffer",
     ("hosttune/models/shim.py", "build_shim", "src.is_file"): "the package's shim source",
     ("hosttune/bench/report.py", "run_bench", "os.path.exists"):
         "live-only bench: model and program paths named on the command line",

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from hosttune.host import Host
-from hosttune.models import store
+from hosttune.models import kernel, store
 from hosttune.models.trailer import TRAILER_LEN, stored_size
-from tests.conftest import run_cli
+from tests.conftest import need, run_cli
 from tests.models_helpers import (
     POOL_PAGES,
     counters,
@@ -48,6 +48,34 @@ def write_gguf(path, n_tensors: int = 3, elems: int = 400_000) -> dict[str, np.n
 
 def mount_of(hs) -> store.StoreMount:
     return store.resolve_mount(Host("/"), None, str(hs.mount))
+
+
+def userfaultfd_here() -> bool:
+    """Whether this kernel lets us fill a shared hugetlbfs mapping with UFFDIO_COPY (it
+    does on the CI machine: Linux 6.18, root)."""
+    import mmap
+
+    m = mmap.mmap(-1, 2 * MiB)
+    try:
+        f = kernel.PageFiller.register(kernel.buffer_address(m), 2 * MiB)
+    finally:
+        m.close()
+    if f is None:
+        return False
+    f.close()
+    return True
+
+
+@pytest.fixture(params=["userfaultfd", "preadv"])
+def fill(request, monkeypatch) -> str:
+    """Both ways a load fills the store's pages: UFFDIO_COPY from each thread's buffer, and
+    preadv straight into the mapping where userfaultfd is unavailable (here: an architecture
+    without it, as a seccomp filter or an older kernel would leave it)."""
+    if request.param == "userfaultfd":
+        need(userfaultfd_here(), "userfaultfd(2) is unavailable on this kernel")
+    else:
+        monkeypatch.setattr(kernel, "_SYS_USERFAULTFD", {})
+    return request.param
 
 
 def test_gguf_load_list_verify_unload(hugestore, tmp_path, shim_so):
@@ -122,11 +150,11 @@ def test_verify_detects_corruption(hugestore, tmp_path):
     hugestore.assert_clean()
 
 
-def test_exact_multiple_gets_one_more_page(hugestore, tmp_path):
+def test_exact_multiple_gets_one_more_page(hugestore, tmp_path, fill):
     src = tmp_path / "exact.bin"
     src.write_bytes(os.urandom(4 * MiB))
     res = store.load_model(Host("/"), str(src), mount_of(hugestore), checksum=False)
-    assert res.model.stored_size == 6 * MiB and res.model.pages == 3
+    assert res.model.stored_size == 6 * MiB and res.model.pages == 3 and res.fill == fill
     with open(hugestore.mount / "exact.bin", "rb") as fh:
         assert fh.read(4 * MiB) == src.read_bytes()
         assert fh.read(2 * MiB - TRAILER_LEN) == bytes(2 * MiB - TRAILER_LEN)
@@ -136,12 +164,14 @@ def test_exact_multiple_gets_one_more_page(hugestore, tmp_path):
     hugestore.assert_clean()
 
 
-def test_node_placement(hugestore, tmp_path):
+def test_node_placement(hugestore, tmp_path, fill):
     src = tmp_path / "n.bin"
     src.write_bytes(os.urandom(5 * MiB))
     h = Host("/")
     res = store.load_model(h, str(src), mount_of(hugestore), node=0)
-    assert res.model.pages_per_node == {0: 3}
+    assert res.model.pages_per_node == {0: 3} and res.fill == fill
+    with open(hugestore.mount / "n.bin", "rb") as fh:
+        assert fh.read(5 * MiB) == src.read_bytes()
     assert counters()["node0/free_hugepages"] == hugestore.baseline["node0/free_hugepages"] - 3
     store.unload_model(h, res.model)
     hugestore.assert_clean()
@@ -318,9 +348,10 @@ def test_keyboard_interrupt_cli(hugestore, tmp_path):
     hugestore.assert_clean()
 
 
-def test_fused_checksum_is_the_tree_checksum(hugestore, tmp_path):
+def test_fused_checksum_is_the_tree_checksum(hugestore, tmp_path, fill):
     """The checksum computed piece by piece during the copy is the reference tree checksum
-    (what the two-pass copy of earlier versions recorded), with leaves and pieces cut short."""
+    (what the two-pass copy of earlier versions recorded), with leaves and pieces cut short;
+    the stored bytes are the source's, then zeros up to the trailer."""
     from hosttune.models.checksum import LEAF_LOG2, checksum_bytes
 
     data = os.urandom(40 * MiB + 12345)
@@ -329,15 +360,20 @@ def test_fused_checksum_is_the_tree_checksum(hugestore, tmp_path):
     for threads in (1, 2):
         res = store.load_model(Host("/"), str(src), mount_of(hugestore), threads=threads,
                                replace=True)
+        assert res.fill == fill
         tr = res.model.trailer
         assert tr is not None and tr.leaf_log2 == LEAF_LOG2
         assert tr.checksum == checksum_bytes(data)
         assert store.verify_model(Host("/"), res.model).ok
+        with open(hugestore.mount / "m.bin", "rb") as fh:
+            assert fh.read(len(data)) == data
+            pad = res.model.stored_size - len(data) - TRAILER_LEN
+            assert fh.read(pad) == bytes(pad)
     store.unload_model(Host("/"), res.model)
     hugestore.assert_clean()
 
 
-def test_verify_finds_a_changed_byte_anywhere(hugestore, tmp_path):
+def test_verify_finds_a_changed_byte_anywhere(hugestore, tmp_path, fill):
     """Piece and leaf edges, the last data byte, the padding and the trailer, on hugetlbfs."""
     import mmap
 

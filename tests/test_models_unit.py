@@ -400,3 +400,13 @@ def test_lean_start_imports(tmp_path):
     r, mods = run("load", str(tmp_path / "none.bin"), "--mount", str(tmp_path), "--json")
     assert r.returncode == 2 and "not hugetlbfs" in r.stderr
     assert not mods & (heavy - {"rich"})
+
+
+def test_userfaultfd_ioctl_numbers():
+    """The request numbers <linux/userfaultfd.h> gives (_IOWR(0xAA, nr, struct)) on x86-64 and
+    arm64: a wrong size in one of the structs would change them."""
+    from hosttune.models import kernel
+
+    assert kernel._UFFDIO_API == 0xC018AA3F
+    assert kernel._UFFDIO_REGISTER == 0xC020AA00
+    assert kernel._UFFDIO_COPY == 0xC028AA03

@@ -169,13 +169,13 @@ def _load(file: str, name: str | None, mount: str | None, node: int | None, repl
         emit_json({"model": md.to_json(), "seconds": res.seconds, "threads": res.threads,
                    "rate_bytes_per_s": res.rate_bytes_per_s,
                    "copy_seconds": res.copy_seconds, "copy_rate_bytes_per_s": copy_rate,
-                   "replaced": res.replaced})
+                   "fill": res.fill, "replaced": res.replaced})
         return EXIT_OK
     sys.stdout.write(
         f"stored {md.path}: {_fmt(md.true_size)} in {md.pages} pages of {_fmt(md.page_size)}"
         f"{' · replaced' if res.replaced else ''} · pages {_nodes(md)}\n"
         f"copied at {_gbps(copy_rate)} ({res.copy_seconds:.2f} s"
-        f"{', checksum on the way' if checksum else ''}); whole load "
+        f"{', checksum on the way' if checksum else ''}, {res.fill}); whole load "
         f"{_gbps(res.rate_bytes_per_s)} ({res.seconds:.2f} s, {res.threads} threads)\n")
     return EXIT_OK
 

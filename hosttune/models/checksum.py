@@ -2,9 +2,9 @@
 order), then xxh3-64 of the leaf digests in file order. A tree, so parallel copying does not
 serialise on one running hash state.
 
-The copy hashes each leaf as it goes: a thread reads a PIECE (2 MiB) of its leaf into the
-store mapping and feeds that piece to the leaf's streaming xxh3 state while it is still in the
-core's cache, then reads the next piece. Streaming xxh3 gives the same digest as the one-shot
+The copy hashes each leaf as it goes: a thread reads a PIECE (2 MiB) of its leaf into its
+page buffer (for UFFDIO_COPY) or straight into the store mapping and feeds that piece to the
+leaf's streaming xxh3 state while it is still in the core's cache, then reads the next piece. Streaming xxh3 gives the same digest as the one-shot
 hash of the whole leaf, so the checksum (and the trailer that records it) is exactly what
 earlier versions wrote with a second pass over each 32 MiB leaf. Measured side by side on a
 2-vCPU VM (bench/bench_checksum_pieces.py, docs/benchmarks.md): the second pass cost ~25% of the

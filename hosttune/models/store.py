@@ -40,6 +40,8 @@ from hosttune.profile.sizes import (
 )
 
 if TYPE_CHECKING:
+    import xxhash
+
     from hosttune.host import Host
     from hosttune.profile.schema import Profile
 
@@ -444,6 +446,7 @@ class LoadResult:
     replaced: bool
     threads: int
     copy_seconds: float = 0.0  # the copy (and checksum) alone
+    fill: str = "preadv"  # how the pages were filled: "userfaultfd" or "preadv"
 
     @property
     def rate_bytes_per_s(self) -> float:
@@ -489,6 +492,8 @@ class _Copy:
     node: int | None
     checksum: bool
     preallocate: bool
+    filler: kernel.PageFiller | None = None  # UFFDIO_COPY into the mapping, else preadv
+    dst_addr: int = 0  # the mapping's address (for the filler)
     next_chunk: int = 0
     done: int = 0
     cancel: threading.Event = field(default_factory=threading.Event)
@@ -505,45 +510,98 @@ class _Copy:
             return i
 
     def worker(self) -> None:
+        bounce: _Bounce | None = None
         try:
             if self.node is not None:
                 kernel.set_mempolicy_bind(self.node)
+            if self.filler is not None:
+                bounce = _Bounce(self.filler)
             while (i := self.take()) is not None:
                 off = i * self.chunk
                 n = min(self.chunk, self.size - off)
-                if self.preallocate:
+                if self.preallocate and self.filler is None:
                     # Allocate the chunk's pages first (on the bound node): ENOMEM/ENOSPC
                     # here instead of SIGBUS on the first touch through the mapping.
+                    # (UFFDIO_COPY allocates each page itself and returns ENOMEM.)
                     kernel.fallocate(self.dst_fd, off, n)
-                h = new_leaf() if self.checksum else None
-                p = 0
-                while p < n:
-                    # one piece: read it into the mapping, hash it while it is in cache
-                    k = min(PIECE, n - p)
-                    part = self.view[off + p:off + p + k]
-                    try:
-                        got = 0
-                        while got < k:
-                            r = os.preadv(self.src_fd, [part[got:]], off + p + got)
-                            if r == 0:
-                                raise ModelStoreError("the source file shrank during the copy")
-                            got += r
-                        if h is not None:
-                            h.update(part)
-                    finally:
-                        part.release()
-                    p += k
-                    with self.lock:
-                        self.done += k
-                    if self.cancel.is_set():
-                        return
-                if h is not None:
-                    with self.lock:
-                        self.digests[i] = h.intdigest()
+                if not self._leaf(i, off, n, bounce):
+                    return
         except BaseException as err:  # reported by the main thread
             with self.lock:
                 self.errors.append(err)
             self.cancel.set()
+        finally:
+            if bounce is not None:
+                bounce.close()
+
+    def _leaf(self, i: int, off: int, n: int, bounce: _Bounce | None) -> bool:
+        """Copy (and hash) leaf ``i``, one piece at a time; False if cancelled."""
+        h = new_leaf() if self.checksum else None
+        p = 0
+        while p < n:
+            k = min(PIECE, n - p)
+            if bounce is None:
+                self._piece_preadv(off + p, k, h)
+            else:
+                self._piece_filled(off + p, k, h, bounce)
+            p += k
+            with self.lock:
+                self.done += k
+            if self.cancel.is_set():
+                return False
+        if h is not None:
+            with self.lock:
+                self.digests[i] = h.intdigest()
+        return True
+
+    def _piece_preadv(self, at: int, k: int, h: xxhash.xxh3_64 | None) -> None:
+        # read the piece into the mapping (the kernel zeroes each fresh page first), hash it
+        # while it is in cache
+        part = self.view[at:at + k]
+        try:
+            _read_exact(self.src_fd, part, at)
+            if h is not None:
+                h.update(part)
+        finally:
+            part.release()
+
+    def _piece_filled(self, at: int, k: int, h: xxhash.xxh3_64 | None, bounce: _Bounce) -> None:
+        # read the piece into this thread's page-sized buffer (it stays in cache), hash it
+        # there, and have the kernel fill the store page from it without zeroing the page
+        part = bounce.view[:k]
+        try:
+            _read_exact(self.src_fd, part, at)
+            if h is not None:
+                h.update(part)
+        finally:
+            part.release()
+        if k < PIECE:  # the file's last page: zero padding after the data
+            bounce.view[k:] = bytes(PIECE - k)
+        bounce.filler.copy(self.dst_addr + at, bounce.addr, PIECE)
+
+
+def _read_exact(fd: int, buf: memoryview, at: int) -> None:
+    got, k = 0, len(buf)
+    while got < k:
+        r = os.preadv(fd, [buf[got:]], at + got)
+        if r == 0:
+            raise ModelStoreError("the source file shrank during the copy")
+        got += r
+
+
+class _Bounce:
+    """One copy thread's page-sized buffer for UFFDIO_COPY (anonymous memory, reused for
+    every piece, so it stays in the core's cache)."""
+
+    def __init__(self, filler: kernel.PageFiller) -> None:
+        self.filler = filler
+        self.mm = mmap.mmap(-1, PIECE)
+        self.addr = kernel.buffer_address(self.mm)
+        self.view = memoryview(self.mm)
+
+    def close(self) -> None:
+        self.view.release()
+        self.mm.close()
 
 
 def load_model(
@@ -650,8 +708,8 @@ def _load_fd(host: Host, source: str, src_fd: int, mount: StoreMount, mdir: str,
     t0 = time.monotonic()
     dst_fd = host.open_fd(tmp_hp, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644, regular=False)
     try:
-        tr, per_node, copy_s = _fill_store_file(host, plan, src_fd, dst_fd, tmp, checksum,
-                                                nthreads, progress)
+        tr, per_node, copy_s, fill = _fill_store_file(host, plan, src_fd, dst_fd, tmp,
+                                                      checksum, nthreads, progress)
         if node is not None and per_node and set(per_node) - {node}:
             raise ModelStoreError(f"pages of {name} landed outside node {node}: {per_node}")
         replaced = _publish(host, plan, tmp_hp, final_hp, replace)
@@ -668,22 +726,24 @@ def _load_fd(host: Host, source: str, src_fd: int, mount: StoreMount, mdir: str,
         progress(LoadProgress(plan.size, plan.size, copy_s))
     model = StoredModel(name, mount.path, plan.size, plan.total, plan.page, tr,
                         pages_per_node=per_node)
-    return LoadResult(model, seconds, replaced, nthreads, copy_s)
+    return LoadResult(model, seconds, replaced, nthreads, copy_s, fill)
 
 
 def _fill_store_file(host: Host, plan: _LoadPlan, src_fd: int, dst_fd: int, tmp: str,
                      checksum: bool, nthreads: int,
-                     progress: Progress | None) -> tuple[Trailer, dict[int, int] | None, float]:
+                     progress: Progress | None
+                     ) -> tuple[Trailer, dict[int, int] | None, float, str]:
     """Map the store file, copy the source into it and write the trailer: (trailer, pages per
-    node, seconds of the copy). The mapping is gone when this returns or raises, so that no
-    view of it outlives the file's removal."""
+    node, seconds of the copy, how the pages were filled). The mapping is gone when this
+    returns or raises, so that no view of it outlives the file's removal."""
     mm = _map_store_file(dst_fd, plan)
     view: memoryview | None = None
     try:
         view = memoryview(mm)
         job = _Copy(src_fd, dst_fd, view, plan.size, 1 << LEAF_LOG2, plan.node, checksum,
                     preallocate=plan.node is not None)
-        copy_s = _run_copy(job, nthreads, plan, progress)
+        copy_s = _copy_into(job, mm, nthreads, plan, progress)
+        fill = "preadv" if job.filler is None else "userfaultfd"
         _check_source_unchanged(plan, src_fd)
         if plan.node is not None:
             _allocate_tail_on_node(plan, dst_fd)
@@ -699,7 +759,21 @@ def _fill_store_file(host: Host, plan: _LoadPlan, src_fd: int, dst_fd: int, tmp:
         if view is not None:
             view.release()
         mm.close()
-    return tr, per_node, copy_s
+    return tr, per_node, copy_s, fill
+
+
+def _copy_into(job: _Copy, mm: mmap.mmap, nthreads: int, plan: _LoadPlan,
+               progress: Progress | None) -> float:
+    """Run the copy, through UFFDIO_COPY where the kernel offers it for this mapping (2 MiB
+    pages: the threads' buffers are one page), else with preadv straight into the mapping."""
+    if plan.page == PIECE:
+        job.dst_addr = kernel.buffer_address(mm)
+        job.filler = kernel.PageFiller.register(job.dst_addr, plan.total)
+    try:
+        return _run_copy(job, nthreads, plan, progress)
+    finally:
+        if job.filler is not None:
+            job.filler.close()  # before anything touches the mapping again (the trailer)
 
 
 def _map_store_file(dst_fd: int, plan: _LoadPlan) -> mmap.mmap:
