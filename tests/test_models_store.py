@@ -503,3 +503,50 @@ def test_1g_page_store(gigstore, tmp_path, shim_so):
     assert r.returncode == 0 and "back in the pool" in r.stdout, r.stderr
     assert int(open(f"{GIG}/free_hugepages").read()) == free0
     assert os.listdir(gigstore) == []
+
+
+def test_registered_range_never_hangs_a_stray_touch(hugestore):
+    """While a store file's range is registered for UFFDIO_COPY, a touch of a page not filled
+    yet is SIGBUS (UFFD_FEATURE_SIGBUS), not a fault waiting forever for a handler that does
+    not exist; a filled page reads back; after close() the mapping behaves as usual."""
+    need(userfaultfd_here(), "userfaultfd(2) is unavailable on this kernel")
+    path = hugestore.mount / "stray"
+    code = f"""
+import mmap, os
+from hosttune.models import kernel
+fd = os.open({str(path)!r}, os.O_RDWR | os.O_CREAT, 0o600)
+os.ftruncate(fd, 4 << 20)
+m = mmap.mmap(fd, 4 << 20, flags=mmap.MAP_SHARED)
+buf = mmap.mmap(-1, 2 << 20)
+buf[:5] = b"hello"
+f = kernel.PageFiller.register(kernel.buffer_address(m), 4 << 20)
+assert f is not None
+f.copy(kernel.buffer_address(m), kernel.buffer_address(buf), 2 << 20)
+assert m[:5] == b"hello" and m[(2 << 20) - 1] == 0
+if MODE == "close":
+    f.close()
+    assert m[(2 << 20) + 1] == 0
+    print("ok")
+else:
+    print("touching", flush=True)
+    m[(2 << 20) + 1]
+"""
+    try:
+        r = py('MODE = "touch"\n' + code, timeout=60)
+        assert r.returncode == -signal.SIGBUS and r.stdout == "touching\n", r.stderr
+        os.unlink(path)
+        r = py('MODE = "close"\n' + code, timeout=60)
+        assert r.returncode == 0 and r.stdout == "ok\n", r.stderr
+    finally:
+        if path.exists():
+            os.unlink(path)
+    hugestore.assert_clean()
+
+
+def test_filler_refused_range_falls_back(tmp_path):
+    """A range the kernel will not register (here: nothing is mapped there) gives no filler,
+    and its descriptor is closed: the load then copies with preadv."""
+    need(userfaultfd_here(), "userfaultfd(2) is unavailable on this kernel")
+    before = len(os.listdir("/proc/self/fd"))
+    assert kernel.PageFiller.register(1 << 46, 2 * MiB) is None
+    assert len(os.listdir("/proc/self/fd")) == before
