@@ -2,17 +2,18 @@
 order), then xxh3-64 of the leaf digests in file order. A tree, so parallel copying does not
 serialise on one running hash state.
 
-The copy hashes each leaf as it goes: a thread reads a PIECE (2 MiB) of its leaf into its
-page buffer (for UFFDIO_COPY) or straight into the store mapping and feeds that piece to the
-leaf's streaming xxh3 state while it is still in the core's cache, then reads the next piece. Streaming xxh3 gives the same digest as the one-shot
-hash of the whole leaf, so the checksum (and the trailer that records it) is exactly what
-earlier versions wrote with a second pass over each 32 MiB leaf. Measured side by side on a
-2-vCPU VM (bench/bench_checksum_pieces.py, docs/benchmarks.md): the second pass cost ~25% of the
-copy rate; hashing pieces in cache costs what xxh3 costs (~45-60 GB/s per core here, against a
-copy of ~6-7 GB/s per core: ~10-15%). 2 MiB pieces - one fresh huge page per preadv - used the
-least CPU; 256-512 KiB pieces paid more in Python-level iterations and preadv calls than they
-gained in cache hits. xxhash releases the GIL in streaming ``update`` (every version since 3;
-xxhash 4 also in the one-shot functions above 64 KiB), so the copy threads hash in parallel.
+The copy hashes each leaf as it goes: a thread reads a PIECE (2 MiB) of its leaf into its page
+buffer (for UFFDIO_COPY) or straight into the store mapping and feeds that piece to the leaf's
+streaming xxh3 state while it is still in the core's cache, then reads the next piece.
+Streaming xxh3 gives the same digest as the one-shot hash of the whole leaf, so the checksum
+(and the trailer that records it) is exactly what earlier versions wrote with a second pass
+over each 32 MiB leaf. Measured side by side on a 2-vCPU VM (bench/bench_checksum_pieces.py,
+docs/benchmarks.md): the second pass cost ~25% of the copy rate; hashing pieces in cache costs
+what xxh3 costs (~45-60 GB/s per core here, against a copy of ~6-7 GB/s per core: ~10-15%).
+2 MiB pieces - one fresh huge page per preadv - used the least CPU; 256-512 KiB pieces paid
+more in Python-level iterations and preadv calls than they gained in cache hits. xxhash releases the
+GIL in streaming ``update`` (every version since 3; xxhash 4 also in the one-shot functions
+above 64 KiB), so the copy threads hash in parallel.
 """
 
 from __future__ import annotations

@@ -595,7 +595,7 @@ class _Bounce:
 
     def __init__(self, filler: kernel.PageFiller) -> None:
         self.filler = filler
-        self.mm = mmap.mmap(-1, PIECE)
+        self.mm = mmap.mmap(-1, PIECE, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
         self.addr = kernel.buffer_address(self.mm)
         self.view = memoryview(self.mm)
 
