@@ -9,8 +9,9 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from hosttune.engine.journal import Journal, JournalWriteError, Lock
 from hosttune.errors import ApplyError, HosttuneError, NeedsRootError, UsageError
@@ -23,8 +24,7 @@ ProgressFn = Callable[[int, int, Change], None]
 
 
 # --- reports ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class AuditReport:
+class AuditReport(msgspec.Struct, frozen=True):
     profile: str
     root: str
     rows: list[Row]
@@ -46,8 +46,7 @@ class AuditReport:
                 "drift": len(self.drift)}
 
 
-@dataclass(frozen=True)
-class PlanReport:
+class PlanReport(msgspec.Struct, frozen=True):
     audit: AuditReport
     changes: list[Change]
 
@@ -71,8 +70,7 @@ class PlanReport:
                 "needs": self.needs, "warnings": self.warnings}
 
 
-@dataclass(frozen=True)
-class StepResult:
+class StepResult(msgspec.Struct, frozen=True):
     change: Change
     status: str  # applied | failed | reverted | revert-failed | skipped
     error: str = ""
@@ -84,15 +82,14 @@ class StepResult:
                 "skipped_commands": [list(c) for c in self.skipped_commands]}
 
 
-@dataclass(frozen=True)
-class ApplyReport:
+class ApplyReport(msgspec.Struct, frozen=True):
     ok: bool
     steps: list[StepResult]
     verify: list[Row]
-    recovered: list[StepResult] = field(default_factory=list)
+    recovered: list[StepResult] = msgspec.field(default_factory=list)
     error: str = ""
-    needs: list[str] = field(default_factory=list)
-    skipped_commands: list[tuple[str, ...]] = field(default_factory=list)
+    needs: list[str] = msgspec.field(default_factory=list)
+    skipped_commands: list[tuple[str, ...]] = msgspec.field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -111,13 +108,12 @@ class ApplyReport:
                 "skipped_commands": [list(c) for c in self.skipped_commands]}
 
 
-@dataclass(frozen=True)
-class RollbackReport:
+class RollbackReport(msgspec.Struct, frozen=True):
     ok: bool
     steps: list[StepResult]
-    recovered: list[StepResult] = field(default_factory=list)
-    skipped_commands: list[tuple[str, ...]] = field(default_factory=list)
-    still_running: list[str] = field(default_factory=list)  # restart these to finish
+    recovered: list[StepResult] = msgspec.field(default_factory=list)
+    skipped_commands: list[tuple[str, ...]] = msgspec.field(default_factory=list)
+    still_running: list[str] = msgspec.field(default_factory=list)  # restart these to finish
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "steps": [s.to_json() for s in self.steps],
@@ -290,16 +286,15 @@ def _undo_transaction(host: Host, journal: Journal) -> list[StepResult]:
     return results
 
 
-@dataclass
-class _Run:
+class _Run(msgspec.Struct):
     """One apply's transaction: the steps done so far and the commands skipped on the way."""
 
     host: Host
     journal: Journal
     txn_id: str
     known: set[str]
-    steps: list[StepResult] = field(default_factory=list)
-    skipped: list[tuple[str, ...]] = field(default_factory=list)
+    steps: list[StepResult] = msgspec.field(default_factory=list)
+    skipped: list[tuple[str, ...]] = msgspec.field(default_factory=list)
 
     def step(self, i: int, ch: Change) -> None:
         """Journal ``ch``'s original, then apply it; raises what failed (nothing is undone)."""

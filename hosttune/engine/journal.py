@@ -21,8 +21,9 @@ import json
 import os
 import stat
 import time
-from dataclasses import dataclass, field
 from typing import Any
+
+import msgspec
 
 from hosttune.errors import HostError, LockedError
 from hosttune.host import Host, fsops
@@ -174,10 +175,9 @@ def journal_problem(data: object) -> str | None:
     return None
 
 
-@dataclass
-class Journal:
+class Journal(msgspec.Struct):
     host: Host
-    entries: list[dict[str, Any]] = field(default_factory=list)
+    entries: list[dict[str, Any]] = msgspec.field(default_factory=list)
     transaction: dict[str, Any] | None = None
 
     @property

@@ -12,10 +12,11 @@ import fnmatch
 import glob
 import os
 import stat
-from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, Literal, overload
+
+import msgspec
 
 from hosttune.errors import HostError
 from hosttune.host import fsops
@@ -27,8 +28,7 @@ if TYPE_CHECKING:
 MAX_READ = 64 << 20  # no file hosttune reads is near this; /dev/zero-sized inputs stop here
 
 
-@dataclass(frozen=True)
-class FileState:
+class FileState(msgspec.Struct, frozen=True):
     """What a path holds: absent, a regular file (content + mode + owner), or a symlink."""
 
     exists: bool
@@ -39,8 +39,7 @@ class FileState:
     link_target: str | None = None
 
 
-@dataclass(frozen=True)
-class WalkedFile:
+class WalkedFile(msgspec.Struct, frozen=True):
     """A regular file found by :meth:`Host.walk_files`: its host path, its path relative to the
     walked directory, and its lstat."""
 

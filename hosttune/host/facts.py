@@ -4,8 +4,9 @@ Read once per run (``Host.facts``) from /proc and /sys under the host root."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from hosttune.errors import HostError
 from hosttune.host.parsers import parse_cpulist, parse_kb_dirname, parse_meminfo
@@ -15,8 +16,7 @@ if TYPE_CHECKING:
     from hosttune.host.core import Host
 
 
-@dataclass(frozen=True)
-class Cpu:
+class Cpu(msgspec.Struct, frozen=True):
     id: int
     package: int
     core: int  # core_id (unique within a package only)
@@ -25,15 +25,13 @@ class Cpu:
     siblings: tuple[int, ...]  # thread_siblings_list, including itself
 
 
-@dataclass(frozen=True)
-class NumaNode:
+class NumaNode(msgspec.Struct, frozen=True):
     id: int
     cpus: tuple[int, ...]
     mem_total_bytes: int
 
 
-@dataclass(frozen=True)
-class HostFacts:
+class HostFacts(msgspec.Struct, frozen=True):
     mem_total_bytes: int
     cpus: tuple[Cpu, ...]
     nodes: tuple[NumaNode, ...]
@@ -44,7 +42,7 @@ class HostFacts:
     cpufreq_policies: tuple[str, ...] = ()  # e.g. ("policy0", ...)
     cpu_vendor: str = ""
     cpu_model: str = ""
-    meminfo: dict[str, int] = field(default_factory=dict)
+    meminfo: dict[str, int] = msgspec.field(default_factory=dict)
     gpus: tuple[PciGpu, ...] = ()  # NVIDIA GPUs in PCI bus order, with their NUMA node
 
     @property

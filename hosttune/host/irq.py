@@ -13,8 +13,9 @@ be ``ff000000``). ``smp_affinity_list`` takes and prints a cpulist and is what h
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from hosttune.host.facts import read_cpulist
 from hosttune.host.parsers import format_cpulist
@@ -83,8 +84,7 @@ def nr_cpu_ids(host: Host) -> int:
 
 
 # --- /proc/interrupts ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class InterruptLine:
+class InterruptLine(msgspec.Struct, frozen=True):
     irq: int
     counts: tuple[int, ...]  # per online CPU, in /proc/interrupts column order
     chip: str  # e.g. IR-PCI-MSIX-0000:01:00.0
@@ -127,8 +127,7 @@ def is_nvidia_action(name: str) -> bool:
 
 
 # --- PCI devices ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class GpuDevice:
+class GpuDevice(msgspec.Struct, frozen=True):
     bdf: str  # 0000:01:00.0
     device_id: str  # 0x2b85
     class_code: str  # 0x030000 (VGA) / 0x030200 (3D controller)
@@ -168,8 +167,7 @@ def nvidia_gpus(host: Host) -> list[GpuDevice]:
     return out
 
 
-@dataclass(frozen=True)
-class GpuIrq:
+class GpuIrq(msgspec.Struct, frozen=True):
     irq: int
     device: str  # BDF, or "" when only /proc/interrupts names it
     name: str  # action names from /proc/interrupts

@@ -12,8 +12,9 @@ from __future__ import annotations
 import re
 import shlex
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import msgspec
 
 if TYPE_CHECKING:
     from hosttune.host.core import Host
@@ -103,8 +104,7 @@ def same_value(configured: str, active: str) -> bool:
 
 
 # --- modprobe.d ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ModprobeLine:
+class ModprobeLine(msgspec.Struct, frozen=True):
     lineno: int
     command: str  # options | install | remove | blacklist | softdep | alias
     module: str
@@ -143,8 +143,7 @@ def split_option(word: str) -> tuple[str, str]:
     return name, value
 
 
-@dataclass(frozen=True)
-class ModprobeFinding:
+class ModprobeFinding(msgspec.Struct, frozen=True):
     lineno: int
     message: str
     severity: str = "error"  # error | warning
@@ -227,8 +226,7 @@ def security_notes(module: str, name: str, value: str) -> list[str]:
 
 
 # --- the installed driver ------------------------------------------------------------------
-@dataclass(frozen=True)
-class ModuleOptions:
+class ModuleOptions(msgspec.Struct, frozen=True):
     module: str
     names: frozenset[str]
     sources: tuple[str, ...]  # where the names came from; () = hosttune's table

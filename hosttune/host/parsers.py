@@ -5,7 +5,8 @@ Each is tested on real file contents in tests/test_parsers.py (psutil habit)."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+
+import msgspec
 
 # --- /proc/meminfo ----------------------------------------------------------------------------
 
@@ -35,8 +36,7 @@ def parse_meminfo(text: str) -> dict[str, int]:
 # --- /proc/swaps ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SwapDevice:
+class SwapDevice(msgspec.Struct, frozen=True):
     path: str
     type: str  # "partition" | "file"
     size_bytes: int
@@ -166,8 +166,7 @@ def format_cpulist(cpus: list[int] | set[int] | tuple[int, ...]) -> str:
 # --- fstab ------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class FstabEntry:
+class FstabEntry(msgspec.Struct, frozen=True):
     lineno: int  # 1-based
     spec: str
     file: str
@@ -202,8 +201,7 @@ def parse_fstab(text: str) -> list[FstabEntry]:
 # --- sysctl.conf ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class SysctlAssignment:
+class SysctlAssignment(msgspec.Struct, frozen=True):
     key: str  # normalised: dots, e.g. vm.swappiness
     value: str
     lineno: int
@@ -248,8 +246,7 @@ def normalise_sysctl_value(value: str) -> str:
 # --- /proc/self/mountinfo ---------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Mount:
+class Mount(msgspec.Struct, frozen=True):
     mount_point: str
     fstype: str
     source: str

@@ -5,8 +5,9 @@ placement needs; the NVML gateway knows the rest."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from hosttune.host.parsers import parse_cpulist
 
@@ -18,8 +19,7 @@ NVIDIA_VENDOR = 0x10DE
 DISPLAY_CLASS = 0x03
 
 
-@dataclass(frozen=True)
-class PciGpu:
+class PciGpu(msgspec.Struct, frozen=True):
     address: str  # '0000:01:00.0'
     vendor: int
     device: int

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import subprocess
-from dataclasses import dataclass, field
+
+import msgspec
 
 from hosttune.errors import HostError
 
 DEFAULT_TIMEOUT_S = 60.0
 
 
-@dataclass(frozen=True)
-class CommandResult:
+class CommandResult(msgspec.Struct, frozen=True):
     argv: tuple[str, ...]
     returncode: int
     stdout: str = ""
@@ -23,16 +23,15 @@ class CommandResult:
         return self.skipped or self.returncode == 0
 
 
-@dataclass
-class Runner:
+class Runner(msgspec.Struct):
     """Runs external commands. With ``offline=True`` (``--root DIR``) nothing is ever executed:
     each call is recorded in ``skipped`` and answered with a skipped result - except a
     ``confined`` command, one that names the tree itself and touches nothing outside it
     (``systemd-sysusers --root=DIR``, ``groupdel --prefix DIR``)."""
 
     offline: bool = False
-    skipped: list[tuple[str, ...]] = field(default_factory=list)
-    ran: list[tuple[str, ...]] = field(default_factory=list)
+    skipped: list[tuple[str, ...]] = msgspec.field(default_factory=list)
+    ran: list[tuple[str, ...]] = msgspec.field(default_factory=list)
 
     def run(
         self,

@@ -3,11 +3,10 @@ line continuation with a trailing backslash, comments with # or ; at line start.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 
-@dataclass(frozen=True)
-class UnitEntry:
+class UnitEntry(msgspec.Struct, frozen=True):
     section: str
     key: str
     value: str

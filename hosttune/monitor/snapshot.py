@@ -11,8 +11,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import dataclass, field, fields, is_dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import msgspec
 
 from hosttune.host.parsers import (
     SwapDevice,
@@ -208,11 +210,21 @@ class Snapshot:
         return out
 
 
+def _field_names(obj: Any) -> tuple[str, ...] | None:
+    """The fields of a record: this module's dataclasses, the host door's msgspec Structs."""
+    if isinstance(obj, msgspec.Struct):
+        return obj.__struct_fields__
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return tuple(f.name for f in fields(obj))
+    return None
+
+
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Unavailable):
         return obj.to_json()
-    if is_dataclass(obj) and not isinstance(obj, type):
-        out = {k: _jsonable(getattr(obj, k)) for k in asdict(obj)}
+    names = _field_names(obj)
+    if names is not None:
+        out = {k: _jsonable(getattr(obj, k)) for k in names}
         if isinstance(obj, CpuReading):
             out["governors"] = obj.governors
         if isinstance(obj, StoreReading):

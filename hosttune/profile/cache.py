@@ -17,15 +17,14 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from hosttune import __version__
 
 if TYPE_CHECKING:
-    import msgspec
-
     from hosttune.profile.schema import Profile
 
 _SCHEMA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "schema.py")
@@ -78,8 +77,7 @@ def cache_key(ref: str, base: str) -> str:
         f"{FORMAT}|{__version__}|{st.st_mtime_ns}|{st.st_size}|{base}|{ref}".encode())
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(msgspec.Struct, frozen=True):
     profile: Profile
     files: list[str]  # display names, child first
     origin: dict[str, str]
@@ -91,7 +89,6 @@ _decoder: msgspec.json.Decoder[Any] | None = None
 
 def _doc_type() -> Any:
     """The Struct of a cache file (built on first use: it imports the schema)."""
-    import msgspec
 
     from hosttune.profile.schema import Profile
 
@@ -118,7 +115,6 @@ def load(key: str) -> Entry | None:
             data = fh.read()
     except OSError:
         return None
-    import msgspec
 
     if _decoder is None:
         _decoder = msgspec.json.Decoder(_doc_type())
@@ -158,7 +154,6 @@ def store(key: str, stamps: list[tuple[str, list[int] | None]], entry: Entry) ->
         return
     if not _plain(entry.raw):
         return  # e.g. a YAML date in the raw profile: not JSON, not cached
-    import msgspec
 
     try:
         text = msgspec.json.encode({"stamps": [[p, st] for p, st in stamps],

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from hosttune.errors import ProfileError
 
@@ -11,12 +12,11 @@ if TYPE_CHECKING:
     from hosttune.profile.schema import Profile
 
 
-@dataclass(frozen=True)
-class LoadedProfile:
+class LoadedProfile(msgspec.Struct, frozen=True):
     profile: Profile  # validated, or decoded from the cache: the same frozen Structs either way
     files: tuple[str, ...]  # child first
-    origin: dict[str, str] = field(default_factory=dict)  # "a.b.c" -> file that set it
-    raw: dict[str, Any] = field(default_factory=dict)  # merged YAML (for `profiles show`)
+    origin: dict[str, str] = msgspec.field(default_factory=dict)  # "a.b.c" -> file that set it
+    raw: dict[str, Any] = msgspec.field(default_factory=dict)  # merged YAML (for `profiles show`)
 
     def where(self, key: str) -> str:
         """The file that set ``key`` (or its nearest parent key)."""

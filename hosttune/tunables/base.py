@@ -13,9 +13,10 @@ from __future__ import annotations
 import base64
 import difflib
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
+
+import msgspec
 
 if TYPE_CHECKING:
     from hosttune.errors import ProfileError
@@ -40,8 +41,7 @@ class Status(StrEnum):
         return self in (Status.DRIFT, Status.CONFLICT, Status.ERROR)
 
 
-@dataclass(frozen=True)
-class Row:
+class Row(msgspec.Struct, frozen=True):
     tunable: str
     key: str
     current: str
@@ -61,8 +61,7 @@ class Row:
 ChangeKind = Literal["file", "symlink", "kernel", "choice", "command", "action"]
 
 
-@dataclass(frozen=True)
-class Change:
+class Change(msgspec.Struct, frozen=True):
     """One step of a plan. ``id`` is the journal key: tunable/key[/device]."""
 
     id: str
@@ -74,7 +73,7 @@ class Change:
     mode: int = 0o644
     runtime: bool = False  # True: live state; False: persistent configuration
     needs: tuple[str, ...] = ()
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, Any] = msgspec.field(default_factory=dict)
     diff: str = ""  # unified diff for file changes
 
     def to_json(self) -> dict[str, Any]:
@@ -94,10 +93,9 @@ class Change:
         )
 
 
-@dataclass(frozen=True)
-class Evaluation:
-    rows: list[Row] = field(default_factory=list)
-    changes: list[Change] = field(default_factory=list)
+class Evaluation(msgspec.Struct, frozen=True):
+    rows: list[Row] = msgspec.field(default_factory=list)
+    changes: list[Change] = msgspec.field(default_factory=list)
 
     def add(self, row: Row, change: Change | None = None) -> None:
         """One setting's row, and its change when there is one (what :func:`setting` gives)."""
@@ -123,8 +121,7 @@ def setting(tunable: str, key: str, current: str, desired: str, change: Change |
                note if drift_note is None else drift_note), change
 
 
-@dataclass
-class Context:
+class Context(msgspec.Struct):
     host: Host
     loaded: LoadedProfile
     runtime_only: bool = False  # boot-time re-apply: no persistent files

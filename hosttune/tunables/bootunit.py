@@ -17,8 +17,9 @@ import json
 import os
 import shlex
 import sys
-from dataclasses import replace
 from typing import Any
+
+from msgspec.structs import replace
 
 from hosttune.errors import HostError
 from hosttune.host import Host

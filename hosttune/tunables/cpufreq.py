@@ -16,8 +16,9 @@ before anything is written.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from hosttune.errors import ApplyError, HostError
 from hosttune.host import Host
@@ -34,8 +35,7 @@ CPUFREQ = "/sys/devices/system/cpu/cpufreq"
 ACTIVE_EPP_DRIVERS = frozenset({"amd-pstate-epp", "intel_pstate"})
 
 
-@dataclass(frozen=True)
-class Policy:
+class Policy(msgspec.Struct, frozen=True):
     num: int
     driver: str
     governor: str | None

@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
+
+from msgspec.structs import replace
 
 from hosttune.errors import HostError
 from hosttune.host import Host

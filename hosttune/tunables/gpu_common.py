@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from hosttune.host.gpu.nvml import GpuInfo, Nvml, NvmlState, Reading
 from hosttune.tunables.base import Context, Row, Status
@@ -43,8 +44,7 @@ def unavailable_rows(tunable: str, nv: Nvml, wanted: list[tuple[str, str]]) -> l
     return [Row(tunable, k, "—", d, STATE_STATUS[state], msg) for k, d in wanted]
 
 
-@dataclass(frozen=True)
-class DeviceSettings:
+class DeviceSettings(msgspec.Struct, frozen=True):
     power_limit: PowerSpec | None
     locked_clocks: GpuLockedClocks | None
     compute_mode: str | None

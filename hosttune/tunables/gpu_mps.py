@@ -14,8 +14,9 @@ Clients (containers) need the pipe directory bind-mounted and CUDA_MPS_PIPE_DIRE
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import TYPE_CHECKING
+
+from msgspec.structs import replace
 
 from hosttune.host.gpu.nvml import NvmlState
 from hosttune.tunables._ordering import safe_after

@@ -14,8 +14,9 @@ nvmlDeviceGetSupported*Clocks, power values from nvmlDeviceGetPowerManagementLim
 from __future__ import annotations
 
 from abc import abstractmethod
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, ClassVar
+
+from msgspec.structs import replace
 
 from hosttune.errors import HostError
 from hosttune.host import Host

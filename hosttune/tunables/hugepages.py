@@ -38,8 +38,9 @@ from __future__ import annotations
 import json
 import math
 import time
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from hosttune.errors import ApplyError, HostError, ProfileError
 from hosttune.host import Host
@@ -129,14 +130,13 @@ def pool_pages(value: str | int, page_bytes: int, ram: int) -> int:
 
 
 # --- resolving the profile (pools <-> mounts) -----------------------------------------------------
-@dataclass(frozen=True)
-class PoolPlan:
+class PoolPlan(msgspec.Struct, frozen=True):
     index: int
     pool: HugePagePool
     page_bytes: int
     pages: int
     mode: str  # "nodes" (per node files) | "global" (the global counter)
-    targets: dict[int, int] = field(default_factory=dict)  # node -> pages (mode "nodes")
+    targets: dict[int, int] = msgspec.field(default_factory=dict)  # node -> pages (mode "nodes")
 
     @property
     def key(self) -> str:
@@ -147,8 +147,7 @@ class PoolPlan:
         return self.pages * self.page_bytes
 
 
-@dataclass(frozen=True)
-class MountPlan:
+class MountPlan(msgspec.Struct, frozen=True):
     index: int
     mount: HugetlbfsMount
     page_bytes: int
@@ -167,8 +166,7 @@ class MountPlan:
         return self.pages * self.page_bytes
 
 
-@dataclass(frozen=True)
-class Resolved:
+class Resolved(msgspec.Struct, frozen=True):
     pools: dict[str, PoolPlan]  # pagesize label -> plan
     mounts: list[MountPlan]
 
@@ -180,8 +178,7 @@ def current_pool_pages(host: Host, page_bytes: int) -> int:
     return max(nr - surp, 0)
 
 
-@dataclass(frozen=True)
-class PoolSize:
+class PoolSize(msgspec.Struct, frozen=True):
     """One pool's page count, before it is placed on nodes."""
     index: int
     pool: HugePagePool
@@ -347,8 +344,7 @@ def kernel_config(host: Host) -> dict[str, str] | None:
     return out
 
 
-@dataclass(frozen=True)
-class HvoState:
+class HvoState(msgspec.Struct, frozen=True):
     mode: str  # "sysctl" | "boot" (only the boot parameter) | "unsupported" | "unknown"
     enabled: bool | None
     note: str = ""
@@ -389,8 +385,7 @@ def hvo_saved_bytes(host: Host) -> int | None:
 
 
 # --- the tunable ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class NodeState:
+class NodeState(msgspec.Struct, frozen=True):
     nr: int
     free: int
     surplus: int

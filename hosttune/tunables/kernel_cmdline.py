@@ -10,8 +10,9 @@ A parameter is active only after a reboot: reboot-required is computed against /
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from hosttune.host import Host
 from hosttune.host.distro import kernel_release, os_family
@@ -32,8 +33,7 @@ if TYPE_CHECKING:
     from hosttune.profile.schema import KernelCmdlineSection
 
 
-@dataclass(frozen=True)
-class KnownParam:
+class KnownParam(msgspec.Struct, frozen=True):
     since: tuple[int, ...] | None  # first kernel with it (None: always there)
     removed: tuple[int, ...] | None  # first kernel without it
     note: str  # shown when it applies; source in brackets

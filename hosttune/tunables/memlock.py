@@ -19,8 +19,9 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
 
 from hosttune.host import Host
 from hosttune.host.parsers import parse_limits, parse_mountinfo
@@ -95,8 +96,7 @@ def dropin_path(service: str) -> str:
     return f"/etc/systemd/system/{service}.d/{DROPIN_NAME}"
 
 
-@dataclass(frozen=True)
-class LimitsEntry:
+class LimitsEntry(msgspec.Struct, frozen=True):
     lineno: int
     domain: str
     type: str  # soft | hard | -
@@ -139,8 +139,7 @@ def parse_group_names(text: str) -> set[str]:
 _LIMIT_RE = re.compile(r"^\s*LimitMEMLOCK\s*=\s*(\S*)\s*$")
 
 
-@dataclass(frozen=True)
-class UnitSetting:
+class UnitSetting(msgspec.Struct, frozen=True):
     file: str
     value: str
 

@@ -17,8 +17,9 @@ fstab-generated swap units vanish with their fstab line at the next daemon-reloa
 from __future__ import annotations
 
 import stat
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+import msgspec
 
 from hosttune.errors import ApplyError, HostError
 from hosttune.host import Host
@@ -80,8 +81,7 @@ def fstab_swap_lines(text: str) -> list[tuple[int, str, str]]:
             if e.vfstype == "swap"]
 
 
-@dataclass(frozen=True)
-class SwapUnit:
+class SwapUnit(msgspec.Struct, frozen=True):
     name: str  # e.g. swapfile.swap
     source: str  # the file or wants/ link that makes it active
     masked: bool

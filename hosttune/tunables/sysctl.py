@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from hosttune.host import Host
 from hosttune.host.parsers import (
@@ -45,8 +46,7 @@ SYSCTL_DIRS = ("/etc/sysctl.d", "/run/sysctl.d", "/usr/local/lib/sysctl.d", "/us
                "/lib/sysctl.d")
 
 
-@dataclass(frozen=True)
-class SourcedAssignment:
+class SourcedAssignment(msgspec.Struct, frozen=True):
     file: str
     a: SysctlAssignment
 
@@ -101,8 +101,7 @@ _INT = re.compile(r"-?\d+")
 _COMMENT = re.compile(r"\s[#;]")
 
 
-@dataclass(frozen=True)
-class KernelReading:
+class KernelReading(msgspec.Struct, frozen=True):
     """What the kernel keeps of a value a sysctl file writes."""
 
     kind: str  # "integer" | "string" | "unknown" (no live value to tell)

@@ -22,9 +22,10 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
+
+import msgspec
 
 from hosttune.errors import HostError, NeedsRootError
 
@@ -72,8 +73,7 @@ class NvmlUnsupportedError(HostError):
     """The GPU refused a setting with NVML_ERROR_NOT_SUPPORTED: report it, do not fail."""
 
 
-@dataclass(frozen=True)
-class Reading(Generic[T]):
+class Reading(msgspec.Struct, Generic[T], frozen=True):
     """A value read through NVML, or why there is none."""
 
     value: T | None = None
@@ -161,8 +161,7 @@ def decode_event_reasons(mask: int) -> list[str]:
     return names
 
 
-@dataclass(frozen=True)
-class GpuInfo:
+class GpuInfo(msgspec.Struct, frozen=True):
     index: int
     uuid: str
     name: str
@@ -184,8 +183,7 @@ class GpuInfo:
         return order.index(self.architecture) >= order.index(name)
 
 
-@dataclass(frozen=True)
-class PcieLink:
+class PcieLink(msgspec.Struct, frozen=True):
     gen: int
     max_gen: int
     width: int
@@ -193,15 +191,13 @@ class PcieLink:
     gpu_max_gen: int | None = None  # what the GPU itself can do (the slot may cap max_gen)
 
 
-@dataclass(frozen=True)
-class MemoryInfo:
+class MemoryInfo(msgspec.Struct, frozen=True):
     total_bytes: int
     used_bytes: int
     free_bytes: int
 
 
-@dataclass(frozen=True)
-class DriverInfo:
+class DriverInfo(msgspec.Struct, frozen=True):
     driver_version: str
     nvml_version: str
     cuda_driver_version: int | None
