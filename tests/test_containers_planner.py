@@ -420,9 +420,9 @@ def test_placement_properties(case) -> None:
 
 def test_host_without_l3_information_plans_per_node() -> None:
     base = synth_facts(2, 1, 4, True, False)
-    facts = HostFacts(**{**base.__dict__, "cpus": tuple(
+    facts = msgspec.structs.replace(base, cpus=tuple(
         Cpu(c.id, c.package, c.core, c.node, -1, c.siblings) for c in base.cpus),
-        "l3_domains": ()})
+        l3_domains=())
     plan = plan_workload(facts, wl(cpu_workers={"count": 2, "memory": "64MiB"},
                                    system_cores=1))
     assert plan.ok, plan.refusals

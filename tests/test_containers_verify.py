@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 
@@ -56,7 +55,7 @@ def _live(plan: ContainerPlan, i: int = 0, **kw) -> LiveContainer:
         memlock=(plan.memlock_bytes, plan.memlock_bytes), vmlck_bytes=0, cap_eff=caps,
         cap_bnd=caps, no_new_privs=True, mounts=tuple(parse_mountinfo(MOUNTINFO)),
         visible={wk.model_path or "": True})
-    return dataclasses.replace(live, **kw)
+    return msgspec.structs.replace(live, **kw)
 
 
 def _bad(checks) -> list[str]:

@@ -4,6 +4,7 @@ offline) and with a fake RTX 5090 / H100 answering NVML."""
 
 from __future__ import annotations
 
+import msgspec
 import pytest
 
 from hosttune import engine
@@ -24,7 +25,7 @@ def test_contract_on_nvidia_tree(tmp_path, profile, backend):
     fake = FakeNvml([backend], root=True) if backend else None
     loaded = load_profile(profile)
     before = snapshot(tree)
-    nvml_before = [dict(vars(g)) for g in fake.gpus] if fake else []
+    nvml_before = [msgspec.structs.asdict(g) for g in fake.gpus] if fake else []
     host = Host(tree, nvml_backend=fake)
     if profile == "ryzen9950x-rtx5090" and backend == "h100":
         # the 5090's clock lock does not fit an H100: refused before anything is written
@@ -42,7 +43,7 @@ def test_contract_on_nvidia_tree(tmp_path, profile, backend):
     assert rb.ok, [s.to_json() for s in rb.steps if s.status != "reverted"]
     assert snapshot(tree) == before
     if fake:
-        after = [dict(vars(g)) for g in fake.gpus]
+        after = [msgspec.structs.asdict(g) for g in fake.gpus]
         for b, a_ in zip(nvml_before, after, strict=True):
             for k in ("persistence", "power_limit_mw", "locked_graphics", "locked_memory",
                       "compute_mode"):

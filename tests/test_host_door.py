@@ -173,7 +173,7 @@ def _store_file(path: Path, data: bytes) -> None:
 
 
 def test_model_store_skips_links_and_fifos_and_verify_refuses_a_fifo(planted):
-    from dataclasses import replace
+    from msgspec.structs import replace
 
     tree, _ = planted
     h = Host(tree)

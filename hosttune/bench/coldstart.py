@@ -25,14 +25,14 @@ import os
 import select
 import subprocess
 import time
-from dataclasses import dataclass
+
+import msgspec
 
 from hosttune.errors import HostError, NeedsRootError
 from hosttune.host import Host
 
 
-@dataclass(frozen=True)
-class ColdStart:
+class ColdStart(msgspec.Struct, frozen=True):
     arm: str
     seconds: float  # process start to first token
     first_token_seen: bool

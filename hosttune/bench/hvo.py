@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import statistics
 import time
-from dataclasses import dataclass
+
+import msgspec
 
 from hosttune.errors import HostError
 from hosttune.host import Host
@@ -60,16 +61,14 @@ def _settled(host: Host, timeout_s: float = 5.0) -> int:
     return last
 
 
-@dataclass(frozen=True)
-class Round:
+class Round(msgspec.Struct, frozen=True):
     hvo: bool
     allocated: int  # huge pages the kernel gave
     grow_freed_bytes: int  # memmap freed while the pool grew (negative: it grew)
     shrink_restored_bytes: int  # memmap allocated while the pool shrank back
 
 
-@dataclass(frozen=True)
-class HvoMeasurement:
+class HvoMeasurement(msgspec.Struct, frozen=True):
     pages: int
     computed_bytes: int  # vmemmap_saved_per_page * pages
     rounds: list[Round]

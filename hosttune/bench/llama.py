@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+
+import msgspec
+from msgspec import field
 
 from hosttune.bench.parse import BenchResult, parse_json
 from hosttune.bench.stats import Comparison, Summary, compare, summarize
@@ -17,23 +19,20 @@ from hosttune.errors import HostError
 from hosttune.host import Host
 
 
-@dataclass(frozen=True)
-class Arm:
+class Arm(msgspec.Struct, frozen=True):
     name: str  # e.g. "cache/unpinned"
     model: str  # path llama-bench opens
     cpus: tuple[int, ...] = ()  # () = unpinned
 
 
-@dataclass(frozen=True)
-class RunSample:
+class RunSample(msgspec.Struct, frozen=True):
     arm: str
     round: int
     results: tuple[BenchResult, ...]
     seconds: float
 
 
-@dataclass(frozen=True)
-class ABResult:
+class ABResult(msgspec.Struct, frozen=True):
     samples: tuple[RunSample, ...]
     summaries: dict[str, dict[str, Summary]]  # arm -> kind ("pp"/"tg") -> summary
     comparisons: dict[str, dict[str, Comparison]] = field(default_factory=dict)  # "B vs A"

@@ -7,7 +7,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+
+import msgspec
 
 from hosttune.errors import HosttuneError
 
@@ -16,8 +17,7 @@ class BenchParseError(HosttuneError):
     """llama-bench output could not be read."""
 
 
-@dataclass(frozen=True)
-class BenchResult:
+class BenchResult(msgspec.Struct, frozen=True):
     test: str  # "pp64", "tg32" (as llama-bench's markdown shows it)
     n_prompt: int
     n_gen: int

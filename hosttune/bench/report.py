@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
+
+import msgspec
+from msgspec import field
 
 from hosttune.bench.coldstart import (
     FALLBACK_PROMPT,
@@ -21,8 +23,7 @@ from hosttune.errors import HostError
 from hosttune.host import Host
 
 
-@dataclass(frozen=True)
-class BenchConfig:
+class BenchConfig(msgspec.Struct, frozen=True):
     model: str
     llama_bench: str
     store_model: str | None = None  # the same model's file in the huge-page store
@@ -37,8 +38,7 @@ class BenchConfig:
     roofline: bool = True
 
 
-@dataclass
-class BenchReport:
+class BenchReport(msgspec.Struct):
     config: BenchConfig
     cpus_pinned: tuple[int, ...]
     threads: int
@@ -61,18 +61,19 @@ class BenchReport:
 
     def to_json(self) -> dict[str, object]:
         return {
-            "config": self.config.__dict__,
+            "config": msgspec.structs.asdict(self.config),
             "threads": self.threads, "cpus_pinned": list(self.cpus_pinned),
             "argv_example": list(self.ab.argv),
             "samples": [{"arm": s.arm, "round": s.round, "seconds": s.seconds,
-                         "results": [r.__dict__ for r in s.results]} for s in self.ab.samples],
+                         "results": [msgspec.structs.asdict(r) for r in s.results]}
+                        for s in self.ab.samples],
             "summaries": {a: {k: s.to_json() for k, s in d.items()}
                           for a, d in self.ab.summaries.items()},
             "comparisons": {n: {k: c.to_json() for k, c in d.items()}
                             for n, d in self.ab.comparisons.items()},
             "cold_start": {"method": "llama-simple -n 1: process start to first token on stdout",
                            "prompt": self.cold_prompt, "note": self.cold_note,
-                           "runs": [c.__dict__ for c in self.cold],
+                           "runs": [msgspec.structs.asdict(c) for c in self.cold],
                            "summary": {a: s.to_json() for a, s in self.cold_summary().items()}},
             "bandwidth": None if self.bandwidth is None else {
                 "bytes_per_s": self.bandwidth.bytes_per_s, "threads": self.bandwidth.threads,

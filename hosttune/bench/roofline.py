@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import os
-from dataclasses import dataclass
 from pathlib import Path
+
+import msgspec
 
 from hosttune.errors import HostError
 from hosttune.host import Host
@@ -22,8 +23,7 @@ def cache_dir() -> Path:
     return Path(base) / "hosttune-bench"
 
 
-@dataclass(frozen=True)
-class Bandwidth:
+class Bandwidth(msgspec.Struct, frozen=True):
     bytes_read: int
     seconds: float  # best pass
     threads: int
@@ -64,8 +64,7 @@ def measure_bandwidth(host: Host, *, threads: int, mib: int = 1024, passes: int 
     return parse_membw(res.stdout, threads)
 
 
-@dataclass(frozen=True)
-class Roofline:
+class Roofline(msgspec.Struct, frozen=True):
     decode_tokens_per_s: float
     bytes_per_token: int
     bandwidth_bytes_per_s: float

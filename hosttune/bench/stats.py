@@ -9,7 +9,8 @@ import math
 import random
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+
+import msgspec
 
 # Two-sided 95% Student t quantiles t(0.975, df) for df = 1..30 (any statistics table).
 _T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228,
@@ -25,8 +26,7 @@ def t975(df: float) -> float:
     return _T975[d - 1] if d <= 30 else 1.96
 
 
-@dataclass(frozen=True)
-class Summary:
+class Summary(msgspec.Struct, frozen=True):
     n: int
     median: float
     mean: float
@@ -37,7 +37,7 @@ class Summary:
     ci95_high: float
 
     def to_json(self) -> dict[str, float | int]:
-        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+        return {k: getattr(self, k) for k in self.__struct_fields__}
 
 
 def summarize(xs: Sequence[float]) -> Summary:
@@ -50,8 +50,7 @@ def summarize(xs: Sequence[float]) -> Summary:
     return Summary(n, statistics.median(xs), mean, min(xs), max(xs), sd, mean - half, mean + half)
 
 
-@dataclass(frozen=True)
-class Comparison:
+class Comparison(msgspec.Struct, frozen=True):
     """B relative to A. ``verdict`` is "faster"/"slower" only when the 95% interval of the
     difference excludes zero; otherwise "no difference beyond the spread"."""
 

@@ -9,10 +9,10 @@ unnoticed."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from itertools import combinations
 from typing import Any, Literal
 
+import msgspec
 import yaml
 
 from hosttune.errors import HosttuneError
@@ -23,8 +23,7 @@ FindingKind = Literal["unknown-cpu", "overlap", "sibling-sharing", "reserved", "
                       "spans-numa", "unpinned"]
 
 
-@dataclass(frozen=True)
-class CpusetFinding:
+class CpusetFinding(msgspec.Struct, frozen=True):
     kind: FindingKind
     names: tuple[str, ...]
     cpus: tuple[int, ...]

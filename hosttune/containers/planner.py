@@ -17,8 +17,10 @@ Rules, in order:
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
+
+import msgspec
+from msgspec import field
 
 from hosttune.containers.cpusets import CpusetFinding, check_cpusets, core_of
 from hosttune.host.facts import HostFacts
@@ -33,8 +35,7 @@ Core = tuple[int, ...]
 SHIM_TARGET_DIR = "/opt/hosttune/lib"
 
 
-@dataclass(frozen=True)
-class WorkerPlan:
+class WorkerPlan(msgspec.Struct, frozen=True):
     name: str  # 'cpu-0', 'gpu-0'
     kind: Literal["cpu", "gpu"]
     container: str  # '<project>-cpu-0'
@@ -66,8 +67,7 @@ class WorkerPlan:
         }
 
 
-@dataclass(frozen=True)
-class ContainerPlan:
+class ContainerPlan(msgspec.Struct, frozen=True):
     profile: str
     image: str
     project: str
@@ -123,8 +123,7 @@ class ContainerPlan:
 # --- topology as placement sees it ---------------------------------------------------------
 
 
-@dataclass
-class _Domain:
+class _Domain(msgspec.Struct):
     index: int  # L3 domain index (or -1 - node when the host does not expose L3)
     node: int
     cores: list[Core]  # available cores, ascending
@@ -144,8 +143,7 @@ def _domains(facts: HostFacts, excluded: frozenset[int]) -> list[_Domain]:
     return sorted(out, key=lambda d: (d.node, d.index if d.index >= 0 else 10**6))
 
 
-@dataclass(frozen=True)
-class _Shape:
+class _Shape(msgspec.Struct, frozen=True):
     kind: Literal["in-domain", "whole-domains"]
     size: int  # cores (in-domain) or domains (whole-domains)
     cores: int  # cores per worker (for ordering and messages)
@@ -166,8 +164,7 @@ def _capacity(avail: dict[int, int], doms: list[_Domain], shape: _Shape) -> int:
     return sum(n // shape.size for n in per_node.values())
 
 
-@dataclass(frozen=True)
-class _Reservation:
+class _Reservation(msgspec.Struct, frozen=True):
     name: str  # 'system', 'gpu-0'
     cores: int
     nodes: frozenset[int] | None  # allowed NUMA nodes (None: any)
@@ -317,8 +314,7 @@ def plan_workload(facts: HostFacts, wl: WorkloadSection, *, profile_name: str = 
 # steps look at whether an earlier one refused: no shape search and no workers after a refusal.
 
 
-@dataclass
-class _Log:
+class _Log(msgspec.Struct):
     notes: list[str] = field(default_factory=list)
     refusals: list[str] = field(default_factory=list)
 
@@ -329,8 +325,7 @@ class _Log:
         self.refusals.append(msg)
 
 
-@dataclass(frozen=True)
-class _Exclusion:
+class _Exclusion(msgspec.Struct, frozen=True):
     reserved: frozenset[int]  # workload.reserved_cpus as written (may name absent CPUs)
     isolated: frozenset[int]  # kernel isolcpus
     cpus: frozenset[int]  # the whole physical cores of both: never in any cpuset
@@ -359,8 +354,7 @@ def _exclusion(facts: HostFacts, wl: WorkloadSection, log: _Log) -> _Exclusion:
     return _Exclusion(frozenset(reserved), frozenset(isolated), frozenset(excluded))
 
 
-@dataclass(frozen=True)
-class _Reserve:
+class _Reserve(msgspec.Struct, frozen=True):
     # (worker number, GPU) of each GPU worker whose GPU exists, in worker order: the number
     # names the worker and its feed-core reservation (gpu-N), also when an earlier one is gone
     gpus: list[tuple[int, int]]
@@ -433,8 +427,7 @@ def _cpu_worker_count(wl: WorkloadSection, doms: list[_Domain],
     return n_cpu, probe
 
 
-@dataclass(frozen=True)
-class _ShapeChoice:
+class _ShapeChoice(msgspec.Struct, frozen=True):
     n_cpu: int  # 'auto' may settle on fewer workers than it probed
     shape: _Shape | None  # None: nothing searched, or nothing fits
     placed: _Placed | None  # the reserve placed for that shape
@@ -472,8 +465,7 @@ def _choose_shape(spec: CpuWorkers, doms: list[_Domain], reservations: list[_Res
     return choice
 
 
-@dataclass
-class _Cores:
+class _Cores(msgspec.Struct):
     """Whole physical cores by owner: the system's, each GPU worker's feed cores, and one block
     per CPU worker with the NUMA node it sits on."""
     system: list[Core] = field(default_factory=list)

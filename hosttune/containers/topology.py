@@ -3,15 +3,15 @@ physical cores with their SMT siblings, isolated CPUs, GPUs and their NUMA node.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
+
+import msgspec
 
 from hosttune.host.facts import HostFacts
 from hosttune.host.parsers import format_cpulist
 
 
-@dataclass(frozen=True)
-class L3View:
+class L3View(msgspec.Struct, frozen=True):
     """The part of an L3 domain inside one NUMA node (placement never crosses a node).
     ``domain_cpus`` is the whole domain as the kernel reports it (cache/index3/
     shared_cpu_list): a guest's L3 can span NUMA nodes, and then the same index appears under
@@ -23,8 +23,7 @@ class L3View:
     domain_cpus: tuple[int, ...] = ()
 
 
-@dataclass(frozen=True)
-class NodeView:
+class NodeView(msgspec.Struct, frozen=True):
     id: int
     mem_total_bytes: int
     cpus: tuple[int, ...]
@@ -32,14 +31,12 @@ class NodeView:
     gpus: tuple[str, ...]  # PCI addresses
 
 
-@dataclass(frozen=True)
-class PackageView:
+class PackageView(msgspec.Struct, frozen=True):
     id: int
     nodes: tuple[NodeView, ...]
 
 
-@dataclass(frozen=True)
-class TopologyView:
+class TopologyView(msgspec.Struct, frozen=True):
     cpu_model: str
     packages: tuple[PackageView, ...]
     cores: int

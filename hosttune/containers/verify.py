@@ -8,8 +8,10 @@ the kernel's cannot be read."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import msgspec
+from msgspec import field
 
 from hosttune.containers.compose import LABEL_PROJECT, LABEL_WORKER
 from hosttune.containers.cpusets import check_cpusets
@@ -48,8 +50,7 @@ def cap_names(mask: int) -> list[str]:
             if mask >> i & 1]
 
 
-@dataclass(frozen=True)
-class Check:
+class Check(msgspec.Struct, frozen=True):
     subject: str  # container name, or 'dockerd' / 'containerd'
     check: str
     expected: str
@@ -66,8 +67,7 @@ class Check:
                 "actual": self.actual, "ok": self.ok, "note": self.note}
 
 
-@dataclass(frozen=True)
-class VerifyReport:
+class VerifyReport(msgspec.Struct, frozen=True):
     checks: tuple[Check, ...]
 
     @property
@@ -79,8 +79,7 @@ class VerifyReport:
                 "checks": [c.to_json() for c in self.checks]}
 
 
-@dataclass(frozen=True)
-class LiveContainer:
+class LiveContainer(msgspec.Struct, frozen=True):
     """What one container is, as the Engine API and the kernel report it."""
 
     id: str
@@ -234,8 +233,7 @@ def compare(plan: ContainerPlan, w: WorkerPlan, live: LiveContainer) -> list[Che
     return checks.out
 
 
-@dataclass
-class _Checks:
+class _Checks(msgspec.Struct):
     """The checks of one container, in the order they are reported."""
     name: str
     out: list[Check] = field(default_factory=list)

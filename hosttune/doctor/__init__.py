@@ -6,8 +6,11 @@ than guessing."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
 from typing import Any
+
+import msgspec
+from msgspec import field
+from msgspec.structs import replace
 
 from hosttune.doctor.base import Check, DoctorContext, Finding, Severity
 from hosttune.doctor.checks_config import (
@@ -54,8 +57,7 @@ CHECKS: list[Check] = [
 ]
 
 
-@dataclass(frozen=True)
-class DoctorReport:
+class DoctorReport(msgspec.Struct, frozen=True):
     findings: list[Finding]
     skipped_commands: list[tuple[str, ...]] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)  # checks that crashed (reported, not hidden)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from enum import IntEnum
 from typing import TYPE_CHECKING, Any
+
+import msgspec
+from msgspec import field
 
 if TYPE_CHECKING:
     from hosttune.host import Host
@@ -21,8 +23,7 @@ class Severity(IntEnum):
         return self.name.lower()
 
 
-@dataclass(frozen=True)
-class Finding:
+class Finding(msgspec.Struct, frozen=True):
     check: str  # stable id, e.g. "systemd.exec-shell-syntax"
     severity: Severity
     title: str
@@ -37,8 +38,7 @@ class Finding:
                 "fix": self.fix}
 
 
-@dataclass
-class DoctorContext:
+class DoctorContext(msgspec.Struct):
     host: Host
     loaded: LoadedProfile | None = None
     compose_files: list[str] = field(default_factory=list)  # host paths

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+
+import msgspec
 
 from hosttune.doctor.base import DoctorContext
 from hosttune.errors import HostError
@@ -23,8 +24,7 @@ def _run(ctx: DoctorContext, argv: list[str]) -> str | None:
     return res.stdout
 
 
-@dataclass(frozen=True)
-class FailedUnit:
+class FailedUnit(msgspec.Struct, frozen=True):
     unit: str
     description: str
     journal: tuple[str, ...]  # the unit's last journal lines of this boot (its reason)
@@ -111,8 +111,7 @@ _UNIT = re.compile(r"([^\s/:→]+\.(?:service|target|mount|automount|swap|socket
                    r"|slice|scope|device))\b")
 
 
-@dataclass(frozen=True)
-class CycleBreak:
+class CycleBreak(msgspec.Struct, frozen=True):
     """A start job systemd deleted at this boot to break an ordering cycle."""
     unit: str  # whose start job went
     cycle: frozenset[str]  # the units systemd's messages named for that cycle

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+
+import msgspec
 
 from hosttune.doctor import boot
 from hosttune.doctor.base import DoctorContext, Finding, Severity
@@ -148,8 +149,7 @@ def check_memlock(ctx: DoctorContext) -> Iterator[Finding]:
 # --- duplicated keys -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Keyed:
+class Keyed(msgspec.Struct, frozen=True):
     """One assignment of a shared file, in the order its consumer reads them."""
 
     file: str
@@ -438,8 +438,7 @@ def _is_api(mp: str, fstype: str) -> bool:
         mp == d or mp.startswith(d + "/") for d in API_DIRS)
 
 
-@dataclass
-class LostEntry:
+class LostEntry(msgspec.Struct):
     """A filesystem that had a line in /etc/fstab (or looks like it) and has none now."""
 
     mount_point: str
@@ -622,8 +621,7 @@ def _mount_page(opts: dict[str, str], pools: _Pools) -> int | None:
     return page if page in pools.live or page == pools.page else None
 
 
-@dataclass(frozen=True)
-class _Pools:
+class _Pools(msgspec.Struct, frozen=True):
     """The huge-page pools the hugetlbfs mounts are compared with."""
 
     ram: int  # MemTotal

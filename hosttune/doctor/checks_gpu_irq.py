@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass
+
+import msgspec
 
 from hosttune.containers.cpusets import shared_cores
 from hosttune.doctor.base import DoctorContext, Finding, Severity
@@ -34,8 +35,7 @@ _MASK_WRITE = re.compile(r"echo\s+(?:-n\s+)?[\"']?([0-9a-fA-F,]+)[\"']?\s*(?:\|\
 _STATED = re.compile(r"(?:cores?|cpus?)\s+(\d+(?:-\d+)?(?:,\d+(?:-\d+)?)*)", re.I)
 
 
-@dataclass(frozen=True)
-class MaskUse:
+class MaskUse(msgspec.Struct, frozen=True):
     where: str
     mask: str
     cpus: list[int]

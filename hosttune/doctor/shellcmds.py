@@ -6,7 +6,8 @@ from __future__ import annotations
 import re
 import shlex
 import stat
-from dataclasses import dataclass
+
+import msgspec
 
 from hosttune.doctor.base import DoctorContext
 from hosttune.doctor.checks_systemd import _shell_script, unit_files
@@ -18,8 +19,7 @@ OPERATORS = {"|", "||", "&&", ";", "&", "(", ")", ";;", "|&"}
 SHELLS = ("sh", "bash", "dash", "zsh", "ksh")
 
 
-@dataclass(frozen=True)
-class ShellLine:
+class ShellLine(msgspec.Struct, frozen=True):
     where: str  # file:line
     file: str
     text: str  # shell text (a script's logical line, or a unit's Exec command)
@@ -164,8 +164,7 @@ def bre_to_re(pattern: str) -> re.Pattern[str] | None:
         return None
 
 
-@dataclass(frozen=True)
-class SedDelete:
+class SedDelete(msgspec.Struct, frozen=True):
     """A `sed -i '/RE/d' FILE` edit: every line of FILE matching RE is deleted."""
 
     where: str

@@ -3,13 +3,12 @@ clocks, compute mode, and the -i GPU they address), for the compute-mode and clo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import msgspec
 
 from hosttune.doctor.shellcmds import ShellLine, commands
 
 
-@dataclass(frozen=True)
-class SmiSetting:
+class SmiSetting(msgspec.Struct, frozen=True):
     where: str
     what: str  # power | graphics | memory | compute
     value: str

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from typing import Any
 
 import msgspec
+from msgspec import field
 
 from hosttune.engine.journal import Journal, JournalWriteError, Lock
 from hosttune.errors import ApplyError, HosttuneError, NeedsRootError, UsageError
@@ -86,10 +87,10 @@ class ApplyReport(msgspec.Struct, frozen=True):
     ok: bool
     steps: list[StepResult]
     verify: list[Row]
-    recovered: list[StepResult] = msgspec.field(default_factory=list)
+    recovered: list[StepResult] = field(default_factory=list)
     error: str = ""
-    needs: list[str] = msgspec.field(default_factory=list)
-    skipped_commands: list[tuple[str, ...]] = msgspec.field(default_factory=list)
+    needs: list[str] = field(default_factory=list)
+    skipped_commands: list[tuple[str, ...]] = field(default_factory=list)
 
     @property
     def changed(self) -> bool:
@@ -111,9 +112,9 @@ class ApplyReport(msgspec.Struct, frozen=True):
 class RollbackReport(msgspec.Struct, frozen=True):
     ok: bool
     steps: list[StepResult]
-    recovered: list[StepResult] = msgspec.field(default_factory=list)
-    skipped_commands: list[tuple[str, ...]] = msgspec.field(default_factory=list)
-    still_running: list[str] = msgspec.field(default_factory=list)  # restart these to finish
+    recovered: list[StepResult] = field(default_factory=list)
+    skipped_commands: list[tuple[str, ...]] = field(default_factory=list)
+    still_running: list[str] = field(default_factory=list)  # restart these to finish
 
     def to_json(self) -> dict[str, Any]:
         return {"ok": self.ok, "steps": [s.to_json() for s in self.steps],
@@ -293,8 +294,8 @@ class _Run(msgspec.Struct):
     journal: Journal
     txn_id: str
     known: set[str]
-    steps: list[StepResult] = msgspec.field(default_factory=list)
-    skipped: list[tuple[str, ...]] = msgspec.field(default_factory=list)
+    steps: list[StepResult] = field(default_factory=list)
+    skipped: list[tuple[str, ...]] = field(default_factory=list)
 
     def step(self, i: int, ch: Change) -> None:
         """Journal ``ch``'s original, then apply it; raises what failed (nothing is undone)."""

@@ -24,6 +24,7 @@ import time
 from typing import Any
 
 import msgspec
+from msgspec import field
 
 from hosttune.errors import HostError, LockedError
 from hosttune.host import Host, fsops
@@ -177,7 +178,7 @@ def journal_problem(data: object) -> str | None:
 
 class Journal(msgspec.Struct):
     host: Host
-    entries: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    entries: list[dict[str, Any]] = field(default_factory=list)
     transaction: dict[str, Any] | None = None
 
     @property

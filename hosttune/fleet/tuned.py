@@ -24,7 +24,6 @@ from __future__ import annotations
 import importlib
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -70,8 +69,7 @@ _DEFAULT_REASON = "no tuned plugin for this section"
 _SAFE_NAME = re.compile(r"[^a-zA-Z0-9_.-]+")  # tuned's Loader.safe_name
 
 
-@dataclass(frozen=True)
-class Unexpressed:
+class Unexpressed(msgspec.Struct, frozen=True):
     """A profile setting the tuned profile does not carry, and why."""
 
     setting: str
@@ -81,15 +79,13 @@ class Unexpressed:
         return {"setting": self.setting, "reason": self.reason}
 
 
-@dataclass(frozen=True)
-class TunedOption:
+class TunedOption(msgspec.Struct, frozen=True):
     key: str
     value: str
     comment: str = ""
 
 
-@dataclass(frozen=True)
-class TunedExport:
+class TunedExport(msgspec.Struct, frozen=True):
     """A tuned profile: ordered sections of options, plus what could not be expressed."""
 
     name: str  # tuned profile name (directory under /etc/tuned)

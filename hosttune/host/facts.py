@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import msgspec
+from msgspec import field
 
 from hosttune.errors import HostError
 from hosttune.host.parsers import parse_cpulist, parse_kb_dirname, parse_meminfo
@@ -42,7 +43,7 @@ class HostFacts(msgspec.Struct, frozen=True):
     cpufreq_policies: tuple[str, ...] = ()  # e.g. ("policy0", ...)
     cpu_vendor: str = ""
     cpu_model: str = ""
-    meminfo: dict[str, int] = msgspec.field(default_factory=dict)
+    meminfo: dict[str, int] = field(default_factory=dict)
     gpus: tuple[PciGpu, ...] = ()  # NVIDIA GPUs in PCI bus order, with their NUMA node
 
     @property

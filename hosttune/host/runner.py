@@ -23,15 +23,17 @@ class CommandResult(msgspec.Struct, frozen=True):
         return self.skipped or self.returncode == 0
 
 
-class Runner(msgspec.Struct):
+class Runner:
     """Runs external commands. With ``offline=True`` (``--root DIR``) nothing is ever executed:
     each call is recorded in ``skipped`` and answered with a skipped result - except a
     ``confined`` command, one that names the tree itself and touches nothing outside it
-    (``systemd-sysusers --root=DIR``, ``groupdel --prefix DIR``)."""
+    (``systemd-sysusers --root=DIR``, ``groupdel --prefix DIR``). A service, not a record:
+    tests subclass it."""
 
-    offline: bool = False
-    skipped: list[tuple[str, ...]] = msgspec.field(default_factory=list)
-    ran: list[tuple[str, ...]] = msgspec.field(default_factory=list)
+    def __init__(self, offline: bool = False) -> None:
+        self.offline = offline
+        self.skipped: list[tuple[str, ...]] = []
+        self.ran: list[tuple[str, ...]] = []
 
     def run(
         self,

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import msgspec
 
 from hosttune.errors import HostError
 
@@ -21,8 +22,7 @@ def shim_source() -> Path:
     return Path(str(resources.files("hosttune.models") / "shim" / "hosttune_shim.c"))
 
 
-@dataclass(frozen=True)
-class ShimBuild:
+class ShimBuild(msgspec.Struct, frozen=True):
     output: str  # host path
     argv: tuple[str, ...]
     skipped: bool  # --root: the compiler was not run (listed as skipped)

@@ -17,8 +17,10 @@ import stat
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
+
+import msgspec
+from msgspec import field
 
 from hosttune.errors import HostError, HosttuneError
 from hosttune.host.parsers import parse_meminfo, parse_mountinfo
@@ -47,8 +49,7 @@ if TYPE_CHECKING:
 
 
 
-@dataclass(frozen=True)
-class LoadProgress:
+class LoadProgress(msgspec.Struct, frozen=True):
     """How far a load's copy is: bytes copied of ``total`` after ``elapsed_s`` seconds of wall
     time since the copy began. The rate is the average over the whole copy, never a per-tick
     delta (two reports a few microseconds apart would divide by almost nothing)."""
@@ -80,8 +81,7 @@ class LoadInterrupted(ModelStoreError):
 
 
 # --- pool and mounts ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class PoolState:
+class PoolState(msgspec.Struct, frozen=True):
     page_size: int
     total: int
     free: int
@@ -121,8 +121,7 @@ def pool_state(host: Host, page_size: int) -> PoolState:
                      _int(host.read_value(f"{base}/surplus_hugepages")), nodes)
 
 
-@dataclass(frozen=True)
-class StoreMount:
+class StoreMount(msgspec.Struct, frozen=True):
     path: str  # host path
     page_size: int
     mounted: bool  # a hugetlbfs mount is there now
@@ -213,8 +212,7 @@ def _not_hugetlbfs(host: Host, mount: str) -> str:
 
 
 # --- stored models ------------------------------------------------------------------------
-@dataclass(frozen=True)
-class StoredModel:
+class StoredModel(msgspec.Struct, frozen=True):
     name: str
     mount: str
     true_size: int
@@ -339,8 +337,7 @@ def find_model(host: Host, mounts: list[StoreMount], name: str) -> StoredModel:
 
 
 # --- verify ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class VerifyResult:
+class VerifyResult(msgspec.Struct, frozen=True):
     model: StoredModel
     problems: tuple[str, ...]
     checksum_checked: bool
@@ -404,8 +401,7 @@ def _checksum_file(fd: int, size: int, leaf_log2: int) -> int:
 
 
 # --- unload ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class UnloadResult:
+class UnloadResult(msgspec.Struct, frozen=True):
     model: StoredModel
     pages_freed_now: bool
     in_use_by: tuple[int, ...]  # PIDs that still map or hold the file
@@ -439,8 +435,7 @@ def unload_model(host: Host, model: StoredModel) -> UnloadResult:
 
 
 # --- load ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class LoadResult:
+class LoadResult(msgspec.Struct, frozen=True):
     model: StoredModel
     seconds: float  # the whole load: checks, create, copy, trailer, placement, link
     replaced: bool
@@ -453,8 +448,7 @@ class LoadResult:
         return self.model.true_size / self.seconds if self.seconds > 0 else 0.0
 
 
-@dataclass(frozen=True)
-class _SourceId:
+class _SourceId(msgspec.Struct, frozen=True):
     dev: int
     ino: int
     size: int
@@ -482,8 +476,7 @@ def _fix_hint(host: Host, pool: PoolState, need: int, node: int | None) -> str:
             f"`hosttune apply`, or run `{cmd}`")
 
 
-@dataclass
-class _Copy:
+class _Copy(msgspec.Struct):
     src_fd: int
     dst_fd: int
     view: memoryview
@@ -642,8 +635,7 @@ def load_model(
         os.close(src_fd)
 
 
-@dataclass(frozen=True)
-class _LoadPlan:
+class _LoadPlan(msgspec.Struct, frozen=True):
     """What one load stores, fixed (and checked against the pool) before the store file is
     created."""
 
@@ -890,8 +882,7 @@ def _copy_error(err: OSError, name: str, need: int, label: str, node: int | None
 
 
 # --- pool planning ----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class PoolNeed:
+class PoolNeed(msgspec.Struct, frozen=True):
     page_size: int
     stored_pages: int
     planned_pages: int

@@ -22,7 +22,8 @@ Layout (little-endian):
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+
+import msgspec
 
 MAGIC = b"HTMODEL\0"
 VERSION = 1
@@ -47,8 +48,7 @@ def stored_size(true_size: int, page_size: int) -> int:
     return -(-(true_size + TRAILER_LEN) // page_size) * page_size
 
 
-@dataclass(frozen=True)
-class Trailer:
+class Trailer(msgspec.Struct, frozen=True):
     true_size: int
     page_size: int
     algo: int = ALGO_NONE

@@ -8,9 +8,9 @@ from __future__ import annotations
 import ipaddress
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 from prometheus_client.core import (
     CounterMetricFamily,
     GaugeMetricFamily,
@@ -283,8 +283,7 @@ def is_loopback(addr: str) -> bool:
     return ipaddress.ip_address(addr).is_loopback
 
 
-@dataclass
-class Exporter:
+class Exporter(msgspec.Struct):
     monitor: Monitor
     registry: CollectorRegistry
     server: WSGIServer

@@ -11,10 +11,10 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, is_dataclass
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 import msgspec
+from msgspec import field
 
 from hosttune.host.parsers import (
     SwapDevice,
@@ -42,8 +42,7 @@ if TYPE_CHECKING:
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class Unavailable:
+class Unavailable(msgspec.Struct, frozen=True):
     """A subsystem that could not be read, and why ('no cpufreq', 'dockerd not reachable')."""
 
     reason: str
@@ -53,8 +52,7 @@ class Unavailable:
 
 
 # --- readings ---------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class CoreFreq:
+class CoreFreq(msgspec.Struct, frozen=True):
     cpu: int
     cpuinfo_mhz: float | None  # /proc/cpuinfo "cpu MHz"
     cur_freq_hz: int | None  # cpufreq scaling_cur_freq (kHz in sysfs), None without cpufreq
@@ -62,8 +60,7 @@ class CoreFreq:
     driver: str | None
 
 
-@dataclass(frozen=True)
-class CpuReading:
+class CpuReading(msgspec.Struct, frozen=True):
     cores: tuple[CoreFreq, ...]
 
     @property
@@ -75,8 +72,7 @@ class CpuReading:
         return out
 
 
-@dataclass(frozen=True)
-class MemoryReading:
+class MemoryReading(msgspec.Struct, frozen=True):
     total_bytes: int
     free_bytes: int
     available_bytes: int
@@ -85,8 +81,7 @@ class MemoryReading:
     swaps: tuple[SwapDevice, ...]
 
 
-@dataclass(frozen=True)
-class HugePool:
+class HugePool(msgspec.Struct, frozen=True):
     page_size_bytes: int
     node: int | None  # None: the system-wide pool (/sys/kernel/mm/hugepages)
     total: int
@@ -95,8 +90,7 @@ class HugePool:
     surplus: int
 
 
-@dataclass(frozen=True)
-class HugePagesReading:
+class HugePagesReading(msgspec.Struct, frozen=True):
     pools: tuple[HugePool, ...]
     # HugeTLB Vmemmap Optimization: "on" | "off" | "unsupported" | "unknown", and the
     # struct-page memory it saves on the pools now (tunables/hugepages.py hvo_saved_bytes)
@@ -104,19 +98,16 @@ class HugePagesReading:
     vmemmap_saved_bytes: int | None = None
 
 
-@dataclass(frozen=True)
-class MemLockedReading:
+class MemLockedReading(msgspec.Struct, frozen=True):
     mlocked_bytes: int  # meminfo "Mlocked" (the kernel's name for what `free` calls MemLocked)
 
 
-@dataclass(frozen=True)
-class StoreFile:
+class StoreFile(msgspec.Struct, frozen=True):
     name: str  # path relative to the mount point
     size_bytes: int
 
 
-@dataclass(frozen=True)
-class StoreMount:
+class StoreMount(msgspec.Struct, frozen=True):
     mount_point: str
     page_size_bytes: int
     size_limit_bytes: int | None
@@ -124,8 +115,7 @@ class StoreMount:
     files: tuple[StoreFile, ...]
 
 
-@dataclass(frozen=True)
-class StoreReading:
+class StoreReading(msgspec.Struct, frozen=True):
     mounts: tuple[StoreMount, ...]
 
     @property
@@ -133,8 +123,7 @@ class StoreReading:
         return sum(m.used_bytes for m in self.mounts)
 
 
-@dataclass(frozen=True)
-class ContainerStat:
+class ContainerStat(msgspec.Struct, frozen=True):
     id: str
     name: str  # Docker name, or the short id when dockerd is not reachable
     cgroup: str  # cgroup path below the controller mount
@@ -148,16 +137,14 @@ class ContainerStat:
     cpuset_findings: tuple[str, ...]
 
 
-@dataclass(frozen=True)
-class ContainersReading:
+class ContainersReading(msgspec.Struct, frozen=True):
     cgroup_version: int
     names_from: str  # "docker" | "cgroup id"
     containers: tuple[ContainerStat, ...]
     note: str = ""
 
 
-@dataclass(frozen=True)
-class GpuReading:
+class GpuReading(msgspec.Struct, frozen=True):
     index: int
     name: str
     uuid: str
@@ -170,21 +157,18 @@ class GpuReading:
     unsupported: tuple[str, ...] = ()  # fields NVML answered NOT_SUPPORTED for
 
 
-@dataclass(frozen=True)
-class GpusReading:
+class GpusReading(msgspec.Struct, frozen=True):
     gpus: tuple[GpuReading, ...]
 
 
-@dataclass(frozen=True)
-class AuditRowBrief:
+class AuditRowBrief(msgspec.Struct, frozen=True):
     tunable: str
     key: str
     status: str
     compliant: bool
 
 
-@dataclass(frozen=True)
-class AuditSummary:
+class AuditSummary(msgspec.Struct, frozen=True):
     profile: str
     drift: int
     counts: dict[str, int]
@@ -193,8 +177,7 @@ class AuditSummary:
     duration_s: float
 
 
-@dataclass(frozen=True)
-class Snapshot:
+class Snapshot(msgspec.Struct, frozen=True):
     at: float
     cpu: CpuReading | Unavailable
     memory: MemoryReading | Unavailable
@@ -210,21 +193,11 @@ class Snapshot:
         return out
 
 
-def _field_names(obj: Any) -> tuple[str, ...] | None:
-    """The fields of a record: this module's dataclasses, the host door's msgspec Structs."""
-    if isinstance(obj, msgspec.Struct):
-        return obj.__struct_fields__
-    if is_dataclass(obj) and not isinstance(obj, type):
-        return tuple(f.name for f in fields(obj))
-    return None
-
-
 def _jsonable(obj: Any) -> Any:
     if isinstance(obj, Unavailable):
         return obj.to_json()
-    names = _field_names(obj)
-    if names is not None:
-        out = {k: _jsonable(getattr(obj, k)) for k in names}
+    if isinstance(obj, msgspec.Struct):
+        out = {k: _jsonable(getattr(obj, k)) for k in obj.__struct_fields__}
         if isinstance(obj, CpuReading):
             out["governors"] = obj.governors
         if isinstance(obj, StoreReading):
@@ -420,8 +393,7 @@ def cpuset_findings(name: str, cpus: set[int], online: set[int],
     return out
 
 
-@dataclass
-class _CgroupLayout:
+class _CgroupLayout(msgspec.Struct):
     version: int
     cpuacct: str | None = None
     memory: str | None = None
@@ -613,8 +585,7 @@ class AuditCache:
 
 
 # --- the monitor ------------------------------------------------------------------------------
-@dataclass
-class Monitor:
+class Monitor(msgspec.Struct):
     """Holds the collectors (and their caches) for repeated snapshots."""
 
     host: Host

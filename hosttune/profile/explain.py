@@ -20,7 +20,6 @@ import re
 import types
 import typing
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -46,8 +45,7 @@ def show_key(k: Any) -> str:
     return repr(k)
 
 
-@dataclass(frozen=True)
-class Candidate:
+class Candidate(msgspec.Struct, frozen=True):
     """One place in the data that a msgspec path may mean."""
 
     parts: tuple[Any, ...]  # the real keys and indexes from the root

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from msgspec import field
 
 from hosttune.errors import ProfileError
 
@@ -15,8 +16,8 @@ if TYPE_CHECKING:
 class LoadedProfile(msgspec.Struct, frozen=True):
     profile: Profile  # validated, or decoded from the cache: the same frozen Structs either way
     files: tuple[str, ...]  # child first
-    origin: dict[str, str] = msgspec.field(default_factory=dict)  # "a.b.c" -> file that set it
-    raw: dict[str, Any] = msgspec.field(default_factory=dict)  # merged YAML (for `profiles show`)
+    origin: dict[str, str] = field(default_factory=dict)  # "a.b.c" -> file that set it
+    raw: dict[str, Any] = field(default_factory=dict)  # merged YAML (for `profiles show`)
 
     def where(self, key: str) -> str:
         """The file that set ``key`` (or its nearest parent key)."""

@@ -17,6 +17,7 @@ from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import msgspec
+from msgspec import field
 
 if TYPE_CHECKING:
     from hosttune.errors import ProfileError
@@ -73,7 +74,7 @@ class Change(msgspec.Struct, frozen=True):
     mode: int = 0o644
     runtime: bool = False  # True: live state; False: persistent configuration
     needs: tuple[str, ...] = ()
-    params: dict[str, Any] = msgspec.field(default_factory=dict)
+    params: dict[str, Any] = field(default_factory=dict)
     diff: str = ""  # unified diff for file changes
 
     def to_json(self) -> dict[str, Any]:
@@ -94,8 +95,8 @@ class Change(msgspec.Struct, frozen=True):
 
 
 class Evaluation(msgspec.Struct, frozen=True):
-    rows: list[Row] = msgspec.field(default_factory=list)
-    changes: list[Change] = msgspec.field(default_factory=list)
+    rows: list[Row] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
 
     def add(self, row: Row, change: Change | None = None) -> None:
         """One setting's row, and its change when there is one (what :func:`setting` gives)."""

@@ -41,6 +41,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
+from msgspec import field
 
 from hosttune.errors import ApplyError, HostError, ProfileError
 from hosttune.host import Host
@@ -136,7 +137,7 @@ class PoolPlan(msgspec.Struct, frozen=True):
     page_bytes: int
     pages: int
     mode: str  # "nodes" (per node files) | "global" (the global counter)
-    targets: dict[int, int] = msgspec.field(default_factory=dict)  # node -> pages (mode "nodes")
+    targets: dict[int, int] = field(default_factory=dict)  # node -> pages (mode "nodes")
 
     @property
     def key(self) -> str:

@@ -23,18 +23,18 @@ import copy
 import json
 import os
 import zlib
-from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import pynvml
+from msgspec import field
 
 from hosttune.errors import HostError
 
 MiB = 1024 * 1024
 
 
-@dataclass
-class GpuModel:
+class GpuModel(msgspec.Struct):
     """Static facts of a board (what never changes at runtime)."""
 
     name: str
@@ -86,8 +86,7 @@ MODELS: dict[str, GpuModel] = {
 }
 
 
-@dataclass
-class FakeGpu:
+class FakeGpu(msgspec.Struct):
     model: GpuModel
     index: int
     uuid: str
@@ -109,8 +108,7 @@ class FakeGpu:
                   "compute_mode", "pcie_gen", "pcie_width", "memory_used", "extra_reasons")
 
 
-@dataclass(frozen=True)
-class _Handle:
+class _Handle(msgspec.Struct, frozen=True):
     index: int
 
 

@@ -3,8 +3,10 @@ NVML errors (an unreadable field is null and says why in ``unavailable``)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import msgspec
+from msgspec import field
 
 from hosttune.host.gpu import markers
 from hosttune.host.gpu.nvml import GpuInfo, Nvml, NvmlState, Reading
@@ -17,14 +19,12 @@ HW_REASONS = ("hw_slowdown", "hw_thermal_slowdown", "hw_power_brake_slowdown",
               "sw_thermal_slowdown")
 
 
-@dataclass(frozen=True)
-class GpuStatus:
+class GpuStatus(msgspec.Struct, frozen=True):
     data: dict[str, Any]
     findings: list[str] = field(default_factory=list)
 
 
-@dataclass(frozen=True)
-class GpuSnapshot:
+class GpuSnapshot(msgspec.Struct, frozen=True):
     driver_state: str
     driver_message: str
     driver: dict[str, Any]
