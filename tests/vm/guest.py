@@ -101,6 +101,10 @@ class GuestError(RuntimeError):
     """A boot or an image step failed; the message carries the console tail / tool output."""
 
 
+class QemuCrashed(GuestError):
+    """QEMU died by a signal before the guest wrote a line to its console."""
+
+
 _held = 0  # nesting depth of vm_lock in this process (flock on a second fd would block)
 
 
@@ -566,8 +570,18 @@ class Guest:
         with open(results_img, "wb") as fh:
             fh.truncate(RESULTS_MB << 20)
         with vm_lock():
-            res = self._run_qemu(log, stage_img, results_img, boot_timeout_s,
-                                 stage_timeout_s, cut_at, cut_delay_s)
+            try:
+                res = self._run_qemu(log, stage_img, results_img, boot_timeout_s,
+                                     stage_timeout_s, cut_at, cut_delay_s)
+            except QemuCrashed as err:
+                # QEMU itself died (ci23: SIGSEGV in qemu-system-x86_64 7.2 before the guest
+                # printed a line): the guest never ran, its disk is untouched - boot once more
+                print(f"note: {tag}: {err.args[0].splitlines()[0]}; booting again")
+                log.rename(log.with_suffix(".crashed.log"))
+                with open(results_img, "wb") as fh:
+                    fh.truncate(RESULTS_MB << 20)
+                res = self._run_qemu(log, stage_img, results_img, boot_timeout_s,
+                                     stage_timeout_s, cut_at, cut_delay_s)
         stage_img.unlink()
         out_dir = self.logs / f"{tag}.out"
         shutil.rmtree(out_dir, ignore_errors=True)
@@ -635,7 +649,10 @@ class Guest:
         qemu_out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
         console = log.read_text(errors="replace") if log.exists() else ""
         if not cut and proc.returncode != 0:
-            raise GuestError(self._fail(log, f"qemu exited {proc.returncode}: {qemu_out}"))
+            msg = self._fail(log, f"qemu exited {proc.returncode}: {qemu_out}")
+            if proc.returncode < 0 and not console.strip():  # killed by a signal, not by us
+                raise QemuCrashed(msg)
+            raise GuestError(msg)
         return BootResult(console, log, None, cut=cut, seconds=time.monotonic() - t0)
 
     @contextlib.contextmanager

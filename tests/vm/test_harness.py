@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import io
+import sys
 import tarfile
 from pathlib import Path
+
+import pytest
 
 from tests.vm import checks, guest
 from tests.vm.power_cut_plan import cut_matcher, plan
@@ -68,3 +71,18 @@ def test_cut_matcher_waits_for_the_announced_point():
     assert not m(text)
     assert not m(text + "HOSTTUNE-STEP apply 11:after\n")
     assert m(text + "HOSTTUNE-STEP apply 1:after\n")
+
+
+@pytest.mark.parametrize("console", ["", "Linux version 6.1.0\n"])
+def test_a_qemu_crash_before_any_console_line_is_told_apart(tmp_path, monkeypatch, console):
+    """QEMU killed by a signal before the guest printed anything is QemuCrashed (boot() boots
+    once more: the guest never ran); after the guest printed, it is a plain GuestError."""
+    g = object.__new__(guest.Guest)
+    log = tmp_path / "c.log"
+    code = (f"import os, signal; open({str(log)!r}, 'w').write({console!r}); "
+            "os.kill(os.getpid(), signal.SIGSEGV)")
+    monkeypatch.setattr(g, "_argv", lambda *a: [sys.executable, "-c", code, "--"], raising=False)
+    with pytest.raises(guest.GuestError) as exc:
+        g._run_qemu(log, tmp_path / "s", tmp_path / "r", 30, 30, None, 0)
+    assert isinstance(exc.value, guest.QemuCrashed) == (console == "")
+    assert "qemu exited -11" in str(exc.value)
