@@ -103,7 +103,8 @@ def buffer_address(buf: mmap.mmap) -> int:
 class PageFiller:
     """Fills the huge pages of a MAP_SHARED hugetlbfs mapping with UFFDIO_COPY: the kernel
     allocates each page and copies a whole page from a user buffer into it, without zeroing it
-    first - a page faulted by preadv is zeroed (clear_huge_page) and then overwritten
+    first - a page faulted by preadv is zeroed (folio_zero_user; clear_huge_page in older
+    kernels) and then overwritten
     (mm/hugetlb.c hugetlb_mfill_atomic_pte; Documentation/admin-guide/mm/userfaultfd.rst).
     Shared hugetlbfs ranges take UFFDIO_COPY since Linux 4.11."""
 

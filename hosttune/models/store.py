@@ -484,7 +484,6 @@ class _Copy(msgspec.Struct):
     chunk: int
     node: int | None
     checksum: bool
-    preallocate: bool
     filler: kernel.PageFiller | None = None  # UFFDIO_COPY into the mapping, else preadv
     dst_addr: int = 0  # the mapping's address (for the filler)
     next_chunk: int = 0
@@ -512,7 +511,7 @@ class _Copy(msgspec.Struct):
             while (i := self.take()) is not None:
                 off = i * self.chunk
                 n = min(self.chunk, self.size - off)
-                if self.preallocate and self.filler is None:
+                if self.node is not None and self.filler is None:
                     # Allocate the chunk's pages first (on the bound node): ENOMEM/ENOSPC
                     # here instead of SIGBUS on the first touch through the mapping.
                     # (UFFDIO_COPY allocates each page itself and returns ENOMEM.)
@@ -534,7 +533,8 @@ class _Copy(msgspec.Struct):
         while p < n:
             k = min(PIECE, n - p)
             if bounce is None:
-                self._piece_preadv(off + p, k, h)
+                # straight into the mapping (the kernel zeroes each fresh page first)
+                self._read_piece(self.view[off + p:off + p + k], off + p, h)
             else:
                 self._piece_filled(off + p, k, h, bounce)
             p += k
@@ -547,10 +547,9 @@ class _Copy(msgspec.Struct):
                 self.digests[i] = h.intdigest()
         return True
 
-    def _piece_preadv(self, at: int, k: int, h: xxhash.xxh3_64 | None) -> None:
-        # read the piece into the mapping (the kernel zeroes each fresh page first), hash it
-        # while it is in cache
-        part = self.view[at:at + k]
+    def _read_piece(self, part: memoryview, at: int, h: xxhash.xxh3_64 | None) -> None:
+        """Read the source from ``at`` into ``part`` and hash it while it is in cache;
+        ``part`` is released."""
         try:
             _read_exact(self.src_fd, part, at)
             if h is not None:
@@ -561,13 +560,7 @@ class _Copy(msgspec.Struct):
     def _piece_filled(self, at: int, k: int, h: xxhash.xxh3_64 | None, bounce: _Bounce) -> None:
         # read the piece into this thread's page-sized buffer (it stays in cache), hash it
         # there, and have the kernel fill the store page from it without zeroing the page
-        part = bounce.view[:k]
-        try:
-            _read_exact(self.src_fd, part, at)
-            if h is not None:
-                h.update(part)
-        finally:
-            part.release()
+        self._read_piece(bounce.view[:k], at, h)
         if k < PIECE:  # the file's last page: zero padding after the data
             bounce.view[k:] = bytes(PIECE - k)
         bounce.filler.copy(self.dst_addr + at, bounce.addr, PIECE)
@@ -732,8 +725,7 @@ def _fill_store_file(host: Host, plan: _LoadPlan, src_fd: int, dst_fd: int, tmp:
     view: memoryview | None = None
     try:
         view = memoryview(mm)
-        job = _Copy(src_fd, dst_fd, view, plan.size, 1 << LEAF_LOG2, plan.node, checksum,
-                    preallocate=plan.node is not None)
+        job = _Copy(src_fd, dst_fd, view, plan.size, 1 << LEAF_LOG2, plan.node, checksum)
         copy_s = _copy_into(job, mm, nthreads, plan, progress)
         fill = "preadv" if job.filler is None else "userfaultfd"
         _check_source_unchanged(plan, src_fd)
@@ -832,9 +824,9 @@ def _check_source_unchanged(plan: _LoadPlan, src_fd: int) -> None:
 
 
 def _allocate_tail_on_node(plan: _LoadPlan, dst_fd: int) -> None:
-    # The workers allocated the data's pages on the node (preallocate); the pages after the
-    # data (padding, trailer) are allocated here, bound to the node too, before the trailer
-    # is written through the mapping.
+    # The workers allocated the data's pages on the node (fallocate or UFFDIO_COPY under the
+    # thread's binding); the pages after the data (padding, trailer) are allocated here,
+    # bound to the node too, before the trailer is written through the mapping.
     kernel.set_mempolicy_bind(plan.node)
     try:
         kernel.fallocate(dst_fd, plan.size, plan.total - plan.size)
